@@ -1,0 +1,6 @@
+//! sametag sidecar: a reverse proxy that gives every replica of an app the
+//! same entity tags and answers conditional requests (RFC 9110 §13).
+#![forbid(unsafe_code)]
+
+pub mod store;
+pub mod tag;

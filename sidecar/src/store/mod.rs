@@ -1,0 +1,146 @@
+//! The ETag store: what every replica must agree on, behind one trait.
+//!
+//! A content hash alone already gives every replica the same tag for the same
+//! bytes. The store adds what a hash cannot: one shared `Last-Modified` per
+//! tag, trusted validations (Trust mode answers 304 without the app),
+//! invalidation every replica sees at once, and per-resource write locks.
+//!
+//! Two implementations: [`memory::MemoryStore`] (embedded, one replica) and
+//! the shared Redis store. Store errors never reach a client directly: the
+//! proxy decides (GET/HEAD degrade to Validate, conditional writes get 503).
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::tag::EntityTag;
+
+/// One resource: canonical host + path + query, plus the credential scope for
+/// personalised requests. Locks and invalidation work at this level.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ResourceKey {
+    /// The canonical path alone; invalidation globs are matched against it.
+    pub path: Arc<str>,
+    /// The full key (without the store prefix): unique per resource and
+    /// credential scope. Safe to embed in a Redis key.
+    pub id: Arc<str>,
+}
+
+/// One representation of a resource, chosen by the values of the request
+/// headers the response named in `Vary` (a cache's secondary key). The empty
+/// string is the variant of a response without `Vary`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VariantKey(pub String);
+
+/// What the store holds for one variant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The canonical (strong, content-derived) tag last recorded.
+    pub tag: EntityTag,
+    /// Shared `Last-Modified`: when the store first saw this tag for this
+    /// resource, whole seconds. Strictly increases when the tag changes, so a
+    /// date-only client never gets a 304 for a change within one second.
+    pub last_modified: SystemTime,
+    /// When a replica last validated `tag` against the app, if that validation
+    /// is still trusted: no invalidation of the resource (or of a watched
+    /// glob) since, and no epoch bump. `None`: must ask the app.
+    pub validated_at: Option<SystemTime>,
+}
+
+/// Everything the store knows about one resource, read in one round trip.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resource {
+    /// Lower-case header names from the last response's `Vary`.
+    pub vary: Vec<String>,
+    /// Known variants.
+    pub variants: Vec<(VariantKey, Entry)>,
+}
+
+impl Resource {
+    /// The entry of one variant, if known.
+    pub fn variant(&self, key: &VariantKey) -> Option<&Entry> {
+        self.variants.iter().find(|(k, _)| k == key).map(|(_, e)| e)
+    }
+}
+
+/// A held write lock. The fencing token increases with every grant on a
+/// resource, so a holder whose lease expired cannot release a newer lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteLock {
+    pub resource: ResourceKey,
+    pub token: u64,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached (connection refused, timeout, auth).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something this version does not understand.
+    #[error("store protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Whether the store is reachable right now (for `/metrics` and logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreHealth {
+    Up,
+    Down,
+}
+
+/// The seam between the proxy and where tag state lives.
+///
+/// Every method is one round trip (or none) so a request costs at most one
+/// store call on the common path.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Everything known about `resource`. `watched` are the policy's
+    /// invalidation globs that match `resource.path`: a validation is only
+    /// reported as trusted (`Entry::validated_at`) if it is newer than every
+    /// invalidation of the resource itself and of each watched glob.
+    async fn lookup(
+        &self,
+        resource: &ResourceKey,
+        watched: &[Arc<str>],
+    ) -> Result<Option<Resource>, StoreError>;
+
+    /// The app just produced `tag` for `variant`. Atomically: keep the tag's
+    /// first-seen `Last-Modified` if the tag is unchanged, else record it as
+    /// new (set-if-absent across replicas). With `trust`, also mark the tag
+    /// validated now. `vary` is stored for the next lookup's secondary key.
+    /// Returns the shared entry.
+    async fn record(
+        &self,
+        resource: &ResourceKey,
+        vary: &[String],
+        variant: &VariantKey,
+        tag: &EntityTag,
+        trust: bool,
+    ) -> Result<Entry, StoreError>;
+
+    /// A write to `resource` succeeded: nothing validated before now for the
+    /// resource, or for any path matching one of `globs`, is trusted again.
+    /// Returns only once every replica would see it.
+    async fn invalidate(&self, resource: &ResourceKey, globs: &[Arc<str>])
+    -> Result<(), StoreError>;
+
+    /// Try once to take the write lock on `resource` for `lease`. `None` when
+    /// another holder has it (the caller retries with backoff until its own
+    /// deadline). A holder that crashes loses the lock when the lease ends.
+    async fn try_lock(
+        &self,
+        resource: &ResourceKey,
+        lease: Duration,
+    ) -> Result<Option<WriteLock>, StoreError>;
+
+    /// Release a lock; a no-op if its lease already ended and another holder
+    /// (with a higher token) has the resource.
+    async fn unlock(&self, lock: &WriteLock) -> Result<(), StoreError>;
+
+    /// Current reachability, without a round trip.
+    fn health(&self) -> StoreHealth;
+}

@@ -1,0 +1,1 @@
+//! End-to-end suite; see tests/ in this crate.
