@@ -2,5 +2,9 @@
 //! same entity tags and answers conditional requests (RFC 9110 §13).
 #![forbid(unsafe_code)]
 
+pub mod date;
+pub mod key;
+pub mod policy;
+pub mod precondition;
 pub mod store;
 pub mod tag;

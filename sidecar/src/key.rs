@@ -1,0 +1,274 @@
+//! The store key of a request: canonical host, path and query, the credential
+//! scope of personalised requests, and the `Vary` secondary key. Pure.
+//!
+//! Canonicalisation merges only spellings that RFC 3986 §6.2.2 and RFC 9110
+//! §4.2.3 declare equivalent for every origin:
+//! - host case (`Example.COM` = `example.com`);
+//! - the scheme's default port (`:80` for http, `:443` for https) and an
+//!   empty port; a port with leading zeros is written as its number;
+//! - percent-encoded unreserved characters (`%7E` = `~`, `%41` = `A`) in path
+//!   and query, and the case of the remaining percent-encodings (`%2f` =
+//!   `%2F`).
+//!
+//! It never merges what an origin may tell apart: path case, a trailing
+//! slash, dot segments, query order, `+` versus `%20`, an empty query (`/a?`)
+//! versus none, and encoded reserved characters (`%2F` stays distinct from
+//! `/`).
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::header::{AUTHORIZATION, COOKIE, HOST, VARY};
+use http::{HeaderMap, HeaderName};
+
+use crate::store::{ResourceKey, VariantKey};
+
+/// Most header names honoured in one `Vary`; more is treated like `Vary: *`
+/// (the response passes through untagged) rather than building huge keys.
+pub const MAX_VARY_NAMES: usize = 64;
+
+const RESOURCE_CONTEXT: &str = "sametag.dev 2026 resource key v1";
+const CREDENTIAL_CONTEXT: &str = "sametag.dev 2026 credential scope v1";
+const VARIANT_CONTEXT: &str = "sametag.dev 2026 variant key v1";
+
+/// A request target in canonical form.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CanonicalTarget {
+    /// Lower-case host, with a non-default port (`example.com:8443`).
+    pub authority: String,
+    /// Path with percent-encodings normalised; never empty.
+    pub path: String,
+    /// Query with percent-encodings normalised; `Some("")` for a bare `?`.
+    pub query: Option<String>,
+}
+
+impl CanonicalTarget {
+    /// The canonical target of a request (authority from the URI in absolute
+    /// form or HTTP/2, else from `Host`).
+    pub fn of(parts: &http::request::Parts) -> CanonicalTarget {
+        let uri = &parts.uri;
+        let https = uri
+            .scheme_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+        let authority = match uri.authority() {
+            Some(a) => canonical_authority(a.as_str().as_bytes(), https),
+            None => parts
+                .headers
+                .get(HOST)
+                .map(|h| canonical_authority(h.as_bytes(), https))
+                .unwrap_or_default(),
+        };
+        let path = match uri.path() {
+            "" => "/".to_owned(),
+            p => normalize_percent(p),
+        };
+        CanonicalTarget {
+            authority,
+            path,
+            query: uri.query().map(normalize_percent),
+        }
+    }
+}
+
+/// Lower-case a host, drop the default or an empty port, and write a numeric
+/// port without leading zeros. Non-UTF-8 bytes are kept as U+FFFD (such a
+/// host is invalid anyway; it still gets a key of its own).
+pub fn canonical_authority(raw: &[u8], https: bool) -> String {
+    let raw = String::from_utf8_lossy(raw.trim_ascii());
+    let mut host = raw.to_ascii_lowercase();
+    // Strip userinfo (never part of an http(s) target, RFC 9110 §4.2.4).
+    if let Some(at) = host.rfind('@') {
+        host.drain(..=at);
+    }
+    // The port separator is the last ':' after any IPv6 literal's ']'.
+    let port_from = host.rfind(']').unwrap_or(0);
+    if let Some(colon) = host[port_from..].rfind(':').map(|c| c + port_from) {
+        let port = &host[colon + 1..];
+        let default = if https { 443 } else { 80 };
+        if port.is_empty() {
+            host.truncate(colon);
+        } else if port.bytes().all(|b| b.is_ascii_digit()) {
+            match port.parse::<u32>() {
+                Ok(p) if p == default => host.truncate(colon),
+                Ok(p) => {
+                    host.truncate(colon);
+                    host.push(':');
+                    host.push_str(&p.to_string());
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    host
+}
+
+/// Decode percent-encoded unreserved characters and upper-case the hex of the
+/// others (RFC 3986 §6.2.2.1-2). Malformed escapes are kept as they are.
+pub fn normalize_percent(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            let byte = h << 4 | l;
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                out.push(byte);
+            } else {
+                out.push(b'%');
+                out.push(b[i + 1].to_ascii_uppercase());
+                out.push(b[i + 2].to_ascii_uppercase());
+            }
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    // Only ASCII sequences were rewritten as ASCII, so this stays UTF-8.
+    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The store key of a request's resource. `id` is a 128-bit hash
+/// (base64url, 22 characters: safe in any Redis key or hash tag) of the
+/// canonical target and, unless `shared`, the credential scope.
+/// `credential_secret` is the per-store secret keying the credential hash.
+pub fn resource_key(
+    parts: &http::request::Parts,
+    shared: bool,
+    credential_secret: &[u8],
+) -> ResourceKey {
+    let target = CanonicalTarget::of(parts);
+    let scope = if shared {
+        None
+    } else {
+        credential_scope(&parts.headers, credential_secret)
+    };
+    let mut h = blake3::Hasher::new_derive_key(RESOURCE_CONTEXT);
+    put(&mut h, Some(target.authority.as_bytes()));
+    put(&mut h, Some(target.path.as_bytes()));
+    put(&mut h, target.query.as_deref().map(str::as_bytes));
+    put(&mut h, scope.as_ref().map(|s| &s[..]));
+    ResourceKey {
+        path: Arc::from(target.path),
+        id: Arc::from(encode128(&h)),
+    }
+}
+
+/// The keyed BLAKE3 of the request's `Authorization` and `Cookie` values,
+/// `None` when it has neither. The key is derived from the per-store secret,
+/// so the scope reveals nothing about the credentials without it.
+pub fn credential_scope(headers: &HeaderMap, secret: &[u8]) -> Option<[u8; 32]> {
+    if !headers.contains_key(AUTHORIZATION) && !headers.contains_key(COOKIE) {
+        return None;
+    }
+    let key = blake3::derive_key(CREDENTIAL_CONTEXT, secret);
+    let mut h = blake3::Hasher::new_keyed(&key);
+    for name in [AUTHORIZATION, COOKIE] {
+        let lines = headers.get_all(&name);
+        h.update(&(lines.iter().count() as u64).to_le_bytes());
+        for v in lines {
+            put(&mut h, Some(v.as_bytes()));
+        }
+    }
+    Some(*h.finalize().as_bytes())
+}
+
+/// The header names a response's `Vary` lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VaryNames {
+    /// `Vary: *` (or more than [`MAX_VARY_NAMES`] names): no request fields
+    /// can select this representation, so it cannot be keyed; pass it
+    /// through untagged.
+    Any,
+    /// Lower-case, sorted, deduplicated names; empty without `Vary`.
+    Names(Vec<String>),
+}
+
+/// Read a response's `Vary` (all field lines).
+pub fn vary_names(headers: &HeaderMap) -> VaryNames {
+    let mut names = Vec::new();
+    for line in headers.get_all(VARY) {
+        for item in line.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() {
+                continue;
+            }
+            if item == b"*" {
+                return VaryNames::Any;
+            }
+            names.push(String::from_utf8_lossy(item).to_ascii_lowercase());
+        }
+    }
+    names.sort();
+    names.dedup();
+    if names.len() > MAX_VARY_NAMES {
+        return VaryNames::Any;
+    }
+    VaryNames::Names(names)
+}
+
+/// The secondary key: a hash of the request's values of the `Vary` names.
+/// The empty key for no names. An absent field differs from an empty one;
+/// several field lines are joined with `, ` after trimming each.
+pub fn variant_key(names: &[String], request_headers: &HeaderMap) -> VariantKey {
+    if names.is_empty() {
+        return VariantKey(String::new());
+    }
+    let mut names: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    names.sort();
+    names.dedup();
+    let mut h = blake3::Hasher::new_derive_key(VARIANT_CONTEXT);
+    for name in &names {
+        put(&mut h, Some(name.as_bytes()));
+        let value = HeaderName::from_bytes(name.as_bytes()).ok().and_then(|n| {
+            let mut joined: Option<Vec<u8>> = None;
+            for v in request_headers.get_all(n) {
+                let v = v.as_bytes().trim_ascii();
+                match joined.as_mut() {
+                    None => joined = Some(v.to_vec()),
+                    Some(j) => {
+                        j.extend_from_slice(b", ");
+                        j.extend_from_slice(v);
+                    }
+                }
+            }
+            joined
+        });
+        put(&mut h, value.as_deref());
+    }
+    VariantKey(encode128(&h))
+}
+
+/// Feed an optional field, length-prefixed so no two inputs collide.
+fn put(h: &mut blake3::Hasher, v: Option<&[u8]>) {
+    match v {
+        None => {
+            h.update(&[0]);
+        }
+        Some(v) => {
+            h.update(&[1]);
+            h.update(&(v.len() as u64).to_le_bytes());
+            h.update(v);
+        }
+    }
+}
+
+fn encode128(h: &blake3::Hasher) -> String {
+    URL_SAFE_NO_PAD.encode(&h.finalize().as_bytes()[..16])
+}
+
+#[cfg(test)]
+mod tests;
