@@ -1,0 +1,392 @@
+//! The `ETagStore` custom resource (`sametag.dev/v1alpha1`): spec, status and
+//! the CEL rules that guard it. Depends on nothing else in the crate.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every sametag resource, annotation and label.
+pub const GROUP: &str = "sametag.dev";
+/// Default Redis image for managed stores.
+pub const DEFAULT_REDIS_IMAGE: &str = "docker.io/library/redis:7.4-alpine";
+/// Default `maxmemory` of a managed Redis.
+pub const DEFAULT_MAXMEMORY: &str = "256mb";
+/// Default body size above which the sidecar streams responses untagged.
+pub const DEFAULT_MAX_BODY_BYTES: &str = "8Mi";
+
+/// One shared ETag store for an app: a Redis (managed by the operator or
+/// external), the sidecar policy, and how the sidecar is injected.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "sametag.dev",
+    version = "v1alpha1",
+    kind = "ETagStore",
+    plural = "etagstores",
+    shortname = "ets",
+    namespaced,
+    status = "ETagStoreStatus",
+    derive = "PartialEq",
+    doc = "A shared ETag store and sidecar policy for one app",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.policy.mode"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(name = "Pods", type_ = "integer", json_path = ".status.injectedPods"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ETagStoreSpec {
+    /// Where the tags live: a Redis the operator runs (`managed`) or one you
+    /// run (`external`). Defaults to a managed single-replica Redis.
+    #[serde(default)]
+    pub redis: RedisSpec,
+    /// The sidecar policy: default mode and per-path routes. Mounted into
+    /// every injected sidecar as `/etc/sametag/policy.yaml`.
+    #[serde(default)]
+    pub policy: PolicySpec,
+    /// The injected sidecar container.
+    #[serde(default)]
+    pub sidecar: SidecarSpec,
+}
+
+// === Redis ===
+
+/// Exactly one of `managed` or `external`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.managed) != has(self.external)")
+    .message("spec.redis: set exactly one of managed or external"))]
+pub struct RedisSpec {
+    /// A Redis StatefulSet, Service, password Secret and NetworkPolicy owned
+    /// by this ETagStore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedRedis>,
+    /// A Redis you run; the operator only checks that its Secret exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRedis>,
+}
+
+impl Default for RedisSpec {
+    fn default() -> Self {
+        Self {
+            managed: Some(ManagedRedis::default()),
+            external: None,
+        }
+    }
+}
+
+/// A Redis run by the operator.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedRedis {
+    /// Redis container image.
+    #[serde(default = "default_redis_image")]
+    pub image: String,
+    /// Pods in the StatefulSet. Pod 0 is the primary that the Service
+    /// targets; the others replicate it as warm standbys (no automatic
+    /// failover).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replicas: i32,
+    /// Resources of the Redis container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Persistent storage. Without it Redis keeps tags in memory only
+    /// (an emptyDir for /data, no RDB/AOF): losing them is safe, tags are
+    /// re-derived from content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+    /// Redis `maxmemory`, e.g. `256mb`, `1gb`.
+    #[serde(default = "default_maxmemory")]
+    #[schemars(regex(pattern = r"^[0-9]+([kKmMgG][bB]?|[bB])?$"))]
+    pub maxmemory: String,
+    /// Redis `maxmemory-policy`.
+    #[serde(default)]
+    pub eviction_policy: EvictionPolicy,
+}
+
+impl Default for ManagedRedis {
+    fn default() -> Self {
+        Self {
+            image: default_redis_image(),
+            replicas: default_replicas(),
+            resources: None,
+            storage: None,
+            maxmemory: default_maxmemory(),
+            eviction_policy: EvictionPolicy::default(),
+        }
+    }
+}
+
+/// A PersistentVolumeClaim template for each Redis pod.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested size, a Kubernetes quantity such as `1Gi`.
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub size: String,
+    /// StorageClass of the claims; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// What Redis evicts when `maxmemory` is reached. Evicting a tag is always
+/// safe (it is re-derived from content), so an `allkeys-*` policy is the default.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvictionPolicy {
+    /// Evict the least recently used keys.
+    #[default]
+    AllkeysLru,
+    /// Evict the least frequently used keys.
+    AllkeysLfu,
+    /// Evict random keys.
+    AllkeysRandom,
+    /// Evict least recently used keys with a TTL.
+    VolatileLru,
+    /// Evict least frequently used keys with a TTL.
+    VolatileLfu,
+    /// Evict random keys with a TTL.
+    VolatileRandom,
+    /// Evict keys with the nearest expiry.
+    VolatileTtl,
+    /// Refuse writes when full.
+    Noeviction,
+}
+
+impl EvictionPolicy {
+    /// The value Redis expects for `maxmemory-policy`.
+    pub fn as_redis(self) -> &'static str {
+        match self {
+            Self::AllkeysLru => "allkeys-lru",
+            Self::AllkeysLfu => "allkeys-lfu",
+            Self::AllkeysRandom => "allkeys-random",
+            Self::VolatileLru => "volatile-lru",
+            Self::VolatileLfu => "volatile-lfu",
+            Self::VolatileRandom => "volatile-random",
+            Self::VolatileTtl => "volatile-ttl",
+            Self::Noeviction => "noeviction",
+        }
+    }
+}
+
+/// A Redis the operator does not run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRedis {
+    /// `redis://` or `rediss://` URL without credentials, e.g.
+    /// `redis://redis.shared.svc:6379/0`. The password comes from `secretRef`.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')")
+            .message("spec.redis.external.url must start with redis:// or rediss://"),
+        validation = Rule::new("!self.matches('^rediss?://[^/]*@')")
+            .message("spec.redis.external.url must not carry credentials; put the password in secretRef")
+    )]
+    pub url: String,
+    /// The Secret (in the ETagStore's namespace) holding the Redis password.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A key in a Secret of the ETagStore's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+// === Policy ===
+
+/// How the sidecar treats a path.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Every request reaches the app; a matching tag becomes a 304.
+    #[default]
+    Validate,
+    /// A recently validated tag is answered from the store without calling the app.
+    Trust,
+    /// The sidecar leaves the request and response alone.
+    Bypass,
+}
+
+/// The sidecar policy; the same shape as the sidecar's `--policy` file.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.maxAge) || self.mode == 'Trust'")
+        .message("spec.policy.maxAge is only allowed with mode Trust"),
+    validation = Rule::new("!has(self.routes) || self.routes.all(r, !has(r.maxAge) || (has(r.mode) ? r.mode == 'Trust' : self.mode == 'Trust'))")
+        .message("routes[].maxAge is only allowed with mode Trust (the route's mode, or spec.policy.mode when the route sets none)"),
+    validation = Rule::new("!has(self.routes) || self.routes.all(r, (has(r.mode) ? r.mode != 'Bypass' : self.mode != 'Bypass') || ((!has(r.invalidates) || size(r.invalidates) == 0) && !(has(r.shared) && r.shared) && !(has(r.requirePreconditions) && r.requirePreconditions)))")
+        .message("routes[]: invalidates, shared and requirePreconditions are not allowed with mode Bypass (the sidecar leaves Bypass routes to the app)")
+)]
+pub struct PolicySpec {
+    /// Mode for paths that no route matches.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Trust only: how long a validation is trusted, e.g. `30s`, `1m30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s') && duration(self) <= duration('24h')")
+        .message("maxAge must be more than 0 and at most 24h"))]
+    pub max_age: Option<String>,
+    /// Bodies larger than this stream through untagged: bytes or a quantity such as `8Mi`.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: IntOrString,
+    /// Routes, first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    pub routes: Vec<Route>,
+}
+
+impl Default for PolicySpec {
+    fn default() -> Self {
+        Self {
+            mode: Mode::default(),
+            max_age: None,
+            max_body_bytes: default_max_body_bytes(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// A path glob and how the sidecar treats it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// Path glob (`*` within a segment, `**` across segments), e.g. `/api/items/**`.
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('/')").message("routes[].path must start with '/'"),
+        validation = Rule::new("!self.contains('***')").message("routes[].path: '***' is not a valid glob"),
+        validation = Rule::new("!self.matches('\\\\s')").message("routes[].path must not contain whitespace")
+    )]
+    pub path: String,
+    /// Mode for this route; the top-level mode when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Trust only: how long a validation is trusted on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s') && duration(self) <= duration('24h')")
+        .message("maxAge must be more than 0 and at most 24h"))]
+    pub max_age: Option<String>,
+    /// Path globs that a successful write on this route also invalidates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(p, p.startsWith('/'))")
+        .message("routes[].invalidates entries must start with '/'"))]
+    pub invalidates: Vec<InvalidateGlob>,
+    /// One key for all users even when requests carry credentials.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shared: bool,
+    /// Writes without `If-Match`/`If-Unmodified-Since` get 428.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_preconditions: bool,
+}
+
+/// A path glob in `invalidates`; bounded so the CEL cost stays small.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct InvalidateGlob(#[schemars(length(min = 1, max = 512))] pub String);
+
+// === Sidecar ===
+
+/// The injected sidecar container.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Sidecar image; the operator's `--sidecar-image` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// Sidecar resources; small defaults when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Image pull policy of the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+}
+
+/// Kubernetes image pull policy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when absent.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    /// The string Kubernetes expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+// === Status ===
+
+/// Observed state of an ETagStore.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ETagStoreStatus {
+    /// `Ready`, `Progressing` and `Degraded`, each with a reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Redis URL sidecars use, without the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Pods in the namespace labelled `sametag.dev/store=<name>`.
+    #[serde(default)]
+    pub injected_pods: i32,
+}
+
+// === helpers ===
+
+impl ETagStore {
+    /// Whether the operator runs Redis for this store.
+    pub fn managed(&self) -> Option<&ManagedRedis> {
+        self.spec.redis.managed.as_ref()
+    }
+}
+
+/// The CRD as YAML, exactly what `crds/etagstores.sametag.dev.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
+    serde_yaml_ng::to_string(&ETagStore::crd())
+}
+
+fn default_redis_image() -> String {
+    DEFAULT_REDIS_IMAGE.to_owned()
+}
+fn default_replicas() -> i32 {
+    1
+}
+fn default_maxmemory() -> String {
+    DEFAULT_MAXMEMORY.to_owned()
+}
+fn default_secret_key() -> String {
+    "password".to_owned()
+}
+fn default_max_body_bytes() -> IntOrString {
+    IntOrString::String(DEFAULT_MAX_BODY_BYTES.to_owned())
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
