@@ -1,0 +1,3 @@
+module sametag.dev/tests/node/demoapp
+
+go 1.24

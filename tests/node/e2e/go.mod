@@ -1,0 +1,3 @@
+module sametag.dev/tests/node/e2e
+
+go 1.24
