@@ -4,3 +4,4 @@
 
 pub mod crd;
 pub mod config;
+pub mod children;

@@ -1,0 +1,319 @@
+//! The Redis StatefulSet of a managed store: pod 0 is the primary, further
+//! pods replicate it; restricted security context, probes, and either an
+//! emptyDir or a PersistentVolumeClaim for /data.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecurityContext, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{BuildError, PASSWORD_KEY, REDIS_PORT, meta, names, redis_config, selector_labels};
+use crate::crd::{ETagStore, ManagedRedis};
+
+/// UID/GID of the `redis` user in the official images.
+pub const REDIS_UID: i64 = 999;
+/// Annotation on the pod template carrying a hash of redis.conf, so a config
+/// change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "sametag.dev/config-hash";
+
+// Pod 0 is the primary; the others replicate it. A shell picks the role
+// because only the pod index (downward API label) tells them apart.
+const START_SCRIPT: &str = r#"set -e
+set -- /etc/redis/redis.conf --requirepass "$REDIS_PASSWORD" --masterauth "$REDIS_PASSWORD"
+if [ "${POD_INDEX:-0}" != "0" ]; then set -- "$@" --replicaof "$PRIMARY_HOST" 6379; fi
+exec redis-server "$@""#;
+
+/// The StatefulSet running Redis for `store`.
+pub fn desired(store: &ETagStore, redis: &ManagedRedis) -> Result<StatefulSet, BuildError> {
+    let name = store.metadata.name.clone().unwrap_or_default();
+    let ns = store.metadata.namespace.clone().unwrap_or_default();
+    let conf = redis_config::redis_conf(store, redis);
+    let mut pod_labels = super::labels(store);
+    pod_labels.extend(selector_labels(store));
+
+    let secret_env = |var: &str| EnvVar {
+        name: var.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: names::secret(&name),
+                key: PASSWORD_KEY.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let env = vec![
+        secret_env("REDIS_PASSWORD"),
+        // redis-cli reads the password from here (probes), keeping it off argv.
+        secret_env("REDISCLI_AUTH"),
+        EnvVar {
+            name: "POD_INDEX".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.labels['apps.kubernetes.io/pod-index']".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        EnvVar {
+            name: "PRIMARY_HOST".into(),
+            value: Some(format!("{}-0.{}.{ns}.svc", names::redis(&name), names::headless(&name))),
+            ..EnvVar::default()
+        },
+    ];
+
+    let tcp = || TCPSocketAction {
+        port: IntOrString::String("redis".into()),
+        ..TCPSocketAction::default()
+    };
+    let container = Container {
+        name: "redis".into(),
+        image: Some(redis.image.clone()),
+        command: Some(vec!["sh".into(), "-c".into(), START_SCRIPT.into()]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("redis".into()),
+            container_port: REDIS_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        resources: redis.resources.clone(),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".into(),
+                mount_path: "/data".into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: "/etc/redis".into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        startup_probe: Some(Probe {
+            tcp_socket: Some(tcp()),
+            period_seconds: Some(2),
+            failure_threshold: Some(30),
+            ..Probe::default()
+        }),
+        readiness_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "redis-cli -p 6379 ping | grep -q PONG".into(),
+                ]),
+            }),
+            period_seconds: Some(5),
+            timeout_seconds: Some(2),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        liveness_probe: Some(Probe {
+            tcp_socket: Some(tcp()),
+            period_seconds: Some(10),
+            timeout_seconds: Some(2),
+            failure_threshold: Some(6),
+            ..Probe::default()
+        }),
+        security_context: Some(restricted_container(REDIS_UID)),
+        ..Container::default()
+    };
+
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: names::redis_config(&name),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    let claims = match &redis.storage {
+        Some(storage) => Some(vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".into()),
+                labels: Some(super::labels(store)),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: storage.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(storage.size.clone()))])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        }]),
+        None => {
+            // The root filesystem is read-only; Redis still needs a writable dir.
+            volumes.push(Volume {
+                name: "data".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            });
+            None
+        }
+    };
+
+    Ok(StatefulSet {
+        metadata: meta(store, names::redis(&name))?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(redis.replicas),
+            service_name: Some(names::headless(&name)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(store)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_owned(),
+                        format!("{:016x}", fnv1a(conf.as_bytes())),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(REDIS_UID),
+                        run_as_group: Some(REDIS_UID),
+                        fs_group: Some(REDIS_UID),
+                        seccomp_profile: Some(runtime_default()),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: claims,
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The `restricted` Pod Security Standard for a container running as `uid`.
+pub fn restricted_container(uid: i64) -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(runtime_default()),
+        ..SecurityContext::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..SeccompProfile::default()
+    }
+}
+
+// Stable across builds and platforms (std's hasher is not), so upgrading the
+// operator does not roll Redis pods for nothing.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::children::fixtures;
+
+    fn sts(store: &ETagStore) -> StatefulSet {
+        desired(store, store.managed().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn restricted_probed_single_primary_by_default() {
+        let s = sts(&fixtures::managed());
+        assert_eq!(s.metadata.name.as_deref(), Some("cache-redis"));
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.service_name.as_deref(), Some("cache-redis-headless"));
+        assert!(spec.volume_claim_templates.is_none());
+        let pod = spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        assert!(c.startup_probe.is_some() && c.readiness_probe.is_some() && c.liveness_probe.is_some());
+        // /data is writable through an emptyDir when no storage is requested.
+        let vols = pod.volumes.unwrap();
+        assert!(vols.iter().any(|v| v.name == "data" && v.empty_dir.is_some()));
+        // Password from the Secret, never a literal.
+        let env = c.env.as_ref().unwrap();
+        let pw = env.iter().find(|e| e.name == "REDIS_PASSWORD").unwrap();
+        assert!(pw.value.is_none());
+        assert_eq!(pw.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "cache-redis");
+        // The selector matches the template labels.
+        let tl = spec.template.metadata.unwrap().labels.unwrap();
+        for (k, v) in spec.selector.match_labels.unwrap() {
+            assert_eq!(tl.get(&k), Some(&v));
+        }
+    }
+
+    #[test]
+    fn storage_uses_claims_instead_of_empty_dir() {
+        let s = sts(&fixtures::with_storage());
+        let spec = s.spec.unwrap();
+        let claims = spec.volume_claim_templates.unwrap();
+        let c = claims[0].spec.as_ref().unwrap();
+        assert_eq!(c.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(c.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "1Gi");
+        let vols = spec.template.spec.unwrap().volumes.unwrap();
+        assert!(!vols.iter().any(|v| v.name == "data"));
+    }
+
+    #[test]
+    fn config_change_changes_the_template_hash() {
+        let a = sts(&fixtures::managed());
+        let mut store = fixtures::managed();
+        store.spec.redis.managed.as_mut().unwrap().maxmemory = "1gb".into();
+        let b = sts(&store);
+        let hash = |s: &StatefulSet| {
+            s.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
+                [CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        assert_ne!(hash(&a), hash(&b));
+        assert_eq!(hash(&a), hash(&sts(&fixtures::managed())));
+    }
+
+    #[test]
+    fn replicas_follow_the_spec() {
+        let mut store = fixtures::managed();
+        store.spec.redis.managed.as_mut().unwrap().replicas = 3;
+        assert_eq!(sts(&store).spec.unwrap().replicas, Some(3));
+    }
+}

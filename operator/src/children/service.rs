@@ -1,0 +1,94 @@
+//! The Services of a managed store: a client Service that reaches only the
+//! primary (pod 0), and the headless Service that governs the StatefulSet.
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{BuildError, REDIS_PORT, meta, names, selector_labels};
+use crate::crd::ETagStore;
+
+/// Label the StatefulSet controller puts on each pod with its name.
+const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+
+fn port() -> ServicePort {
+    ServicePort {
+        name: Some("redis".into()),
+        port: REDIS_PORT,
+        target_port: Some(IntOrString::String("redis".into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+/// The client Service `<store>-redis`: sidecars connect here. It selects
+/// pod 0 only, because the other pods are read-only replicas.
+pub fn desired(store: &ETagStore) -> Result<Service, BuildError> {
+    let name = store.metadata.name.clone().unwrap_or_default();
+    let mut selector = selector_labels(store);
+    selector.insert(POD_NAME_LABEL.into(), format!("{}-0", names::redis(&name)));
+    Ok(Service {
+        metadata: meta(store, names::redis(&name))?,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector),
+            ports: Some(vec![port()]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The headless Service `<store>-redis-headless`: stable pod DNS names so
+/// replicas find the primary.
+pub fn headless(store: &ETagStore) -> Result<Service, BuildError> {
+    let name = store.metadata.name.clone().unwrap_or_default();
+    Ok(Service {
+        metadata: meta(store, names::headless(&name))?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(store)),
+            ports: Some(vec![port()]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The URL sidecars use for a managed store, without the password.
+pub fn endpoint(store: &ETagStore) -> String {
+    format!(
+        "redis://{}.{}.svc:{REDIS_PORT}",
+        names::redis(store.metadata.name.as_deref().unwrap_or_default()),
+        store.metadata.namespace.as_deref().unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::children::fixtures;
+
+    #[test]
+    fn client_service_targets_the_primary_only() {
+        let s = desired(&fixtures::managed()).unwrap();
+        assert_eq!(s.metadata.name.as_deref(), Some("cache-redis"));
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.selector.as_ref().unwrap()[POD_NAME_LABEL], "cache-redis-0");
+        assert_eq!(spec.ports.as_ref().unwrap()[0].port, 6379);
+    }
+
+    #[test]
+    fn headless_service_is_headless() {
+        let s = headless(&fixtures::managed()).unwrap();
+        assert_eq!(s.metadata.name.as_deref(), Some("cache-redis-headless"));
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert!(!spec.selector.unwrap().contains_key(POD_NAME_LABEL));
+    }
+
+    #[test]
+    fn endpoint_names_the_client_service() {
+        assert_eq!(endpoint(&fixtures::managed()), "redis://cache-redis.shop.svc:6379");
+    }
+}
