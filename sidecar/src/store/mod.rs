@@ -10,6 +10,7 @@
 //! proxy decides (GET/HEAD degrade to Validate, conditional writes get 503).
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,0 +1,537 @@
+//! The shared Redis store: every replica of an app agrees on Last-Modified,
+//! trusted validations, invalidations and write locks through one Redis.
+//!
+//! - Atomic compare-and-set in Lua scripts (`redis/*.lua`), run by `EVALSHA`:
+//!   one round trip per store call, none for hot keys thanks to a local
+//!   cache kept exact by RESP3 `CLIENT TRACKING BCAST` pushes
+//!   ([`cache`]).
+//! - All keys of a store share the hash tag `{prefix}` ([`model`]), so the
+//!   scripts never fail with CROSSSLOT on Redis Cluster.
+//! - Times come from Redis `TIME`, never from a replica's clock.
+//! - Outage: a supervisor task owns the connection, reconnects with
+//!   backoff, logs one line per state change; every call fails fast with
+//!   [`StoreError::Unavailable`] while down. A failed invalidation bumps the
+//!   store's epoch on reconnect, so nothing validated before is trusted.
+
+mod cache;
+mod conn;
+mod model;
+mod supervisor;
+mod target;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use redis::RedisResult;
+
+use self::cache::{Cache, Hit};
+use self::conn::{Conn, SCRIPTS};
+use self::model::{ClockOffset, Keys, RawHash};
+pub use self::model::PrefixError;
+pub use self::target::UrlError;
+use crate::store::{Entry, Resource, ResourceKey, Store, StoreError, StoreHealth, VariantKey, WriteLock};
+use crate::tag::EntityTag;
+
+/// Tunables of the Redis store; [`Default`] suits production.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// Bound on opening a connection (TCP, TLS, AUTH, HELLO).
+    pub connect_timeout: Duration,
+    /// Bound on every store call: past it the call fails `Unavailable` and
+    /// the connection is replaced (a request is never held longer).
+    pub op_timeout: Duration,
+    /// TTL of resource hashes (refreshed when used). Every key has a TTL so
+    /// a Redis with `maxmemory` and an eviction policy stays healthy.
+    pub entry_ttl: Duration,
+    /// TTL of the meta hash (epoch, glob marks) and the clock.
+    pub meta_ttl: Duration,
+    /// A validation recorded less than this after an invalidation of its
+    /// resource (or a watched glob) is not trusted: the app's GET may have
+    /// overlapped the write and read the old state. Should cover the app's
+    /// response time (the proxy's upstream timeout for strictness).
+    pub trust_guard: Duration,
+    /// The local cache (RESP3 client tracking). Off: every lookup is one
+    /// round trip.
+    pub client_cache: bool,
+    /// Most resources the local cache holds.
+    pub cache_capacity: usize,
+    /// Longest a local cache entry lives without an invalidation.
+    pub cache_ttl: Duration,
+    /// Most variants kept per resource (a flood of `Vary` values resets it).
+    pub max_variants: u32,
+    /// Reconnect backoff: first delay and cap (doubling, with jitter).
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_millis(500),
+            op_timeout: Duration::from_millis(300),
+            entry_ttl: Duration::from_secs(24 * 3600),
+            meta_ttl: Duration::from_secs(7 * 24 * 3600),
+            trust_guard: Duration::from_secs(10),
+            client_cache: true,
+            cache_capacity: 10_000,
+            cache_ttl: Duration::from_secs(60),
+            max_variants: 32,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a Redis store could not be created (bad configuration; an
+/// unreachable Redis is not an error here, it is an outage).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisConfigError {
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error(transparent)]
+    Prefix(#[from] PrefixError),
+}
+
+/// Round trips and cache hits, for `/metrics`. The per-request average is
+/// `sametag_redis_round_trips_total / <requests>`.
+#[derive(Clone, Debug, Default)]
+pub struct RedisMetrics {
+    /// Calls that went to Redis (each one round trip).
+    pub round_trips: Counter,
+    /// Lookups and records answered from the local cache (no round trip).
+    pub cache_hits: Counter,
+    /// Calls that failed (unreachable, timeout, protocol).
+    pub errors: Counter,
+    /// Epoch bumps after a failed invalidation.
+    pub epoch_bumps: Counter,
+    /// 1 while connected.
+    pub up: Gauge,
+}
+
+/// State shared with the connection's push handler (no connection inside,
+/// so the connection can own a handle to it without a cycle).
+pub(crate) struct Shared {
+    keys: Keys,
+    cache: Cache,
+    /// Id of the installed connection; 0 while down.
+    live_id: AtomicU64,
+    /// Wakes the supervisor when the installed connection is lost.
+    down: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// Connection `id` is gone: stop answering from the cache and wake the
+    /// supervisor, once (whoever notices first: a failed call or the
+    /// connection's own disconnect notice).
+    pub(crate) fn mark_down(&self, id: u64) -> bool {
+        if id != 0
+            && self
+                .live_id
+                .compare_exchange(id, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            self.cache.reset(false);
+            self.down.notify_one();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Live {
+    id: u64,
+    conn: Conn,
+}
+
+pub(crate) struct Inner {
+    shared: Arc<Shared>,
+    target: target::Target,
+    url: String,
+    opts: RedisOptions,
+    live: RwLock<Option<Live>>,
+    next_id: AtomicU64,
+    /// An invalidation failed: bump the epoch before serving again.
+    pending_bump: AtomicBool,
+    offset_us: AtomicI64,
+    down_reason: Mutex<String>,
+    metrics: RedisMetrics,
+    /// The watched globs each resource was last looked up with, so a
+    /// trusted record can apply the guard to exactly those globs.
+    watched: Mutex<HashMap<String, (Arc<[Arc<str>]>, Instant)>>,
+}
+
+/// The Redis [`Store`]. Cheap to clone; the supervisor stops when the last
+/// clone is dropped.
+///
+/// Wiring (`main.rs`): `RedisStore::connect(&url, &prefix, RedisOptions::default())?`
+/// inside the tokio runtime, then `store.register_metrics(&mut registry)`.
+/// It returns at once; Redis being down at start is an outage, not an error.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+    _guard: Arc<supervisor::Guard>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("url", &self.inner.url).finish()
+    }
+}
+
+impl RedisStore {
+    /// Parse `url` (see [`target`] for the forms), keep keys under
+    /// `{prefix}`, and start connecting in the background. Must be called
+    /// inside a tokio runtime.
+    pub fn connect(url: &str, prefix: &str, opts: RedisOptions) -> Result<Self, RedisConfigError> {
+        let keys = Keys::new(prefix)?;
+        // rediss:// needs a rustls crypto provider; an already installed
+        // one (by another part of the process) is fine too.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let target = target::parse(url, opts.connect_timeout, opts.op_timeout)?;
+        let client_cache = opts.client_cache && !matches!(target, target::Target::Cluster(_));
+        let opts = RedisOptions { client_cache, ..opts };
+        let inner = Arc::new(Inner {
+            shared: Arc::new(Shared {
+                keys,
+                // Remember invalidations longer than any read may take.
+                cache: Cache::new(opts.cache_capacity, opts.cache_ttl, opts.op_timeout * 4 + Duration::from_secs(1)),
+                live_id: AtomicU64::new(0),
+                down: tokio::sync::Notify::new(),
+            }),
+            target,
+            url: target::redact(url),
+            opts,
+            live: RwLock::new(None),
+            next_id: AtomicU64::new(1),
+            pending_bump: AtomicBool::new(false),
+            offset_us: AtomicI64::new(0),
+            down_reason: Mutex::new(String::new()),
+            metrics: RedisMetrics::default(),
+            watched: Mutex::new(HashMap::new()),
+        });
+        let guard = supervisor::spawn(inner.clone());
+        Ok(Self {
+            inner,
+            _guard: Arc::new(guard),
+        })
+    }
+
+    /// Register the store's metric families (`sametag_redis_*`).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let m = &self.inner.metrics;
+        registry.register(
+            "sametag_redis_round_trips",
+            "Store calls that went to Redis (one round trip each)",
+            m.round_trips.clone(),
+        );
+        registry.register(
+            "sametag_redis_cache_hits",
+            "Store calls answered from the client-side cache",
+            m.cache_hits.clone(),
+        );
+        registry.register("sametag_redis_errors", "Store calls that failed", m.errors.clone());
+        registry.register(
+            "sametag_redis_epoch_bumps",
+            "Epoch bumps after an invalidation failed during an outage",
+            m.epoch_bumps.clone(),
+        );
+        registry.register("sametag_redis_up", "1 while connected to Redis", m.up.clone());
+    }
+
+    /// The live counters (tests and benchmarks read them directly).
+    pub fn metrics(&self) -> &RedisMetrics {
+        &self.inner.metrics
+    }
+
+    /// Wait until connected, at most `timeout`. True when up.
+    pub async fn wait_up(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.health() == StoreHealth::Up {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.health() == StoreHealth::Up
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn offset(&self) -> ClockOffset {
+        ClockOffset {
+            server_minus_local_us: self.offset_us.load(Ordering::Relaxed),
+        }
+    }
+
+    fn ms(d: Duration) -> u64 {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// Give up connection `id` if it is still the installed one, and wake
+    /// the supervisor to reconnect.
+    pub(crate) fn drop_live(&self, id: u64, reason: &str) {
+        if self.shared.live_id.load(Ordering::SeqCst) == id {
+            *self.down_reason.lock().unwrap_or_else(|e| e.into_inner()) = reason.to_owned();
+            self.shared.mark_down(id);
+        }
+    }
+
+    /// Run one call against the installed connection, bounded by the
+    /// operation timeout. `bump_on_failure`: this is an invalidation; if it
+    /// fails, the epoch must be bumped on reconnect.
+    async fn run<T, F, Fut>(&self, bump_on_failure: bool, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let (id, conn) = {
+            let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+            match &*live {
+                Some(l) if self.shared.live_id.load(Ordering::SeqCst) == l.id => (l.id, l.conn.clone()),
+                _ => {
+                    // Set while holding the lock: a reconnect installing a
+                    // connection checks the flag under the write lock.
+                    if bump_on_failure {
+                        self.pending_bump.store(true, Ordering::SeqCst);
+                    }
+                    self.metrics.errors.inc();
+                    return Err(StoreError::Unavailable("redis is not connected".into()));
+                }
+            }
+        };
+        self.metrics.round_trips.inc();
+        let result = tokio::time::timeout(self.opts.op_timeout, f(conn)).await;
+        let err = match result {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                self.metrics.errors.inc();
+                if bump_on_failure {
+                    self.pending_bump.store(true, Ordering::SeqCst);
+                }
+                self.drop_live(id, "a call timed out");
+                return Err(StoreError::Unavailable(format!(
+                    "redis did not answer within {:?}",
+                    self.opts.op_timeout
+                )));
+            }
+        };
+        self.metrics.errors.inc();
+        let connection_lost = err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || err.is_unrecoverable_error();
+        if bump_on_failure {
+            self.pending_bump.store(true, Ordering::SeqCst);
+        }
+        if connection_lost || bump_on_failure {
+            self.drop_live(id, &err.to_string());
+            Err(StoreError::Unavailable(err.to_string()))
+        } else if matches!(err.code(), Some("OOM" | "LOADING" | "MASTERDOWN" | "READONLY" | "BUSY")) {
+            // Reachable but refusing work (maxmemory without eviction, a
+            // replica, a failover, a busy script): an outage for the caller.
+            Err(StoreError::Unavailable(err.to_string()))
+        } else {
+            Err(StoreError::Protocol(err.to_string()))
+        }
+    }
+
+    fn remember_watched(&self, id: &str, watched: &[Arc<str>]) {
+        let mut w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        if w.len() >= 10_000 && !w.contains_key(id) {
+            let now = Instant::now();
+            w.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(60));
+            if w.len() >= 10_000 {
+                w.clear();
+            }
+        }
+        w.insert(id.to_owned(), (watched.into(), Instant::now()));
+    }
+
+    fn watched_of(&self, id: &str) -> Option<Arc<[Arc<str>]>> {
+        let w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        w.get(id).map(|(g, _)| g.clone())
+    }
+}
+
+fn entry_from_cache(res: &RawHash, vary: &str, variant: &VariantKey, tag: &str) -> Option<SystemTime> {
+    if res.get("vary").map(String::as_str) != Some(vary) {
+        return None;
+    }
+    if res.get(&format!("t|{}", variant.0)).map(String::as_str) != Some(tag) {
+        return None;
+    }
+    let lm: u64 = res.get(&format!("m|{}", variant.0))?.parse().ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(lm))
+}
+
+fn parse_u64(s: &str) -> Result<u64, StoreError> {
+    s.parse()
+        .map_err(|_| StoreError::Protocol(format!("expected a number from redis, got {s:?}")))
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn lookup(&self, resource: &ResourceKey, watched: &[Arc<str>]) -> Result<Option<Resource>, StoreError> {
+        let inner = &self.inner;
+        inner.remember_watched(&resource.id, watched);
+        let cache = &inner.shared.cache;
+        if let Some((res, meta)) = cache.get(&resource.id) {
+            inner.metrics.cache_hits.inc();
+            return Ok(model::build_resource(&res, &meta, watched, inner.offset()));
+        }
+        let ticket = cache.ticket();
+        let keys = &inner.shared.keys;
+        let (rk, mk) = (keys.resource(&resource.id), keys.meta());
+        let (res, meta): (Vec<String>, Vec<String>) = inner
+            .run(false, |mut c| async move {
+                SCRIPTS.lookup.key(rk).key(mk).invoke_async(&mut c).await
+            })
+            .await?;
+        let (res, meta) = (Arc::new(model::pairs(res)), Arc::new(model::pairs(meta)));
+        if let Some(t) = ticket {
+            cache.insert(t, &resource.id, res.clone(), meta.clone());
+        }
+        Ok(model::build_resource(&res, &meta, watched, inner.offset()))
+    }
+
+    async fn record(
+        &self,
+        resource: &ResourceKey,
+        vary: &[String],
+        variant: &VariantKey,
+        tag: &EntityTag,
+        trust: bool,
+    ) -> Result<Entry, StoreError> {
+        let inner = &self.inner;
+        let (vary, tag_s) = (model::encode_vary(vary), model::encode_tag(tag));
+        if !trust
+            && let Some((res, _)) = inner.shared.cache.get(&resource.id)
+            && let Some(last_modified) = entry_from_cache(&res, &vary, variant, &tag_s)
+        {
+            // The tag is already recorded with its date: nothing to write.
+            inner.metrics.cache_hits.inc();
+            return Ok(Entry {
+                tag: tag.clone(),
+                last_modified,
+                validated_at: None,
+            });
+        }
+        let keys = &inner.shared.keys;
+        let (rk, mk, ck) = (keys.resource(&resource.id), keys.meta(), keys.clock());
+        let globs = inner.watched_of(&resource.id);
+        let o = &inner.opts;
+        let (ttl, meta_ttl) = (Inner::ms(o.entry_ttl), Inner::ms(o.meta_ttl));
+        let guard_us = u64::try_from(o.trust_guard.as_micros()).unwrap_or(u64::MAX);
+        let max_variants = o.max_variants.max(1);
+        let variant_s = variant.0.clone();
+        let (lm, va, _ve): (String, Option<String>, Option<String>) = inner
+            .run(false, |mut c| async move {
+                let mut inv = SCRIPTS.record.key(rk);
+                inv.key(mk).key(ck);
+                inv.arg(vary).arg(variant_s).arg(tag_s).arg(if trust { "1" } else { "0" });
+                inv.arg(ttl).arg(meta_ttl).arg(max_variants).arg(guard_us);
+                inv.arg(if globs.is_some() { "0" } else { "1" });
+                for g in globs.iter().flat_map(|g| g.iter()) {
+                    inv.arg(g.as_ref());
+                }
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        let validated_at = match va {
+            Some(a) => Some(inner.offset().to_local(parse_u64(&a)?)),
+            None => None,
+        };
+        Ok(Entry {
+            tag: tag.clone(),
+            last_modified: UNIX_EPOCH + Duration::from_secs(parse_u64(&lm)?),
+            validated_at,
+        })
+    }
+
+    async fn invalidate(&self, resource: &ResourceKey, globs: &[Arc<str>]) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let cache = &inner.shared.cache;
+        // Our own reads must not be served from the cache once this
+        // returns, even before Redis' push for our write arrives.
+        let forget = || {
+            cache.invalidate(Hit::Resource(resource.id.to_string()));
+            if !globs.is_empty() {
+                cache.invalidate(Hit::Meta);
+            }
+        };
+        forget();
+        let keys = &inner.shared.keys;
+        let (rk, mk, ck) = (keys.resource(&resource.id), keys.meta(), keys.clock());
+        let (ttl, meta_ttl) = (Inner::ms(inner.opts.entry_ttl), Inner::ms(inner.opts.meta_ttl));
+        let globs_owned: Vec<String> = globs.iter().map(|g| g.to_string()).collect();
+        let _: String = inner
+            .run(true, |mut c| async move {
+                let mut inv = SCRIPTS.invalidate.key(rk);
+                inv.key(mk).key(ck).arg(ttl).arg(meta_ttl);
+                for g in globs_owned {
+                    inv.arg(g);
+                }
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        forget();
+        Ok(())
+    }
+
+    async fn try_lock(&self, resource: &ResourceKey, lease: Duration) -> Result<Option<WriteLock>, StoreError> {
+        let inner = &self.inner;
+        let keys = &inner.shared.keys;
+        let (lk, ck) = (keys.lock(&resource.id), keys.clock());
+        let (lease, clock_ttl) = (Inner::ms(lease), Inner::ms(inner.opts.meta_ttl));
+        let token: Option<String> = inner
+            .run(false, |mut c| async move {
+                SCRIPTS
+                    .lock
+                    .key(lk)
+                    .key(ck)
+                    .arg(lease)
+                    .arg(clock_ttl)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        match token {
+            Some(t) => Ok(Some(WriteLock {
+                resource: resource.clone(),
+                token: parse_u64(&t)?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn unlock(&self, lock: &WriteLock) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let lk = inner.shared.keys.lock(&lock.resource.id);
+        let token = lock.token.to_string();
+        let _: i64 = inner
+            .run(false, |mut c| async move {
+                SCRIPTS.unlock.key(lk).arg(token).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn health(&self) -> StoreHealth {
+        if self.inner.shared.live_id.load(Ordering::SeqCst) != 0 {
+            StoreHealth::Up
+        } else {
+            StoreHealth::Down
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The local (client-side) cache of resource and meta hashes, kept exact by
+//! Redis' RESP3 `CLIENT TRACKING ... BCAST` invalidation pushes.
+//!
+//! Why our own cache rather than the redis crate's `cache-aio`: the store
+//! reads through Lua scripts (atomic snapshots) which that cache does not
+//! cover, and it inserts a reply after the reply was handed over, so an
+//! invalidation that races in between can leave a stale entry. Here every
+//! read takes a [`Ticket`] before it is sent; invalidation pushes are applied
+//! synchronously on the connection's reader (before any later reply is
+//! delivered) and logged with a sequence number, and an insert is refused if
+//! an invalidation of the same key (or a flush) happened after its ticket.
+//! On connection loss the whole cache is flushed and disabled until tracking
+//! is on again on the new connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::model::RawHash;
+
+/// Taken before a read is sent; an insert is only accepted if nothing the
+/// read returned was invalidated since.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket(u64);
+
+/// Which cached key an invalidation hit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Hit {
+    Resource(String),
+    Meta,
+}
+
+struct Slot {
+    hash: Arc<RawHash>,
+    until: Instant,
+}
+
+struct State {
+    enabled: bool,
+    seq: u64,
+    /// Tickets older than this are refused (flush, or the log was pruned).
+    floor: u64,
+    resources: HashMap<String, Slot>,
+    meta: Option<Slot>,
+    /// Recent invalidations: (sequence, when, what).
+    log: VecDeque<(u64, Instant, Hit)>,
+}
+
+/// See the module docs.
+pub(crate) struct Cache {
+    state: Mutex<State>,
+    capacity: usize,
+    ttl: Duration,
+    /// How long invalidations are remembered for in-flight reads (longer
+    /// than any read may take: reads time out well before).
+    log_window: Duration,
+}
+
+impl Cache {
+    pub(crate) fn new(capacity: usize, ttl: Duration, log_window: Duration) -> Self {
+        Self {
+            state: Mutex::new(State {
+                enabled: false,
+                seq: 0,
+                floor: 0,
+                resources: HashMap::new(),
+                meta: None,
+                log: VecDeque::new(),
+            }),
+            capacity,
+            ttl,
+            log_window,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave it inconsistent in a
+        // way that matters more than losing the cache: recover the guard.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A ticket for a read about to be sent, or `None` while disabled.
+    pub(crate) fn ticket(&self) -> Option<Ticket> {
+        let s = self.lock();
+        s.enabled.then_some(Ticket(s.seq))
+    }
+
+    /// The cached resource hash (an empty hash caches "absent") and meta.
+    pub(crate) fn get(&self, id: &str) -> Option<(Arc<RawHash>, Arc<RawHash>)> {
+        let s = self.lock();
+        if !s.enabled {
+            return None;
+        }
+        let now = Instant::now();
+        let res = s.resources.get(id).filter(|e| e.until > now)?;
+        let meta = s.meta.as_ref().filter(|e| e.until > now)?;
+        Some((res.hash.clone(), meta.hash.clone()))
+    }
+
+    /// Remember what a read returned, unless it was invalidated meanwhile.
+    pub(crate) fn insert(&self, ticket: Ticket, id: &str, res: Arc<RawHash>, meta: Arc<RawHash>) {
+        let mut s = self.lock();
+        if !s.enabled || ticket.0 < s.floor {
+            return;
+        }
+        let (mut res_ok, mut meta_ok) = (true, true);
+        for (seq, _, hit) in &s.log {
+            if *seq <= ticket.0 {
+                continue;
+            }
+            match hit {
+                Hit::Meta => meta_ok = false,
+                Hit::Resource(r) if r == id => res_ok = false,
+                Hit::Resource(_) => {}
+            }
+        }
+        let until = Instant::now() + self.ttl;
+        if meta_ok {
+            s.meta = Some(Slot { hash: meta, until });
+        }
+        if res_ok {
+            if s.resources.len() >= self.capacity && !s.resources.contains_key(id) {
+                let now = Instant::now();
+                s.resources.retain(|_, e| e.until > now);
+                if s.resources.len() >= self.capacity {
+                    // Still full of live entries: drop an arbitrary one.
+                    if let Some(k) = s.resources.keys().next().cloned() {
+                        s.resources.remove(&k);
+                    }
+                }
+            }
+            s.resources.insert(id.to_owned(), Slot { hash: res, until });
+        }
+    }
+
+    /// A tracked key changed (an invalidation push, or our own write).
+    pub(crate) fn invalidate(&self, hit: Hit) {
+        let mut s = self.lock();
+        s.seq += 1;
+        let seq = s.seq;
+        match &hit {
+            Hit::Meta => s.meta = None,
+            Hit::Resource(id) => {
+                s.resources.remove(id);
+            }
+        }
+        let now = Instant::now();
+        s.log.push_back((seq, now, hit));
+        while let Some((old_seq, at, _)) = s.log.front() {
+            if now.duration_since(*at) <= self.log_window && s.log.len() <= 100_000 {
+                break;
+            }
+            // Tickets from before a pruned entry can no longer be checked.
+            s.floor = s.floor.max(*old_seq);
+            s.log.pop_front();
+        }
+    }
+
+    /// Forget everything and refuse inserts from earlier tickets (flush
+    /// pushes, connection loss, reconnects). `enabled` says whether the
+    /// cache may be used from now on (tracking active).
+    pub(crate) fn reset(&self, enabled: bool) {
+        let mut s = self.lock();
+        s.seq += 1;
+        s.floor = s.seq;
+        s.resources.clear();
+        s.meta = None;
+        s.log.clear();
+        s.enabled = enabled;
+    }
+
+    /// Number of cached resources (tests, metrics).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().resources.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(v: &str) -> Arc<RawHash> {
+        Arc::new(RawHash::from([("vary".to_owned(), v.to_owned())]))
+    }
+
+    fn cache() -> Cache {
+        let c = Cache::new(2, Duration::from_secs(60), Duration::from_secs(5));
+        c.reset(true);
+        c
+    }
+
+    #[test]
+    fn disabled_cache_never_answers() {
+        let c = Cache::new(2, Duration::from_secs(60), Duration::from_secs(5));
+        assert!(c.ticket().is_none());
+        assert!(c.get("a").is_none());
+    }
+
+    #[test]
+    fn insert_then_hit_then_invalidate() {
+        let c = cache();
+        let t = c.ticket().unwrap();
+        c.insert(t, "a", h("1"), h("m"));
+        assert_eq!(c.get("a").unwrap().0.get("vary").unwrap(), "1");
+        c.invalidate(Hit::Resource("a".into()));
+        assert!(c.get("a").is_none());
+    }
+
+    #[test]
+    fn invalidation_racing_a_read_wins() {
+        let c = cache();
+        let t = c.ticket().unwrap();
+        // The push arrives between the read's reply and its insert.
+        c.invalidate(Hit::Resource("a".into()));
+        c.insert(t, "a", h("stale"), h("m"));
+        assert!(c.get("a").is_none());
+        // An unrelated key's invalidation does not block the insert.
+        let t = c.ticket().unwrap();
+        c.invalidate(Hit::Resource("b".into()));
+        c.insert(t, "a", h("fresh"), h("m"));
+        assert!(c.get("a").is_some());
+        // A meta invalidation blocks meta (so the pair is not served).
+        let t = c.ticket().unwrap();
+        c.invalidate(Hit::Meta);
+        c.insert(t, "a", h("x"), h("m2"));
+        assert!(c.get("a").is_none());
+    }
+
+    #[test]
+    fn reset_refuses_older_tickets() {
+        let c = cache();
+        let t = c.ticket().unwrap();
+        c.reset(true);
+        c.insert(t, "a", h("1"), h("m"));
+        assert!(c.get("a").is_none());
+        c.reset(false);
+        assert!(c.ticket().is_none());
+    }
+
+    #[test]
+    fn capacity_is_bounded() {
+        let c = cache();
+        for id in ["a", "b", "c", "d"] {
+            let t = c.ticket().unwrap();
+            c.insert(t, id, h(id), h("m"));
+        }
+        assert!(c.len() <= 2);
+    }
+}

@@ -1,0 +1,375 @@
+//! The Redis store against real `redis-server`s: the Lua scripts' atomicity,
+//! agreement between replicas (one store handle per replica), locks,
+//! TTLs and key layout, isolation, client-side caching and outages.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use redis_server::{RedisConfig, RedisServer};
+use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
+use sametag_sidecar::store::{ResourceKey, Store, StoreError, StoreHealth, VariantKey};
+use sametag_sidecar::tag::EntityTag;
+
+fn key(path: &str) -> ResourceKey {
+    ResourceKey {
+        path: Arc::from(path),
+        id: Arc::from(format!("example.test{path}")),
+    }
+}
+
+fn tag(s: &str) -> EntityTag {
+    EntityTag {
+        weak: false,
+        opaque: s.to_owned(),
+    }
+}
+
+fn opts() -> RedisOptions {
+    RedisOptions {
+        // Short backoff so restart tests are quick; the guard is covered by
+        // its own test.
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        trust_guard: Duration::ZERO,
+        ..RedisOptions::default()
+    }
+}
+
+async fn store(url: &str, prefix: &str, o: RedisOptions) -> RedisStore {
+    let s = RedisStore::connect(url, prefix, o).expect("valid url and prefix");
+    assert!(s.wait_up(Duration::from_secs(5)).await, "store connects to {url}");
+    s
+}
+
+const V: fn() -> VariantKey = VariantKey::default;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_modified_is_set_once_under_concurrency_and_strictly_increases() {
+    let redis = RedisServer::start();
+    let replicas = [
+        store(&redis.url(), "lm", opts()).await,
+        store(&redis.url(), "lm", opts()).await,
+        store(&redis.url(), "lm", opts()).await,
+    ];
+    let k = key("/doc");
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let s = replicas[i % 3].clone();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            s.record(&k, &[], &V(), &tag("A"), i % 2 == 0).await.unwrap()
+        }));
+    }
+    let mut dates = Vec::new();
+    for t in tasks {
+        dates.push(t.await.unwrap().last_modified);
+    }
+    assert!(dates.iter().all(|d| *d == dates[0]), "one shared Last-Modified: {dates:?}");
+    // Every replica reads the same one.
+    for s in &replicas {
+        let r = s.lookup(&k, &[]).await.unwrap().unwrap();
+        assert_eq!(r.variant(&V()).unwrap().last_modified, dates[0]);
+    }
+    // Tag changes within the same second still move the date forward.
+    let mut last = dates[0];
+    for (i, t) in ["B", "C", "D"].iter().enumerate() {
+        let e = replicas[i % 3].record(&k, &[], &V(), &tag(t), false).await.unwrap();
+        assert!(e.last_modified > last, "strictly increasing");
+        last = e.last_modified;
+    }
+    // The date comes from Redis, not far from now.
+    let skew = SystemTime::now().duration_since(dates[0]).unwrap_or_default();
+    assert!(skew < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_is_shared_and_invalidation_is_seen_at_once() {
+    let redis = RedisServer::start();
+    let a = store(&redis.url(), "trust", opts()).await;
+    let b = store(&redis.url(), "trust", opts()).await;
+    let k = key("/api/items/1");
+    let watched: Vec<Arc<str>> = vec!["/api/items/**".into()];
+    assert!(b.lookup(&k, &watched).await.unwrap().is_none());
+    let e = a.record(&k, &[], &V(), &tag("T1"), true).await.unwrap();
+    assert!(e.validated_at.is_some());
+    // B sees A's validation (and caches it).
+    for _ in 0..3 {
+        let r = b.lookup(&k, &watched).await.unwrap().unwrap();
+        let v = r.variant(&V()).unwrap();
+        assert_eq!(v.tag, tag("T1"));
+        let age = SystemTime::now().duration_since(v.validated_at.unwrap()).unwrap_or_default();
+        assert!(age < Duration::from_secs(2), "validated_at is recent in local time: {age:?}");
+    }
+    // A write through A: B's very next lookup is untrusted.
+    a.invalidate(&k, &[]).await.unwrap();
+    let r = b.lookup(&k, &watched).await.unwrap().unwrap();
+    assert_eq!(r.variant(&V()).unwrap().validated_at, None, "no trust after invalidate");
+    // Revalidated, then a write elsewhere that invalidates a watched glob.
+    a.record(&k, &[], &V(), &tag("T1"), true).await.unwrap();
+    assert!(b.lookup(&k, &watched).await.unwrap().unwrap().variants[0].1.validated_at.is_some());
+    a.invalidate(&key("/api/items"), &["/api/items/**".into()]).await.unwrap();
+    let r = b.lookup(&k, &watched).await.unwrap().unwrap();
+    assert_eq!(r.variants[0].1.validated_at, None, "glob invalidation un-trusts");
+    // A glob this path does not watch does not matter.
+    a.record(&k, &[], &V(), &tag("T1"), true).await.unwrap();
+    a.invalidate(&key("/other"), &["/other/**".into()]).await.unwrap();
+    assert!(b.lookup(&k, &watched).await.unwrap().unwrap().variants[0].1.validated_at.is_some());
+    // A new tag drops the old validation.
+    a.record(&k, &[], &V(), &tag("T2"), false).await.unwrap();
+    let r = b.lookup(&k, &watched).await.unwrap().unwrap();
+    assert_eq!(r.variants[0].1.tag, tag("T2"));
+    assert_eq!(r.variants[0].1.validated_at, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_guard_refuses_validations_right_after_a_write() {
+    let redis = RedisServer::start();
+    let o = RedisOptions {
+        trust_guard: Duration::from_millis(400),
+        ..opts()
+    };
+    let a = store(&redis.url(), "guard", o.clone()).await;
+    let k = key("/g");
+    a.lookup(&k, &[]).await.unwrap();
+    a.invalidate(&k, &[]).await.unwrap();
+    // A GET that overlapped the write might have read the old state.
+    let e = a.record(&k, &[], &V(), &tag("X"), true).await.unwrap();
+    assert_eq!(e.validated_at, None);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let e = a.record(&k, &[], &V(), &tag("X"), true).await.unwrap();
+    assert!(e.validated_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_are_exclusive_fenced_and_leased() {
+    let redis = RedisServer::start();
+    let a = store(&redis.url(), "locks", opts()).await;
+    let b = store(&redis.url(), "locks", opts()).await;
+    let k = key("/counter");
+    let l1 = a.try_lock(&k, Duration::from_secs(5)).await.unwrap().expect("free lock");
+    assert!(b.try_lock(&k, Duration::from_secs(5)).await.unwrap().is_none(), "exclusive");
+    // Only the holder's token releases.
+    let fake = sametag_sidecar::store::WriteLock {
+        resource: k.clone(),
+        token: l1.token + 1,
+    };
+    b.unlock(&fake).await.unwrap();
+    assert!(b.try_lock(&k, Duration::from_secs(5)).await.unwrap().is_none());
+    a.unlock(&l1).await.unwrap();
+    let l2 = b.try_lock(&k, Duration::from_millis(150)).await.unwrap().expect("released");
+    assert!(l2.token > l1.token, "fencing tokens increase");
+    // B "crashes": its lease ends and A gets the lock with a newer token.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let l3 = a.try_lock(&k, Duration::from_secs(5)).await.unwrap().expect("lease expired");
+    assert!(l3.token > l2.token);
+    // The late holder's unlock does not release the new holder's lock.
+    b.unlock(&l2).await.unwrap();
+    assert!(b.try_lock(&k, Duration::from_secs(5)).await.unwrap().is_none());
+    // Many contenders at once: exactly one wins.
+    a.unlock(&l3).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move { s.try_lock(&k, Duration::from_secs(5)).await.unwrap() }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(winners, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_has_a_ttl_and_one_hash_tag() {
+    let redis = RedisServer::start();
+    // A cluster-enabled server, only to ask CLUSTER KEYSLOT.
+    let slots = RedisServer::with(RedisConfig {
+        extra: vec!["cluster-enabled yes".into()],
+        ..Default::default()
+    });
+    let s = store(&redis.url(), "layout:1", opts()).await;
+    for i in 0..5 {
+        let k = key(&format!("/p/{i}?q={{x}}"));
+        s.record(&k, &["accept-encoding".into()], &VariantKey("gzip".into()), &tag("t"), true)
+            .await
+            .unwrap();
+        s.lookup(&k, &["/p/**".into()]).await.unwrap();
+    }
+    s.invalidate(&key("/p/0?q={x}"), &["/p/**".into()]).await.unwrap();
+    let _held = s.try_lock(&key("/p/1"), Duration::from_secs(30)).await.unwrap().unwrap();
+    let keys = redis.keys();
+    assert!(keys.len() >= 8, "resources, meta, clock, lock: {keys:?}");
+    let mut admin = redis.admin();
+    let mut slot_admin = slots.admin();
+    let mut seen_slots = std::collections::HashSet::new();
+    for k in &keys {
+        assert!(k.starts_with("{layout:1}:"), "{k}");
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut admin).unwrap();
+        assert!(ttl > 0, "{k} has a TTL ({ttl})");
+        let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(k).query(&mut slot_admin).unwrap();
+        seen_slots.insert(slot);
+    }
+    assert_eq!(seen_slots.len(), 1, "one slot for the whole store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_are_isolated_by_prefix_and_by_server() {
+    let shared = RedisServer::start();
+    let a = store(&shared.url(), "tenant-a", opts()).await;
+    let b = store(&shared.url(), "tenant-b", opts()).await;
+    let k = key("/same");
+    a.record(&k, &[], &V(), &tag("A"), true).await.unwrap();
+    assert!(b.lookup(&k, &[]).await.unwrap().is_none(), "other prefix sees nothing");
+    b.invalidate(&k, &["/**".into()]).await.unwrap();
+    assert!(a.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.validated_at.is_some());
+
+    // Two servers, two passwords (one an ACL user).
+    let r1 = RedisServer::with_password("pw-one");
+    let r2 = RedisServer::with(RedisConfig {
+        acl_user: Some(("sidecar".into(), "pw-two".into())),
+        extra: vec!["user default off".into()],
+        ..Default::default()
+    });
+    let s1 = store(&r1.url(), "app", opts()).await;
+    let s2 = store(&r2.url(), "app", opts()).await;
+    s1.record(&k, &[], &V(), &tag("one"), false).await.unwrap();
+    assert!(s2.lookup(&k, &[]).await.unwrap().is_none());
+    assert!(!r1.keys().is_empty());
+    assert!(r2.keys().is_empty());
+
+    // The wrong password: an outage, not a crash; fast errors.
+    let wrong = RedisStore::connect(&r1.url_with_password("nope"), "app", opts()).unwrap();
+    assert!(!wrong.wait_up(Duration::from_millis(500)).await);
+    assert_eq!(wrong.health(), StoreHealth::Down);
+    let t0 = Instant::now();
+    let err = wrong.lookup(&k, &[]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(t0.elapsed() < Duration::from_millis(100));
+    // r1's data is untouched by the failed logins.
+    assert_eq!(s1.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.tag, tag("one"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_lookups_cost_no_redis_commands_and_invalidations_still_arrive() {
+    let redis = RedisServer::start();
+    let a = store(&redis.url(), "cache", opts()).await;
+    let b = store(&redis.url(), "cache", opts()).await;
+    let k = key("/hot");
+    let w: Vec<Arc<str>> = vec!["/hot/**".into()];
+    a.record(&k, &[], &V(), &tag("H"), true).await.unwrap();
+    b.lookup(&k, &w).await.unwrap();
+    let hits0 = b.metrics().cache_hits.get();
+    let trips0 = b.metrics().round_trips.get();
+    let calls0 = redis.data_calls();
+    for _ in 0..200 {
+        let r = b.lookup(&k, &w).await.unwrap().unwrap();
+        assert!(r.variants[0].1.validated_at.is_some());
+        // Validate mode's record of an unchanged tag is local too.
+        b.record(&k, &[], &V(), &tag("H"), false).await.unwrap();
+    }
+    assert_eq!(redis.data_calls() - calls0, 0, "no commands reached redis");
+    assert_eq!(b.metrics().round_trips.get() - trips0, 0);
+    assert_eq!(b.metrics().cache_hits.get() - hits0, 400);
+    // Another replica writes: the very next lookup here is fresh.
+    a.invalidate(&k, &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let r = b.lookup(&k, &w).await.unwrap().unwrap();
+    assert_eq!(r.variants[0].1.validated_at, None);
+    a.record(&k, &[], &V(), &tag("H2"), false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(b.lookup(&k, &w).await.unwrap().unwrap().variants[0].1.tag, tag("H2"));
+    // FLUSHALL empties the caches too.
+    let _: () = redis::cmd("FLUSHALL").query(&mut redis.admin()).unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(b.lookup(&k, &w).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_fails_fast_then_bumps_the_epoch_on_reconnect() {
+    let mut redis = RedisServer::start();
+    let a = store(&redis.url(), "outage", opts()).await;
+    let b = store(&redis.url(), "outage", opts()).await;
+    let k = key("/o");
+    a.record(&k, &[], &V(), &tag("O"), true).await.unwrap();
+    assert!(b.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.validated_at.is_some());
+
+    redis.kill();
+    // Every call fails quickly and says Unavailable; health follows.
+    for s in [&a, &b] {
+        let t0 = Instant::now();
+        assert!(matches!(s.lookup(&k, &[]).await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(s.try_lock(&k, Duration::from_secs(1)).await, Err(StoreError::Unavailable(_))));
+        assert!(t0.elapsed() < Duration::from_millis(700), "{:?}", t0.elapsed());
+    }
+    // A write forwarded during the outage could not invalidate.
+    assert!(a.invalidate(&k, &[]).await.is_err());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while (a.health(), b.health()) != (StoreHealth::Down, StoreHealth::Down) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.health(), StoreHealth::Down);
+
+    // Redis comes back on the same port (empty: no persistence); both
+    // reconnect on their own and A, whose invalidation was lost, bumps the
+    // epoch (the next test covers a Redis that kept its data).
+    redis.restart();
+    assert!(a.wait_up(Duration::from_secs(5)).await);
+    assert!(b.wait_up(Duration::from_secs(5)).await);
+    assert_eq!(a.metrics().epoch_bumps.get(), 1);
+    assert_eq!(b.metrics().epoch_bumps.get(), 0);
+    // Nothing trusted until a fresh validation.
+    assert!(b.lookup(&k, &[]).await.unwrap().is_none());
+    let e = b.record(&k, &[], &V(), &tag("O"), true).await.unwrap();
+    assert!(e.validated_at.is_some());
+    assert!(a.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.validated_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epoch_bump_untrusts_validations_that_survived_the_outage() {
+    // Redis keeps its data; A's invalidation times out while Redis is
+    // paused (as during a network partition), so A bumps on reconnect.
+    let redis = RedisServer::start();
+    let a = store(&redis.url(), "epoch", opts()).await;
+    let b = store(&redis.url(), "epoch", opts()).await;
+    let k = key("/e");
+    b.record(&k, &[], &V(), &tag("E"), true).await.unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query(&mut redis.admin()).unwrap();
+    let failed = a.invalidate(&k, &[]).await;
+    assert!(failed.is_err(), "invalidate times out while redis is paused");
+    assert!(a.wait_up(Duration::from_secs(5)).await);
+    assert!(a.metrics().epoch_bumps.get() >= 1);
+    // B's validation from before is no longer trusted, by anyone.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(b.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.validated_at, None);
+    assert_eq!(a.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.validated_at, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_under_maxmemory_keeps_the_store_healthy() {
+    let redis = RedisServer::with(RedisConfig {
+        extra: vec!["maxmemory 2mb".into(), "maxmemory-policy allkeys-lru".into()],
+        ..Default::default()
+    });
+    let s = store(&redis.url(), "evict", opts()).await;
+    let big = "x".repeat(2000);
+    for i in 0..3000 {
+        let k = key(&format!("/{i}/{big}"));
+        s.record(&k, &[], &V(), &tag("t"), i % 2 == 0).await.unwrap();
+    }
+    assert_eq!(s.health(), StoreHealth::Up);
+    assert!(redis.keys().len() < 3000, "redis evicted keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_is_a_clear_error() {
+    assert!(RedisStore::connect("http://127.0.0.1:1", "p", opts()).is_err());
+    assert!(RedisStore::connect("redis://127.0.0.1:1", "a{b}", opts()).is_err());
+    assert!(RedisStore::connect("redis://127.0.0.1:1", "", opts()).is_err());
+    // Nothing listening: an outage, not an error.
+    let s = RedisStore::connect("redis://127.0.0.1:1", "p", opts()).unwrap();
+    assert!(matches!(s.lookup(&key("/"), &[]).await, Err(StoreError::Unavailable(_))));
+}

@@ -1,0 +1,212 @@
+//! Real `redis-server` processes for tests: each on a free loopback port with
+//! its own temp dir, optionally with a password or an ACL user; kill and
+//! restart on the same port; `INFO commandstats` deltas. Several run side by
+//! side. Include with `#[path = "support/redis_server.rs"] mod redis_server;`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// How to start a server.
+#[derive(Clone, Debug, Default)]
+pub struct RedisConfig {
+    /// `requirepass` (the default user's password).
+    pub password: Option<String>,
+    /// An ACL user with every permission: (name, password).
+    pub acl_user: Option<(String, String)>,
+    /// Extra config lines (`maxmemory 2mb`, ...).
+    pub extra: Vec<String>,
+}
+
+/// A running (or killed) `redis-server`.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    config: RedisConfig,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl RedisServer {
+    /// A server without authentication.
+    pub fn start() -> Self {
+        Self::with(RedisConfig::default())
+    }
+
+    /// A server with `requirepass`.
+    pub fn with_password(pw: &str) -> Self {
+        Self::with(RedisConfig {
+            password: Some(pw.into()),
+            ..Default::default()
+        })
+    }
+
+    pub fn with(config: RedisConfig) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("sametag-redis-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut s = Self {
+            port: free_port(),
+            dir,
+            config,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut conf = vec![
+            format!("port {}", self.port),
+            "bind 127.0.0.1".into(),
+            format!("dir {}", self.dir.display()),
+            "save \"\"".into(),
+            "appendonly no".into(),
+            "protected-mode no".into(),
+            "daemonize no".into(),
+            "loglevel warning".into(),
+            format!("logfile {}", self.dir.join("redis.log").display()),
+        ];
+        if let Some(pw) = &self.config.password {
+            conf.push(format!("requirepass {pw}"));
+        }
+        if let Some((user, pw)) = &self.config.acl_user {
+            conf.push(format!("user {user} on >{pw} ~* &* +@all"));
+        }
+        conf.extend(self.config.extra.iter().cloned());
+        let path = self.dir.join("redis.conf");
+        std::fs::write(&path, conf.join("\n") + "\n").expect("write redis.conf");
+        let child = Command::new("redis-server")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.try_admin().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok()).is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    /// `redis://` URL with the server's credentials (ACL user if any, else
+    /// the password).
+    pub fn url(&self) -> String {
+        match (&self.config.acl_user, &self.config.password) {
+            (Some((u, p)), _) => format!("redis://{u}:{p}@127.0.0.1:{}", self.port),
+            (None, Some(p)) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            (None, None) => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// A URL with the given password (for wrong-password tests).
+    pub fn url_with_password(&self, pw: &str) -> String {
+        format!("redis://:{pw}@127.0.0.1:{}", self.port)
+    }
+
+    fn try_admin(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        client.get_connection_with_timeout(Duration::from_millis(500)).ok()
+    }
+
+    /// A plain synchronous admin connection.
+    pub fn admin(&self) -> redis::Connection {
+        self.try_admin().expect("admin connection to redis-server")
+    }
+
+    /// Kill the server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port (empty: no persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Calls per command from `INFO commandstats` (e.g. `"evalsha" -> 12`).
+    pub fn commandstats(&self) -> HashMap<String, u64> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.admin())
+            .expect("INFO commandstats");
+        let mut out = HashMap::new();
+        for line in info.lines() {
+            let Some(rest) = line.strip_prefix("cmdstat_") else {
+                continue;
+            };
+            let Some((name, stats)) = rest.split_once(':') else {
+                continue;
+            };
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            out.insert(name.to_owned(), calls);
+        }
+        out
+    }
+
+    /// Calls of data commands (everything but the admin connection's own
+    /// INFO/PING/HELLO/CLIENT/AUTH/SCAN/...), summed.
+    pub fn data_calls(&self) -> u64 {
+        const ADMIN: &[&str] = &[
+            "info", "ping", "hello", "client|setinfo", "client|tracking", "auth", "scan",
+            "script|load", "time", "select", "cluster|keyslot", "dbsize", "config|set", "config|get",
+
+        ];
+        self.commandstats()
+            .iter()
+            .filter(|(k, _)| !ADMIN.contains(&k.as_str()))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Every key (SCAN), for layout and TTL assertions.
+    pub fn keys(&self) -> Vec<String> {
+        let mut c = self.admin();
+        let mut cursor = 0u64;
+        let mut out = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut c)
+                .expect("SCAN");
+            out.extend(batch);
+            if next == 0 {
+                return out;
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
