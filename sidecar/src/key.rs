@@ -35,6 +35,9 @@ const VARIANT_CONTEXT: &str = "sametag.dev 2026 variant key v1";
 /// A request target in canonical form.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CanonicalTarget {
+    /// The scheme is https (RFC 9110 §4.2.2: no shared identity with http).
+    /// Origin-form requests (no scheme) count as http.
+    pub https: bool,
     /// Lower-case host, with a non-default port (`example.com:8443`).
     pub authority: String,
     /// Path with percent-encodings normalised; never empty.
@@ -64,6 +67,7 @@ impl CanonicalTarget {
             p => normalize_percent(p),
         };
         CanonicalTarget {
+            https,
             authority,
             path,
             query: uri.query().map(normalize_percent),
@@ -157,6 +161,7 @@ pub fn resource_key(
         credential_scope(&parts.headers, credential_secret)
     };
     let mut h = blake3::Hasher::new_derive_key(RESOURCE_CONTEXT);
+    h.update(&[u8::from(target.https)]);
     put(&mut h, Some(target.authority.as_bytes()));
     put(&mut h, Some(target.path.as_bytes()));
     put(&mut h, target.query.as_deref().map(str::as_bytes));

@@ -198,8 +198,9 @@ impl Policy {
             max_age: (r.mode == Mode::Trust)
                 .then(|| serde_yaml_ng::Value::String(format_duration(r.max_age))),
             invalidates: r.invalidates.iter().map(|g| g.to_string()).collect(),
-            shared: Some(r.shared),
-            require_preconditions: Some(r.require_preconditions),
+            // Bypass routes may not carry these (they would do nothing).
+            shared: (r.mode != Mode::Bypass).then_some(r.shared),
+            require_preconditions: (r.mode != Mode::Bypass).then_some(r.require_preconditions),
         };
         PolicySpec {
             mode: Some(self.default.mode),
