@@ -5,3 +5,6 @@
 pub mod crd;
 pub mod config;
 pub mod children;
+pub mod metrics;
+pub mod reconcile;
+pub mod status;

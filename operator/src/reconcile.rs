@@ -1,0 +1,450 @@
+//! The ETagStore controller: `Context`, `reconcile()` and `error_policy()`
+//! side by side, the crate `Error`, and the one server-side-apply helper.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::children::{self, BuildError, FIELD_MANAGER, OWNER_LABEL, STORE_LABEL, names};
+use crate::crd::{ETagStore, ETagStoreStatus, ExternalRedis, ManagedRedis};
+use crate::metrics::Metrics;
+use crate::status::{self, DEGRADED, Health, READY};
+
+/// Everything that can fail in the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A child object could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A status or patch body could not be serialised.
+    #[error("serialize: {0}")]
+    Serialize(#[from] serde_json::Error),
+    /// The webhook's TLS material could not be made or loaded.
+    #[error("webhook TLS: {0}")]
+    Tls(String),
+    /// A server could not bind or serve.
+    #[error("{what}: {source}")]
+    Io {
+        /// Which server.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+}
+
+/// Result with the crate [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Short, stable name of the variant, used as a metric label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Build(_) => "build",
+            Self::Serialize(_) => "serialize",
+            Self::Tls(_) => "tls",
+            Self::Io { .. } => "io",
+            Self::Lease(_) => "lease",
+        }
+    }
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes Events on ETagStores.
+    pub recorder: Recorder,
+    /// Metric families.
+    pub metrics: Arc<Metrics>,
+    /// Namespace the operator runs in (the NetworkPolicy admits it).
+    pub operator_namespace: String,
+    /// Requeue interval of a healthy store.
+    pub resync: Duration,
+    /// Consecutive failures per store, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<ETagStore>, u32>>,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client, metrics: Arc<Metrics>, operator_namespace: String, resync: Duration) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("SAMETAG_POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            operator_namespace,
+            resync,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn record_failure(&self, store: &ObjectRef<ETagStore>) -> u32 {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(store.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    fn record_success(&self, store: &ObjectRef<ETagStore>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(store);
+    }
+
+    async fn event(&self, store: &ETagStore, type_: EventType, reason: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        // Events are best effort: a failure to publish must not fail the reconcile.
+        if let Err(e) = self.recorder.publish(&ev, &store.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "cannot publish event");
+        }
+    }
+}
+
+/// Backoff after `failures` consecutive failures: 5s doubling up to 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs(5u64 << exp).min(Duration::from_secs(300))
+}
+
+/// Bring the children of `store` to their desired state and write its status.
+pub async fn reconcile(store: Arc<ETagStore>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started();
+    let ns = store
+        .namespace()
+        .ok_or_else(|| BuildError::NoNamespace(store.name_any()))?;
+    tracing::debug!(store = %store.name_any(), namespace = %ns, "reconciling");
+
+    let outcome = apply_children(&store, &ctx, &ns).await;
+    let (health, endpoint) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            // Say why in the status before backing off, so `kubectl get ets` shows it.
+            let health = Health::Degraded { reason: "ApplyFailed", message: e.to_string() };
+            let _ = write_status(&store, &ctx, &ns, &health, None).await;
+            return Err(e);
+        }
+    };
+    let degraded = matches!(health, Health::Degraded { .. });
+    let progressing = matches!(health, Health::Progressing { .. });
+    write_status(&store, &ctx, &ns, &health, endpoint).await?;
+    ctx.record_success(&ObjectRef::from_obj(&*store));
+    Ok(if degraded {
+        // A missing Secret is not ours to watch: look again soon.
+        Action::requeue(Duration::from_secs(30))
+    } else if progressing {
+        Action::requeue(Duration::from_secs(10))
+    } else {
+        Action::requeue(ctx.resync)
+    })
+}
+
+/// Log, count and back off exponentially per store.
+pub fn error_policy(store: Arc<ETagStore>, error: &Error, ctx: Arc<Context>) -> Action {
+    let n = ctx.record_failure(&ObjectRef::from_obj(&*store));
+    let wait = backoff(n);
+    tracing::warn!(store = %store.name_any(), namespace = ?store.namespace(), %error, failures = n, retry_in = ?wait, "reconcile failed");
+    ctx.metrics.reconcile_failed(error.metric_label());
+    let recorder_ctx = ctx.clone();
+    let note = error.to_string();
+    // error_policy is synchronous; publish the Event in the background.
+    tokio::spawn(async move {
+        recorder_ctx
+            .event(&store, EventType::Warning, "ReconcileFailed", note)
+            .await;
+    });
+    Action::requeue(wait)
+}
+
+async fn apply_children(store: &ETagStore, ctx: &Context, ns: &str) -> Result<(Health, Option<String>)> {
+    let client = &ctx.client;
+    let result = match (store.managed(), store.spec.redis.external.as_ref()) {
+        (Some(redis), _) => apply_managed(store, ctx, ns, redis).await?,
+        (None, Some(external)) => {
+            if was_managed(store) {
+                delete_managed(client, ns, &store.name_any()).await?;
+            }
+            check_external(ctx, ns, external).await?
+        }
+        // CEL forbids this; say so rather than guess.
+        (None, None) => (
+            Health::Degraded {
+                reason: "NoRedis",
+                message: "spec.redis sets neither managed nor external".into(),
+            },
+            None,
+        ),
+    };
+    apply(client, ns, &children::policy_config_map::desired(store)?).await?;
+    Ok(result)
+}
+
+async fn apply_managed(
+    store: &ETagStore,
+    ctx: &Context,
+    ns: &str,
+    redis: &ManagedRedis,
+) -> Result<(Health, Option<String>)> {
+    let client = &ctx.client;
+    let name = store.name_any();
+    // The password is generated once; every later apply carries the stored one.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let existing = secrets
+        .get_opt(&names::secret(&name))
+        .await?
+        .as_ref()
+        .and_then(children::secret::existing_password);
+    let password = match existing {
+        Some(p) => p,
+        None => {
+            let p = children::secret::generate_password();
+            ctx.event(
+                store,
+                EventType::Normal,
+                "PasswordCreated",
+                format!("generated the Redis password in Secret {}", names::secret(&name)),
+            )
+            .await;
+            p
+        }
+    };
+    apply(client, ns, &children::secret::desired(store, &password)?).await?;
+    apply(client, ns, &children::redis_config::desired(store, redis)?).await?;
+    let sts = apply(client, ns, &children::redis::desired(store, redis)?).await?;
+    apply(client, ns, &children::service::desired(store)?).await?;
+    apply(client, ns, &children::service::headless(store)?).await?;
+    apply(client, ns, &children::network_policy::desired(store, &ctx.operator_namespace)?).await?;
+
+    let ready = sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+    let health = if ready >= redis.replicas {
+        Health::Ready {
+            reason: "RedisReady",
+            message: format!("{ready}/{} Redis pods ready", redis.replicas),
+        }
+    } else {
+        Health::Progressing {
+            reason: "WaitingForRedis",
+            message: format!("{ready}/{} Redis pods ready", redis.replicas),
+        }
+    };
+    Ok((health, Some(children::service::endpoint(store))))
+}
+
+async fn check_external(
+    ctx: &Context,
+    ns: &str,
+    external: &ExternalRedis,
+) -> Result<(Health, Option<String>)> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let r = &external.secret_ref;
+    let health = match secrets.get_opt(&r.name).await? {
+        None => Health::Degraded {
+            reason: "SecretMissing",
+            message: format!(
+                "Secret {ns}/{} (spec.redis.external.secretRef) does not exist; create it with the Redis password under key {:?}",
+                r.name, r.key
+            ),
+        },
+        Some(s) if !has_key(&s, &r.key) => Health::Degraded {
+            reason: "SecretKeyMissing",
+            message: format!("Secret {ns}/{} has no key {:?} (spec.redis.external.secretRef.key)", r.name, r.key),
+        },
+        Some(_) => Health::Ready {
+            reason: "ExternalRedis",
+            message: "using the external Redis; its password Secret exists".into(),
+        },
+    };
+    Ok((health, Some(external.url.clone())))
+}
+
+fn has_key(secret: &Secret, key: &str) -> bool {
+    secret.data.as_ref().is_some_and(|d| d.contains_key(key))
+        || secret.string_data.as_ref().is_some_and(|d| d.contains_key(key))
+}
+
+// The status endpoint says whether the last successful reconcile ran Redis.
+fn was_managed(store: &ETagStore) -> bool {
+    store.status.as_ref().and_then(|s| s.endpoint.as_deref())
+        == Some(children::service::endpoint(store).as_str())
+}
+
+async fn delete_managed(client: &Client, ns: &str, name: &str) -> Result<()> {
+    delete::<StatefulSet>(client, ns, &names::redis(name)).await?;
+    delete::<Service>(client, ns, &names::redis(name)).await?;
+    delete::<Service>(client, ns, &names::headless(name)).await?;
+    delete::<ConfigMap>(client, ns, &names::redis_config(name)).await?;
+    delete::<NetworkPolicy>(client, ns, &names::network_policy(name)).await?;
+    delete::<Secret>(client, ns, &names::secret(name)).await?;
+    Ok(())
+}
+
+async fn delete<K>(client: &Client, ns: &str, name: &str) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Server-side apply `obj` (field manager `sametag-operator`, forced).
+pub async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
+}
+
+async fn write_status(
+    store: &ETagStore,
+    ctx: &Context,
+    ns: &str,
+    health: &Health,
+    endpoint: Option<String>,
+) -> Result<()> {
+    let name = store.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let injected = pods
+        .list_metadata(&ListParams::default().labels(&format!("{STORE_LABEL}={name}")))
+        .await?
+        .items
+        .len();
+    let previous = store.status.as_ref();
+    let endpoint = endpoint.or_else(|| previous.and_then(|p| p.endpoint.clone()));
+    let now = Time(jiff::Timestamp::now());
+    let new = status::desired(
+        previous,
+        store.metadata.generation,
+        health,
+        endpoint,
+        i32::try_from(injected).unwrap_or(i32::MAX),
+        now,
+    );
+    // Writing an unchanged status would trigger another reconcile: compare first.
+    if previous == Some(&new) {
+        return Ok(());
+    }
+    announce(store, ctx, previous, &new, health).await;
+    let api: Api<ETagStore> = Api::namespaced(ctx.client.clone(), ns);
+    let body = serde_json::json!({ "status": new });
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+        .await?;
+    Ok(())
+}
+
+// Events for what a person would want to see in `kubectl describe ets`.
+async fn announce(
+    store: &ETagStore,
+    ctx: &Context,
+    previous: Option<&ETagStoreStatus>,
+    new: &ETagStoreStatus,
+    health: &Health,
+) {
+    let was = |t| status::condition_status(previous, t);
+    let is = |t| status::condition_status(Some(new), t);
+    if previous.is_none() {
+        ctx.event(store, EventType::Normal, "Created", "children created".into()).await;
+    } else if previous.and_then(|p| p.observed_generation) != new.observed_generation {
+        ctx.event(store, EventType::Normal, "Updated", "spec change applied".into()).await;
+    }
+    if is(READY) == Some("True") && was(READY) != Some("True") {
+        ctx.event(store, EventType::Normal, "Ready", health.message().to_owned()).await;
+    }
+    if is(DEGRADED) == Some("True") && (was(DEGRADED) != Some("True") || health_changed(previous, health)) {
+        ctx.event(store, EventType::Warning, health.reason(), health.message().to_owned()).await;
+    }
+}
+
+fn health_changed(previous: Option<&ETagStoreStatus>, health: &Health) -> bool {
+    previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == DEGRADED))
+        .is_none_or(|c| c.reason != health.reason())
+}
+
+/// Run the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, watch_namespace: Option<String>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let stores: Api<ETagStore> = match &watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    fn api<K: Resource<DynamicType = (), Scope = NamespaceResourceScope>>(c: &Client, ns: &Option<String>) -> Api<K> {
+        match ns {
+            Some(ns) => Api::namespaced(c.clone(), ns),
+            None => Api::all(c.clone()),
+        }
+    }
+    // Only our children are watched, so the caches stay small.
+    let owned = watcher::Config::default().labels(OWNER_LABEL);
+    let ns = &watch_namespace;
+    Controller::new(stores, watcher::Config::default())
+        .owns(api::<StatefulSet>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .owns(api::<ConfigMap>(&client, ns), owned.clone())
+        .owns(api::<Secret>(&client, ns), owned.clone())
+        .owns(api::<NetworkPolicy>(&client, ns), owned)
+        // Injected pods come and go: keep status.injectedPods current.
+        .watches(
+            api::<Pod>(&client, ns),
+            watcher::Config::default().labels(STORE_LABEL),
+            |pod: Pod| {
+                let store = pod.labels().get(STORE_LABEL)?.clone();
+                Some(ObjectRef::<ETagStore>::new(&store).within(&pod.namespace()?))
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(store = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

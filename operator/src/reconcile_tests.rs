@@ -1,0 +1,294 @@
+//! Reconciler tests against a small in-memory fake of the Kubernetes API
+//! (tower-test mock service): create, drift repair, external mode, status.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::children::fixtures;
+
+/// One request the fake API server saw.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+/// The fake: objects by path, plus how many Redis pods report ready.
+#[derive(Default)]
+struct Fake {
+    objects: BTreeMap<String, Value>,
+    ready_replicas: i32,
+    injected_pods: usize,
+    seen: Vec<Seen>,
+}
+
+fn not_found(path: &str) -> (u16, Value) {
+    (
+        404,
+        json!({"apiVersion":"v1","kind":"Status","metadata":{},"status":"Failure",
+               "message": format!("{path} not found"),"reason":"NotFound","code":404}),
+    )
+}
+
+impl Fake {
+    fn answer(&mut self, s: &Seen) -> (u16, Value) {
+        let path = s.path.clone();
+        match s.method.as_str() {
+            "GET" if path.ends_with("/pods") => {
+                let items: Vec<Value> = (0..self.injected_pods)
+                    .map(|i| json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":format!("p{i}"),"namespace":"shop"}}))
+                    .collect();
+                (200, json!({"apiVersion":"meta.k8s.io/v1","kind":"PartialObjectMetadataList","metadata":{},"items":items}))
+            }
+            "GET" => match self.objects.get(&path) {
+                Some(v) => (200, v.clone()),
+                None => not_found(&path),
+            },
+            "PATCH" if path.ends_with("/status") => {
+                let obj = path.trim_end_matches("/status").to_owned();
+                let mut cur = self.objects.get(&obj).cloned().unwrap_or_else(|| serde_json::to_value(fixtures::managed()).unwrap());
+                cur["status"] = s.body["status"].clone();
+                self.objects.insert(obj, cur.clone());
+                (200, cur)
+            }
+            "PATCH" => {
+                let mut obj = s.body.clone();
+                if path.contains("/statefulsets/") {
+                    obj["status"] = json!({"replicas": self.ready_replicas, "readyReplicas": self.ready_replicas});
+                }
+                self.objects.insert(path, obj.clone());
+                (200, obj)
+            }
+            "POST" => (201, s.body.clone()),
+            "DELETE" => match self.objects.remove(&path) {
+                Some(_) => (200, json!({"apiVersion":"v1","kind":"Status","metadata":{},"status":"Success"})),
+                None => not_found(&path),
+            },
+            _ => (405, json!({})),
+        }
+    }
+}
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn spawn_fake(mut handle: Handle, fake: Arc<Mutex<Fake>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.unwrap_or_default();
+            let content_type = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let seen = Seen {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_owned(),
+                query: parts.uri.query().unwrap_or_default().to_owned(),
+                content_type,
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            };
+            let (code, v) = {
+                let mut f = fake.lock().unwrap();
+                let r = f.answer(&seen);
+                f.seen.push(seen);
+                r
+            };
+            let resp = Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&v).unwrap()))
+                .unwrap();
+            send.send_response(resp);
+        }
+    })
+}
+
+fn context() -> (Arc<Context>, Arc<Mutex<Fake>>, tokio::task::JoinHandle<()>) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let fake = Arc::new(Mutex::new(Fake::default()));
+    let server = spawn_fake(handle, fake.clone());
+    let ctx = Arc::new(Context::new(
+        client,
+        Arc::new(Metrics::default()),
+        "sametag-system".into(),
+        Duration::from_secs(300),
+    ));
+    (ctx, fake, server)
+}
+
+const BASE: &str = "/api/v1/namespaces/shop";
+
+fn applies(fake: &Fake) -> Vec<&Seen> {
+    fake.seen
+        .iter()
+        .filter(|s| s.method == "PATCH" && s.content_type.contains("apply-patch"))
+        .collect()
+}
+
+fn status_of(fake: &Fake) -> Option<ETagStoreStatus> {
+    let v = fake.objects.get("/apis/sametag.dev/v1alpha1/namespaces/shop/etagstores/cache")?;
+    serde_json::from_value(v["status"].clone()).ok()
+}
+
+fn cond<'a>(s: &'a ETagStoreStatus, t: &str) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    s.conditions.iter().find(|c| c.type_ == t).unwrap()
+}
+
+#[tokio::test]
+async fn create_applies_every_child_with_ssa_and_reports_progress() {
+    let (ctx, fake, _server) = context();
+    let action = reconcile(Arc::new(fixtures::managed()), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+
+    let f = fake.lock().unwrap();
+    let paths: Vec<&str> = applies(&f).iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/namespaces/shop/secrets/cache-redis",
+            "/api/v1/namespaces/shop/configmaps/cache-redis-config",
+            "/apis/apps/v1/namespaces/shop/statefulsets/cache-redis",
+            "/api/v1/namespaces/shop/services/cache-redis",
+            "/api/v1/namespaces/shop/services/cache-redis-headless",
+            "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/cache-redis",
+            "/api/v1/namespaces/shop/configmaps/cache-policy",
+        ]
+    );
+    for s in applies(&f) {
+        assert!(s.query.contains("fieldManager=sametag-operator"), "{}", s.query);
+        assert!(s.query.contains("force=true"), "{}", s.query);
+        assert_eq!(s.body["metadata"]["ownerReferences"][0]["controller"], true);
+    }
+    // The generated password is in the applied Secret.
+    let secret = &f.objects[&format!("{BASE}/secrets/cache-redis")];
+    assert!(secret["data"]["password"].is_string());
+
+    let st = status_of(&f).expect("status written");
+    assert_eq!(cond(&st, "Ready").status, "False");
+    assert_eq!(cond(&st, "Progressing").status, "True");
+    assert_eq!(cond(&st, "Progressing").reason, "WaitingForRedis");
+    assert_eq!(st.endpoint.as_deref(), Some("redis://cache-redis.shop.svc:6379"));
+    assert_eq!(st.observed_generation, Some(1));
+    // A Created event was published.
+    assert!(f.seen.iter().any(|s| s.method == "POST" && s.path.ends_with("/events") && s.body["reason"] == "Created"));
+}
+
+#[tokio::test]
+async fn password_is_kept_and_drift_is_repaired() {
+    let (ctx, fake, _server) = context();
+    reconcile(Arc::new(fixtures::managed()), ctx.clone()).await.unwrap();
+    let (password, sts_path) = {
+        let mut f = fake.lock().unwrap();
+        let p = f.objects[&format!("{BASE}/secrets/cache-redis")]["data"]["password"].clone();
+        // Someone scales Redis by hand and edits its config.
+        let sts = format!("/apis/apps/v1/namespaces/shop/statefulsets/cache-redis");
+        f.objects.get_mut(&sts).unwrap()["spec"]["replicas"] = json!(0);
+        f.seen.clear();
+        (p, sts)
+    };
+    reconcile(Arc::new(fixtures::managed()), ctx.clone()).await.unwrap();
+    let f = fake.lock().unwrap();
+    assert_eq!(f.objects[&format!("{BASE}/secrets/cache-redis")]["data"]["password"], password);
+    assert_eq!(f.objects[&sts_path]["spec"]["replicas"], 1, "drift repaired by the apply");
+    assert!(!f.seen.iter().any(|s| s.body["reason"] == "PasswordCreated"));
+}
+
+#[tokio::test]
+async fn ready_status_and_no_status_write_when_nothing_changed() {
+    let (ctx, fake, _server) = context();
+    fake.lock().unwrap().ready_replicas = 1;
+    fake.lock().unwrap().injected_pods = 3;
+    let action = reconcile(Arc::new(fixtures::managed()), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let mut store = fixtures::managed();
+    {
+        let f = fake.lock().unwrap();
+        let st = status_of(&f).unwrap();
+        assert_eq!(cond(&st, "Ready").status, "True");
+        assert_eq!(cond(&st, "Ready").reason, "RedisReady");
+        assert_eq!(cond(&st, "Degraded").status, "False");
+        assert_eq!(st.injected_pods, 3);
+        store.status = Some(st);
+    }
+    fake.lock().unwrap().seen.clear();
+    // Reconciling the store with its own status must not write the status again.
+    reconcile(Arc::new(store), ctx.clone()).await.unwrap();
+    let f = fake.lock().unwrap();
+    assert!(!f.seen.iter().any(|s| s.path.ends_with("/status")), "status rewritten: hot loop");
+    assert!(!f.seen.iter().any(|s| s.method == "POST"), "no events when nothing changed");
+}
+
+#[tokio::test]
+async fn external_without_secret_is_degraded_and_requeued() {
+    let (ctx, fake, _server) = context();
+    let action = reconcile(Arc::new(fixtures::external()), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let f = fake.lock().unwrap();
+    let paths: Vec<&str> = applies(&f).iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, ["/api/v1/namespaces/shop/configmaps/cache-policy"], "no Redis workload in external mode");
+    let st = status_of(&f).unwrap();
+    assert_eq!(cond(&st, "Degraded").status, "True");
+    assert_eq!(cond(&st, "Degraded").reason, "SecretMissing");
+    assert!(cond(&st, "Degraded").message.contains("shop/shared-redis"));
+    assert_eq!(cond(&st, "Ready").status, "False");
+    assert_eq!(st.endpoint.as_deref(), Some("redis://redis.shared.svc:6379/0"));
+    assert!(f.seen.iter().any(|s| s.method == "POST" && s.body["reason"] == "SecretMissing" && s.body["type"] == "Warning"));
+}
+
+#[tokio::test]
+async fn external_with_secret_is_ready() {
+    let (ctx, fake, _server) = context();
+    fake.lock().unwrap().objects.insert(
+        format!("{BASE}/secrets/shared-redis"),
+        json!({"apiVersion":"v1","kind":"Secret","metadata":{"name":"shared-redis","namespace":"shop"},"data":{"pw":"c2VjcmV0"}}),
+    );
+    reconcile(Arc::new(fixtures::external()), ctx.clone()).await.unwrap();
+    let f = fake.lock().unwrap();
+    let st = status_of(&f).unwrap();
+    assert_eq!(cond(&st, "Ready").status, "True");
+    assert_eq!(cond(&st, "Ready").reason, "ExternalRedis");
+}
+
+#[tokio::test]
+async fn switching_to_external_deletes_the_managed_redis() {
+    let (ctx, fake, _server) = context();
+    reconcile(Arc::new(fixtures::managed()), ctx.clone()).await.unwrap();
+    let mut store = fixtures::external();
+    store.status = status_of(&fake.lock().unwrap());
+    reconcile(Arc::new(store), ctx.clone()).await.unwrap();
+    let f = fake.lock().unwrap();
+    assert!(!f.objects.contains_key("/apis/apps/v1/namespaces/shop/statefulsets/cache-redis"));
+    assert!(!f.objects.contains_key(&format!("{BASE}/services/cache-redis")));
+    assert!(!f.objects.contains_key(&format!("{BASE}/secrets/cache-redis")));
+    assert!(f.objects.contains_key(&format!("{BASE}/configmaps/cache-policy")));
+}
+
+#[tokio::test]
+async fn apply_failure_is_an_error_with_a_degraded_status() {
+    let (ctx, fake, server) = context();
+    // Kill the fake: every call now fails at the transport.
+    server.abort();
+    let _ = server.await;
+    let err = reconcile(Arc::new(fixtures::managed()), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.metric_label(), "kube");
+    drop(fake);
+}
+
+#[test]
+fn backoff_is_exponential_and_bounded() {
+    assert_eq!(backoff(1), Duration::from_secs(5));
+    assert_eq!(backoff(2), Duration::from_secs(10));
+    assert_eq!(backoff(3), Duration::from_secs(20));
+    assert_eq!(backoff(50), Duration::from_secs(300));
+}
