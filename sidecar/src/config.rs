@@ -1,0 +1,264 @@
+//! Flags and environment into one validated [`Config`].
+//!
+//! Every flag also reads an environment variable (`SAMETAG_*`), so the
+//! operator's webhook can configure the sidecar through `env` alone. Bad
+//! values are clap errors: one line, exit status 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use http::uri::Authority;
+
+/// sametag sidecar: a reverse proxy in front of one app replica that gives
+/// every replica the same ETag and Last-Modified for the same representation,
+/// answers conditional requests itself (RFC 9110 §13) and, with a shared
+/// Redis store, serialises conditional writes across replicas.
+#[derive(Debug, Parser)]
+#[command(name = "sametag-sidecar", version, about, long_about = None)]
+pub struct Cli {
+    /// Where clients connect (HTTP/1.1 and h2c).
+    #[arg(long, env = "SAMETAG_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// The app behind the sidecar, as host:port.
+    #[arg(long, env = "SAMETAG_UPSTREAM", default_value = "127.0.0.1:8081", value_parser = parse_authority)]
+    pub upstream: Authority,
+
+    /// The shared store: redis://, rediss://, sentinel or cluster URL.
+    /// Absent: an embedded in-memory store (one replica, local runs).
+    #[arg(long = "redis", env = "SAMETAG_REDIS_URL")]
+    pub redis: Option<String>,
+
+    /// Policy file (YAML, the shape of ETagStore.spec.policy), reloaded when
+    /// it changes. Absent: Validate for every path.
+    #[arg(long, env = "SAMETAG_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// Admin server: /metrics, /healthz, /readyz.
+    #[arg(long, env = "SAMETAG_ADMIN", default_value = "0.0.0.0:9901")]
+    pub admin: SocketAddr,
+
+    /// Key namespace in the store (every key starts with it).
+    #[arg(long, env = "SAMETAG_STORE_PREFIX", default_value = "sametag")]
+    pub store_prefix: String,
+
+    /// How long to wait for the app's response head (and a tagged body)
+    /// before answering 504: 500ms, 30s, 5m, 1h.
+    #[arg(long, env = "SAMETAG_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// Retry-After sent with 503 (store or write lock unavailable for a
+    /// conditional write).
+    #[arg(long, env = "SAMETAG_RETRY_AFTER", default_value = "1s", value_parser = parse_duration)]
+    pub retry_after: Duration,
+
+    /// How long a conditional write waits for another replica's write lock on
+    /// the same resource before answering 503.
+    #[arg(long, env = "SAMETAG_LOCK_WAIT", default_value = "5s", value_parser = parse_duration)]
+    pub lock_wait: Duration,
+
+    /// Secret for the keyed hash of credentials (Authorization, Cookie) in
+    /// store keys. Every replica sharing a store must use the same one.
+    /// Default: derived from the Redis URL (which carries the store's
+    /// password) with --redis; random per process with the embedded store.
+    #[arg(long, env = "SAMETAG_CREDENTIAL_SECRET", hide_env_values = true)]
+    pub credential_secret: Option<String>,
+
+    /// How long SIGTERM/SIGINT waits for in-flight requests before exiting.
+    #[arg(long, env = "SAMETAG_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// How long a client may take to send a request's header section.
+    #[arg(long, env = "SAMETAG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// How often the policy file is checked for changes.
+    #[arg(long, env = "SAMETAG_POLICY_RELOAD", default_value = "2s", value_parser = parse_duration)]
+    pub policy_reload: Duration,
+}
+
+/// What the proxy itself needs, independent of where its store and policy
+/// come from. [`ProxyOptions::new`] gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// The app, `host:port`.
+    pub upstream: Authority,
+    /// Limit for the app's response head and for reading a body to tag.
+    pub upstream_timeout: Duration,
+    /// `Retry-After` on 503.
+    pub retry_after: Duration,
+    /// How long a conditional write retries for the resource's lock.
+    pub lock_wait: Duration,
+    /// Limit for a client's request header section to arrive.
+    pub header_read_timeout: Duration,
+    /// Largest request header section accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// Secret keying the credential hash in store keys.
+    pub credential_secret: Vec<u8>,
+}
+
+impl ProxyOptions {
+    /// Defaults for an app at `upstream`, with a random credential secret.
+    pub fn new(upstream: Authority) -> Self {
+        Self {
+            upstream,
+            upstream_timeout: Duration::from_secs(30),
+            retry_after: Duration::from_secs(1),
+            lock_wait: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            credential_secret: random_secret(),
+        }
+    }
+
+    /// How long a write lock is leased: long enough for the internal GET and
+    /// the write itself, short enough that a crashed holder frees it soon.
+    pub fn lock_lease(&self) -> Duration {
+        self.upstream_timeout * 2 + Duration::from_secs(5)
+    }
+}
+
+/// The validated configuration of the binary.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Client-facing address.
+    pub listen: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// Redis URL; `None`: the embedded store.
+    pub redis: Option<String>,
+    /// Policy file; `None`: Validate everywhere.
+    pub policy: Option<PathBuf>,
+    /// Store key namespace.
+    pub store_prefix: String,
+    /// Drain limit on shutdown.
+    pub drain_timeout: Duration,
+    /// Policy file poll interval.
+    pub policy_reload: Duration,
+    /// The proxy's own options.
+    pub proxy: ProxyOptions,
+}
+
+impl Cli {
+    /// Validate and resolve defaults that depend on other flags.
+    pub fn into_config(self) -> Config {
+        let credential_secret = credential_secret(
+            self.credential_secret.as_deref(),
+            self.redis.as_deref(),
+            &self.store_prefix,
+        );
+        Config {
+            listen: self.listen,
+            admin: self.admin,
+            policy: self.policy,
+            drain_timeout: self.drain_timeout,
+            policy_reload: self.policy_reload,
+            proxy: ProxyOptions {
+                upstream: self.upstream,
+                upstream_timeout: self.upstream_timeout,
+                retry_after: self.retry_after,
+                lock_wait: self.lock_wait,
+                header_read_timeout: self.header_read_timeout,
+                max_header_bytes: 64 * 1024,
+                credential_secret,
+            },
+            redis: self.redis,
+            store_prefix: self.store_prefix,
+        }
+    }
+}
+
+/// The credential-hash secret: the explicit one; else, for a shared store,
+/// one every replica derives alike from the Redis URL (it holds the store's
+/// password, which only this app's replicas know) and the prefix; else a
+/// random one, which is fine for the embedded store (one process).
+pub fn credential_secret(explicit: Option<&str>, redis: Option<&str>, prefix: &str) -> Vec<u8> {
+    if let Some(secret) = explicit {
+        return secret.as_bytes().to_vec();
+    }
+    if let Some(url) = redis {
+        let mut hasher = blake3::Hasher::new_derive_key("sametag.dev 2026 credential secret v1");
+        hasher.update(&(prefix.len() as u64).to_le_bytes());
+        hasher.update(prefix.as_bytes());
+        hasher.update(url.as_bytes());
+        return hasher.finalize().as_bytes().to_vec();
+    }
+    let mut hasher = blake3::Hasher::new_derive_key("sametag.dev 2026 credential secret v1");
+    hasher.update(prefix.as_bytes());
+    hasher.update(&random_secret());
+    hasher.finalize().as_bytes().to_vec()
+}
+
+/// 32 random bytes from the operating system. If the OS cannot provide them
+/// (never seen on Linux), fall back to time and address entropy: the secret
+/// only has to be unguessable to clients, not cryptographically perfect.
+fn random_secret() -> Vec<u8> {
+    let mut buf = [0u8; 32];
+    if getrandom::fill(&mut buf).is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&now.as_nanos().to_le_bytes());
+        hasher.update(&std::process::id().to_le_bytes());
+        hasher.update(&(&buf as *const _ as usize).to_le_bytes());
+        buf = *hasher.finalize().as_bytes();
+    }
+    buf.to_vec()
+}
+
+fn parse_authority(s: &str) -> Result<Authority, String> {
+    let authority: Authority = s.parse().map_err(|e| format!("not a host:port ({e})"))?;
+    if authority.port_u16().is_none() {
+        return Err("missing port (expected host:port)".into());
+    }
+    Ok(authority)
+}
+
+/// Durations read like the policy file's: `500ms`, `30s`, `5m`, `1h`, `1m30s`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::policy::parse_duration(s.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn defaults_and_env_names() {
+        let cli = Cli::try_parse_from(["sametag-sidecar"]).unwrap();
+        assert_eq!(cli.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(cli.upstream.as_str(), "127.0.0.1:8081");
+        assert_eq!(cli.admin.to_string(), "0.0.0.0:9901");
+        assert_eq!(cli.upstream_timeout, Duration::from_secs(30));
+        assert!(Cli::try_parse_from(["sametag-sidecar", "--upstream", "nohost"]).is_err());
+    }
+
+    #[test]
+    fn shared_store_secret_is_shared_and_embedded_is_random() {
+        let a = credential_secret(None, Some("redis://:pw@r:6379"), "p");
+        let b = credential_secret(None, Some("redis://:pw@r:6379"), "p");
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            credential_secret(None, Some("redis://:other@r:6379"), "p")
+        );
+        assert_ne!(
+            credential_secret(None, None, "p"),
+            credential_secret(None, None, "p")
+        );
+        assert_eq!(credential_secret(Some("s"), None, "p"), b"s".to_vec());
+    }
+}

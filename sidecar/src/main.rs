@@ -1,0 +1,162 @@
+//! The `sametag-sidecar` binary: parse config, start telemetry, build the
+//! store, run the proxy and admin servers together until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Parser;
+use sametag_sidecar::admin::Admin;
+use sametag_sidecar::config::{Cli, Config};
+use sametag_sidecar::metrics::Metrics;
+use sametag_sidecar::policy::PolicyHandle;
+use sametag_sidecar::proxy::{Server, ServerConfig};
+use sametag_sidecar::store::Store;
+use sametag_sidecar::store::memory::MemoryStore;
+use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
+use tokio::sync::watch;
+
+fn main() -> ExitCode {
+    // clap prints one usage error and exits 2 on bad flags.
+    let config = Cli::parse().into_config();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sametag-sidecar: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .init();
+}
+
+async fn run(config: Config) -> ExitCode {
+    // An invalid policy file is a configuration error: one line, exit 2.
+    let policy = match &config.policy {
+        Some(path) => match PolicyHandle::load(path) {
+            Ok(handle) => {
+                handle.watch(path.clone(), config.policy_reload);
+                handle
+            }
+            Err(e) => {
+                eprintln!("sametag-sidecar: invalid policy: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => PolicyHandle::default(),
+    };
+
+    let mut metrics = Metrics::new();
+    let store: Arc<dyn Store> = match &config.redis {
+        Some(url) => {
+            let options = RedisOptions {
+                // A GET that overlapped a write may have read the old state;
+                // do not trust validations younger than the app may take.
+                trust_guard: config.proxy.upstream_timeout,
+                ..RedisOptions::default()
+            };
+            match RedisStore::connect(url, &config.store_prefix, options) {
+                Ok(store) => {
+                    store.register_metrics(metrics.registry_mut());
+                    Arc::new(store)
+                }
+                Err(e) => {
+                    eprintln!("sametag-sidecar: invalid --redis/--store-prefix: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => Arc::new(MemoryStore::new()),
+    };
+    let metrics = Arc::new(metrics);
+
+    let server_config = ServerConfig {
+        listen: config.listen,
+        options: config.proxy.clone(),
+        policy,
+        metrics: metrics.clone(),
+        drain_timeout: config.drain_timeout,
+    };
+    let server = match Server::bind(server_config, store.clone()).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("sametag-sidecar: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_listener = match tokio::net::TcpListener::bind(config.admin).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "sametag-sidecar: cannot listen on {} (admin): {e}",
+                config.admin
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let ready = Arc::new(AtomicBool::new(true));
+    let admin = Admin {
+        metrics,
+        store,
+        ready: ready.clone(),
+    };
+    tracing::info!(
+        listen = %server.local_addr(),
+        admin = %config.admin,
+        upstream = %config.proxy.upstream,
+        store = if config.redis.is_some() { "redis" } else { "memory" },
+        "sametag sidecar started"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let signals = async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        ready.store(false, Ordering::Release);
+        let _ = stop_tx.send(true);
+    };
+    let admin_stop = stop_rx.clone();
+    tokio::join!(
+        signals,
+        server.run(stopped(stop_rx)),
+        admin.serve(admin_listener, stopped(admin_stop)),
+    );
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (a terminal).
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers, Ctrl-C is still caught.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Prometheus metric families of the sidecar and the measurer that times
+//! store operations.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::store::{Store, StoreHealth};
+
+/// How a request ended, as a metric label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    /// A 200 carrying a canonical tag.
+    tagged_200,
+    /// A 304 decided by the sidecar after asking the app (Validate).
+    not_modified,
+    /// A 304 answered from the store without calling the app (Trust).
+    trusted_not_modified,
+    /// A 412.
+    precondition_failed,
+    /// A 428 (route requires preconditions on writes).
+    precondition_required,
+    /// A 206 cut by the sidecar from a tagged body (If-Range / Range).
+    partial,
+    /// Forwarded and returned untagged (Bypass, non-200, no-store, too large,
+    /// `Vary: *`).
+    passthrough,
+    /// A write forwarded (and its resource invalidated on success).
+    write,
+    /// A protocol upgrade (WebSocket) handed through.
+    upgrade,
+    /// The app refused, reset or sent garbage: 502.
+    upstream_error,
+    /// The app was too slow: 504.
+    upstream_timeout,
+    /// A conditional write could not reach the store or its lock: 503.
+    store_unavailable,
+    /// The request itself was unusable: 400.
+    bad_request,
+}
+
+/// The method label: a fixed set, so a client cannot grow the label space.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum MethodLabel {
+    GET,
+    HEAD,
+    POST,
+    PUT,
+    PATCH,
+    DELETE,
+    OPTIONS,
+    OTHER,
+}
+
+impl From<&http::Method> for MethodLabel {
+    fn from(m: &http::Method) -> Self {
+        match *m {
+            http::Method::GET => Self::GET,
+            http::Method::HEAD => Self::HEAD,
+            http::Method::POST => Self::POST,
+            http::Method::PUT => Self::PUT,
+            http::Method::PATCH => Self::PATCH,
+            http::Method::DELETE => Self::DELETE,
+            http::Method::OPTIONS => Self::OPTIONS,
+            _ => Self::OTHER,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: MethodLabel,
+    outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// Every metric the sidecar exports, registered in one registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    bytes_saved: Counter,
+    store_latency: Family<OpLabels, Histogram>,
+    store_errors: Family<OpLabels, Counter>,
+    upstream_errors: Family<KindLabels, Counter>,
+    store_up: Gauge,
+}
+
+fn store_histogram() -> Histogram {
+    // 100µs .. ~1.6s: an in-memory lookup and a slow Redis both fit.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh families in a fresh registry.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "sametag_requests",
+            "Requests handled, by method and outcome",
+            requests.clone(),
+        );
+        let bytes_saved = Counter::default();
+        registry.register(
+            "sametag_not_modified_bytes_saved",
+            "Body bytes not sent because a 304 was answered instead of a 200",
+            bytes_saved.clone(),
+        );
+        let store_latency =
+            Family::<OpLabels, Histogram>::new_with_constructor(store_histogram as fn() -> _);
+        registry.register(
+            "sametag_store_operation_duration_seconds",
+            "Latency of store operations",
+            store_latency.clone(),
+        );
+        let store_errors = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "sametag_store_errors",
+            "Store operations that failed",
+            store_errors.clone(),
+        );
+        let upstream_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "sametag_upstream_errors",
+            "Failures talking to the app (connect, timeout, protocol)",
+            upstream_errors.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "sametag_store_up",
+            "1 when the store is reachable, 0 when not",
+            store_up.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            bytes_saved,
+            store_latency,
+            store_errors,
+            upstream_errors,
+            store_up,
+        }
+    }
+
+    /// The registry, for other components' families (the Redis store's).
+    /// Only usable before the metrics are shared.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Count one finished request.
+    pub fn request(&self, method: &http::Method, outcome: Outcome) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.into(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// How many requests ended with `outcome` for `method` so far.
+    pub fn requests_with(&self, method: &http::Method, outcome: Outcome) -> u64 {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.into(),
+                outcome,
+            })
+            .get()
+    }
+
+    /// A 304 spared the client `bytes` of body.
+    pub fn saved(&self, bytes: u64) {
+        self.bytes_saved.inc_by(bytes);
+    }
+
+    /// Count a failure to reach or understand the app.
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// Start timing one store operation; the time is recorded when the
+    /// returned measurer is dropped.
+    pub fn store_op(self: &Arc<Self>, op: &'static str) -> StoreTimer {
+        StoreTimer {
+            metrics: self.clone(),
+            op,
+            start: Instant::now(),
+        }
+    }
+
+    /// Count a failed store operation.
+    pub fn store_error(&self, op: &'static str) {
+        self.store_errors.get_or_create(&OpLabels { op }).inc();
+    }
+
+    /// The text exposition format, with the store gauge read now.
+    pub fn encode(&self, store: &dyn Store) -> Result<String, std::fmt::Error> {
+        self.store_up.set(match store.health() {
+            StoreHealth::Up => 1,
+            StoreHealth::Down => 0,
+        });
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Records a store operation's duration when dropped.
+#[derive(Debug)]
+pub struct StoreTimer {
+    metrics: Arc<Metrics>,
+    op: &'static str,
+    start: Instant,
+}
+
+impl Drop for StoreTimer {
+    fn drop(&mut self) {
+        self.metrics
+            .store_latency
+            .get_or_create(&OpLabels { op: self.op })
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,120 @@
+//! Talking to the app: the keep-alive client pool, building the request the
+//! app sees, and mapping transport failures to [`ProxyError`].
+
+use std::time::Duration;
+
+use http::header::HOST;
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::body::Body;
+use super::error::ProxyError;
+use super::hop::{add_via, strip_hop_by_hop};
+use crate::precondition::CONDITIONAL_HEADERS;
+
+/// The app behind the sidecar, reached through a keep-alive pool.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    authority: Authority,
+    timeout: Duration,
+}
+
+/// How the request the app sees differs from the client's.
+#[derive(Clone, Debug)]
+pub struct Rewrite {
+    /// Drop `If-*` (and `Range`): the sidecar evaluates them itself and must
+    /// see the whole current representation to tag it.
+    pub strip_conditionals: bool,
+    /// Send this method instead (HEAD goes out as GET so the body can be
+    /// hashed; a write's precondition check uses an internal GET).
+    pub method: Option<Method>,
+}
+
+impl Upstream {
+    /// A pool to `authority`, answering within `timeout`.
+    pub fn new(authority: Authority, timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Self {
+            client,
+            authority,
+            timeout,
+        }
+    }
+
+    /// The app's `host:port`.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The response-head timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Send `req` and wait for the response head.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(e.into())),
+            Ok(Err(e)) => Err(ProxyError::UpstreamProtocol(e.into())),
+        }
+    }
+
+    /// The request the app sees for a client request with `parts`.
+    pub fn request(
+        &self,
+        parts: &Parts,
+        body: Body,
+        rewrite: Rewrite,
+    ) -> Result<Request<Body>, ProxyError> {
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        if rewrite.strip_conditionals {
+            for name in CONDITIONAL_HEADERS.iter() {
+                headers.remove(name);
+            }
+            headers.remove(http::header::RANGE);
+        }
+        // HTTP/2 carries the host in :authority; the app speaks HTTP/1.1 and
+        // needs it as Host.
+        if !headers.contains_key(HOST)
+            && let Some(authority) = parts.uri.authority()
+        {
+            let host = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+            headers.insert(HOST, host);
+        }
+        add_via(&mut headers, parts.version);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("request target is not a URL"))?;
+        let mut req = Request::new(body);
+        *req.method_mut() = rewrite.method.unwrap_or_else(|| parts.method.clone());
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
