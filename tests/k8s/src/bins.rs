@@ -1,0 +1,103 @@
+//! Where the binaries come from: the harness tools from
+//! `$SAMETAG_HARNESS_BIN_DIR` or the newest complete `tests/.cache/bin-*`
+//! directory, the operator from `$SAMETAG_OPERATOR_BIN` or cargo's target dir.
+//! A missing tool is an error that says how to build it, never a skip.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result, repo_root};
+
+/// The tools `tests/harness/build.sh` builds.
+pub const HARNESS_TOOLS: [&str; 3] = ["controlplane", "kubectl", "helm"];
+
+/// The directory holding `controlplane`, `kubectl` and `helm`.
+pub fn harness_bin_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("SAMETAG_HARNESS_BIN_DIR") {
+        let dir = PathBuf::from(dir);
+        return match missing_tools(&dir) {
+            None => Ok(dir),
+            Some(m) => Err(Error::MissingBinary(format!(
+                "SAMETAG_HARNESS_BIN_DIR={} lacks {m}; run `bash tests/harness/build.sh` and export \
+                 SAMETAG_HARNESS_BIN_DIR=<the directory it prints last>",
+                dir.display()
+            ))),
+        };
+    }
+    let cache = repo_root().join("tests/.cache");
+    let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("bin-"))
+        .filter(|e| missing_tools(&e.path()).is_none())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, p)| p).ok_or_else(|| {
+        Error::MissingBinary(format!(
+            "the Kubernetes e2e tests need a real kube-apiserver, etcd, kubectl and helm: run \
+             `bash tests/harness/build.sh` (a cold build takes 10-25 minutes, cached afterwards) \
+             and export SAMETAG_HARNESS_BIN_DIR=<the directory it prints last>; nothing found in {}",
+            cache.display()
+        ))
+    })
+}
+
+fn missing_tools(dir: &Path) -> Option<String> {
+    let missing: Vec<&str> = HARNESS_TOOLS
+        .iter()
+        .copied()
+        .filter(|t| !dir.join(t).is_file())
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+/// One harness tool by name.
+pub fn tool(name: &str) -> Result<PathBuf> {
+    Ok(harness_bin_dir()?.join(name))
+}
+
+/// The `sametag-operator` binary: `$SAMETAG_OPERATOR_BIN`, else
+/// `<target>/debug/sametag-operator`, built with cargo when missing.
+pub fn operator_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SAMETAG_OPERATOR_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let bin = target.join("debug/sametag-operator");
+    // Always ask cargo: it is a no-op when the binary is current, and a stale
+    // operator would make these tests test old code.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "sametag-operator",
+            "--bin",
+            "sametag-operator",
+        ])
+        .current_dir(repo_root())
+        .output()
+        .map_err(|source| Error::Io {
+            what: "run cargo build -p sametag-operator".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            cmd: "cargo build -p sametag-operator".into(),
+            status: out.status.to_string(),
+            output: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(Error::MissingBinary(format!(
+            "{} not found after cargo build",
+            bin.display()
+        )))
+    }
+}

@@ -1,0 +1,345 @@
+//! The Helm chart without a cluster: `helm lint`, `helm template` snapshots
+//! for the main value combinations, the values schema, the properties the
+//! chart promises (restricted pods, a webhook that cannot block the cluster,
+//! leader election with replicas > 1), and that its CRDs and RBAC cannot
+//! drift from `crds/` and `operator/rbac.yaml`.
+//!
+//! Snapshots live in `charts/sametag/tests/snapshots/`; after an intended
+//! chart change, refresh them with
+//! `SAMETAG_UPDATE_SNAPSHOTS=1 cargo test -p sametag-k8s-e2e --test chart`
+//! and review the diff.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sametag_k8s_e2e::{bins, repo_root};
+use serde_json::Value;
+
+const RELEASE: &str = "sametag";
+const NAMESPACE: &str = "sametag-system";
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/sametag")
+}
+
+fn helm() -> PathBuf {
+    bins::tool("helm").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `helm template` with extra args; Err(stderr) when helm fails.
+fn template(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(helm())
+        .arg("template")
+        .arg(RELEASE)
+        .arg(chart_dir())
+        .args(["--namespace", NAMESPACE])
+        .args(args)
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("sametag-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("sametag-helm-config"),
+        )
+        .output()
+        .expect("run helm");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).expect("utf-8"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found = find(docs, kind);
+    assert_eq!(found.len(), 1, "expected one {kind}, got {}", found.len());
+    found[0]
+}
+
+fn values_file(case: &str) -> PathBuf {
+    chart_dir().join(format!("tests/values/{case}.yaml"))
+}
+
+fn render_case(case: &str) -> String {
+    let f = values_file(case);
+    template(&["-f", f.to_str().expect("utf-8 path")])
+        .unwrap_or_else(|e| panic!("helm template {case}: {e}"))
+}
+
+fn operator_args(docs: &[Value]) -> Vec<String> {
+    one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_string())
+        .collect()
+}
+
+#[test]
+fn helm_lint_is_clean() {
+    for strict in [false, true] {
+        for case in ["default", "webhook-url", "ha", "existing-sa"] {
+            let mut cmd = Command::new(helm());
+            cmd.arg("lint").arg(chart_dir());
+            if strict {
+                cmd.arg("--strict");
+            }
+            let out = cmd
+                .arg("-f")
+                .arg(values_file(case))
+                .output()
+                .expect("run helm lint");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success(),
+                "helm lint (strict={strict}, {case}) failed:\n{text}"
+            );
+            assert!(
+                !text.contains("[WARNING]"),
+                "helm lint (strict={strict}, {case}) warns:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn snapshots_match() {
+    let update = std::env::var_os("SAMETAG_UPDATE_SNAPSHOTS").is_some();
+    let dir = chart_dir().join("tests/snapshots");
+    let mut failures = Vec::new();
+    for case in ["default", "webhook-url", "ha", "existing-sa"] {
+        let got = render_case(case);
+        let path = dir.join(format!("{case}.yaml"));
+        if update {
+            std::fs::write(&path, &got).expect("write snapshot");
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        if got != want {
+            let first = got
+                .lines()
+                .zip(want.lines())
+                .enumerate()
+                .find(|(_, (g, w))| g != w)
+                .map(|(i, (g, w))| format!("line {}: got {g:?}, snapshot {w:?}", i + 1))
+                .unwrap_or_else(|| {
+                    format!(
+                        "lengths differ: got {} lines, snapshot {}",
+                        got.lines().count(),
+                        want.lines().count()
+                    )
+                });
+            failures.push(format!("{case}: {first}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "helm template output differs from charts/sametag/tests/snapshots (if intended, rerun with \
+         SAMETAG_UPDATE_SNAPSHOTS=1 and review the diff):\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_object_has_the_standard_labels() {
+    for case in ["default", "ha", "webhook-url"] {
+        for d in docs(&render_case(case)) {
+            let labels = &d["metadata"]["labels"];
+            for key in [
+                "app.kubernetes.io/name",
+                "app.kubernetes.io/instance",
+                "app.kubernetes.io/version",
+                "app.kubernetes.io/managed-by",
+                "helm.sh/chart",
+            ] {
+                assert!(
+                    labels[key].is_string(),
+                    "{case}: {} {} lacks label {key}",
+                    d["kind"],
+                    d["metadata"]["name"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn operator_pod_is_restricted_and_probed() {
+    let docs = docs(&render_case("default"));
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        assert!(c[probe]["httpGet"]["path"].is_string(), "{probe} missing");
+    }
+    assert!(c["resources"]["requests"]["cpu"].is_string());
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    assert_eq!(pod["serviceAccountName"], "sametag");
+}
+
+#[test]
+fn leader_election_follows_replicas() {
+    let single = operator_args(&docs(&render_case("default")));
+    assert!(
+        single.contains(&"--leader-elect=false".to_string()),
+        "{single:?}"
+    );
+    let ha = docs(&render_case("ha"));
+    assert_eq!(one(&ha, "Deployment")["spec"]["replicas"], 3);
+    assert!(operator_args(&ha).contains(&"--leader-elect=true".to_string()));
+}
+
+#[test]
+fn webhook_cannot_block_the_cluster_and_sees_only_opted_in_pods() {
+    let docs = docs(&render_case("default"));
+    let mwc = one(&docs, "MutatingWebhookConfiguration");
+    let hooks = mwc["webhooks"].as_array().expect("webhooks");
+    assert_eq!(hooks.len(), 2);
+    for h in hooks {
+        assert_eq!(h["failurePolicy"], "Ignore");
+        assert!(h["timeoutSeconds"].as_i64().expect("timeout") <= 5);
+        assert_eq!(h["sideEffects"], "None");
+        assert_eq!(h["rules"][0]["resources"], serde_json::json!(["pods"]));
+        assert_eq!(h["rules"][0]["operations"], serde_json::json!(["CREATE"]));
+        // Opt-in is enforced in the apiserver, before any call.
+        assert!(
+            h["matchConditions"][0]["expression"]
+                .as_str()
+                .expect("cel")
+                .contains("sametag.dev/inject")
+        );
+        assert!(
+            h["namespaceSelector"]["matchExpressions"]
+                .as_array()
+                .is_some_and(|m| m.len() == 2)
+        );
+        // The operator owns the CA: the chart never writes caBundle.
+        assert!(h["clientConfig"]["caBundle"].is_null());
+        assert_eq!(h["clientConfig"]["service"]["name"], "sametag-webhook");
+        assert_eq!(h["clientConfig"]["service"]["path"], "/mutate");
+    }
+    let svc = find(&docs, "Service");
+    assert_eq!(svc.len(), 1);
+    assert_eq!(svc[0]["spec"]["ports"][0]["port"], 443);
+
+    let url = docs_for_url();
+    let mwc = one(&url, "MutatingWebhookConfiguration");
+    for h in mwc["webhooks"].as_array().expect("webhooks") {
+        assert_eq!(h["clientConfig"]["url"], "https://127.0.0.1:9443/mutate");
+        assert!(h["clientConfig"]["service"].is_null());
+    }
+    assert!(
+        find(&url, "Service").is_empty(),
+        "no webhook Service when webhook.url is set"
+    );
+    assert!(
+        operator_args(&url).contains(&"--webhook-url=https://127.0.0.1:9443/mutate".to_string())
+    );
+}
+
+fn docs_for_url() -> Vec<Value> {
+    docs(&render_case("webhook-url"))
+}
+
+#[test]
+fn schema_rejects_bad_values() {
+    for (set, why) in [
+        ("webhook.timeoutSeconds=10", "timeoutSeconds above 5"),
+        ("webhook.failurePolicy=Sometimes", "unknown failurePolicy"),
+        ("replicaCount=0", "zero replicas"),
+        (
+            "webhook.url=http://insecure/mutate",
+            "a non-https webhook URL",
+        ),
+        ("logFormat=xml", "unknown log format"),
+        ("nosuchkey=1", "an unknown top-level key"),
+    ] {
+        let err = template(&["--set", set])
+            .err()
+            .unwrap_or_else(|| panic!("{why} ({set}) was accepted"));
+        assert!(
+            err.contains("values don't meet the specifications of the schema"),
+            "{set}: {err}"
+        );
+    }
+}
+
+#[test]
+fn existing_service_account_and_no_rbac_no_webhook() {
+    let docs = docs(&render_case("existing-sa"));
+    assert!(find(&docs, "ServiceAccount").is_empty());
+    assert!(find(&docs, "ClusterRole").is_empty());
+    assert!(find(&docs, "MutatingWebhookConfiguration").is_empty());
+    let dep = one(&docs, "Deployment");
+    assert_eq!(dep["metadata"]["name"], "etags");
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["serviceAccountName"],
+        "my-operator"
+    );
+    assert!(operator_args(&docs).contains(&"--watch-namespace=shop".to_string()));
+}
+
+fn crd_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .flatten()
+        .filter(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x == "yaml" || x == "yml")
+        })
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).expect("read"),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn chart_crds_are_the_generated_crds() {
+    let generated = crd_files(&repo_root().join("crds"));
+    let chart = crd_files(&chart_dir().join("crds"));
+    assert!(!generated.is_empty(), "crds/ holds no CRD YAML");
+    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&chart),
+        names(&generated),
+        "charts/sametag/crds/ and crds/ hold different files"
+    );
+    for ((name, a), (_, b)) in chart.iter().zip(&generated) {
+        assert!(
+            a == b,
+            "charts/sametag/crds/{name} differs from crds/{name}: copy crds/*.yaml into charts/sametag/crds/"
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! What every scenario shares: the control plane, admin client, tools, and
+//! the operator process (stopped and restarted by some scenarios).
+
+use sametag_k8s_e2e::controlplane::ControlPlane;
+use sametag_k8s_e2e::operator::{Operator, OperatorConfig, sa_kubeconfig};
+use sametag_k8s_e2e::tools::Tools;
+use sametag_k8s_e2e::{Error, Result, repo_root};
+
+/// Release name; also the chart's full name (it contains "sametag").
+pub const RELEASE: &str = "sametag";
+/// Namespace the chart is installed into.
+pub const NAMESPACE: &str = "sametag-system";
+/// The chart's ServiceAccount (= full name).
+pub const SERVICE_ACCOUNT: &str = "sametag";
+
+/// Shared state of the suite.
+pub struct Ctx {
+    /// The running control plane.
+    pub cp: ControlPlane,
+    /// system:masters client (the "user" of the tests).
+    pub admin: kube::Client,
+    /// helm and kubectl bound to the admin kubeconfig.
+    pub tools: Tools,
+    /// How the operator runs (ports fixed across restarts).
+    pub op_config: OperatorConfig,
+    /// The operator, when running.
+    pub operator: Option<Operator>,
+}
+
+impl Ctx {
+    /// Start the control plane and prepare (not start) the operator.
+    pub async fn start() -> Result<Self> {
+        let cp = ControlPlane::start()?;
+        let admin = cp.admin_client().await?;
+        let tools = Tools::new(cp.kubeconfig(), cp.dir.path())?;
+        let sa_kc = cp.dir.path().join("operator-sa.kubeconfig");
+        let op_config = OperatorConfig::new(sa_kc, NAMESPACE, RELEASE, cp.dir.path())?;
+        Ok(Self {
+            cp,
+            admin,
+            tools,
+            op_config,
+            operator: None,
+        })
+    }
+
+    /// Start the operator with a fresh token of the chart's ServiceAccount.
+    pub async fn start_operator(&mut self) -> Result<()> {
+        if self.operator.is_some() {
+            return Ok(());
+        }
+        sa_kubeconfig(
+            &self.admin,
+            &self.cp.info,
+            NAMESPACE,
+            SERVICE_ACCOUNT,
+            &self.op_config.kubeconfig,
+        )
+        .await?;
+        self.operator = Some(Operator::start(self.op_config.clone()).await?);
+        Ok(())
+    }
+
+    /// Stop the operator (SIGTERM).
+    pub fn stop_operator(&mut self) {
+        if let Some(op) = self.operator.take() {
+            op.stop();
+        }
+    }
+
+    /// The operator's last log lines (empty before it started).
+    pub fn operator_log_tail(&self, n: usize) -> String {
+        sametag_k8s_e2e::tail(&self.op_config.log, n)
+    }
+
+    /// Copy the logs somewhere that outlives the temp dir; returns where.
+    pub fn keep_logs(&self) -> String {
+        let dest = repo_root().join("target/sametag-k8s-e2e-logs");
+        let _ = std::fs::create_dir_all(&dest);
+        for (src, name) in [
+            (self.cp.log_path(), "controlplane.log"),
+            (self.op_config.log.clone(), "operator.log"),
+        ] {
+            let _ = std::fs::copy(src, dest.join(name));
+        }
+        dest.display().to_string()
+    }
+
+    /// Fail unless the operator is running.
+    pub fn require_operator(&self) -> Result<()> {
+        if self.operator.is_some() {
+            Ok(())
+        } else {
+            Err(Error::Other("the operator is not running".into()))
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Scenarios 2 and 3: a managed ETagStore's children, status, printer
+//! columns, drift repair and garbage collection; an external ETagStore's
+//! Degraded → Ready when its Secret appears.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::NamespaceResourceScope;
+use sametag_k8s_e2e::ets::{
+    condition, create_namespace, etagstore, etagstores, owned_by, wait_condition,
+};
+use sametag_k8s_e2e::{Error, Result, wait};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::ctx::Ctx;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Names of the objects of kind `K` in `ns` controlled by `uid`.
+async fn owned<K>(client: &kube::Client, ns: &str, uid: &str) -> Result<Vec<String>>
+where
+    K: kube::Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|o| owned_by(o.meta(), uid))
+        .filter_map(|o| o.meta().name.clone())
+        .collect())
+}
+
+/// Every kind of child a managed store must have, by kind: names owned by uid.
+async fn children(
+    client: &kube::Client,
+    ns: &str,
+    uid: &str,
+) -> Result<BTreeMap<&'static str, Vec<String>>> {
+    Ok(BTreeMap::from([
+        ("Secret", owned::<Secret>(client, ns, uid).await?),
+        ("ConfigMap", owned::<ConfigMap>(client, ns, uid).await?),
+        ("StatefulSet", owned::<StatefulSet>(client, ns, uid).await?),
+        ("Service", owned::<Service>(client, ns, uid).await?),
+        (
+            "NetworkPolicy",
+            owned::<NetworkPolicy>(client, ns, uid).await?,
+        ),
+    ]))
+}
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::Other(msg.into())
+}
+
+pub async fn managed(ctx: &Ctx) -> Result<()> {
+    ctx.require_operator()?;
+    let ns = "e2e-managed";
+    create_namespace(&ctx.admin, ns, &[]).await?;
+    let api = etagstores(&ctx.admin, ns);
+    let obj = etagstore(
+        "web",
+        json!({ "redis": { "managed": {} }, "policy": { "mode": "Validate" } }),
+    )?;
+    let created = api.create(&PostParams::default(), &obj).await?;
+    let uid = created.metadata.uid.clone().ok_or_else(|| err("no uid"))?;
+
+    // 1. Children appear, each with a controller owner reference to the store.
+    let kids = wait::until("the managed store's children", WAIT, || {
+        let (client, uid) = (ctx.admin.clone(), uid.clone());
+        async move {
+            let kids = children(&client, ns, &uid).await?;
+            let missing: Vec<_> = kids
+                .iter()
+                .filter(|(_, v)| v.is_empty())
+                .map(|(k, _)| *k)
+                .collect();
+            if missing.is_empty() {
+                Ok(Some(kids))
+            } else {
+                Err(err(format!("missing {missing:?}")))
+            }
+        }
+    })
+    .await?;
+    // Redis config and the sidecar policy: two ConfigMaps, or one holding both.
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.admin.clone(), ns);
+    let mut policy_cm = None;
+    for name in &kids["ConfigMap"] {
+        let cm = cms.get(name).await?;
+        let text = serde_json::to_string(&cm.data).unwrap_or_default();
+        if text.contains("Validate") {
+            policy_cm = Some(name.clone());
+        }
+    }
+    let policy_cm = policy_cm.ok_or_else(|| {
+        err(format!(
+            "no ConfigMap carries the policy: {:?}",
+            kids["ConfigMap"]
+        ))
+    })?;
+
+    // 2. Not ready while Redis is not: Ready=False for the current generation.
+    let store = wait_condition(&api, "web", "Ready", "False", WAIT).await?;
+    if condition(&store, "Progressing").is_none() {
+        return Err(err("no Progressing condition while Redis is starting"));
+    }
+
+    // 3. Redis becomes ready: set the StatefulSet status the way the
+    //    StatefulSet controller would once the kubelet reports ready pods.
+    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.admin.clone(), ns);
+    let sts_name = kids["StatefulSet"][0].clone();
+    let sts = sts_api.get(&sts_name).await?;
+    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let status = json!({ "status": {
+        "observedGeneration": sts.metadata.generation,
+        "replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
+        "currentReplicas": replicas, "updatedReplicas": replicas,
+    }});
+    sts_api
+        .patch_status(&sts_name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    let store = wait_condition(&api, "web", "Ready", "True", WAIT).await?;
+    let endpoint = store.data["status"]["endpoint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if !endpoint.starts_with("redis") {
+        return Err(err(format!("status.endpoint {endpoint:?}")));
+    }
+
+    // 4. kubectl get ets shows the printer columns.
+    let out = ctx.tools.kubectl(["get", "ets", "-n", ns]).await?;
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    if header != ["NAME", "READY", "MODE", "ENDPOINT", "PODS", "AGE"] {
+        return Err(err(format!("kubectl get ets header: {header:?}\n{out}")));
+    }
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    if row.get(..4) != Some(&["web", "True", "Validate", endpoint.as_str()][..]) {
+        return Err(err(format!("kubectl get ets row: {row:?}")));
+    }
+
+    // 5. A spec change moves observedGeneration and reaches the policy ConfigMap.
+    let patch = json!({ "spec": { "policy": { "mode": "Trust", "maxAge": "45s" } } });
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_condition(&api, "web", "Ready", "True", WAIT).await?;
+    wait::until("the policy ConfigMap to carry mode Trust", WAIT, || {
+        let (cms, name) = (cms.clone(), policy_cm.clone());
+        async move {
+            let text = serde_json::to_string(&cms.get(&name).await?.data).unwrap_or_default();
+            Ok((text.contains("Trust") && text.contains("45s")).then_some(()))
+        }
+    })
+    .await?;
+
+    // 6. Drift is repaired: edit a child's content, the operator puts it back.
+    let before = cms.get(&policy_cm).await?.data;
+    let edited: BTreeMap<String, String> = before
+        .clone()
+        .unwrap_or_default()
+        .into_keys()
+        .map(|k| (k, "mode: Bypass\n".to_string()))
+        .collect();
+    cms.patch(
+        &policy_cm,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "data": edited })),
+    )
+    .await?;
+    wait::until(
+        "the operator to repair the edited policy ConfigMap",
+        WAIT,
+        || {
+            let (cms, name, before) = (cms.clone(), policy_cm.clone(), before.clone());
+            async move { Ok((cms.get(&name).await?.data == before).then_some(())) }
+        },
+    )
+    .await?;
+    // A deleted child is recreated too.
+    let svcs: Api<Service> = Api::namespaced(ctx.admin.clone(), ns);
+    let svc_name = kids["Service"][0].clone();
+    let old_uid = svcs.get(&svc_name).await?.metadata.uid;
+    svcs.delete(&svc_name, &DeleteParams::default()).await?;
+    wait::until("the operator to recreate the deleted Service", WAIT, || {
+        let (svcs, name, old_uid) = (svcs.clone(), svc_name.clone(), old_uid.clone());
+        async move {
+            Ok(svcs
+                .get_opt(&name)
+                .await?
+                .filter(|s| s.metadata.uid != old_uid)
+                .map(|_| ()))
+        }
+    })
+    .await?;
+
+    // 7. Deleting the store garbage-collects every child (kube-controller-manager).
+    api.delete("web", &DeleteParams::foreground()).await?;
+    wait::until(
+        "garbage collection of the store's children",
+        Duration::from_secs(90),
+        || {
+            let (client, uid) = (ctx.admin.clone(), uid.clone());
+            async move {
+                let kids = children(&client, ns, &uid).await?;
+                let left: Vec<_> = kids.values().flatten().collect();
+                if left.is_empty() {
+                    Ok(Some(()))
+                } else {
+                    Err(err(format!("still there: {left:?}")))
+                }
+            }
+        },
+    )
+    .await
+}
+
+pub async fn external(ctx: &Ctx) -> Result<()> {
+    ctx.require_operator()?;
+    let ns = "e2e-external";
+    create_namespace(&ctx.admin, ns, &[]).await?;
+    let api = etagstores(&ctx.admin, ns);
+    let obj = etagstore(
+        "ext",
+        json!({ "redis": { "external": { "url": "redis://redis.shared.svc:6379/0", "secretRef": { "name": "redis-pass" } } } }),
+    )?;
+    api.create(&PostParams::default(), &obj).await?;
+
+    let store = wait_condition(&api, "ext", "Degraded", "True", WAIT).await?;
+    let (_, reason, message) = condition(&store, "Degraded").unwrap_or_default();
+    if reason.is_empty() || !message.contains("redis-pass") {
+        return Err(err(format!(
+            "Degraded must name the missing Secret: reason {reason:?}, message {message:?}"
+        )));
+    }
+    if condition(&store, "Ready").is_some_and(|(s, _, _)| s == "True") {
+        return Err(err("Ready=True while the Secret is missing"));
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.admin.clone(), ns);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("redis-pass".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "password".to_string(),
+            ByteString(b"s3cret".to_vec()),
+        )])),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &secret).await?;
+    let store = wait_condition(&api, "ext", "Ready", "True", WAIT).await?;
+    if condition(&store, "Degraded").is_some_and(|(s, _, _)| s == "True") {
+        return Err(err("still Degraded after the Secret appeared"));
+    }
+    let endpoint = store.data["status"]["endpoint"]
+        .as_str()
+        .unwrap_or_default();
+    if endpoint != "redis://redis.shared.svc:6379/0" {
+        return Err(err(format!("status.endpoint {endpoint:?}")));
+    }
+    // External mode runs no Redis.
+    let uid = store.metadata.uid.clone().unwrap_or_default();
+    if !owned::<StatefulSet>(&ctx.admin, ns, &uid).await?.is_empty() {
+        return Err(err("an external store must not get a StatefulSet"));
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Scenario 4: the apiserver itself rejects invalid ETagStores with the CEL
+//! rules' messages (and accepts a valid one, so the rejections are specific).
+
+use kube::api::PostParams;
+use sametag_k8s_e2e::ets::{create_namespace, etagstore, etagstores};
+use sametag_k8s_e2e::{Error, Result};
+use serde_json::json;
+
+use crate::ctx::Ctx;
+
+const NS: &str = "e2e-validation";
+
+pub async fn rejected(ctx: &Ctx) -> Result<()> {
+    create_namespace(&ctx.admin, NS, &[]).await?;
+    let api = etagstores(&ctx.admin, NS);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+
+    let valid = etagstore(
+        "valid",
+        json!({
+            "redis": { "external": { "url": "rediss://redis.shared.svc:6379/0", "secretRef": { "name": "pw" } } },
+            "policy": { "mode": "Trust", "maxAge": "30s",
+                        "routes": [{ "path": "/api/**", "mode": "Trust", "maxAge": "1m", "invalidates": ["/api"] }] }
+        }),
+    )?;
+    api.create(&dry, &valid)
+        .await
+        .map_err(|e| Error::Other(format!("a valid ETagStore was rejected: {e}")))?;
+
+    let cases = [
+        (
+            json!({ "redis": { "managed": {}, "external": { "url": "redis://r:6379", "secretRef": { "name": "pw" } } } }),
+            "set exactly one of managed or external",
+        ),
+        (
+            json!({ "redis": {} }),
+            "set exactly one of managed or external",
+        ),
+        (
+            json!({ "redis": { "external": { "url": "http://r:6379", "secretRef": { "name": "pw" } } } }),
+            "must start with redis:// or rediss://",
+        ),
+        (
+            json!({ "redis": { "external": { "url": "redis://user:secret@r:6379", "secretRef": { "name": "pw" } } } }),
+            "must not carry credentials",
+        ),
+        (
+            json!({ "policy": { "mode": "Validate", "maxAge": "30s" } }),
+            "maxAge is only allowed with mode Trust",
+        ),
+        (
+            json!({ "policy": { "routes": [{ "path": "api/**" }] } }),
+            "routes[].path must start with '/'",
+        ),
+        (
+            json!({ "policy": { "routes": [{ "path": "/a", "mode": "Validate", "maxAge": "5s" }] } }),
+            "routes[].maxAge is only allowed with mode Trust",
+        ),
+        (
+            json!({ "policy": { "routes": [{ "path": "/a", "invalidates": ["b/**"] }] } }),
+            "routes[].invalidates entries must start with '/'",
+        ),
+        (
+            json!({ "redis": { "managed": { "replicas": 9 } } }),
+            "spec.redis.managed.replicas",
+        ),
+        (
+            json!({ "policy": { "mode": "Sometimes" } }),
+            "Unsupported value",
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (i, (spec, want)) in cases.into_iter().enumerate() {
+        let obj = etagstore(&format!("invalid-{i}"), spec.clone())?;
+        match api.create(&dry, &obj).await {
+            Ok(_) => problems.push(format!("accepted {spec}")),
+            Err(kube::Error::Api(s)) => {
+                if s.code != 422 || !s.message.contains(want) {
+                    problems.push(format!(
+                        "{spec}: expected 422 with {want:?}, got {} {:?}",
+                        s.code, s.message
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("{spec}: {e}")),
+        }
+    }
+    // The same through kubectl, as a user sees it.
+    let file = ctx.cp.dir.path().join("invalid-ets.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: sametag.dev/v1alpha1\nkind: ETagStore\nmetadata:\n  name: by-kubectl\nspec:\n  policy:\n    maxAge: 10s\n",
+    )
+    .map_err(|source| Error::Io { what: "write invalid-ets.yaml".into(), source })?;
+    match ctx
+        .tools
+        .kubectl(["apply", "-n", NS, "-f", file.to_str().unwrap_or_default()])
+        .await
+    {
+        Ok(out) => problems.push(format!(
+            "kubectl apply accepted an invalid ETagStore: {out}"
+        )),
+        Err(e)
+            if e.to_string()
+                .contains("spec.policy.maxAge is only allowed with mode Trust") => {}
+        Err(e) => problems.push(format!("kubectl apply: unexpected error: {e}")),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Other(problems.join("\n    ")))
+    }
+}
