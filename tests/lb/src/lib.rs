@@ -1,1 +1,21 @@
-//! End-to-end suite; see tests/ in this crate.
+//! Harness for sametag's load-balancer tier: real nginx, HAProxy,
+//! redis-server and the real `sametag-sidecar` binary, started on free
+//! loopback ports in a temp dir, plus a small dynamic JSON app and a browser
+//! that revalidates. The end-to-end tests (`tests/`) and the benchmark
+//! (`sametag-bench`) are both built on it.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod client;
+pub mod cluster;
+pub mod error;
+pub mod haproxy;
+pub mod net;
+pub mod nginx;
+pub mod proc;
+pub mod redis;
+pub mod scenario;
+pub mod sidecar;
+pub mod tools;
+
+pub use error::{HarnessError, Result};
