@@ -1,8 +1,10 @@
 //! The store key of a request: canonical host, path and query, the credential
 //! scope of personalised requests, and the `Vary` secondary key. Pure.
 //!
-//! Canonicalisation merges only spellings that RFC 3986 §6.2.2 and RFC 9110
-//! §4.2.3 declare equivalent for every origin:
+//! The key covers the scheme (https or not: RFC 9110 §4.2.2 gives the two no
+//! shared identity; an origin-form request counts as http), the authority,
+//! the path and the query. Canonicalisation merges only spellings that
+//! RFC 3986 §6.2.2 and RFC 9110 §4.2.3 declare equivalent for every origin:
 //! - host case (`Example.COM` = `example.com`);
 //! - the scheme's default port (`:80` for http, `:443` for https) and an
 //!   empty port; a port with leading zeros is written as its number;

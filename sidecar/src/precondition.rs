@@ -10,7 +10,7 @@
 //!   `If-None-Match`; else (GET/HEAD only) `If-Modified-Since`; then
 //!   `If-Range` (GET with `Range` only).
 //! - **Methods**: CONNECT, OPTIONS and TRACE select no representation, so
-//!   every precondition is ignored for them (§13.1).
+//!   every precondition is ignored for them (§13.2.1).
 //! - **`If-Match`** uses strong comparison. `*` is true only if a current
 //!   representation exists; a list with no current representation is false.
 //!   An unparseable (or over-long, see [`crate::tag::MAX_LIST_ENTRIES`])
@@ -27,8 +27,9 @@
 //!   otherwise. An unparseable value is *ignored* for GET/HEAD (a full `200`
 //!   is always correct) but *fails closed* (`412`) for other methods, so a
 //!   garbled create-only `If-None-Match: *` can never overwrite.
-//! - **`If-Modified-Since`** (GET/HEAD only, only without a usable
-//!   `If-None-Match`): ignored when not a single valid HTTP-date, when later
+//! - **`If-Modified-Since`** (GET/HEAD only, and only when the request has no
+//!   `If-None-Match` at all, even a malformed one: §13.1.3 says "contains"):
+//!   ignored when not a single valid HTTP-date, when later
 //!   than the server's current time (RFC 2616 §14.25 called such a date
 //!   invalid; RFC 9110 is silent, and a client clock running ahead must not
 //!   pin a `304`), or when there is no modification date. `304` when the last
@@ -212,26 +213,29 @@ pub fn evaluate_at(
     }
 
     // Step 3 and 4: If-None-Match, else If-Modified-Since.
-    let none_match = match &c.if_none_match {
-        Some(Ok(list)) => Some(list),
-        // Garbled on a write: fail closed. On GET/HEAD: ignore.
-        Some(Err(_)) if !safe => return Decision::PreconditionFailed,
-        _ => None,
-    };
-    if let Some(list) = none_match {
-        if current.is_some_and(|v| list.matches_weak(&v.tag)) {
-            return if safe {
-                Decision::NotModified
-            } else {
-                Decision::PreconditionFailed
-            };
+    match &c.if_none_match {
+        Some(Ok(list)) => {
+            if current.is_some_and(|v| list.matches_weak(&v.tag)) {
+                return if safe {
+                    Decision::NotModified
+                } else {
+                    Decision::PreconditionFailed
+                };
+            }
         }
-    } else if safe
-        && let (Some(date), Some(lm)) = (c.if_modified_since, last_modified)
-        && date <= now
-        && lm <= date
-    {
-        return Decision::NotModified;
+        // Garbled on a write: fail closed. On GET/HEAD: ignore (and, being
+        // present, it still rules out If-Modified-Since).
+        Some(Err(_)) if !safe => return Decision::PreconditionFailed,
+        Some(Err(_)) => {}
+        None => {
+            if safe
+                && let (Some(date), Some(lm)) = (c.if_modified_since, last_modified)
+                && date <= now
+                && lm <= date
+            {
+                return Decision::NotModified;
+            }
+        }
     }
 
     // Step 5: If-Range.

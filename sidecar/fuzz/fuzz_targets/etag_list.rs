@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sametag_sidecar::precondition::{Conditions, Validators, evaluate};
-use sametag_sidecar::tag::{EntityTag, MAX_LIST_ENTRIES, TagList, parse_list};
+use sametag_sidecar::tag::{EntityTag, MAX_LIST_BYTES, MAX_LIST_ENTRIES, TagList, parse_list};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(list) = parse_list(data) {
@@ -12,8 +12,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(tags.len() <= MAX_LIST_ENTRIES);
         }
         // Lossy (non-UTF-8 obs-text) tags cannot round-trip byte for byte.
-        if std::str::from_utf8(data).is_ok() {
-            assert_eq!(parse_list(list.to_string().as_bytes()).as_ref(), Ok(&list));
+        // Formatting may add separator spaces, so skip lists it pushes over
+        // the byte limit.
+        let formatted = list.to_string();
+        if std::str::from_utf8(data).is_ok() && formatted.len() <= MAX_LIST_BYTES {
+            assert_eq!(parse_list(formatted.as_bytes()).as_ref(), Ok(&list));
         }
     }
     let _ = EntityTag::parse(data);
@@ -24,10 +27,16 @@ fuzz_target!(|data: &[u8]| {
         for name in sametag_sidecar::precondition::CONDITIONAL_HEADERS {
             headers.insert(name, value.clone());
         }
-        headers.insert(http::header::RANGE, http::HeaderValue::from_static("bytes=0-1"));
+        headers.insert(
+            http::header::RANGE,
+            http::HeaderValue::from_static("bytes=0-1"),
+        );
         let conditions = Conditions::from_headers(&headers);
         let current = Validators {
-            tag: EntityTag { weak: false, opaque: "abc".into() },
+            tag: EntityTag {
+                weak: false,
+                opaque: "abc".into(),
+            },
             last_modified: Some(std::time::UNIX_EPOCH),
         };
         for method in [http::Method::GET, http::Method::PUT] {

@@ -341,14 +341,15 @@ fn if_none_match_takes_precedence_over_if_modified_since() {
         ),
         NM
     );
-    // A malformed INM is ignored on GET, so IMS decides.
+    // A malformed INM is ignored on GET, but its presence still rules out
+    // IMS (§13.1.3: "if the request contains an If-None-Match"): full 200.
     assert_eq!(
         eval(
             Method::GET,
             &[("if-none-match", b"bad"), ("if-modified-since", &fresh)],
             true
         ),
-        NM
+        GO
     );
 }
 
