@@ -1,10 +1,13 @@
 //! The store key of a request: canonical host, path and query, the credential
 //! scope of personalised requests, and the `Vary` secondary key. Pure.
 //!
-//! The key covers the scheme (https or not: RFC 9110 §4.2.2 gives the two no
-//! shared identity; an origin-form request counts as http), the authority,
-//! the path and the query. Canonicalisation merges only spellings that
-//! RFC 3986 §6.2.2 and RFC 9110 §4.2.3 declare equivalent for every origin:
+//! The key covers the authority, the path and the query, not the scheme: the
+//! app behind the sidecar gets the same plain-HTTP request whatever scheme
+//! the client used (TLS ends before the sidecar), and splitting keys by
+//! scheme (HTTP/2 carries `:scheme`, HTTP/1.1 origin-form does not) would let
+//! a write through one spelling leave the other's Trust validations
+//! standing. Canonicalisation merges only spellings that RFC 3986 §6.2.2 and
+//! RFC 9110 §4.2.3 declare equivalent for every origin:
 //! - host case (`Example.COM` = `example.com`);
 //! - the scheme's default port (`:80` for http, `:443` for https) and an
 //!   empty port; a port with leading zeros is written as its number;
@@ -37,10 +40,8 @@ const VARIANT_CONTEXT: &str = "sametag.dev 2026 variant key v1";
 /// A request target in canonical form.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CanonicalTarget {
-    /// The scheme is https (RFC 9110 §4.2.2: no shared identity with http).
-    /// Origin-form requests (no scheme) count as http.
-    pub https: bool,
-    /// Lower-case host, with a non-default port (`example.com:8443`).
+    /// Lower-case host, with a port unless it is the default of the URI's
+    /// scheme (http when the request has none): `example.com:8443`.
     pub authority: String,
     /// Path with percent-encodings normalised; never empty.
     pub path: String,
@@ -69,7 +70,6 @@ impl CanonicalTarget {
             p => normalize_percent(p),
         };
         CanonicalTarget {
-            https,
             authority,
             path,
             query: uri.query().map(normalize_percent),
@@ -163,7 +163,6 @@ pub fn resource_key(
         credential_scope(&parts.headers, credential_secret)
     };
     let mut h = blake3::Hasher::new_derive_key(RESOURCE_CONTEXT);
-    h.update(&[u8::from(target.https)]);
     put(&mut h, Some(target.authority.as_bytes()));
     put(&mut h, Some(target.path.as_bytes()));
     put(&mut h, target.query.as_deref().map(str::as_bytes));

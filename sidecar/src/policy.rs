@@ -64,7 +64,10 @@ pub struct PolicySpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteSpec {
-    /// Glob on the canonical request path (`*` within a segment, `**` across).
+    /// Glob on the canonical request path (`*` within a segment, `**`
+    /// across). Canonical means percent-encodings of unreserved characters
+    /// decoded and the others kept with upper-case hex, so a glob for a
+    /// non-ASCII path is written encoded: `/caf%C3%A9/**`.
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,

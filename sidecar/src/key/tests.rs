@@ -50,7 +50,6 @@ fn spellings_an_origin_may_distinguish_get_their_own_key() {
         ("/a/b", "example.com"),
         ("/a/b?x=1&y=2", "example.com:8080"),
         ("/a/b?x=1&y=2", "example.org"),
-        ("https://example.com/a/b?x=1&y=2", "example.com"),
     ] {
         assert_ne!(key(uri, &[("host", host)]), base, "{uri} {host}");
     }
@@ -67,10 +66,14 @@ fn spellings_an_origin_may_distinguish_get_their_own_key() {
 }
 
 #[test]
-fn https_default_port_is_443() {
-    let a = key("https://example.com:443/x", &[]);
-    assert_eq!(a, key("https://EXAMPLE.com/x", &[]));
-    assert_ne!(a, key("https://example.com:80/x", &[]));
+fn scheme_is_not_part_of_the_key_but_picks_the_default_port() {
+    // The app sees one plain-HTTP request either way (see the module docs).
+    let plain = key("/x", &[("host", "example.com")]);
+    assert_eq!(key("https://example.com/x", &[]), plain);
+    assert_eq!(key("http://example.com/x", &[]), plain);
+    assert_eq!(key("https://example.com:443/x", &[]), plain);
+    assert_ne!(key("https://example.com:80/x", &[]), plain);
+    assert_ne!(key("/x", &[("host", "example.com:443")]), plain);
 }
 
 #[test]
