@@ -29,11 +29,11 @@
 //!   garbled create-only `If-None-Match: *` can never overwrite.
 //! - **`If-Modified-Since`** (GET/HEAD only, and only when the request has no
 //!   `If-None-Match` at all, even a malformed one: §13.1.3 says "contains"):
-//!   ignored when not a single valid HTTP-date, when later
-//!   than the server's current time (RFC 2616 §14.25 called such a date
-//!   invalid; RFC 9110 is silent, and a client clock running ahead must not
-//!   pin a `304`), or when there is no modification date. `304` when the last
-//!   modification, in whole seconds, is at or before the date.
+//!   ignored when not a single valid HTTP-date, when later than the server's
+//!   current time (RFC 2616 §14.25 called such a date invalid; RFC 9110 is
+//!   silent, and a client clock running ahead must not pin a `304`), or when
+//!   there is no modification date. `304` when the last modification, in
+//!   whole seconds, is at or before the date.
 //! - **`If-Range`** (GET with `Range` only): true only for a strong tag that
 //!   strongly matches the current one. A weak tag, a date (the sidecar never
 //!   vouches that a date is a strong validator), a malformed value, or no
@@ -174,6 +174,11 @@ pub fn is_write(method: &Method) -> bool {
 
 /// Evaluate `conditions` for `method` against the current representation
 /// (`None`: the resource has none), at the current time.
+///
+/// Apply the decision only when the same request without conditions would
+/// get a `2xx` (RFC 9110 §13.2.1): a `404` or a redirect from the app wins
+/// over any precondition, and a GET whose app response is not a `200` must
+/// be passed through, never turned into a `304`.
 pub fn evaluate(
     conditions: &Conditions,
     method: &Method,
