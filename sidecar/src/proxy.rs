@@ -263,10 +263,11 @@ impl Context {
         match evaluate(&ex.conditions, &ex.parts.method, Some(&validators)) {
             Decision::NotModified => {
                 self.metrics.saved(body.len() as u64);
-                Ok((
-                    not_modified(&rparts.headers, &validators),
-                    Outcome::not_modified,
-                ))
+                let mut response = not_modified(&rparts.headers, &validators);
+                // The sidecar's own trace fields ride along with §15.4.5's set.
+                add_via(response.headers_mut(), http::Version::HTTP_11);
+                cache_status(response.headers_mut(), &format!("fwd={fwd}; {stored}"));
+                Ok((response, Outcome::not_modified))
             }
             Decision::PreconditionFailed => Ok((
                 with_validators(respond::precondition_failed(), &validators),
@@ -579,13 +580,14 @@ impl Context {
                     return Err(ProxyError::StoreUnavailable(e));
                 }
             }
-            // Jitter so replicas retrying together do not collide again.
-            let jitter = Duration::from_micros(u64::from(getrandom::u32().unwrap_or(0) % 1000));
-            let wait = backoff + jitter;
-            if tokio::time::Instant::now() + wait > deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Err(ProxyError::LockBusy);
             }
-            tokio::time::sleep(wait).await;
+            // Jitter so replicas retrying together do not collide again; the
+            // last attempt happens at the deadline.
+            let jitter = Duration::from_micros(u64::from(getrandom::u32().unwrap_or(0) % 1000));
+            tokio::time::sleep((backoff + jitter).min(deadline - now)).await;
             backoff = (backoff * 2).min(Duration::from_millis(100));
         }
     }

@@ -1,0 +1,472 @@
+//! Route modes and writes end to end: Bypass untouched, Trust answering from
+//! the store (and never after a write), conditional writes (412, 428, lock
+//! contention across replicas, 503 when the lock stays busy), agreement of N
+//! replicas, untagged pass-through (no-store, bodies over maxBodyBytes,
+//! streamed without buffering).
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use sametag_sidecar::store::memory::MemoryStore;
+use sametag_sidecar::store::{ResourceKey, Store};
+use support::{App, Sidecar, body, get, resource_app, resource_app_with_delay, send};
+
+#[tokio::test]
+async fn bypass_leaves_validators_and_conditionals_to_the_app() {
+    let app = App::start(|req: http::Request<Incoming>| async move {
+        let inm = req.headers().get("if-none-match").cloned();
+        let mut r = if inm.as_ref().is_some_and(|v| v == "\"app-1\"") {
+            support::status(StatusCode::NOT_MODIFIED)
+        } else {
+            Response::new(body("raw"))
+        };
+        r.headers_mut().insert("etag", "\"app-1\"".parse().unwrap());
+        r
+    })
+    .await;
+    let policy = "routes:\n  - path: /raw/**\n    mode: Bypass\n";
+    let sidecar = Sidecar::start(app.addr, policy, Arc::new(MemoryStore::new())).await;
+    let r = get(sidecar.addr, "/raw/x", &[]).await;
+    assert_eq!(r.etag(), "\"app-1\"");
+    assert_eq!(r.header("cache-status"), "sametag; fwd=bypass");
+    let r = get(sidecar.addr, "/raw/x", &[("if-none-match", "\"app-1\"")]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        app.last_headers().get("if-none-match").unwrap(),
+        "\"app-1\""
+    );
+    // Other paths are still tagged by the sidecar.
+    let r = get(sidecar.addr, "/other", &[]).await;
+    assert_ne!(r.etag(), "\"app-1\"");
+}
+
+/// Replicas behind one balancer see one Host.
+const H: (&str, &str) = ("host", "app.example");
+
+const TRUST: &str = "\
+mode: Validate
+routes:
+  - path: /api/items/**
+    mode: Trust
+    maxAge: 60s
+    invalidates: [/api/items]
+  - path: /api/items
+    mode: Trust
+    maxAge: 60s
+  - path: /short/**
+    mode: Trust
+    maxAge: 300ms
+";
+
+#[tokio::test]
+async fn trust_answers_from_the_store_without_the_app() {
+    let state = Arc::new(Mutex::new(Some("item one".to_owned())));
+    let app = resource_app(state, "a").await;
+    let sidecar = Sidecar::start(app.addr, TRUST, Arc::new(MemoryStore::new())).await;
+    let first = get(sidecar.addr, "/api/items/1", &[]).await;
+    assert_eq!(app.hits(), 1);
+    for _ in 0..5 {
+        let r = get(
+            sidecar.addr,
+            "/api/items/1",
+            &[("if-none-match", &first.etag())],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(r.header("cache-status"), "sametag; hit");
+        assert_eq!(r.etag(), first.etag());
+        assert_eq!(r.header("last-modified"), first.header("last-modified"));
+    }
+    // HEAD and If-Modified-Since are answered from the store too.
+    let r = get(
+        sidecar.addr,
+        "/api/items/1",
+        &[("if-modified-since", &first.header("last-modified"))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(app.hits(), 1, "no request reached the app");
+    // A request without a condition always reaches the app.
+    let r = get(sidecar.addr, "/api/items/1", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(app.hits(), 2);
+}
+
+#[tokio::test]
+async fn trust_never_after_a_write_through_any_replica() {
+    let state = Arc::new(Mutex::new(Some("v1".to_owned())));
+    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+    let app_a = resource_app(state.clone(), "a").await;
+    let app_b = resource_app(state.clone(), "b").await;
+    let a = Sidecar::start(app_a.addr, TRUST, store.clone()).await;
+    let b = Sidecar::start(app_b.addr, TRUST, store.clone()).await;
+
+    let v1 = get(a.addr, "/api/items/1", &[H]).await;
+    let list = get(a.addr, "/api/items", &[H]).await;
+    let r = get(b.addr, "/api/items/1", &[H, ("if-none-match", &v1.etag())]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_MODIFIED,
+        "replica b trusts a's validation"
+    );
+    assert_eq!(app_b.hits(), 0);
+
+    // A write through b invalidates the item and, via `invalidates`, the list.
+    let w = send(b.addr, "PUT", "/api/items/1", &[H], "v2!").await;
+    assert_eq!(w.status, StatusCode::OK);
+    assert!(
+        w.headers.get("etag").is_none(),
+        "the app's write tag is dropped"
+    );
+    let r = get(a.addr, "/api/items/1", &[H, ("if-none-match", &v1.etag())]).await;
+    assert_eq!(r.status, StatusCode::OK, "no stale 304 after a write");
+    assert_eq!(r.text(), "v2!");
+    assert_ne!(r.etag(), v1.etag());
+    assert!(r.header("last-modified") > String::new());
+    let hits = app_a.hits();
+    let r = get(a.addr, "/api/items", &[H, ("if-none-match", &list.etag())]).await;
+    assert_eq!(app_a.hits(), hits + 1, "the watched list was revalidated");
+    assert_ne!(r.header("cache-status"), "sametag; hit");
+}
+
+#[tokio::test]
+async fn trust_expires_after_max_age() {
+    let app = App::fixed("short lived", "\"x\"").await;
+    let sidecar = Sidecar::start(app.addr, TRUST, Arc::new(MemoryStore::new())).await;
+    let first = get(sidecar.addr, "/short/a", &[]).await;
+    let r = get(
+        sidecar.addr,
+        "/short/a",
+        &[("if-none-match", &first.etag())],
+    )
+    .await;
+    assert_eq!(r.header("cache-status"), "sametag; hit");
+    assert_eq!(app.hits(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = get(
+        sidecar.addr,
+        "/short/a",
+        &[("if-none-match", &first.etag())],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(r.header("cache-status"), "sametag; fwd=stale; stored");
+    assert_eq!(app.hits(), 2, "older than maxAge: the app is asked");
+}
+
+#[tokio::test]
+async fn conditional_writes_are_checked_against_the_current_tag() {
+    let state = Arc::new(Mutex::new(Some("v1".to_owned())));
+    let app = resource_app(state.clone(), "a").await;
+    let sidecar = Sidecar::validate(app.addr).await;
+    let v1 = get(sidecar.addr, "/doc", &[]).await;
+
+    let ok = send(
+        sidecar.addr,
+        "PUT",
+        "/doc",
+        &[("if-match", &v1.etag())],
+        "v2",
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert!(app.last_headers().get("if-match").is_none(), "stripped");
+    // The same If-Match is now stale: 412, and the app never sees the PUT.
+    let stale = send(
+        sidecar.addr,
+        "PUT",
+        "/doc",
+        &[("if-match", &v1.etag())],
+        "v3",
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(state.lock().unwrap().as_deref(), Some("v2"));
+    assert_eq!(
+        app.last_method(),
+        http::Method::GET,
+        "only the internal GET"
+    );
+
+    // Create-only: If-None-Match: * fails on an existing resource...
+    let r = send(sidecar.addr, "PUT", "/doc", &[("if-none-match", "*")], "x").await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    // ...and succeeds once it is gone.
+    let r = send(sidecar.addr, "DELETE", "/doc", &[], "").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = send(
+        sidecar.addr,
+        "PUT",
+        "/doc",
+        &[("if-none-match", "*")],
+        "new",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // If-Match: * on a missing resource fails.
+    send(sidecar.addr, "DELETE", "/doc", &[], "").await;
+    let r = send(sidecar.addr, "PUT", "/doc", &[("if-match", "*")], "x").await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+}
+
+#[tokio::test]
+async fn require_preconditions_answers_428() {
+    let state = Arc::new(Mutex::new(Some("v1".to_owned())));
+    let app = resource_app(state.clone(), "a").await;
+    let policy = "routes:\n  - path: /locked/**\n    requirePreconditions: true\n";
+    let sidecar = Sidecar::start(app.addr, policy, Arc::new(MemoryStore::new())).await;
+    for method in ["PUT", "PATCH", "DELETE", "POST"] {
+        let r = send(sidecar.addr, method, "/locked/x", &[], "x").await;
+        assert_eq!(r.status, StatusCode::PRECONDITION_REQUIRED, "{method}");
+    }
+    assert_eq!(app.hits(), 0);
+    let r = get(sidecar.addr, "/locked/x", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "reads are not affected");
+    let r = send(
+        sidecar.addr,
+        "PUT",
+        "/locked/x",
+        &[("if-match", &r.etag())],
+        "v2",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(sidecar.addr, "PUT", "/elsewhere", &[], "x").await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn concurrent_conditional_writers_across_replicas_one_wins() {
+    let state = Arc::new(Mutex::new(Some("v1".to_owned())));
+    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+    let slow = Duration::from_millis(200);
+    let app_a = resource_app_with_delay(state.clone(), "a", slow).await;
+    let app_b = resource_app_with_delay(state.clone(), "b", slow).await;
+    let a = Sidecar::start(app_a.addr, "", store.clone()).await;
+    let b = Sidecar::start(app_b.addr, "", store.clone()).await;
+    let tag = get(a.addr, "/doc", &[H]).await.etag();
+    assert_eq!(get(b.addr, "/doc", &[H]).await.etag(), tag, "agreement");
+
+    let cond = [H, ("if-match", tag.as_str())];
+    let (ra, rb) = tokio::join!(
+        send(a.addr, "PUT", "/doc", &cond, "from a"),
+        send(b.addr, "PUT", "/doc", &cond, "from b"),
+    );
+    let mut statuses = [ra.status, rb.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::PRECONDITION_FAILED],
+        "exactly one writer wins"
+    );
+    let winner = if ra.status == StatusCode::OK {
+        "from a"
+    } else {
+        "from b"
+    };
+    assert_eq!(
+        state.lock().unwrap().as_deref(),
+        Some(winner),
+        "no lost update"
+    );
+}
+
+#[tokio::test]
+async fn busy_lock_answers_503_with_retry_after() {
+    let state = Arc::new(Mutex::new(Some("v1".to_owned())));
+    let app = resource_app(state, "a").await;
+    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+    let sidecar = Sidecar::start_with(app.addr, "", store.clone(), |c| {
+        c.options.lock_wait = Duration::from_millis(150);
+        c.options.retry_after = Duration::from_secs(7);
+    })
+    .await;
+    let tag = get(sidecar.addr, "/doc", &[]).await.etag();
+    // Another replica holds the lock (as the same key the proxy derives).
+    let parts = http::Request::get("/doc")
+        .header("host", sidecar.addr.to_string())
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    // Without credentials the secret plays no part in the key.
+    let key: ResourceKey = sametag_sidecar::key::resource_key(&parts, false, b"any");
+    let held = store
+        .try_lock(&key, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let started = Instant::now();
+    let r = send(sidecar.addr, "PUT", "/doc", &[("if-match", &tag)], "v2").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.header("retry-after"), "7");
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "it retried"
+    );
+    store.unlock(&held).await.unwrap();
+    let r = send(sidecar.addr, "PUT", "/doc", &[("if-match", &tag)], "v2").await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn replicas_agree_on_etag_and_last_modified() {
+    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+    let tags = ["\"nginx-5f1a-1c\"", "W/\"apache-77-1c\"", "\"random-9\""];
+    let mut sidecars = Vec::new();
+    let mut apps = Vec::new();
+    for (i, tag) in tags.into_iter().enumerate() {
+        let app = App::start(move |_req: http::Request<Incoming>| async move {
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("etag", tag)
+                .header(
+                    "last-modified",
+                    format!("Tue, 0{} Jan 2019 00:00:00 GMT", i + 1),
+                )
+                .body(body("{\"same\":true}"))
+                .unwrap()
+        })
+        .await;
+        sidecars.push(Sidecar::start(app.addr, "", store.clone()).await);
+        apps.push(app);
+    }
+    let mut seen = Vec::new();
+    for s in &sidecars {
+        let r = get(s.addr, "/data", &[H]).await;
+        seen.push((r.etag(), r.header("last-modified")));
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    // A tag from one replica validates on every other.
+    for s in &sidecars {
+        let r = get(s.addr, "/data", &[H, ("if-none-match", &seen[0].0)]).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        let r = get(s.addr, "/data", &[H, ("if-modified-since", &seen[0].1)]).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    }
+}
+
+#[tokio::test]
+async fn no_store_and_errors_pass_through_untagged() {
+    let app = App::start(|req: http::Request<Incoming>| async move {
+        match req.uri().path() {
+            "/secret" => Response::builder()
+                .header("cache-control", "no-store")
+                .header("etag", "\"app\"")
+                .body(body("secret"))
+                .unwrap(),
+            "/star" => Response::builder()
+                .header("vary", "*")
+                .body(body("star"))
+                .unwrap(),
+            _ => Response::builder()
+                .status(500)
+                .header("etag", "\"app-err\"")
+                .body(body("boom"))
+                .unwrap(),
+        }
+    })
+    .await;
+    let sidecar = Sidecar::validate(app.addr).await;
+    let r = get(sidecar.addr, "/secret", &[("if-none-match", "*")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "secret");
+    assert!(r.headers.get("etag").is_none());
+    assert!(r.header("cache-status").contains("detail=no-store"));
+    let r = get(sidecar.addr, "/star", &[]).await;
+    assert!(r.headers.get("etag").is_none());
+    let r = get(sidecar.addr, "/err", &[]).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.text(), "boom");
+}
+
+#[tokio::test]
+async fn large_bodies_stream_through_untagged_without_buffering() {
+    const CHUNK: usize = 4096;
+    const CHUNKS: usize = 8;
+    let app = App::start(|_req: http::Request<Incoming>| async move {
+        // No Content-Length: the sidecar must find out by reading. Chunks
+        // arrive 100 ms apart, so the whole body takes ~700 ms.
+        let slow = support::slow_body(CHUNKS, CHUNK, Duration::from_millis(100));
+        Response::builder()
+            .header("etag", "\"app-big\"")
+            .body(slow)
+            .unwrap()
+    })
+    .await;
+    let policy = "maxBodyBytes: 6Ki\n";
+    let sidecar = Sidecar::start(app.addr, policy, Arc::new(MemoryStore::new())).await;
+
+    let started = Instant::now();
+    let stream = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/big")
+        .header("host", "x")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("etag").is_none(), "untagged");
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let mut first_at = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap();
+        if let Ok(data) = frame.into_data() {
+            first_at.get_or_insert(started.elapsed());
+            received.extend_from_slice(&data);
+        }
+    }
+    let total = started.elapsed();
+    assert_eq!(received.len(), CHUNK * CHUNKS, "intact");
+    assert!(
+        received
+            .chunks(CHUNK)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|b| *b == i as u8))
+    );
+    let first_at = first_at.unwrap();
+    assert!(
+        first_at + Duration::from_millis(300) < total,
+        "first bytes at {first_at:?} must arrive well before the end at {total:?}"
+    );
+}
+
+#[tokio::test]
+async fn declared_large_bodies_are_not_read_before_forwarding() {
+    let big = "x".repeat(64 * 1024);
+    let app = App::start(move |_req: http::Request<Incoming>| {
+        let big = big.clone();
+        async move { Response::new(body(big)) }
+    })
+    .await;
+    let sidecar = Sidecar::start(
+        app.addr,
+        "maxBodyBytes: 1Ki\n",
+        Arc::new(MemoryStore::new()),
+    )
+    .await;
+    let r = get(sidecar.addr, "/big", &[]).await;
+    assert_eq!(r.body.len(), 64 * 1024);
+    assert!(r.headers.get("etag").is_none());
+    assert!(r.header("cache-status").contains("too-large"));
+    // Just under the bound: tagged.
+    let sidecar = Sidecar::start(
+        app.addr,
+        "maxBodyBytes: 64Ki\n",
+        Arc::new(MemoryStore::new()),
+    )
+    .await;
+    let r = get(sidecar.addr, "/big", &[]).await;
+    r.etag();
+}
