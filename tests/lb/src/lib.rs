@@ -14,8 +14,10 @@ pub mod net;
 pub mod nginx;
 pub mod proc;
 pub mod redis;
+pub mod results;
 pub mod scenario;
 pub mod sidecar;
 pub mod tools;
+pub mod wrk;
 
 pub use error::{HarnessError, Result};

@@ -1,2 +1,671 @@
-//! Placeholder; filled in below.
-fn main() {}
+//! The one-command benchmark (`bench/run.sh` wraps it): wrk against the app,
+//! nginx, the sidecar (Validate, embedded store and Redis; Trust 304s) and a
+//! bare hyper server, side by side in one run; sidecar memory and Redis round
+//! trips; the seed scenario before/after; a perf profile. Writes
+//! `results.json` and `RESULTS.md` into `--out`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use sametag_lb_e2e::client::Http;
+use sametag_lb_e2e::cluster::{Cluster, ClusterSpec, Kind, SametagSpec};
+use sametag_lb_e2e::net::{free_addr, wait_listening};
+use sametag_lb_e2e::nginx::{Nginx, Role};
+use sametag_lb_e2e::proc::{Proc, Spec, rss_kib};
+use sametag_lb_e2e::redis::Redis;
+use sametag_lb_e2e::results::{self, Machine, Memory, Profile, Results, Reval, Run, Scenario};
+use sametag_lb_e2e::scenario::{Browser, RevalStats};
+use sametag_lb_e2e::sidecar::{Sidecar, SidecarOpts, metric_sum, own_bin};
+use sametag_lb_e2e::wrk::{self, WrkRun};
+use sametag_lb_e2e::{HarnessError, Result, tools};
+
+/// Benchmark sametag against nginx and a bare hyper server.
+#[derive(Parser)]
+struct Args {
+    /// Where results.json and RESULTS.md go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 6)]
+    duration: u64,
+    /// Connection counts.
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 64])]
+    conns: Vec<usize>,
+    /// Body sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_values_t = [1024, 65536])]
+    sizes: Vec<usize>,
+    /// wrk threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Revalidation rounds in the seed scenario.
+    #[arg(long, default_value_t = 50)]
+    rounds: usize,
+    /// Skip the perf profile.
+    #[arg(long)]
+    no_profile: bool,
+}
+
+/// Every server of the side-by-side comparison.
+struct Bed {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    app: (std::net::SocketAddr, Proc),
+    hello: (std::net::SocketAddr, Proc),
+    nginx: Nginx,
+    _redis: Redis,
+    validate_mem: Sidecar,
+    validate_redis: Sidecar,
+    trust_mem: Sidecar,
+    trust_redis: Sidecar,
+}
+
+async fn start_own(dir: &Path, bin: &str, extra: &[&str]) -> Result<(std::net::SocketAddr, Proc)> {
+    let addr = free_addr()?;
+    let mut args = vec!["--listen".to_owned(), addr.to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut p = Proc::start(Spec {
+        name: bin.into(),
+        program: own_bin(bin)?,
+        args,
+        env: vec![],
+        log: dir.join(format!("{bin}.log")),
+    })?;
+    wait_listening(addr, &mut p, Duration::from_secs(10)).await?;
+    Ok((addr, p))
+}
+
+impl Bed {
+    async fn start() -> Result<Self> {
+        let tmp = tempfile::Builder::new()
+            .prefix("sametag-bench-")
+            .tempdir()
+            .map_err(|e| HarnessError::io("temp dir", e))?;
+        let dir = tmp.path().to_path_buf();
+        let data = dir.join("data").to_string_lossy().into_owned();
+        let app = start_own(
+            &dir,
+            "sametag-lb-app",
+            &["--replica", "bench", "--data-dir", &data],
+        )
+        .await?;
+        let hello = start_own(&dir, "sametag-hello", &[]).await?;
+        let workers = nproc();
+        let nginx = Nginx::start(
+            &dir,
+            "nginx-proxy",
+            Role::Proxy {
+                upstream: app.0,
+                workers,
+            },
+        )
+        .await?;
+        let redis = Redis::start(&dir).await?;
+        let trust = dir.join("trust.yaml");
+        std::fs::write(&trust, "mode: Trust\nmaxAge: 300s\n")
+            .map_err(|e| HarnessError::io("policy", e))?;
+        let opts = |redis: bool, policy: Option<&Path>, prefix: &str| SidecarOpts {
+            redis: redis.then(|| format!("redis://{}", redis_addr(&dir))),
+            policy: policy.map(Path::to_path_buf),
+            prefix: prefix.into(),
+        };
+        std::fs::write(dir.join("redis.addr"), redis.addr.to_string())
+            .map_err(|e| HarnessError::io("addr", e))?;
+        let validate_mem =
+            Sidecar::start(&dir, "validate-mem", app.0, &opts(false, None, "vm:")).await?;
+        let validate_redis =
+            Sidecar::start(&dir, "validate-redis", app.0, &opts(true, None, "vr:")).await?;
+        let trust_mem =
+            Sidecar::start(&dir, "trust-mem", app.0, &opts(false, Some(&trust), "tm:")).await?;
+        let trust_redis =
+            Sidecar::start(&dir, "trust-redis", app.0, &opts(true, Some(&trust), "tr:")).await?;
+        Ok(Bed {
+            _dir: tmp,
+            dir,
+            app,
+            hello,
+            nginx,
+            _redis: redis,
+            validate_mem,
+            validate_redis,
+            trust_mem,
+            trust_redis,
+        })
+    }
+
+    fn sidecar(&self, config: &str) -> Option<&Sidecar> {
+        match config {
+            "validate-mem" => Some(&self.validate_mem),
+            "validate-redis" => Some(&self.validate_redis),
+            "trust304-mem" => Some(&self.trust_mem),
+            "trust304-redis" => Some(&self.trust_redis),
+            _ => None,
+        }
+    }
+
+    fn addr(&self, config: &str) -> std::net::SocketAddr {
+        match config {
+            "app" => self.app.0,
+            "nginx" => self.nginx.addr,
+            "hello" => self.hello.0,
+            other => self.sidecar(other).map(|s| s.listen).unwrap_or(self.app.0),
+        }
+    }
+}
+
+fn redis_addr(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("redis.addr")).unwrap_or_default()
+}
+
+fn nproc() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
+            t.push_str(&String::from_utf8_lossy(&o.stderr));
+            t.lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let tool = |name: &str, flag: &str| {
+        tools::require(name)
+            .map(|p| sh(&p.to_string_lossy(), &[flag]))
+            .unwrap_or_else(|e| e.to_string())
+    };
+    Machine {
+        nproc: nproc(),
+        cpu,
+        kernel: sh("uname", &["-r"]),
+        versions: vec![
+            ("nginx".into(), tool("nginx", "-v")),
+            ("haproxy".into(), tool("haproxy", "-v")),
+            ("redis-server".into(), tool("redis-server", "--version")),
+            ("wrk".into(), tool("wrk", "-v")),
+        ],
+    }
+}
+
+/// Progress: one line per step.
+struct Progress {
+    step: usize,
+    total: usize,
+}
+
+impl Progress {
+    fn say(&mut self, msg: &str) {
+        self.step += 1;
+        println!("[bench {:>2}/{}] {msg}", self.step, self.total);
+    }
+}
+
+/// Figures from a sidecar's /metrics.
+#[derive(Default, Clone, Copy)]
+struct Counters {
+    requests: f64,
+    trusted: f64,
+    redis_rt: f64,
+}
+
+async fn counters(http: &Http, s: &Sidecar) -> Counters {
+    let text = s.metrics(http).await.unwrap_or_default();
+    Counters {
+        requests: metric_sum(&text, |n| n == "sametag_requests_total"),
+        trusted: text
+            .lines()
+            .filter(|l| {
+                l.starts_with("sametag_requests_total") && l.contains("trusted_not_modified")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+        redis_rt: metric_sum(&text, |n| n == "sametag_redis_round_trips_total"),
+    }
+}
+
+/// Sample a process's VmRSS every 100 ms until `stop`; the highest value.
+fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let max = AtomicU64::new(0);
+        while !stop.load(Ordering::SeqCst) {
+            if let Some((_, rss)) = rss_kib(pid) {
+                max.fetch_max(rss, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        max.load(Ordering::Relaxed)
+    })
+}
+
+struct Ctx<'a> {
+    bed: &'a Bed,
+    http: Http,
+    args: &'a Args,
+    progress: Progress,
+    results: Results,
+    load_rss: std::collections::HashMap<String, u64>,
+}
+
+impl Ctx<'_> {
+    async fn measure(
+        &mut self,
+        config: &str,
+        size: usize,
+        conns: usize,
+        script: Option<&Path>,
+    ) -> Result<()> {
+        let path = if size == 0 {
+            "/".to_owned()
+        } else {
+            format!("/bytes/{size}")
+        };
+        let path = if config.starts_with("trust304") {
+            "/bytes/1024".to_owned()
+        } else {
+            path
+        };
+        let url = format!("http://{}{path}", self.bed.addr(config));
+        self.progress.say(&format!(
+            "{config:<15} body {:>6} conns {conns:>3}: wrk {} s",
+            if size == 0 {
+                "-".to_owned()
+            } else {
+                size.to_string()
+            },
+            self.args.duration
+        ));
+        let warm = WrkRun {
+            url: &url,
+            conns,
+            threads: self.args.threads,
+            duration: Duration::from_secs(1),
+            script,
+        };
+        wrk::run(&warm).await?;
+        let sidecar = self.bed.sidecar(config);
+        let before = match sidecar {
+            Some(s) => counters(&self.http, s).await,
+            None => Counters::default(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sidecar
+            .and_then(|s| s.proc.pid())
+            .map(|pid| sample_rss(pid, stop.clone()));
+        let run = WrkRun {
+            duration: Duration::from_secs(self.args.duration),
+            ..warm
+        };
+        let w = wrk::run(&run).await;
+        stop.store(true, Ordering::SeqCst);
+        let rss = match sampler {
+            Some(h) => h.await.ok(),
+            None => None,
+        };
+        let w = w?;
+        let (mut rt, mut trusted) = (None, None);
+        if let Some(s) = sidecar {
+            let after = counters(&self.http, s).await;
+            let reqs = after.requests - before.requests;
+            if reqs > 0.0 {
+                if config.ends_with("redis") {
+                    rt = Some((after.redis_rt - before.redis_rt) / reqs);
+                }
+                trusted = Some((after.trusted - before.trusted) / reqs);
+            }
+            if let Some(k) = rss {
+                let e = self.load_rss.entry(config.to_owned()).or_default();
+                *e = (*e).max(k);
+            }
+        }
+        println!(
+            "           -> {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, non-2xx/3xx {}, socket errors {}{}",
+            w.rps,
+            w.p50_ms,
+            w.p99_ms,
+            w.non_2xx_3xx,
+            w.socket_errors,
+            rt.map(|v| format!(", Redis RT/req {v:.3}"))
+                .unwrap_or_default()
+        );
+        self.results.runs.push(Run {
+            config: config.into(),
+            size: if config.starts_with("trust304") || config == "hello" {
+                0
+            } else {
+                size
+            },
+            conns,
+            wrk: w,
+            redis_rt_per_req: rt,
+            trusted_share: trusted,
+            sidecar_rss_max_kib: rss,
+        });
+        Ok(())
+    }
+}
+
+/// A wrk Lua script that revalidates with `etag`.
+fn inm_script(dir: &Path, name: &str, etag: &str) -> Result<PathBuf> {
+    let p = dir.join(format!("{name}.lua"));
+    let lua = format!(
+        "wrk.headers[\"If-None-Match\"] = '{}'\n",
+        etag.replace('\'', "")
+    );
+    std::fs::write(&p, lua).map_err(|e| HarnessError::io("write lua", e))?;
+    Ok(p)
+}
+
+fn reval(s: &RevalStats) -> Reval {
+    Reval {
+        requests: s.requests,
+        not_modified: s.not_modified,
+        failed: s.failed,
+        wire_bytes: s.wire_bytes,
+        max_tags_per_resource: s.max_tags_per_resource(),
+    }
+}
+
+async fn seed_scenario(kind: Kind, rounds: usize) -> Result<Scenario> {
+    let mut out = Vec::new();
+    for sametag in [
+        None,
+        Some(SametagSpec {
+            redis: true,
+            policy: None,
+        }),
+    ] {
+        let c = Cluster::start(&ClusterSpec {
+            kind,
+            replicas: 3,
+            sametag,
+        })
+        .await?;
+        let paths = c.resources();
+        let mut b = Browser::new(c.http.clone(), c.lb.url());
+        b.first_load(&paths).await?;
+        out.push(reval(&b.revalidate_all(&paths, rounds).await));
+    }
+    let with = out.pop().unwrap_or_default();
+    let without = out.pop().unwrap_or_default();
+    Ok(Scenario {
+        kind: match kind {
+            Kind::Static => "nginx static".into(),
+            Kind::App => "json app".into(),
+        },
+        without,
+        with,
+    })
+}
+
+/// Flat perf profile of `pid` for `secs` while `load` runs.
+async fn profile(name: &str, pid: u32, dir: &Path, secs: u64, load: WrkRun<'_>) -> Result<Profile> {
+    let perf = tools::require("perf")?;
+    let data = dir.join(format!("perf-{pid}.data"));
+    let rec = tokio::process::Command::new(&perf)
+        .args(["record", "-F", "999", "-p", &pid.to_string(), "-o"])
+        .arg(&data)
+        .args(["--", "sleep", &secs.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| HarnessError::io("perf record", e))?;
+    let (_, rec) = tokio::join!(wrk::run(&load), rec.wait_with_output());
+    rec.map_err(|e| HarnessError::io("perf record", e))?;
+    let out = tokio::process::Command::new(&perf)
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--sort",
+            "symbol",
+            "-i",
+        ])
+        .arg(&data)
+        .output()
+        .await
+        .map_err(|e| HarnessError::io("perf report", e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut top = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let l = line.trim();
+        let Some((pct, rest)) = l.split_once('%') else {
+            continue;
+        };
+        let Ok(pct) = pct.trim().parse::<f64>() else {
+            continue;
+        };
+        top.push((pct, rest.trim().to_owned()));
+    }
+    let mut cats: Vec<(String, f64)> = Vec::new();
+    for (pct, sym) in &top {
+        let c = category(sym);
+        match cats.iter_mut().find(|(k, _)| k == c) {
+            Some(e) => e.1 += pct,
+            None => cats.push((c.to_owned(), *pct)),
+        }
+    }
+    cats.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(Profile {
+        name: name.to_owned(),
+        top,
+        categories: cats,
+    })
+}
+
+fn category(sym: &str) -> &'static str {
+    let s = sym.to_ascii_lowercase();
+    let has = |k: &[&str]| k.iter().any(|k| s.contains(k));
+    if has(&["blake3"]) {
+        "hashing (BLAKE3)"
+    } else if s.starts_with("[k]") {
+        "kernel (network syscalls, scheduling)"
+    } else if has(&[
+        "malloc", "free", "realloc", "calloc", "mallocx", "sdallocx", "je_", "alloc::",
+    ]) {
+        "allocation (malloc/free)"
+    } else if has(&["memcpy", "memmove", "memset", "memcmp"]) {
+        "memcpy/memmove"
+    } else if has(&["futex", "mutex", "rwlock", "parking_lot", "lock"]) {
+        "locks"
+    } else if has(&["redis", "combine"]) {
+        "redis client"
+    } else if has(&["hyper", "httparse", "http::", "h2::"]) {
+        "hyper / HTTP parsing"
+    } else if has(&["tokio"]) {
+        "tokio runtime"
+    } else if has(&["prometheus", "tracing"]) {
+        "metrics / tracing"
+    } else if has(&["sametag"]) {
+        "sametag code"
+    } else {
+        "other"
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    std::fs::create_dir_all(&args.out).map_err(|e| HarnessError::io("create out dir", e))?;
+    let sizes = args.sizes.clone();
+    let conns = args.conns.clone();
+    let total = 1
+        + sizes.len() * conns.len() * 4
+        + conns.len() * 3
+        + 2
+        + if args.no_profile { 0 } else { 2 }
+        + 1;
+    let mut progress = Progress { step: 0, total };
+    progress.say("starting app, hello, nginx proxy, redis-server and four sidecars");
+    let bed = Bed::start().await?;
+    let http = Http::default();
+    // Idle: after start and one request each.
+    let mut idle = Vec::new();
+    for c in [
+        "validate-mem",
+        "validate-redis",
+        "trust304-mem",
+        "trust304-redis",
+    ] {
+        let s = bed
+            .sidecar(c)
+            .ok_or_else(|| HarnessError::Build(c.into()))?;
+        let _ = http
+            .get(&format!("http://{}/bytes/1024", s.listen), &[])
+            .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        idle.push((c, s.proc.rss_kib().map(|(_, rss)| rss).unwrap_or(0)));
+    }
+    let mut ctx = Ctx {
+        bed: &bed,
+        http: http.clone(),
+        args: &args,
+        progress,
+        results: Results {
+            machine: machine(),
+            when: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            duration_s: args.duration,
+            threads: args.threads,
+            ..Default::default()
+        },
+        load_rss: Default::default(),
+    };
+    for &size in &sizes {
+        for &c in &conns {
+            for config in ["app", "nginx", "validate-mem", "validate-redis"] {
+                ctx.measure(config, size, c, None).await?;
+            }
+        }
+    }
+    // Trust 304s: tag the resource once, then revalidate it with wrk.
+    let mut scripts = Vec::new();
+    for (config, s) in [
+        ("trust304-mem", &bed.trust_mem),
+        ("trust304-redis", &bed.trust_redis),
+    ] {
+        let url = format!("http://{}/bytes/1024", s.listen);
+        let r = http.get(&url, &[]).await?;
+        let tag = r.header("etag").unwrap_or_default().to_owned();
+        let check = http.get(&url, &[("if-none-match", &tag)]).await?;
+        if check.status != 304 {
+            return Err(HarnessError::Parse {
+                tool: "sidecar".into(),
+                detail: format!(
+                    "{config}: If-None-Match {tag} got {} (want 304)",
+                    check.status
+                ),
+            });
+        }
+        scripts.push((config, inm_script(&bed.dir, config, &tag)?));
+    }
+    for &c in &conns {
+        for (config, script) in &scripts {
+            ctx.measure(config, 0, c, Some(script)).await?;
+        }
+        ctx.measure("hello", 0, c, None).await?;
+    }
+    for kind in [Kind::Static, Kind::App] {
+        ctx.progress.say(&format!(
+            "seed scenario ({kind:?}): 3 replicas behind HAProxy, without and with sametag"
+        ));
+        let sc = seed_scenario(kind, args.rounds).await?;
+        println!(
+            "           -> 304 rate {:.1}% without, {:.1}% with; bytes {} -> {}",
+            100.0 * sc.without.rate(),
+            100.0 * sc.with.rate(),
+            sc.without.wire_bytes,
+            sc.with.wire_bytes
+        );
+        ctx.results.scenarios.push(sc);
+    }
+    if !args.no_profile {
+        let c = *conns.last().unwrap_or(&64);
+        for (name, s, path, script) in [
+            (
+                "validate-redis, 1 KiB, plain GETs",
+                &bed.validate_redis,
+                "/bytes/1024",
+                None,
+            ),
+            (
+                "trust304-redis, If-None-Match GETs",
+                &bed.trust_redis,
+                "/bytes/1024",
+                scripts.get(1).map(|s| s.1.as_path()),
+            ),
+        ] {
+            ctx.progress
+                .say(&format!("perf profile: {name}, {c} conns"));
+            let url = format!("http://{}{path}", s.listen);
+            let load = WrkRun {
+                url: &url,
+                conns: c,
+                threads: args.threads,
+                duration: Duration::from_secs(5),
+                script,
+            };
+            match s.proc.pid() {
+                Some(pid) => match profile(name, pid, &bed.dir, 4, load).await {
+                    Ok(p) => ctx.results.profiles.push(p),
+                    Err(e) => println!("           -> profile skipped: {e}"),
+                },
+                None => println!("           -> profile skipped: sidecar not running"),
+            }
+        }
+    }
+    ctx.progress.say("writing results");
+    for (c, idle_kib) in idle {
+        let s = bed
+            .sidecar(c)
+            .ok_or_else(|| HarnessError::Build(c.into()))?;
+        let hwm = s.proc.rss_kib().map(|(h, _)| h).unwrap_or(0);
+        ctx.results.memory.push(Memory {
+            config: c.into(),
+            idle_kib,
+            load_max_kib: ctx.load_rss.get(c).copied().unwrap_or(0),
+            hwm_kib: hwm,
+        });
+    }
+    let json = serde_json::to_string_pretty(&ctx.results).map_err(|e| HarnessError::Parse {
+        tool: "serde_json".into(),
+        detail: e.to_string(),
+    })?;
+    std::fs::write(args.out.join("results.json"), json)
+        .map_err(|e| HarnessError::io("write results.json", e))?;
+    std::fs::write(args.out.join("RESULTS.md"), results::markdown(&ctx.results))
+        .map_err(|e| HarnessError::io("write RESULTS.md", e))?;
+    println!("results: {}", args.out.join("RESULTS.md").display());
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sametag-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
