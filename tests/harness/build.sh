@@ -23,9 +23,11 @@ force=0
 command -v go >/dev/null || { echo "build.sh: go is not installed (need Go >= 1.24)" >&2; exit 1; }
 
 cache="${SAMETAG_CACHE_DIR:-$repo/tests/.cache}"
-# The harness sources are part of the key, so an edited harness is rebuilt.
-src_hash="$(cd "$here" && cat go.mod go.sum $(find cmd -name '*.go' | sort) | sha256sum | cut -c1-12)"
-bin="$cache/bin-k8s-${K8S_VERSION}-helm-${HELM_VERSION}-${src_hash}"
+# One directory per pinned version pair. Each harness binary also carries a
+# stamp of its own sources (go.mod, go.sum, cmd/<name>/), so an edited command
+# is rebuilt (seconds, with a warm Go build cache) and the others are not.
+# Binaries are replaced with an atomic rename: a running test keeps its copy.
+bin="$cache/bin-k8s-${K8S_VERSION}-helm-${HELM_VERSION}"
 mkdir -p "$bin"
 
 # Stamp the version the way Kubernetes' hack/lib/version.sh does, so that
@@ -41,14 +43,16 @@ start=$(date +%s)
 log() { echo "build.sh: [$(( $(date +%s) - start ))s] $*" >&2; }
 
 build_harness() { # name
-  local name="$1"
-  if [ "$force" = 0 ] && [ -x "$bin/$name" ]; then
+  local name="$1" stamp
+  stamp="$(cd "$here" && cat go.mod go.sum $(find "cmd/$name" -name '*.go' | sort) | sha256sum | cut -c1-16)"
+  if [ "$force" = 0 ] && [ -x "$bin/$name" ] && [ "$(cat "$bin/.$name.stamp" 2>/dev/null)" = "$stamp" ]; then
     log "$name: cached"
     return
   fi
-  log "$name: building (k8s.io/kubernetes ${K8S_VERSION}; a cold build takes a while)"
-  (cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$bin/$name.tmp" "./cmd/$name")
-  mv "$bin/$name.tmp" "$bin/$name"
+  log "$name: building (k8s.io/kubernetes ${K8S_VERSION}; cold: 10-25 min on 2 cores, warm: under a minute)"
+  (cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$bin/.$name.$$" "./cmd/$name")
+  mv -f "$bin/.$name.$$" "$bin/$name"
+  echo "$stamp" > "$bin/.$name.stamp"
   log "$name: done"
 }
 
@@ -62,15 +66,10 @@ else
   tmp="$(mktemp -d)"
   # Outside our module: helm's own go.mod decides its dependencies.
   (cd "$tmp" && CGO_ENABLED=0 GOBIN="$tmp" GOFLAGS=-mod=mod go install -trimpath -ldflags='-s -w' "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}")
-  mv "$tmp/helm" "$bin/helm"
+  mv -f "$tmp/helm" "$bin/helm"
   rmdir "$tmp"
   log "helm: done"
 fi
-
-# Older builds of this harness (other versions or sources) are dead weight.
-for old in "$cache"/bin-k8s-*; do
-  [ "$old" = "$bin" ] || [ ! -d "$old" ] || { rm -rf "$old"; log "removed stale $(basename "$old")"; }
-done
 
 log "all tools in $bin"
 echo "$bin"

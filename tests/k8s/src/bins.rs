@@ -24,6 +24,12 @@ pub fn harness_bin_dir() -> Result<PathBuf> {
         };
     }
     let cache = repo_root().join("tests/.cache");
+    // The directory build.sh uses for the pinned versions.
+    if let Some(dir) = pinned_dir(&cache)
+        && missing_tools(&dir).is_none()
+    {
+        return Ok(dir);
+    }
     let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&cache)
         .into_iter()
         .flatten()
@@ -41,6 +47,17 @@ pub fn harness_bin_dir() -> Result<PathBuf> {
             cache.display()
         ))
     })
+}
+
+/// `tests/.cache/bin-k8s-<K8S_VERSION>-helm-<HELM_VERSION>` from versions.env.
+fn pinned_dir(cache: &Path) -> Option<PathBuf> {
+    let env = std::fs::read_to_string(repo_root().join("tests/harness/versions.env")).ok()?;
+    let get = |key: &str| {
+        env.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.trim().to_string())
+    };
+    Some(cache.join(format!("bin-k8s-{}-helm-{}", get("K8S_VERSION")?, get("HELM_VERSION")?)))
 }
 
 fn missing_tools(dir: &Path) -> Option<String> {
