@@ -8,3 +8,4 @@ pub mod children;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
+pub mod webhook;

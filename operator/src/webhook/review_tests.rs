@@ -1,0 +1,266 @@
+//! AdmissionReview in → patched pod out, through the wire-format handler.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::children::fixtures;
+
+struct View {
+    stores: Vec<ETagStore>,
+    enabled: Vec<&'static str>,
+}
+
+impl ClusterView for View {
+    fn stores(&self, namespace: &str) -> Vec<ETagStore> {
+        self.stores
+            .iter()
+            .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
+            .cloned()
+            .collect()
+    }
+    fn namespace_enabled(&self, namespace: &str) -> bool {
+        self.enabled.contains(&namespace)
+    }
+}
+
+fn one_store() -> View {
+    View { stores: vec![fixtures::managed()], enabled: vec![] }
+}
+
+fn pod(annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "web-7d9f-",
+            "namespace": "shop",
+            "labels": {"app": "web"},
+            "annotations": annotations,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f", "uid": "rs-uid", "controller": true}]
+        },
+        "spec": {
+            "containers": [{
+                "name": "app",
+                "image": "nginx:1.27",
+                "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": "http"}}
+            }]
+        }
+    })
+}
+
+fn admission(pod: &Value, operation: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    }))
+    .unwrap()
+}
+
+/// Run the handler; return the outcome, the response JSON and the patched pod.
+fn run(view: &View, pod: &Value) -> (Outcome, Value, Value) {
+    let r = review(&admission(pod, "CREATE"), view, &InjectConfig::default());
+    let resp = serde_json::to_value(&r.review).unwrap()["response"].clone();
+    assert_eq!(resp["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(resp["allowed"], true, "the webhook never denies a pod: {resp}");
+    let mut patched = pod.clone();
+    // kube serialises the patch bytes as a JSON array of numbers (Go's
+    // decoder accepts that for []byte as well as base64).
+    if let Some(arr) = resp["patch"].as_array() {
+        let bytes: Vec<u8> = arr.iter().map(|b| u8::try_from(b.as_u64().unwrap()).unwrap()).collect();
+        let p: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        json_patch::patch(&mut patched, &p).unwrap();
+    }
+    (r.outcome, resp, patched)
+}
+
+fn sidecar(p: &Value) -> &Value {
+    p["spec"]["initContainers"]
+        .as_array()
+        .and_then(|ics| ics.iter().find(|c| c["name"] == "sametag-sidecar"))
+        .expect("sidecar injected")
+}
+
+fn env(c: &Value, name: &str) -> Value {
+    c["env"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null)
+}
+
+#[test]
+fn opt_in_by_annotation_injects_a_native_sidecar_and_moves_the_named_port() {
+    let (outcome, resp, p) = run(&one_store(), &pod(json!({"sametag.dev/inject": "true"})));
+    assert_eq!(outcome, Outcome::Injected);
+    assert_eq!(resp["patchType"], "JSONPatch");
+    let s = sidecar(&p);
+    assert_eq!(s["restartPolicy"], "Always");
+    assert_eq!(s["image"], crate::config::DEFAULT_SIDECAR_IMAGE);
+    // The sidecar carries the app port's name on a new port; the app's is renamed.
+    assert_eq!(s["ports"][0], json!({"name": "http", "containerPort": 15080, "protocol": "TCP"}));
+    let app = &p["spec"]["containers"][0];
+    assert_eq!(app["ports"][0]["name"], "app-http");
+    assert_eq!(app["ports"][0]["containerPort"], 8080);
+    assert_eq!(app["readinessProbe"]["httpGet"]["port"], "app-http", "app probe follows the rename");
+    assert_eq!(env(s, "SAMETAG_LISTEN")["value"], "0.0.0.0:15080");
+    assert_eq!(env(s, "SAMETAG_UPSTREAM")["value"], "127.0.0.1:8080");
+    assert_eq!(
+        env(s, "SAMETAG_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"],
+        json!({"name": "cache-redis", "key": "password", "optional": false})
+    );
+    assert_eq!(env(s, "SAMETAG_REDIS_URL")["value"], "redis://:$(SAMETAG_REDIS_PASSWORD)@cache-redis.shop.svc:6379");
+    assert_eq!(env(s, "SAMETAG_POLICY")["value"], "/etc/sametag/policy.yaml");
+    assert_eq!(env(s, "SAMETAG_STORE_PREFIX")["value"], "shop/cache");
+    assert_eq!(env(s, "SAMETAG_ADMIN")["value"], "0.0.0.0:9901");
+    // The password env var comes before the URL that references it.
+    let names: Vec<&str> = s["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let pos = |n| names.iter().position(|x| *x == n).unwrap();
+    assert!(pos("SAMETAG_REDIS_PASSWORD") < pos("SAMETAG_REDIS_URL"));
+    assert_eq!(s["startupProbe"]["httpGet"]["port"], 9901);
+    assert_eq!(s["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(s["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let sc = &s["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert!(s["resources"]["requests"]["memory"].is_string());
+    let vol = p["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "sametag-policy").unwrap();
+    assert_eq!(vol["configMap"]["name"], "cache-policy");
+    assert_eq!(p["metadata"]["labels"]["sametag.dev/store"], "cache");
+    assert_eq!(p["metadata"]["labels"]["app"], "web");
+    assert_eq!(p["metadata"]["annotations"]["sametag.dev/injected"], "true");
+}
+
+#[test]
+fn no_opt_in_is_untouched() {
+    let (outcome, resp, p) = run(&one_store(), &pod(json!({})));
+    assert_eq!(outcome, Outcome::Skipped);
+    assert!(resp["patch"].is_null());
+    assert_eq!(p, pod(json!({})));
+}
+
+#[test]
+fn opt_out_wins_over_the_namespace_label() {
+    let view = View { stores: vec![fixtures::managed()], enabled: vec!["shop"] };
+    let (outcome, _, p) = run(&view, &pod(json!({"sametag.dev/inject": "false"})));
+    assert_eq!(outcome, Outcome::Skipped);
+    assert_eq!(p, pod(json!({"sametag.dev/inject": "false"})));
+}
+
+#[test]
+fn namespace_label_opts_pods_in() {
+    let view = View { stores: vec![fixtures::managed()], enabled: vec!["shop"] };
+    let (outcome, _, p) = run(&view, &pod(json!({})));
+    assert_eq!(outcome, Outcome::Injected);
+    sidecar(&p);
+}
+
+#[test]
+fn numeric_port_annotation_picks_that_port() {
+    let mut pd = pod(json!({"sametag.dev/inject": "true", "sametag.dev/port": "9000"}));
+    pd["spec"]["containers"][0]["ports"] = json!([
+        {"name": "http", "containerPort": 8080},
+        {"containerPort": 9000}
+    ]);
+    let (_, _, p) = run(&one_store(), &pd);
+    let s = sidecar(&p);
+    assert_eq!(env(s, "SAMETAG_UPSTREAM")["value"], "127.0.0.1:9000");
+    // The port had no name: the sidecar's port gets the default name and the
+    // app's named port is left alone.
+    assert_eq!(s["ports"][0]["name"], "sametag-http");
+    assert_eq!(p["spec"]["containers"][0]["ports"][0]["name"], "http");
+}
+
+#[test]
+fn named_port_annotation_picks_that_container() {
+    let mut pd = pod(json!({"sametag.dev/inject": "true", "sametag.dev/port": "web"}));
+    pd["spec"]["containers"] = json!([
+        {"name": "metrics", "image": "exporter", "ports": [{"name": "metrics", "containerPort": 9100}]},
+        {"name": "app", "image": "app", "ports": [{"name": "web", "containerPort": 3000}]}
+    ]);
+    let (_, _, p) = run(&one_store(), &pd);
+    let s = sidecar(&p);
+    assert_eq!(env(s, "SAMETAG_UPSTREAM")["value"], "127.0.0.1:3000");
+    assert_eq!(s["ports"][0]["name"], "web");
+    assert_eq!(p["spec"]["containers"][1]["ports"][0]["name"], "app-web");
+    assert_eq!(p["spec"]["containers"][0]["ports"][0]["name"], "metrics");
+}
+
+#[test]
+fn already_injected_pod_gets_an_empty_patch() {
+    let (_, _, once) = run(&one_store(), &pod(json!({"sametag.dev/inject": "true"})));
+    let (outcome, resp, twice) = run(&one_store(), &once);
+    assert_eq!(outcome, Outcome::AlreadyInjected);
+    assert!(resp["patch"].is_null());
+    assert_eq!(once, twice);
+}
+
+#[test]
+fn unknown_store_is_allowed_with_a_warning() {
+    let (outcome, resp, p) = run(
+        &one_store(),
+        &pod(json!({"sametag.dev/inject": "true", "sametag.dev/store": "nope"})),
+    );
+    assert_eq!(outcome, Outcome::Warning);
+    assert!(resp["patch"].is_null());
+    let w = resp["warnings"][0].as_str().unwrap();
+    assert!(w.contains("\"nope\"") && w.contains("does not exist"), "{w}");
+    assert_eq!(p["spec"]["initContainers"], Value::Null);
+}
+
+#[test]
+fn two_stores_need_the_annotation() {
+    let mut second = fixtures::external();
+    second.metadata.name = Some("shared".into());
+    let view = View { stores: vec![fixtures::managed(), second], enabled: vec![] };
+    let r = review(&admission(&pod(json!({"sametag.dev/inject": "true"})), "CREATE"), &view, &InjectConfig::default());
+    assert_eq!(r.outcome, Outcome::Warning);
+    let notice = r.notice.expect("an Event is published");
+    assert_eq!(notice.reason, "ETagStoreAmbiguous");
+    assert_eq!(notice.regarding.unwrap().kind.as_deref(), Some("ReplicaSet"));
+    let resp = serde_json::to_value(&r.review).unwrap()["response"].clone();
+    assert!(resp["warnings"][0].as_str().unwrap().contains("2 ETagStores"));
+
+    // With the annotation, the external store is used.
+    let (outcome, _, p) = run(&view, &pod(json!({"sametag.dev/inject": "true", "sametag.dev/store": "shared"})));
+    assert_eq!(outcome, Outcome::Injected);
+    let s = sidecar(&p);
+    assert_eq!(env(s, "SAMETAG_REDIS_URL")["value"], "redis://:$(SAMETAG_REDIS_PASSWORD)@redis.shared.svc:6379/0");
+    assert_eq!(env(s, "SAMETAG_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]["name"], "shared-redis");
+    assert_eq!(p["metadata"]["labels"]["sametag.dev/store"], "shared");
+}
+
+#[test]
+fn no_store_in_namespace_warns() {
+    let view = View { stores: vec![], enabled: vec![] };
+    let (outcome, resp, _) = run(&view, &pod(json!({"sametag.dev/inject": "true"})));
+    assert_eq!(outcome, Outcome::Warning);
+    assert!(resp["warnings"][0].as_str().unwrap().contains("no ETagStore"));
+}
+
+#[test]
+fn updates_and_garbage_are_not_injected() {
+    let r = review(&admission(&pod(json!({"sametag.dev/inject": "true"})), "UPDATE"), &one_store(), &InjectConfig::default());
+    assert_eq!(r.outcome, Outcome::Skipped);
+    let r = review(b"{not json", &one_store(), &InjectConfig::default());
+    assert_eq!(r.outcome, Outcome::Invalid);
+    let r = review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, &one_store(), &InjectConfig::default());
+    assert_eq!(r.outcome, Outcome::Invalid);
+    let _ = BTreeMap::<String, String>::new();
+}
