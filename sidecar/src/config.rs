@@ -108,7 +108,7 @@ impl ProxyOptions {
             retry_after: Duration::from_secs(1),
             lock_wait: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 * 1024,
+            max_header_bytes: 128 * 1024,
             credential_secret: random_secret(),
         }
     }
@@ -161,7 +161,7 @@ impl Cli {
                 retry_after: self.retry_after,
                 lock_wait: self.lock_wait,
                 header_read_timeout: self.header_read_timeout,
-                max_header_bytes: 64 * 1024,
+                max_header_bytes: 128 * 1024,
                 credential_secret,
             },
             redis: self.redis,

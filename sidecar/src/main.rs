@@ -17,8 +17,24 @@ use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
 use tokio::sync::watch;
 
 fn main() -> ExitCode {
-    // clap prints one usage error and exits 2 on bad flags.
-    let config = Cli::parse().into_config();
+    let config = match Cli::try_parse() {
+        Ok(cli) => cli.into_config(),
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // Bad flags: one clear line (clap's first), exit 2.
+            let text = e.to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            eprintln!("sametag-sidecar: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

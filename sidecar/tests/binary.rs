@@ -1,0 +1,144 @@
+//! The built binary: configuration errors exit 2 with one line, and
+//! SIGTERM drains in-flight requests before the process exits.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+use support::{App, body, get};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sametag-sidecar");
+
+fn run_to_exit(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run the binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn invalid_policy_file_exits_2_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("sametag-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.yaml");
+    std::fs::write(&file, "mode: Sometimes\nroutes: []\n").unwrap();
+    let (code, stderr) = run_to_exit(&[
+        "--policy",
+        file.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("policy.yaml"), "{stderr}");
+    std::fs::write(&file, "mode: Trust\nsurprise: 1\n").unwrap();
+    let (code, stderr) = run_to_exit(&["--policy", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("surprise"), "{stderr}");
+    let (code, stderr) = run_to_exit(&["--policy", dir.join("missing.yaml").to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line() {
+    for args in [
+        &["--listen", "not-an-address"][..],
+        &["--upstream-timeout", "soon"],
+        &["--upstream", "no-port"],
+        &["--no-such-flag"],
+    ] {
+        let (code, stderr) = run_to_exit(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    }
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for env in [
+        "SAMETAG_LISTEN",
+        "SAMETAG_UPSTREAM",
+        "SAMETAG_REDIS_URL",
+        "SAMETAG_POLICY",
+        "SAMETAG_ADMIN",
+        "SAMETAG_STORE_PREFIX",
+    ] {
+        assert!(help.contains(env), "--help names {env}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests() {
+    let app = App::start(|_req: http::Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Response::new(body("finished"))
+    })
+    .await;
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--upstream",
+            &app.addr.to_string(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The JSON start line names the bound address.
+    let stdout = child.stdout.take().unwrap();
+    let addr: SocketAddr = tokio::task::spawn_blocking(move || {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).expect("JSON logs");
+            if v["fields"]["message"] == "sametag sidecar started" {
+                return v["fields"]["listen"].as_str().unwrap().parse().unwrap();
+            }
+        }
+        panic!("no start line");
+    })
+    .await
+    .unwrap();
+
+    let in_flight = tokio::spawn(async move { get(addr, "/slow", &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections while draining"
+    );
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "finished");
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
