@@ -33,7 +33,7 @@ POD_CIDR=${SAMETAG_POD_CIDR:-10.244.0.0/24}
 POD_GW=${POD_CIDR%.*}.1
 SERVICE_CIDR=10.0.0.0/24 # the control plane's --service-cluster-ip-range
 CGROUP_ROOT=sametag-node
-CONTROLLERS="deployment,replicaset,statefulset,serviceaccount,serviceaccount-token,namespace,garbagecollector,endpointslice,endpointslicemirroring,root-ca-cert-publisher,podgc,disruption"
+CONTROLLERS="nodelifecycle,deployment,replicaset,statefulset,serviceaccount,serviceaccount-token,namespace,garbagecollector,endpointslice,endpointslicemirroring,root-ca-cert-publisher,podgc,disruption"
 
 start=$(date +%s)
 log() { echo "node.sh: [$(( $(date +%s) - start ))s] $*" >&2; }
@@ -80,7 +80,8 @@ up() {
 	hbin=${SAMETAG_HARNESS_BIN_DIR:-$(bash "$repo/tests/harness/build.sh" | tail -n 1)}
 	node=${SAMETAG_NODE_BIN:-$(bash "$here/build.sh" | tail -n 1)}
 	local images
-	images=$(bash "$here/images.sh" | tail -n 1)
+	# shellcheck disable=SC2086 # a list of image names
+	images=$(bash "$here/images.sh" ${SAMETAG_NODE_IMAGES:-} | tail -n 1)
 
 	log "control plane"
 	"$hbin/controlplane" --kubeconfig "$dir/admin.kubeconfig" --data-dir "$dir/controlplane" \

@@ -75,6 +75,7 @@ func TestNodeRunsPods(t *testing.T) {
 	e.rollout(t, ns, "deployment", "demo", 3*time.Minute)
 	ip := e.clusterIP(t, ns, "demo")
 	c := client()
+	waitRoutable(t, c, "http://"+ip+"/healthz")
 
 	// kube-proxy spreads connections: all three pods answer within 60 tries.
 	seen := map[string]bool{}
@@ -156,4 +157,22 @@ func put(t *testing.T, c interface {
 	if resp.StatusCode/100 != 2 {
 		t.Fatalf("PUT %s: %d", url, resp.StatusCode)
 	}
+}
+
+// waitRoutable waits until kube-proxy has programmed a new Service's rules
+// (until then the node answers "network unreachable" for its ClusterIP).
+func waitRoutable(t *testing.T, c *http.Client, url string) {
+	t.Helper()
+	eventually(t, time.Minute, "GET "+url, func() error {
+		resp, err := c.Get(url)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
 }

@@ -90,7 +90,7 @@ func publishAPIServerEndpoint(ctx context.Context, cs kubernetes.Interface, via 
 	}
 }
 
-// waitNodeReady polls until the Node reports Ready=True.
+// waitNodeReady polls until the Node reports Ready=True and is schedulable.
 func waitNodeReady(ctx context.Context, cs kubernetes.Interface, name string) error {
 	var last string
 	err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
@@ -99,14 +99,23 @@ func waitNodeReady(ctx context.Context, cs kubernetes.Interface, name string) er
 			last = err.Error()
 			return false, nil
 		}
+		ready := false
+		last = "no Ready condition yet"
 		for _, c := range n.Status.Conditions {
 			if c.Type == corev1.NodeReady {
 				last = fmt.Sprintf("Ready=%s %s: %s", c.Status, c.Reason, c.Message)
-				return c.Status == corev1.ConditionTrue, nil
+				ready = c.Status == corev1.ConditionTrue
 			}
 		}
-		last = "no Ready condition yet"
-		return false, nil
+		// The kubelet registers the Node with the not-ready taint; the node
+		// lifecycle controller lifts it once Ready. Until then nothing schedules.
+		for _, taint := range n.Spec.Taints {
+			if ready && taint.Key == corev1.TaintNodeNotReady {
+				last = "Ready, waiting for the not-ready taint to be lifted"
+				ready = false
+			}
+		}
+		return ready, nil
 	})
 	if err != nil {
 		return fmt.Errorf("%w (last: %s)", err, last)
