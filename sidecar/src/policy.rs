@@ -283,8 +283,17 @@ fn glob_set<'a>(globs: impl IntoIterator<Item = &'a str>) -> Result<GlobSet, Str
     b.build().map_err(|e| one_line(&e.to_string()))
 }
 
+/// Keep an error message on one line: control characters (from user text
+/// echoed in the message, e.g. a multi-line YAML scalar) are escaped.
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    s.chars()
+        .flat_map(|c| {
+            let esc = c.is_control().then(|| c.escape_default());
+            esc.into_iter()
+                .flatten()
+                .chain((!c.is_control()).then_some(c))
+        })
+        .collect()
 }
 
 fn read_bounded(path: &Path) -> Result<String, PolicyError> {

@@ -8,13 +8,13 @@ use serde_yaml_ng::Value;
 
 use super::{
     DEFAULT_MAX_AGE, DEFAULT_MAX_BODY_BYTES, MAX_MAX_AGE, MAX_MAX_BODY_BYTES, Mode, Policy,
-    PolicyError, PolicySpec, Route, compile_glob, glob_set,
+    PolicyError, PolicySpec, Route, compile_glob, glob_set, one_line,
 };
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> PolicyError {
     PolicyError::Invalid {
         field: field.into(),
-        reason: reason.into(),
+        reason: one_line(&reason.into()),
     }
 }
 

@@ -179,8 +179,24 @@ fn one_clear_line_per_error() {
     let mode = err("mode: validate");
     assert!(mode.contains("unknown variant `validate`"), "{mode}");
     assert!(err("routes: [{mode: Trust}]").contains("missing field `path`"));
-    for e in [&glob, &inv, &unknown, &unknown_top, &mode] {
-        assert!(!e.contains('\n'), "{e}");
+    // User text echoed in a message is escaped (found by the fuzzer: a
+    // multi-line plain scalar).
+    let multi = err("mode: Validate\nmaxAge: 30s\n\n  ath:/m");
+    assert_eq!(
+        multi,
+        "maxAge: invalid duration `30s\\nath:/m` (expected e.g. 500ms, 30s, 5m, 1h)"
+    );
+    let tab_glob = err("routes: [{path: \"/a\\t[\"}]");
+    for e in [
+        &glob,
+        &inv,
+        &unknown,
+        &unknown_top,
+        &mode,
+        &multi,
+        &tab_glob,
+    ] {
+        assert!(!e.contains('\n') && !e.contains('\t'), "{e}");
     }
 }
 
