@@ -100,11 +100,14 @@ img_redis() {
 	base_fs "$r"
 	stage_binary "$(command -v redis-server)" "$r" /usr/local/bin/redis-server
 	stage_binary "$(command -v redis-cli)" "$r" /usr/local/bin/redis-cli
-	# A shell for exec probes and entrypoint scripts (busybox-static).
-	if [ -x /bin/busybox ]; then
-		install -D -m 0755 /bin/busybox "$r/bin/busybox"
-		ln -sf busybox "$r/bin/sh"
-	fi
+	# A shell and the usual tools for the operator's start script and exec
+	# probes (`sh -c "redis-cli ping | grep -q PONG"`): busybox-static.
+	[ -x /bin/busybox ] || die "/bin/busybox missing (apt-get install busybox-static)"
+	install -D -m 0755 /bin/busybox "$r/bin/busybox"
+	local applet
+	for applet in $(/bin/busybox --list); do
+		[ -e "$r/bin/$applet" ] || ln -s busybox "$r/bin/$applet"
+	done
 	mkdir -p "$r/etc/redis"
 	pack redis "$r" --entrypoint '["/usr/local/bin/redis-server"]' --workdir /data --owner data=999:999
 }

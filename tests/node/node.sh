@@ -33,6 +33,8 @@ POD_CIDR=${SAMETAG_POD_CIDR:-10.244.0.0/24}
 POD_GW=${POD_CIDR%.*}.1
 SERVICE_CIDR=10.0.0.0/24 # the control plane's --service-cluster-ip-range
 CGROUP_ROOT=sametag-node
+# The apiserver reaches the kubelet (exec, logs) at the node's InternalIP; by
+# default it would first resolve the node's name with the host's DNS.
 CONTROLLERS="nodelifecycle,deployment,replicaset,statefulset,serviceaccount,serviceaccount-token,namespace,garbagecollector,endpointslice,endpointslicemirroring,root-ca-cert-publisher,podgc,disruption"
 
 start=$(date +%s)
@@ -86,6 +88,7 @@ up() {
 	log "control plane"
 	"$hbin/controlplane" --kubeconfig "$dir/admin.kubeconfig" --data-dir "$dir/controlplane" \
 		--ready-file "$dir/controlplane.ready" --controllers "$CONTROLLERS" \
+		--apiserver-args "--kubelet-preferred-address-types=InternalIP" \
 		>"$dir/log/controlplane.log" 2>&1 &
 	echo $! >"$dir/controlplane.pid"
 	wait_file "$dir/controlplane.ready" 180 "$(cat "$dir/controlplane.pid")" "controlplane (log: $dir/log/controlplane.log)"

@@ -156,3 +156,7 @@ func (e env) namespace(t *testing.T, name string, labels ...string) string {
 	})
 	return name
 }
+
+func execCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, name, args...)
+}
