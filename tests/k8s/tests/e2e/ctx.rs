@@ -30,11 +30,15 @@ pub struct Ctx {
 impl Ctx {
     /// Start the control plane and prepare (not start) the operator.
     pub async fn start() -> Result<Self> {
+        let t = std::time::Instant::now();
         let cp = ControlPlane::start()?;
+        eprintln!("control plane started in {:.1}s", t.elapsed().as_secs_f64());
         let admin = cp.admin_client().await?;
         let tools = Tools::new(cp.kubeconfig(), cp.dir.path())?;
         let sa_kc = cp.dir.path().join("operator-sa.kubeconfig");
+        let t = std::time::Instant::now();
         let op_config = OperatorConfig::new(sa_kc, NAMESPACE, RELEASE, cp.dir.path())?;
+        eprintln!("operator binary ready in {:.1}s: {}", t.elapsed().as_secs_f64(), op_config.bin.display());
         Ok(Self {
             cp,
             admin,
