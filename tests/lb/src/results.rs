@@ -358,7 +358,7 @@ fn table(s: &mut String, r: &Results) {
             x.wrk.socket_errors,
             opt(x.redis_rt_per_req, 3),
             opt(x.trusted_share, 3),
-            opt(x.sidecar_rss_max_kib.map(|k| mib(k)), 1),
+            opt(x.sidecar_rss_max_kib.map(mib), 1),
         );
     }
     let _ = writeln!(s);

@@ -176,7 +176,7 @@ impl Browser {
     /// a client meets is effectively random.
     pub async fn revalidate_all(&mut self, paths: &[String], rounds: usize) -> RevalStats {
         let mut stats = RevalStats::default();
-        let mut rng = fastrand::Rng::with_seed(0x5a3e_7a9);
+        let mut rng = fastrand::Rng::with_seed(0x05a3_e7a9);
         let mut order: Vec<&String> = paths.iter().collect();
         for _ in 0..rounds {
             rng.shuffle(&mut order);

@@ -2,10 +2,15 @@
 //! started with the flags of DESIGN.md ("Interfaces").
 //!
 //! Binary lookup, in order: `$SAMETAG_SIDECAR_BIN`; else
-//! `cargo build -p sametag-sidecar --bin sametag-sidecar --release` in the
-//! workspace (a no-op when fresh; `SAMETAG_SIDECAR_PROFILE=debug` builds the
-//! debug profile instead) and `<target>/<profile>/sametag-sidecar`, where
+//! `<target>/release/sametag-sidecar` (or `debug/`) when it is newer than
+//! every file of the sidecar crate and the workspace manifests; else
+//! `cargo build -p sametag-sidecar --bin sametag-sidecar --release`
+//! (`SAMETAG_SIDECAR_PROFILE=debug` builds the debug profile instead).
 //! `<target>` is `$CARGO_TARGET_DIR` or the workspace's `target/`.
+//!
+//! Build the binary before `cargo test` (tests/run does): a nested cargo
+//! waits for the outer one's lock on the target directory, so the build from
+//! inside a test is a fallback, bounded by a timeout with a clear message.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +55,15 @@ fn locate_or_build() -> Result<PathBuf> {
         };
     }
     let profile = std::env::var("SAMETAG_SIDECAR_PROFILE").unwrap_or_else(|_| "release".into());
+    let dir = if profile == "debug" {
+        "debug"
+    } else {
+        profile.as_str()
+    };
+    let bin = target_dir().join(dir).join("sametag-sidecar");
+    if is_fresh(&bin) {
+        return Ok(bin);
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root()).args([
@@ -64,9 +78,7 @@ fn locate_or_build() -> Result<PathBuf> {
     } else if profile != "debug" {
         cmd.args(["--profile", &profile]);
     }
-    let out = cmd
-        .output()
-        .map_err(|e| HarnessError::io("run cargo build -p sametag-sidecar", e))?;
+    let out = output_within(&mut cmd, Duration::from_secs(900))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(30).collect();
@@ -88,6 +100,73 @@ fn locate_or_build() -> Result<PathBuf> {
             bin.display()
         )))
     }
+}
+
+/// Run `cmd`, killing it after `limit`.
+fn output_within(cmd: &mut Command, limit: Duration) -> Result<std::process::Output> {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| HarnessError::io("run cargo build -p sametag-sidecar", e))?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.map_err(|e| HarnessError::io("cargo build -p sametag-sidecar", e)),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            Err(HarnessError::Build(format!(
+                "`cargo build -p sametag-sidecar --release` did not finish within {limit:?}; a cargo \
+                 started from inside `cargo test` can wait forever on the outer cargo's target-dir \
+                 lock: build it first (`cargo build -p sametag-sidecar --release`) or set \
+                 SAMETAG_SIDECAR_BIN"
+            )))
+        }
+    }
+}
+
+/// True when `bin` exists and is newer than every source of the sidecar
+/// (its crate directory, the workspace manifest and lock file).
+fn is_fresh(bin: &Path) -> bool {
+    let Ok(built) = bin.metadata().and_then(|m| m.modified()) else {
+        return false;
+    };
+    let root = workspace_root();
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for f in [root.join("Cargo.toml"), root.join("Cargo.lock")] {
+        if let Ok(t) = f.metadata().and_then(|m| m.modified()) {
+            newest = newest.max(t);
+        }
+    }
+    let mut stack = vec![root.join("sidecar")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            // Fuzz targets and their build output are not part of the binary.
+            if name == "target" || name == "fuzz" || name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(p),
+                Ok(m) => {
+                    if let Ok(t) = m.modified() {
+                        newest = newest.max(t);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    built >= newest
 }
 
 /// A sibling binary of this crate (`sametag-lb-app`, `sametag-hello`): next to

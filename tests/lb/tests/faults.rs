@@ -128,6 +128,15 @@ async fn faults_during_load_fail_no_get_and_lose_no_update() {
         counter - w.successes,
         w.transport_errors + w.other.values().sum::<u64>()
     );
+    // HAProxy's health checks saw the stopped app (through its sidecar's
+    // 502s) and took it out of rotation.
+    let lb_log = std::fs::read_to_string(c.dir().join("haproxy.log")).unwrap_or_default();
+    let downs: Vec<&str> = lb_log.lines().filter(|l| l.contains("is DOWN")).collect();
+    println!("haproxy state changes: {downs:#?}");
+    assert!(
+        downs.iter().any(|l| l.contains("be/s1")),
+        "HAProxy should have marked s1 down while its app was stopped:\n{lb_log}"
+    );
     for s in c.sidecars.iter_mut() {
         assert!(
             s.proc.is_running(),
