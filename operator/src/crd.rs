@@ -19,7 +19,7 @@ pub const DEFAULT_MAX_BODY_BYTES: &str = "8Mi";
 
 /// One shared ETag store for an app: a Redis (managed by the operator or
 /// external), the sidecar policy, and how the sidecar is injected.
-#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "sametag.dev",
     version = "v1alpha1",
@@ -34,7 +34,9 @@ pub const DEFAULT_MAX_BODY_BYTES: &str = "8Mi";
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.policy.mode"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
     printcolumn(name = "Pods", type_ = "integer", json_path = ".status.injectedPods"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label of at most 40 characters starting with a letter (it names the Redis StatefulSet and Services)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ETagStoreSpec {
@@ -390,3 +392,7 @@ fn default_max_body_bytes() -> IntOrString {
 fn is_false(b: &bool) -> bool {
     !*b
 }
+
+#[cfg(test)]
+#[path = "crd_tests.rs"]
+mod tests;

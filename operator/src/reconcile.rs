@@ -52,6 +52,9 @@ pub enum Error {
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// A task that should run forever ended.
+    #[error("{0} ended unexpectedly")]
+    Stopped(&'static str),
 }
 
 /// Result with the crate [`Error`].
@@ -67,6 +70,7 @@ impl Error {
             Self::Tls(_) => "tls",
             Self::Io { .. } => "io",
             Self::Lease(_) => "lease",
+            Self::Stopped(_) => "stopped",
         }
     }
 }

@@ -1,0 +1,167 @@
+//! The generated CRD: drift against crds/, shape, and the CEL rules
+//! evaluated locally with kube's `cel` feature.
+
+use kube::CustomResourceExt;
+use serde_json::{Value, json};
+
+use super::*;
+
+#[test]
+fn crds_dir_matches_crdgen() {
+    let committed = include_str!("../../crds/etagstores.sametag.dev.yaml");
+    let generated = crd_yaml().unwrap();
+    assert!(
+        committed == generated,
+        "crds/etagstores.sametag.dev.yaml is stale: run `cargo run -p sametag-operator -- crdgen > crds/etagstores.sametag.dev.yaml`"
+    );
+}
+
+#[test]
+fn crd_names_scope_subresource_and_columns() {
+    let crd = ETagStore::crd();
+    assert_eq!(crd.metadata.name.as_deref(), Some("etagstores.sametag.dev"));
+    assert_eq!(crd.spec.group, "sametag.dev");
+    assert_eq!(crd.spec.scope, "Namespaced");
+    assert_eq!(crd.spec.names.plural, "etagstores");
+    assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["ets".to_owned()][..]));
+    let v = &crd.spec.versions[0];
+    assert_eq!(v.name, "v1alpha1");
+    assert!(v.subresources.as_ref().unwrap().status.is_some());
+    let cols: Vec<(&str, &str)> = v
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| (c.name.as_str(), c.json_path.as_str()))
+        .collect();
+    assert_eq!(
+        cols,
+        [
+            ("Ready", r#".status.conditions[?(@.type=="Ready")].status"#),
+            ("Mode", ".spec.policy.mode"),
+            ("Endpoint", ".status.endpoint"),
+            ("Pods", ".status.injectedPods"),
+            ("Age", ".metadata.creationTimestamp"),
+        ]
+    );
+}
+
+fn store(spec: Value) -> Value {
+    json!({
+        "apiVersion": "sametag.dev/v1alpha1",
+        "kind": "ETagStore",
+        "metadata": {"name": "cache", "namespace": "shop"},
+        "spec": spec
+    })
+}
+
+/// Validate with the CRD's CEL rules; the error text on failure.
+fn check(obj: Value) -> Result<(), String> {
+    let crd = ETagStore::crd();
+    let schema = serde_json::to_value(
+        crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap(),
+    )
+    .unwrap();
+    kube::core::cel::Validator::new()
+        .validate(&schema, &obj, None)
+        .map_err(|e| format!("{e:?}"))
+}
+
+fn rejects(obj: Value, message: &str) {
+    match check(obj.clone()) {
+        Ok(()) => panic!("accepted, expected {message:?}: {obj}"),
+        Err(e) => assert!(e.contains(message), "expected {message:?} in {e}"),
+    }
+}
+
+const MANAGED: fn() -> Value = || json!({"managed": {"image": "redis:7", "replicas": 1, "maxmemory": "256mb", "evictionPolicy": "allkeys-lru"}});
+const EXTERNAL: fn() -> Value = || json!({"external": {"url": "redis://r.shared.svc:6379", "secretRef": {"name": "pw", "key": "password"}}});
+
+#[test]
+fn valid_stores_pass() {
+    check(store(json!({"redis": MANAGED(), "policy": {"mode": "Validate"}}))).unwrap();
+    check(store(json!({"redis": EXTERNAL(), "policy": {"mode": "Trust", "maxAge": "30s"}}))).unwrap();
+    check(store(json!({"redis": MANAGED(), "policy": {"mode": "Trust", "maxAge": "1m30s", "routes": [
+        {"path": "/api/**", "maxAge": "10s", "invalidates": ["/api", "/api/**"], "requirePreconditions": true},
+        {"path": "/raw/*", "mode": "Bypass"}
+    ]}})))
+    .unwrap();
+    // The default store as serialised by the operator's own types.
+    let s = ETagStore::new("cache", ETagStoreSpec::default());
+    check(serde_json::to_value(&s).unwrap()).unwrap();
+}
+
+#[test]
+fn managed_xor_external() {
+    let mut both = MANAGED();
+    both["external"] = EXTERNAL()["external"].clone();
+    rejects(store(json!({"redis": both})), "set exactly one of managed or external");
+    rejects(store(json!({"redis": {}})), "set exactly one of managed or external");
+}
+
+#[test]
+fn max_age_only_with_trust() {
+    rejects(
+        store(json!({"redis": MANAGED(), "policy": {"mode": "Validate", "maxAge": "30s"}})),
+        "spec.policy.maxAge is only allowed with mode Trust",
+    );
+    rejects(
+        store(json!({"redis": MANAGED(), "policy": {"mode": "Validate", "routes": [{"path": "/a", "maxAge": "5s"}]}})),
+        "routes[].maxAge is only allowed with mode Trust",
+    );
+    rejects(
+        store(json!({"redis": MANAGED(), "policy": {"mode": "Trust", "maxAge": "5s", "routes": [{"path": "/a", "mode": "Validate", "maxAge": "5s"}]}})),
+        "routes[].maxAge is only allowed with mode Trust",
+    );
+    rejects(
+        store(json!({"redis": MANAGED(), "policy": {"mode": "Trust", "maxAge": "48h"}})),
+        "maxAge must be more than 0 and at most 24h",
+    );
+}
+
+#[test]
+fn route_paths_are_sane() {
+    rejects(
+        store(json!({"redis": MANAGED(), "policy": {"routes": [{"path": "api/**"}]}})),
+        "routes[].path must start with '/'",
+    );
+    rejects(
+        store(json!({"redis": MANAGED(), "policy": {"routes": [{"path": "/a b"}]}})),
+        "routes[].path must not contain whitespace",
+    );
+    rejects(
+        store(json!({"redis": MANAGED(), "policy": {"routes": [{"path": "/a", "invalidates": ["b"]}]}})),
+        "routes[].invalidates entries must start with '/'",
+    );
+    rejects(
+        store(json!({"redis": MANAGED(), "policy": {"routes": [{"path": "/a", "mode": "Bypass", "shared": true}]}})),
+        "not allowed with mode Bypass",
+    );
+}
+
+#[test]
+fn external_url_rules() {
+    let mut e = EXTERNAL();
+    e["external"]["url"] = json!("http://r:6379");
+    rejects(store(json!({"redis": e})), "must start with redis:// or rediss://");
+    let mut e = EXTERNAL();
+    e["external"]["url"] = json!("redis://user:pw@r:6379");
+    rejects(store(json!({"redis": e})), "must not carry credentials");
+}
+
+#[test]
+fn store_name_must_fit_child_names() {
+    let mut s = store(json!({"redis": MANAGED()}));
+    s["metadata"]["name"] = json!("a-very-long-store-name-that-will-not-fit-in-services");
+    rejects(s, "metadata.name must be a DNS label of at most 40 characters");
+}
+
+#[test]
+fn bounds_are_in_the_schema() {
+    let yaml = crd_yaml().unwrap();
+    // replicas 1..=5 (OpenAPI, not CEL).
+    let crd = serde_json::to_value(ETagStore::crd()).unwrap();
+    let replicas = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["redis"]
+        ["properties"]["managed"]["properties"]["replicas"];
+    assert_eq!(replicas["minimum"].as_f64(), Some(1.0), "{yaml}");
+    assert_eq!(replicas["maximum"].as_f64(), Some(5.0), "{yaml}");
+}
