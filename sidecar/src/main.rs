@@ -12,7 +12,7 @@ use sametag_sidecar::metrics::Metrics;
 use sametag_sidecar::policy::PolicyHandle;
 use sametag_sidecar::proxy::{Server, ServerConfig};
 use sametag_sidecar::store::Store;
-use sametag_sidecar::store::memory::MemoryStore;
+use sametag_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
 use tokio::sync::watch;
 
@@ -95,7 +95,10 @@ async fn run(config: Config) -> ExitCode {
                 }
             }
         }
-        None => Arc::new(MemoryStore::new()),
+        None => Arc::new(MemoryStore::with_limits(MemoryLimits {
+            trust_guard: config.proxy.upstream_timeout,
+            ..MemoryLimits::default()
+        })),
     };
     let metrics = Arc::new(metrics);
 

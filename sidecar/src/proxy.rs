@@ -136,6 +136,7 @@ impl Context {
     /// Serve one request; never fails (failures are responses).
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().clone();
+        let uri = req.uri().clone();
         let (response, outcome) = match self.dispatch(req).await {
             Ok(answer) => answer,
             Err(e) => {
@@ -148,6 +149,7 @@ impl Context {
             }
         };
         self.metrics.request(&method, outcome);
+        tracing::debug!(%method, path = uri.path(), status = response.status().as_u16(), ?outcome, "request");
         response
     }
 

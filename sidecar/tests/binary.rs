@@ -102,20 +102,7 @@ async fn sigterm_drains_in_flight_requests() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // The JSON start line names the bound address.
-    let stdout = child.stdout.take().unwrap();
-    let addr: SocketAddr = tokio::task::spawn_blocking(move || {
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).expect("JSON logs");
-            if v["fields"]["message"] == "sametag sidecar started" {
-                return v["fields"]["listen"].as_str().unwrap().parse().unwrap();
-            }
-        }
-        panic!("no start line");
-    })
-    .await
-    .unwrap();
+    let addr = started_on(&mut child).await;
 
     let in_flight = tokio::spawn(async move { get(addr, "/slow", &[]).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -141,4 +128,73 @@ async fn sigterm_drains_in_flight_requests() {
         .unwrap();
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn policy_file_is_hot_reloaded() {
+    let app = App::fixed("doc", "\"app-tag\"").await;
+    let dir = std::env::temp_dir().join(format!("sametag-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.yaml");
+    std::fs::write(&file, "mode: Bypass\n").unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--policy-reload",
+            "50ms",
+            "--upstream",
+            &app.addr.to_string(),
+            "--policy",
+            file.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = started_on(&mut child).await;
+    assert_eq!(get(addr, "/doc", &[]).await.etag(), "\"app-tag\"", "Bypass");
+    // An invalid edit keeps the old policy...
+    std::fs::write(&file, "mode: [").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(addr, "/doc", &[]).await.etag(), "\"app-tag\"");
+    // ...a valid one takes over without a restart.
+    std::fs::write(&file, "mode: Validate\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let tag = get(addr, "/doc", &[]).await.etag();
+        if tag != "\"app-tag\"" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "policy not reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Read the binary's JSON logs until the start line; return the proxy's
+/// bound address.
+async fn started_on(child: &mut std::process::Child) -> SocketAddr {
+    let stdout = child.stdout.take().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).expect("JSON logs");
+            if v["fields"]["message"] == "sametag sidecar started" {
+                let addr = v["fields"]["listen"].as_str().unwrap().parse().unwrap();
+                // Keep draining so the child never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines {});
+                return addr;
+            }
+        }
+        panic!("no start line");
+    })
+    .await
+    .unwrap()
 }

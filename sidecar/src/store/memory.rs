@@ -30,6 +30,11 @@ pub struct MemoryLimits {
     pub max_invalidations: usize,
     /// A resource not looked up or recorded for this long is forgotten.
     pub idle_ttl: Duration,
+    /// A validation recorded less than this after an invalidation of its
+    /// resource (or a watched glob) is not trusted: the app's GET may have
+    /// overlapped the write and read the old state. Should cover the app's
+    /// response time (the proxy's upstream timeout, for strictness).
+    pub trust_guard: Duration,
 }
 
 impl Default for MemoryLimits {
@@ -39,6 +44,7 @@ impl Default for MemoryLimits {
             max_variants: 32,
             max_invalidations: 100_000,
             idle_ttl: Duration::from_secs(24 * 3600),
+            trust_guard: Duration::from_secs(10),
         }
     }
 }
@@ -60,11 +66,13 @@ struct Inner {
     /// Last use (a sequence number) to resource id: the LRU order.
     lru: BTreeMap<u64, Arc<str>>,
     /// Invalidations by canonical path and by glob, each with its sequence.
-    invalidations: HashMap<Invalidated, u64>,
+    invalidations: HashMap<Invalidated, (u64, Instant)>,
     /// Sequence to invalidation: oldest first, for folding into the floor.
     invalidation_order: BTreeMap<u64, Invalidated>,
-    /// No validation at or below this sequence is trusted.
+    /// No validation at or below this sequence is trusted, nor one recorded
+    /// within the trust guard after `floor_at`.
     floor: u64,
+    floor_at: Option<Instant>,
     /// Held write locks by resource id.
     locks: HashMap<Arc<str>, HeldLock>,
 }
@@ -89,8 +97,9 @@ struct ResourceState {
 struct VariantState {
     tag: EntityTag,
     last_modified: SystemTime,
-    /// When and at which sequence the tag was last validated in Trust mode.
-    validated: Option<(SystemTime, u64)>,
+    /// When (wall clock, sequence, monotonic clock) the tag was last
+    /// validated in Trust mode.
+    validated: Option<(SystemTime, u64, Instant)>,
 }
 
 #[derive(Debug)]
@@ -143,7 +152,8 @@ impl Store for MemoryStore {
     ) -> Result<Option<Resource>, StoreError> {
         let mut inner = self.lock();
         inner.expire(&self.limits);
-        let barrier = inner.barrier(&resource.path, watched);
+        let (barrier, barrier_at) = inner.barrier(&resource.path, watched);
+        let guard = self.limits.trust_guard;
         inner.touch(&resource.id);
         let Some(state) = inner.resources.get(&resource.id) else {
             return Ok(None);
@@ -154,8 +164,10 @@ impl Store for MemoryStore {
             .map(|(key, v)| {
                 let validated_at = v
                     .validated
-                    .filter(|(_, seq)| *seq > barrier)
-                    .map(|(at, _)| at);
+                    .filter(|(_, seq, clock)| {
+                        *seq > barrier && barrier_at.is_none_or(|b| *clock >= b + guard)
+                    })
+                    .map(|(at, _, _)| at);
                 (
                     key.clone(),
                     Entry {
@@ -219,13 +231,13 @@ impl Store for MemoryStore {
             entry.validated = None;
         }
         if trust {
-            entry.validated = Some((now, seq));
+            entry.validated = Some((now, seq, clock));
         }
         let last_modified = entry.last_modified;
         let out = Entry {
             tag: entry.tag.clone(),
             last_modified,
-            validated_at: entry.validated.map(|(at, _)| at),
+            validated_at: entry.validated.map(|(at, _, _)| at),
         };
         state.newest_last_modified = state.newest_last_modified.max(last_modified);
         inner.touch(&resource.id);
@@ -313,21 +325,26 @@ fn next_last_modified(now: SystemTime, newest: SystemTime) -> SystemTime {
 
 impl Inner {
     /// The newest sequence a validation of `path` must beat to be trusted.
-    fn barrier(&self, path: &Arc<str>, watched: &[Arc<str>]) -> u64 {
-        let mut barrier = self.floor;
-        if let Some(seq) = self.invalidations.get(&Invalidated::Path(path.clone())) {
-            barrier = barrier.max(*seq);
-        }
-        for glob in watched {
-            if let Some(seq) = self.invalidations.get(&Invalidated::Glob(glob.clone())) {
-                barrier = barrier.max(*seq);
+    /// The newest sequence a validation of `path` must beat to be trusted,
+    /// and when the newest relevant invalidation happened.
+    fn barrier(&self, path: &Arc<str>, watched: &[Arc<str>]) -> (u64, Option<Instant>) {
+        let mut barrier = (self.floor, self.floor_at);
+        let path = std::iter::once(Invalidated::Path(path.clone()));
+        let globs = watched.iter().map(|g| Invalidated::Glob(g.clone()));
+        for what in path.chain(globs) {
+            if let Some((seq, at)) = self.invalidations.get(&what) {
+                barrier.0 = barrier.0.max(*seq);
+                barrier.1 = Some(barrier.1.map_or(*at, |b| b.max(*at)));
             }
         }
         barrier
     }
 
     fn mark(&mut self, what: Invalidated, seq: u64, limits: &MemoryLimits) {
-        if let Some(old) = self.invalidations.insert(what.clone(), seq) {
+        if let Some((old, _)) = self
+            .invalidations
+            .insert(what.clone(), (seq, Instant::now()))
+        {
             self.invalidation_order.remove(&old);
         }
         self.invalidation_order.insert(seq, what);
@@ -335,7 +352,9 @@ impl Inner {
             let Some((old_seq, old)) = self.invalidation_order.pop_first() else {
                 break;
             };
-            self.invalidations.remove(&old);
+            if let Some((_, at)) = self.invalidations.remove(&old) {
+                self.floor_at = Some(self.floor_at.map_or(at, |f| f.max(at)));
+            }
             self.floor = self.floor.max(old_seq);
         }
     }
@@ -413,9 +432,34 @@ mod tests {
         assert!(back.last_modified > changed.last_modified);
     }
 
+    fn unguarded() -> MemoryStore {
+        MemoryStore::with_limits(MemoryLimits {
+            trust_guard: Duration::ZERO,
+            ..MemoryLimits::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn validations_overlapping_a_write_are_not_trusted() {
+        let store = MemoryStore::with_limits(MemoryLimits {
+            trust_guard: Duration::from_millis(50),
+            ..MemoryLimits::default()
+        });
+        let k = key("/a", "");
+        store.invalidate(&k, &[]).await.unwrap();
+        // Recorded right after the write: the app may have read old state.
+        store.record(&k, &[], &V, &tag("1"), true).await.unwrap();
+        let res = store.lookup(&k, &[]).await.unwrap().unwrap();
+        assert!(res.variant(&V).unwrap().validated_at.is_none());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        store.record(&k, &[], &V, &tag("1"), true).await.unwrap();
+        let res = store.lookup(&k, &[]).await.unwrap().unwrap();
+        assert!(res.variant(&V).unwrap().validated_at.is_some());
+    }
+
     #[tokio::test]
     async fn invalidation_of_path_or_watched_glob_untrusts() {
-        let store = MemoryStore::new();
+        let store = unguarded();
         let k = key("/items/1", "user");
         store.record(&k, &[], &V, &tag("1"), true).await.unwrap();
         let watched: Vec<Arc<str>> = vec!["/items/**".into()];
