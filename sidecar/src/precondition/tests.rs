@@ -516,3 +516,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn ten_thousand_realistic_tags_are_cheap_and_safe() {
+    // 10,000 22-character tags (~260 KB) in one If-None-Match / If-Match.
+    let list: Vec<String> = (0..10_000).map(|i| format!("\"{i:022}\"")).collect();
+    let value = list.join(", ");
+    let started = std::time::Instant::now();
+    // Over the bound: ignored on GET (full 200), fails closed on a write.
+    assert_eq!(
+        eval(Method::GET, &[("if-none-match", value.as_bytes())], true),
+        GO
+    );
+    assert_eq!(
+        eval(Method::PUT, &[("if-none-match", value.as_bytes())], true),
+        PF
+    );
+    assert_eq!(
+        eval(Method::PUT, &[("if-match", value.as_bytes())], true),
+        PF
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
