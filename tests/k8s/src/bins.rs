@@ -12,7 +12,16 @@ pub const HARNESS_TOOLS: [&str; 3] = ["controlplane", "kubectl", "helm"];
 
 /// The directory holding `controlplane`, `kubectl` and `helm`.
 pub fn harness_bin_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("SAMETAG_HARNESS_BIN_DIR") {
+    find_bin_dir(
+        std::env::var_os("SAMETAG_HARNESS_BIN_DIR"),
+        &repo_root().join("tests/.cache"),
+    )
+}
+
+/// [`harness_bin_dir`] with its inputs explicit: the env var's value and the
+/// cache root.
+fn find_bin_dir(from_env: Option<std::ffi::OsString>, cache: &Path) -> Result<PathBuf> {
+    if let Some(dir) = from_env {
         let dir = PathBuf::from(dir);
         return match missing_tools(&dir) {
             None => Ok(dir),
@@ -23,14 +32,13 @@ pub fn harness_bin_dir() -> Result<PathBuf> {
             ))),
         };
     }
-    let cache = repo_root().join("tests/.cache");
     // The directory build.sh uses for the pinned versions.
-    if let Some(dir) = pinned_dir(&cache)
+    if let Some(dir) = pinned_dir(cache)
         && missing_tools(&dir).is_none()
     {
         return Ok(dir);
     }
-    let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&cache)
+    let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(cache)
         .into_iter()
         .flatten()
         .flatten()
@@ -57,7 +65,11 @@ fn pinned_dir(cache: &Path) -> Option<PathBuf> {
             .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
             .map(|v| v.trim().to_string())
     };
-    Some(cache.join(format!("bin-k8s-{}-helm-{}", get("K8S_VERSION")?, get("HELM_VERSION")?)))
+    Some(cache.join(format!(
+        "bin-k8s-{}-helm-{}",
+        get("K8S_VERSION")?,
+        get("HELM_VERSION")?
+    )))
 }
 
 fn missing_tools(dir: &Path) -> Option<String> {
@@ -116,5 +128,41 @@ pub fn operator_bin() -> Result<PathBuf> {
             "{} not found after cargo build",
             bin.display()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tools_fail_with_the_build_command() {
+        let empty = tempfile::tempdir().expect("tempdir");
+        let err =
+            find_bin_dir(Some(empty.path().into()), empty.path()).expect_err("empty dir must fail");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("tests/harness/build.sh") && msg.contains("controlplane, kubectl, helm"),
+            "{msg}"
+        );
+
+        let err =
+            find_bin_dir(None, &empty.path().join("no-cache")).expect_err("no cache must fail");
+        assert!(err.to_string().contains("tests/harness/build.sh"), "{err}");
+    }
+
+    #[test]
+    fn a_complete_dir_is_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("bin-k8s-vX-helm-vY");
+        std::fs::create_dir(&bin).expect("mkdir");
+        for t in HARNESS_TOOLS {
+            std::fs::write(bin.join(t), b"").expect("touch");
+        }
+        assert_eq!(
+            find_bin_dir(Some(bin.clone().into()), dir.path()).expect("env dir"),
+            bin
+        );
+        assert_eq!(find_bin_dir(None, dir.path()).expect("scanned"), bin);
     }
 }

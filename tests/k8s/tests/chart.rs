@@ -346,8 +346,10 @@ fn chart_crds_are_the_generated_crds() {
 
 #[test]
 fn chart_rbac_is_the_operators_rbac() {
-    let operator = std::fs::read(repo_root().join("operator/rbac.yaml")).expect("operator/rbac.yaml");
-    let chart = std::fs::read(chart_dir().join("files/rbac.yaml")).expect("charts/sametag/files/rbac.yaml");
+    let operator =
+        std::fs::read(repo_root().join("operator/rbac.yaml")).expect("operator/rbac.yaml");
+    let chart =
+        std::fs::read(chart_dir().join("files/rbac.yaml")).expect("charts/sametag/files/rbac.yaml");
     assert!(
         operator == chart,
         "charts/sametag/files/rbac.yaml differs from operator/rbac.yaml: copy it (the chart templates its rules from it)"
@@ -362,18 +364,40 @@ fn chart_rbac_is_the_operators_rbac() {
     let got = role["rules"].as_array().expect("rules");
     let mwc_rules: Vec<&Value> = got
         .iter()
-        .filter(|r| r["resources"].as_array().is_some_and(|a| a.iter().any(|x| x == "mutatingwebhookconfigurations")))
+        .filter(|r| {
+            r["resources"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "mutatingwebhookconfigurations"))
+        })
         .collect();
     assert_eq!(mwc_rules.len(), 1, "{mwc_rules:?}");
     assert_eq!(mwc_rules[0]["resourceNames"], serde_json::json!(["etags"]));
-    assert!(!mwc_rules[0]["verbs"].as_array().expect("verbs").iter().any(|v| v == "create"));
+    assert!(
+        !mwc_rules[0]["verbs"]
+            .as_array()
+            .expect("verbs")
+            .iter()
+            .any(|v| v == "create")
+    );
     let others = |rules: &[Value]| -> Vec<Value> {
         rules
             .iter()
-            .filter(|r| !r["resources"].as_array().is_some_and(|a| a.iter().any(|x| x == "mutatingwebhookconfigurations")))
+            .filter(|r| {
+                !r["resources"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == "mutatingwebhookconfigurations"))
+            })
             .cloned()
             .collect()
     };
-    assert_eq!(others(got), others(want_rules.as_array().expect("rules")), "ClusterRole rules drifted");
-    assert_eq!(one(&rendered, "Role")["rules"], one(&source, "Role")["rules"], "Role rules drifted");
+    assert_eq!(
+        others(got),
+        others(want_rules.as_array().expect("rules")),
+        "ClusterRole rules drifted"
+    );
+    assert_eq!(
+        one(&rendered, "Role")["rules"],
+        one(&source, "Role")["rules"],
+        "Role rules drifted"
+    );
 }

@@ -38,7 +38,11 @@ impl Ctx {
         let sa_kc = cp.dir.path().join("operator-sa.kubeconfig");
         let t = std::time::Instant::now();
         let op_config = OperatorConfig::new(sa_kc, NAMESPACE, RELEASE, cp.dir.path())?;
-        eprintln!("operator binary ready in {:.1}s: {}", t.elapsed().as_secs_f64(), op_config.bin.display());
+        eprintln!(
+            "operator binary ready in {:.1}s: {}",
+            t.elapsed().as_secs_f64(),
+            op_config.bin.display()
+        );
         Ok(Self {
             cp,
             admin,
