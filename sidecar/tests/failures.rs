@@ -14,6 +14,10 @@ use hyper_util::rt::TokioIo;
 use sametag_sidecar::admin::Admin;
 use sametag_sidecar::metrics::Outcome;
 use sametag_sidecar::store::memory::MemoryStore;
+use sametag_sidecar::store::{
+    Entry, Resource, ResourceKey, Store, StoreError, StoreHealth, VariantKey, WriteLock,
+};
+use sametag_sidecar::tag::EntityTag;
 use support::{App, Sidecar, body, get, raw, raw_status, send, send_raw_values};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -378,4 +382,75 @@ async fn admin_endpoints_report_health_and_metrics() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(get(addr, "/nope", &[]).await.status, StatusCode::NOT_FOUND);
+}
+
+/// A store that is always down, as Redis is during an outage.
+struct DownStore;
+
+#[async_trait::async_trait]
+impl Store for DownStore {
+    async fn lookup(
+        &self,
+        _: &ResourceKey,
+        _: &[Arc<str>],
+    ) -> Result<Option<Resource>, StoreError> {
+        Err(StoreError::Unavailable("down for the test".into()))
+    }
+    async fn record(
+        &self,
+        _: &ResourceKey,
+        _: &[String],
+        _: &VariantKey,
+        _: &EntityTag,
+        _: bool,
+    ) -> Result<Entry, StoreError> {
+        Err(StoreError::Unavailable("down for the test".into()))
+    }
+    async fn invalidate(&self, _: &ResourceKey, _: &[Arc<str>]) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down for the test".into()))
+    }
+    async fn try_lock(
+        &self,
+        _: &ResourceKey,
+        _: Duration,
+    ) -> Result<Option<WriteLock>, StoreError> {
+        Err(StoreError::Unavailable("down for the test".into()))
+    }
+    async fn unlock(&self, _: &WriteLock) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down for the test".into()))
+    }
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Down
+    }
+}
+
+#[tokio::test]
+async fn store_down_reads_degrade_and_conditional_writes_fail_closed() {
+    let state = Arc::new(std::sync::Mutex::new(Some("v1".to_owned())));
+    let app = support::resource_app(state.clone(), "a").await;
+    let policy = "mode: Trust\nmaxAge: 60s\n";
+    let sidecar = Sidecar::start_with(app.addr, policy, Arc::new(DownStore), |c| {
+        c.options.retry_after = Duration::from_secs(3);
+    })
+    .await;
+    // Reads never fail: the tag is still content-derived (the same on every
+    // replica), Last-Modified is the app's, and a match is still a 304.
+    let r = get(sidecar.addr, "/doc", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let tag = r.etag();
+    assert_eq!(r.header("last-modified"), "Tue, 01 Jan 2019 00:00:00 GMT");
+    assert!(r.header("cache-status").contains("store-unavailable"));
+    let r = get(sidecar.addr, "/doc", &[("if-none-match", &tag)]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    let head = send(sidecar.addr, "HEAD", "/doc", &[], "").await;
+    assert_eq!(head.status, StatusCode::OK);
+    // A conditional write cannot be serialised: 503 with Retry-After.
+    let r = send(sidecar.addr, "PUT", "/doc", &[("if-match", &tag)], "v2").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.header("retry-after"), "3");
+    assert_eq!(state.lock().unwrap().as_deref(), Some("v1"));
+    // An unconditional write needs no lock and goes through.
+    let r = send(sidecar.addr, "PUT", "/doc", &[], "v2").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(state.lock().unwrap().as_deref(), Some("v2"));
 }
