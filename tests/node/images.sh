@@ -124,6 +124,8 @@ img_rust() { # crate binary
 	local r=$work/$crate
 	base_fs "$r"
 	stage_binary "$bin" "$r" "/usr/local/bin/$crate"
+	# Line tables are for the developer's backtraces, not for the image.
+	command -v strip >/dev/null && strip --strip-debug "$r/usr/local/bin/$crate"
 	pack "$crate" "$r" --entrypoint "[\"/usr/local/bin/$crate\"]" --user 65532:65532
 }
 
