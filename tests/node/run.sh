@@ -11,6 +11,7 @@ repo="$(cd "$here/../.." && pwd)"
 dir="${SAMETAG_NODE_DIR:-${SAMETAG_CACHE_DIR:-$repo/tests/.cache}/node-run}"
 started=$(date +%s)
 
+bash "$here/setup-packages.sh"
 bash "$here/node.sh" down "$dir" >/dev/null 2>&1 || true
 if [ "${SAMETAG_NODE_KEEP:-0}" != 1 ]; then
 	trap 'bash "$here/node.sh" down "$dir"' EXIT
