@@ -64,10 +64,11 @@ wait_file() { # file seconds pid what
 	die "$what not ready after ${secs}s"
 }
 
+# The kubelet's cgroup root in every mounted cgroup hierarchy (each v1
+# controller, the hybrid unified one, or the single v2 tree).
 cgroup_dirs() {
-	for h in /sys/fs/cgroup/*/; do
-		[ -d "$h" ] && echo "${h%/}/$CGROUP_ROOT"
-	done
+	awk '$3 == "cgroup" || $3 == "cgroup2" { print $2 }' /proc/self/mounts | sort -u |
+		while read -r m; do echo "$m/$CGROUP_ROOT"; done
 }
 
 up() {

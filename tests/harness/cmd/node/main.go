@@ -19,6 +19,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 
@@ -44,7 +45,7 @@ func main() {
 	case "forward":
 		os.Exit(forwardMain(args))
 	case "kubelet":
-		cmd = kubelet.NewKubeletCommand(contextBackground())
+		cmd = kubelet.NewKubeletCommand(context.Background())
 	case "scheduler":
 		cmd = scheduler.NewSchedulerCommand()
 	case "proxy":

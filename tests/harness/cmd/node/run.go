@@ -36,8 +36,6 @@ type runOptions struct {
 	verbosity        int
 }
 
-func contextBackground() context.Context { return context.Background() }
-
 func runMain(args []string) int {
 	var o runOptions
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
