@@ -75,7 +75,11 @@ pub struct RunArgs {
 
     /// Service that fronts the webhook: its DNS names go into the serving
     /// certificate, and a managed webhook configuration points at it.
-    #[arg(long, env = "SAMETAG_WEBHOOK_SERVICE", default_value = "sametag-webhook")]
+    #[arg(
+        long,
+        env = "SAMETAG_WEBHOOK_SERVICE",
+        default_value = "sametag-webhook"
+    )]
     pub webhook_service: String,
 
     /// Port of the webhook Service (used by a managed webhook configuration).
@@ -94,7 +98,11 @@ pub struct RunArgs {
 
     /// Secret (in --namespace) holding the webhook CA and serving certificate;
     /// created when missing, reused and rotated otherwise.
-    #[arg(long, env = "SAMETAG_CERT_SECRET", default_value = "sametag-webhook-tls")]
+    #[arg(
+        long,
+        env = "SAMETAG_CERT_SECRET",
+        default_value = "sametag-webhook-tls"
+    )]
     pub cert_secret: String,
 
     /// Validity of a newly issued serving certificate (the CA lives 10x longer).
@@ -155,7 +163,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("invalid duration {s:?}: expected a number"));
         }
@@ -163,7 +173,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("invalid duration {s:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let d = match unit {
@@ -172,7 +184,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86_400)),
-            other => return Err(format!("invalid duration {s:?}: unknown unit {other:?} (use ms, s, m, h, d)")),
+            other => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m, h, d)"
+                ));
+            }
         };
         total = total.saturating_add(d);
     }
@@ -206,15 +222,23 @@ mod tests {
                 continue;
             }
             assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
-            let env = arg.get_env().unwrap_or_else(|| panic!("--{} has no env var", arg.get_id()));
-            assert!(env.to_string_lossy().starts_with("SAMETAG_"), "--{}", arg.get_id());
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{} has no env var", arg.get_id()));
+            assert!(
+                env.to_string_lossy().starts_with("SAMETAG_"),
+                "--{}",
+                arg.get_id()
+            );
         }
     }
 
     #[test]
     fn run_defaults() {
         let cli = Cli::try_parse_from(["sametag-operator", "run"]).expect("parses");
-        let Command::Run(args) = cli.command else { panic!("not run") };
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(args.webhook_config_name, "sametag");
         assert_eq!(args.cert_secret, "sametag-webhook-tls");
         assert!(args.leader_elect);

@@ -23,7 +23,10 @@ fn crd_names_scope_subresource_and_columns() {
     assert_eq!(crd.spec.group, "sametag.dev");
     assert_eq!(crd.spec.scope, "Namespaced");
     assert_eq!(crd.spec.names.plural, "etagstores");
-    assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["ets".to_owned()][..]));
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["ets".to_owned()][..])
+    );
     let v = &crd.spec.versions[0];
     assert_eq!(v.name, "v1alpha1");
     assert!(v.subresources.as_ref().unwrap().status.is_some());
@@ -58,7 +61,13 @@ fn store(spec: Value) -> Value {
 fn check(obj: Value) -> Result<(), String> {
     let crd = ETagStore::crd();
     let schema = serde_json::to_value(
-        crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap(),
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
     )
     .unwrap();
     kube::core::cel::Validator::new()
@@ -78,8 +87,14 @@ const EXTERNAL: fn() -> Value = || json!({"external": {"url": "redis://r.shared.
 
 #[test]
 fn valid_stores_pass() {
-    check(store(json!({"redis": MANAGED(), "policy": {"mode": "Validate"}}))).unwrap();
-    check(store(json!({"redis": EXTERNAL(), "policy": {"mode": "Trust", "maxAge": "30s"}}))).unwrap();
+    check(store(
+        json!({"redis": MANAGED(), "policy": {"mode": "Validate"}}),
+    ))
+    .unwrap();
+    check(store(
+        json!({"redis": EXTERNAL(), "policy": {"mode": "Trust", "maxAge": "30s"}}),
+    ))
+    .unwrap();
     check(store(json!({"redis": MANAGED(), "policy": {"mode": "Trust", "maxAge": "1m30s", "routes": [
         {"path": "/api/**", "maxAge": "10s", "invalidates": ["/api", "/api/**"], "requirePreconditions": true},
         {"path": "/raw/*", "mode": "Bypass"}
@@ -94,8 +109,14 @@ fn valid_stores_pass() {
 fn managed_xor_external() {
     let mut both = MANAGED();
     both["external"] = EXTERNAL()["external"].clone();
-    rejects(store(json!({"redis": both})), "set exactly one of managed or external");
-    rejects(store(json!({"redis": {}})), "set exactly one of managed or external");
+    rejects(
+        store(json!({"redis": both})),
+        "set exactly one of managed or external",
+    );
+    rejects(
+        store(json!({"redis": {}})),
+        "set exactly one of managed or external",
+    );
 }
 
 #[test]
@@ -105,11 +126,15 @@ fn max_age_only_with_trust() {
         "spec.policy.maxAge is only allowed with mode Trust",
     );
     rejects(
-        store(json!({"redis": MANAGED(), "policy": {"mode": "Validate", "routes": [{"path": "/a", "maxAge": "5s"}]}})),
+        store(
+            json!({"redis": MANAGED(), "policy": {"mode": "Validate", "routes": [{"path": "/a", "maxAge": "5s"}]}}),
+        ),
         "routes[].maxAge is only allowed with mode Trust",
     );
     rejects(
-        store(json!({"redis": MANAGED(), "policy": {"mode": "Trust", "maxAge": "5s", "routes": [{"path": "/a", "mode": "Validate", "maxAge": "5s"}]}})),
+        store(
+            json!({"redis": MANAGED(), "policy": {"mode": "Trust", "maxAge": "5s", "routes": [{"path": "/a", "mode": "Validate", "maxAge": "5s"}]}}),
+        ),
         "routes[].maxAge is only allowed with mode Trust",
     );
     rejects(
@@ -129,11 +154,15 @@ fn route_paths_are_sane() {
         "routes[].path must not contain whitespace",
     );
     rejects(
-        store(json!({"redis": MANAGED(), "policy": {"routes": [{"path": "/a", "invalidates": ["b"]}]}})),
+        store(
+            json!({"redis": MANAGED(), "policy": {"routes": [{"path": "/a", "invalidates": ["b"]}]}}),
+        ),
         "routes[].invalidates entries must start with '/'",
     );
     rejects(
-        store(json!({"redis": MANAGED(), "policy": {"routes": [{"path": "/a", "mode": "Bypass", "shared": true}]}})),
+        store(
+            json!({"redis": MANAGED(), "policy": {"routes": [{"path": "/a", "mode": "Bypass", "shared": true}]}}),
+        ),
         "not allowed with mode Bypass",
     );
 }
@@ -142,7 +171,10 @@ fn route_paths_are_sane() {
 fn external_url_rules() {
     let mut e = EXTERNAL();
     e["external"]["url"] = json!("http://r:6379");
-    rejects(store(json!({"redis": e})), "must start with redis:// or rediss://");
+    rejects(
+        store(json!({"redis": e})),
+        "must start with redis:// or rediss://",
+    );
     let mut e = EXTERNAL();
     e["external"]["url"] = json!("redis://user:pw@r:6379");
     rejects(store(json!({"redis": e})), "must not carry credentials");
@@ -152,7 +184,10 @@ fn external_url_rules() {
 fn store_name_must_fit_child_names() {
     let mut s = store(json!({"redis": MANAGED()}));
     s["metadata"]["name"] = json!("a-very-long-store-name-that-will-not-fit-in-services");
-    rejects(s, "metadata.name must be a DNS label of at most 40 characters");
+    rejects(
+        s,
+        "metadata.name must be a DNS label of at most 40 characters",
+    );
 }
 
 #[test]
@@ -160,8 +195,8 @@ fn bounds_are_in_the_schema() {
     let yaml = crd_yaml().unwrap();
     // replicas 1..=5 (OpenAPI, not CEL).
     let crd = serde_json::to_value(ETagStore::crd()).unwrap();
-    let replicas = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["redis"]
-        ["properties"]["managed"]["properties"]["replicas"];
+    let replicas = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["redis"]["properties"]["managed"]["properties"]["replicas"];
     assert_eq!(replicas["minimum"].as_f64(), Some(1.0), "{yaml}");
     assert_eq!(replicas["maximum"].as_f64(), Some(5.0), "{yaml}");
 }

@@ -2,11 +2,11 @@
 //! `ETagStore` resource and injects the sametag sidecar into opted-in pods.
 #![forbid(unsafe_code)]
 
-pub mod crd;
-pub mod config;
 pub mod children;
+pub mod config;
+pub mod crd;
 pub mod metrics;
 pub mod reconcile;
+pub mod run;
 pub mod status;
 pub mod webhook;
-pub mod run;

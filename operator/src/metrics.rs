@@ -56,14 +56,26 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("sametag_operator");
         r.register("reconciles", "Reconciles started", self.reconciles.clone());
-        r.register("reconcile_errors", "Failed reconciles by error kind", self.reconcile_errors.clone());
+        r.register(
+            "reconcile_errors",
+            "Failed reconciles by error kind",
+            self.reconcile_errors.clone(),
+        );
         r.register(
             "reconcile_duration_seconds",
             "Reconcile duration",
             self.reconcile_duration.clone(),
         );
-        r.register("admissions", "Admission reviews by outcome", self.admissions.clone());
-        r.register("leader", "1 while this replica holds the leader Lease", self.leader.clone());
+        r.register(
+            "admissions",
+            "Admission reviews by outcome",
+            self.admissions.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            self.leader.clone(),
+        );
     }
 
     /// Count a reconcile and time it until the returned guard is dropped.
@@ -78,14 +90,18 @@ impl Metrics {
     /// Count a failed reconcile.
     pub fn reconcile_failed(&self, label: &str) {
         self.reconcile_errors
-            .get_or_create(&ErrorLabels { error: label.to_owned() })
+            .get_or_create(&ErrorLabels {
+                error: label.to_owned(),
+            })
             .inc();
     }
 
     /// Count an admission review.
     pub fn admitted(&self, outcome: &str) {
         self.admissions
-            .get_or_create(&OutcomeLabels { outcome: outcome.to_owned() })
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
             .inc();
     }
 }
@@ -117,8 +133,17 @@ mod tests {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         assert!(out.contains("sametag_operator_reconciles_total 1"), "{out}");
-        assert!(out.contains("sametag_operator_reconcile_errors_total{error=\"kube\"} 1"), "{out}");
-        assert!(out.contains("sametag_operator_admissions_total{outcome=\"injected\"} 1"), "{out}");
-        assert!(out.contains("sametag_operator_reconcile_duration_seconds_count 1"), "{out}");
+        assert!(
+            out.contains("sametag_operator_reconcile_errors_total{error=\"kube\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sametag_operator_admissions_total{outcome=\"injected\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sametag_operator_reconcile_duration_seconds_count 1"),
+            "{out}"
+        );
     }
 }

@@ -93,7 +93,12 @@ pub struct Context {
 
 impl Context {
     /// A context for `client`.
-    pub fn new(client: Client, metrics: Arc<Metrics>, operator_namespace: String, resync: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        operator_namespace: String,
+        resync: Duration,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("SAMETAG_POD_NAME").ok(),
@@ -156,7 +161,10 @@ pub async fn reconcile(store: Arc<ETagStore>, ctx: Arc<Context>) -> Result<Actio
         Ok(v) => v,
         Err(e) => {
             // Say why in the status before backing off, so `kubectl get ets` shows it.
-            let health = Health::Degraded { reason: "ApplyFailed", message: e.to_string() };
+            let health = Health::Degraded {
+                reason: "ApplyFailed",
+                message: e.to_string(),
+            };
             let _ = write_status(&store, &ctx, &ns, &health, None).await;
             return Err(e);
         }
@@ -192,7 +200,11 @@ pub fn error_policy(store: Arc<ETagStore>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(wait)
 }
 
-async fn apply_children(store: &ETagStore, ctx: &Context, ns: &str) -> Result<(Health, Option<String>)> {
+async fn apply_children(
+    store: &ETagStore,
+    ctx: &Context,
+    ns: &str,
+) -> Result<(Health, Option<String>)> {
     let client = &ctx.client;
     let result = match (store.managed(), store.spec.redis.external.as_ref()) {
         (Some(redis), _) => apply_managed(store, ctx, ns, redis).await?,
@@ -238,7 +250,10 @@ async fn apply_managed(
                 store,
                 EventType::Normal,
                 "PasswordCreated",
-                format!("generated the Redis password in Secret {}", names::secret(&name)),
+                format!(
+                    "generated the Redis password in Secret {}",
+                    names::secret(&name)
+                ),
             )
             .await;
             p
@@ -249,9 +264,18 @@ async fn apply_managed(
     let sts = apply(client, ns, &children::redis::desired(store, redis)?).await?;
     apply(client, ns, &children::service::desired(store)?).await?;
     apply(client, ns, &children::service::headless(store)?).await?;
-    apply(client, ns, &children::network_policy::desired(store, &ctx.operator_namespace)?).await?;
+    apply(
+        client,
+        ns,
+        &children::network_policy::desired(store, &ctx.operator_namespace)?,
+    )
+    .await?;
 
-    let ready = sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+    let ready = sts
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
     let health = if ready >= redis.replicas {
         Health::Ready {
             reason: "RedisReady",
@@ -283,7 +307,10 @@ async fn check_external(
         },
         Some(s) if !has_key(&s, &r.key) => Health::Degraded {
             reason: "SecretKeyMissing",
-            message: format!("Secret {ns}/{} has no key {:?} (spec.redis.external.secretRef.key)", r.name, r.key),
+            message: format!(
+                "Secret {ns}/{} has no key {:?} (spec.redis.external.secretRef.key)",
+                r.name, r.key
+            ),
         },
         Some(_) => Health::Ready {
             reason: "ExternalRedis",
@@ -295,7 +322,10 @@ async fn check_external(
 
 fn has_key(secret: &Secret, key: &str) -> bool {
     secret.data.as_ref().is_some_and(|d| d.contains_key(key))
-        || secret.string_data.as_ref().is_some_and(|d| d.contains_key(key))
+        || secret
+            .string_data
+            .as_ref()
+            .is_some_and(|d| d.contains_key(key))
 }
 
 // The status endpoint says whether the last successful reconcile ran Redis.
@@ -316,7 +346,10 @@ async fn delete_managed(client: &Client, ns: &str, name: &str) -> Result<()> {
 
 async fn delete<K>(client: &Client, ns: &str, name: &str) -> Result<()>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     match api.delete(name, &DeleteParams::background()).await {
@@ -389,15 +422,41 @@ async fn announce(
     let was = |t| status::condition_status(previous, t);
     let is = |t| status::condition_status(Some(new), t);
     if previous.is_none() {
-        ctx.event(store, EventType::Normal, "Created", "children created".into()).await;
+        ctx.event(
+            store,
+            EventType::Normal,
+            "Created",
+            "children created".into(),
+        )
+        .await;
     } else if previous.and_then(|p| p.observed_generation) != new.observed_generation {
-        ctx.event(store, EventType::Normal, "Updated", "spec change applied".into()).await;
+        ctx.event(
+            store,
+            EventType::Normal,
+            "Updated",
+            "spec change applied".into(),
+        )
+        .await;
     }
     if is(READY) == Some("True") && was(READY) != Some("True") {
-        ctx.event(store, EventType::Normal, "Ready", health.message().to_owned()).await;
+        ctx.event(
+            store,
+            EventType::Normal,
+            "Ready",
+            health.message().to_owned(),
+        )
+        .await;
     }
-    if is(DEGRADED) == Some("True") && (was(DEGRADED) != Some("True") || health_changed(previous, health)) {
-        ctx.event(store, EventType::Warning, health.reason(), health.message().to_owned()).await;
+    if is(DEGRADED) == Some("True")
+        && (was(DEGRADED) != Some("True") || health_changed(previous, health))
+    {
+        ctx.event(
+            store,
+            EventType::Warning,
+            health.reason(),
+            health.message().to_owned(),
+        )
+        .await;
     }
 }
 
@@ -408,13 +467,20 @@ fn health_changed(previous: Option<&ETagStoreStatus>, health: &Health) -> bool {
 }
 
 /// Run the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, watch_namespace: Option<String>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    watch_namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let stores: Api<ETagStore> = match &watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    fn api<K: Resource<DynamicType = (), Scope = NamespaceResourceScope>>(c: &Client, ns: &Option<String>) -> Api<K> {
+    fn api<K: Resource<DynamicType = (), Scope = NamespaceResourceScope>>(
+        c: &Client,
+        ns: &Option<String>,
+    ) -> Api<K> {
         match ns {
             Some(ns) => Api::namespaced(c.clone(), ns),
             None => Api::all(c.clone()),

@@ -46,7 +46,10 @@ impl Fake {
                 let items: Vec<Value> = (0..self.injected_pods)
                     .map(|i| json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":format!("p{i}"),"namespace":"shop"}}))
                     .collect();
-                (200, json!({"apiVersion":"meta.k8s.io/v1","kind":"PartialObjectMetadataList","metadata":{},"items":items}))
+                (
+                    200,
+                    json!({"apiVersion":"meta.k8s.io/v1","kind":"PartialObjectMetadataList","metadata":{},"items":items}),
+                )
             }
             "GET" => match self.objects.get(&path) {
                 Some(v) => (200, v.clone()),
@@ -54,7 +57,11 @@ impl Fake {
             },
             "PATCH" if path.ends_with("/status") => {
                 let obj = path.trim_end_matches("/status").to_owned();
-                let mut cur = self.objects.get(&obj).cloned().unwrap_or_else(|| serde_json::to_value(fixtures::managed()).unwrap());
+                let mut cur = self
+                    .objects
+                    .get(&obj)
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::to_value(fixtures::managed()).unwrap());
                 cur["status"] = s.body["status"].clone();
                 self.objects.insert(obj, cur.clone());
                 (200, cur)
@@ -69,7 +76,10 @@ impl Fake {
             }
             "POST" => (201, s.body.clone()),
             "DELETE" => match self.objects.remove(&path) {
-                Some(_) => (200, json!({"apiVersion":"v1","kind":"Status","metadata":{},"status":"Success"})),
+                Some(_) => (
+                    200,
+                    json!({"apiVersion":"v1","kind":"Status","metadata":{},"status":"Success"}),
+                ),
                 None => not_found(&path),
             },
             _ => (405, json!({})),
@@ -137,18 +147,25 @@ fn applies(fake: &Fake) -> Vec<&Seen> {
 }
 
 fn status_of(fake: &Fake) -> Option<ETagStoreStatus> {
-    let v = fake.objects.get("/apis/sametag.dev/v1alpha1/namespaces/shop/etagstores/cache")?;
+    let v = fake
+        .objects
+        .get("/apis/sametag.dev/v1alpha1/namespaces/shop/etagstores/cache")?;
     serde_json::from_value(v["status"].clone()).ok()
 }
 
-fn cond<'a>(s: &'a ETagStoreStatus, t: &str) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+fn cond<'a>(
+    s: &'a ETagStoreStatus,
+    t: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
     s.conditions.iter().find(|c| c.type_ == t).unwrap()
 }
 
 #[tokio::test]
 async fn create_applies_every_child_with_ssa_and_reports_progress() {
     let (ctx, fake, _server) = context();
-    let action = reconcile(Arc::new(fixtures::managed()), ctx.clone()).await.unwrap();
+    let action = reconcile(Arc::new(fixtures::managed()), ctx.clone())
+        .await
+        .unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(10)));
 
     let f = fake.lock().unwrap();
@@ -166,7 +183,11 @@ async fn create_applies_every_child_with_ssa_and_reports_progress() {
         ]
     );
     for s in applies(&f) {
-        assert!(s.query.contains("fieldManager=sametag-operator"), "{}", s.query);
+        assert!(
+            s.query.contains("fieldManager=sametag-operator"),
+            "{}",
+            s.query
+        );
         assert!(s.query.contains("force=true"), "{}", s.query);
         assert_eq!(s.body["metadata"]["ownerReferences"][0]["controller"], true);
     }
@@ -178,29 +199,44 @@ async fn create_applies_every_child_with_ssa_and_reports_progress() {
     assert_eq!(cond(&st, "Ready").status, "False");
     assert_eq!(cond(&st, "Progressing").status, "True");
     assert_eq!(cond(&st, "Progressing").reason, "WaitingForRedis");
-    assert_eq!(st.endpoint.as_deref(), Some("redis://cache-redis.shop.svc:6379"));
+    assert_eq!(
+        st.endpoint.as_deref(),
+        Some("redis://cache-redis.shop.svc:6379")
+    );
     assert_eq!(st.observed_generation, Some(1));
     // A Created event was published.
-    assert!(f.seen.iter().any(|s| s.method == "POST" && s.path.ends_with("/events") && s.body["reason"] == "Created"));
+    assert!(f.seen.iter().any(|s| s.method == "POST"
+        && s.path.ends_with("/events")
+        && s.body["reason"] == "Created"));
 }
 
 #[tokio::test]
 async fn password_is_kept_and_drift_is_repaired() {
     let (ctx, fake, _server) = context();
-    reconcile(Arc::new(fixtures::managed()), ctx.clone()).await.unwrap();
+    reconcile(Arc::new(fixtures::managed()), ctx.clone())
+        .await
+        .unwrap();
     let (password, sts_path) = {
         let mut f = fake.lock().unwrap();
         let p = f.objects[&format!("{BASE}/secrets/cache-redis")]["data"]["password"].clone();
         // Someone scales Redis by hand and edits its config.
-        let sts = format!("/apis/apps/v1/namespaces/shop/statefulsets/cache-redis");
+        let sts = "/apis/apps/v1/namespaces/shop/statefulsets/cache-redis".to_owned();
         f.objects.get_mut(&sts).unwrap()["spec"]["replicas"] = json!(0);
         f.seen.clear();
         (p, sts)
     };
-    reconcile(Arc::new(fixtures::managed()), ctx.clone()).await.unwrap();
+    reconcile(Arc::new(fixtures::managed()), ctx.clone())
+        .await
+        .unwrap();
     let f = fake.lock().unwrap();
-    assert_eq!(f.objects[&format!("{BASE}/secrets/cache-redis")]["data"]["password"], password);
-    assert_eq!(f.objects[&sts_path]["spec"]["replicas"], 1, "drift repaired by the apply");
+    assert_eq!(
+        f.objects[&format!("{BASE}/secrets/cache-redis")]["data"]["password"],
+        password
+    );
+    assert_eq!(
+        f.objects[&sts_path]["spec"]["replicas"], 1,
+        "drift repaired by the apply"
+    );
     assert!(!f.seen.iter().any(|s| s.body["reason"] == "PasswordCreated"));
 }
 
@@ -209,7 +245,9 @@ async fn ready_status_and_no_status_write_when_nothing_changed() {
     let (ctx, fake, _server) = context();
     fake.lock().unwrap().ready_replicas = 1;
     fake.lock().unwrap().injected_pods = 3;
-    let action = reconcile(Arc::new(fixtures::managed()), ctx.clone()).await.unwrap();
+    let action = reconcile(Arc::new(fixtures::managed()), ctx.clone())
+        .await
+        .unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     let mut store = fixtures::managed();
     {
@@ -225,25 +263,42 @@ async fn ready_status_and_no_status_write_when_nothing_changed() {
     // Reconciling the store with its own status must not write the status again.
     reconcile(Arc::new(store), ctx.clone()).await.unwrap();
     let f = fake.lock().unwrap();
-    assert!(!f.seen.iter().any(|s| s.path.ends_with("/status")), "status rewritten: hot loop");
-    assert!(!f.seen.iter().any(|s| s.method == "POST"), "no events when nothing changed");
+    assert!(
+        !f.seen.iter().any(|s| s.path.ends_with("/status")),
+        "status rewritten: hot loop"
+    );
+    assert!(
+        !f.seen.iter().any(|s| s.method == "POST"),
+        "no events when nothing changed"
+    );
 }
 
 #[tokio::test]
 async fn external_without_secret_is_degraded_and_requeued() {
     let (ctx, fake, _server) = context();
-    let action = reconcile(Arc::new(fixtures::external()), ctx.clone()).await.unwrap();
+    let action = reconcile(Arc::new(fixtures::external()), ctx.clone())
+        .await
+        .unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     let f = fake.lock().unwrap();
     let paths: Vec<&str> = applies(&f).iter().map(|s| s.path.as_str()).collect();
-    assert_eq!(paths, ["/api/v1/namespaces/shop/configmaps/cache-policy"], "no Redis workload in external mode");
+    assert_eq!(
+        paths,
+        ["/api/v1/namespaces/shop/configmaps/cache-policy"],
+        "no Redis workload in external mode"
+    );
     let st = status_of(&f).unwrap();
     assert_eq!(cond(&st, "Degraded").status, "True");
     assert_eq!(cond(&st, "Degraded").reason, "SecretMissing");
     assert!(cond(&st, "Degraded").message.contains("shop/shared-redis"));
     assert_eq!(cond(&st, "Ready").status, "False");
-    assert_eq!(st.endpoint.as_deref(), Some("redis://redis.shared.svc:6379/0"));
-    assert!(f.seen.iter().any(|s| s.method == "POST" && s.body["reason"] == "SecretMissing" && s.body["type"] == "Warning"));
+    assert_eq!(
+        st.endpoint.as_deref(),
+        Some("redis://redis.shared.svc:6379/0")
+    );
+    assert!(f.seen.iter().any(|s| s.method == "POST"
+        && s.body["reason"] == "SecretMissing"
+        && s.body["type"] == "Warning"));
 }
 
 #[tokio::test]
@@ -253,7 +308,9 @@ async fn external_with_secret_is_ready() {
         format!("{BASE}/secrets/shared-redis"),
         json!({"apiVersion":"v1","kind":"Secret","metadata":{"name":"shared-redis","namespace":"shop"},"data":{"pw":"c2VjcmV0"}}),
     );
-    reconcile(Arc::new(fixtures::external()), ctx.clone()).await.unwrap();
+    reconcile(Arc::new(fixtures::external()), ctx.clone())
+        .await
+        .unwrap();
     let f = fake.lock().unwrap();
     let st = status_of(&f).unwrap();
     assert_eq!(cond(&st, "Ready").status, "True");
@@ -263,15 +320,29 @@ async fn external_with_secret_is_ready() {
 #[tokio::test]
 async fn switching_to_external_deletes_the_managed_redis() {
     let (ctx, fake, _server) = context();
-    reconcile(Arc::new(fixtures::managed()), ctx.clone()).await.unwrap();
+    reconcile(Arc::new(fixtures::managed()), ctx.clone())
+        .await
+        .unwrap();
     let mut store = fixtures::external();
     store.status = status_of(&fake.lock().unwrap());
     reconcile(Arc::new(store), ctx.clone()).await.unwrap();
     let f = fake.lock().unwrap();
-    assert!(!f.objects.contains_key("/apis/apps/v1/namespaces/shop/statefulsets/cache-redis"));
-    assert!(!f.objects.contains_key(&format!("{BASE}/services/cache-redis")));
-    assert!(!f.objects.contains_key(&format!("{BASE}/secrets/cache-redis")));
-    assert!(f.objects.contains_key(&format!("{BASE}/configmaps/cache-policy")));
+    assert!(
+        !f.objects
+            .contains_key("/apis/apps/v1/namespaces/shop/statefulsets/cache-redis")
+    );
+    assert!(
+        !f.objects
+            .contains_key(&format!("{BASE}/services/cache-redis"))
+    );
+    assert!(
+        !f.objects
+            .contains_key(&format!("{BASE}/secrets/cache-redis"))
+    );
+    assert!(
+        f.objects
+            .contains_key(&format!("{BASE}/configmaps/cache-policy"))
+    );
 }
 
 #[tokio::test]
@@ -280,7 +351,9 @@ async fn apply_failure_is_an_error_with_a_degraded_status() {
     // Kill the fake: every call now fails at the transport.
     server.abort();
     let _ = server.await;
-    let err = reconcile(Arc::new(fixtures::managed()), ctx.clone()).await.unwrap_err();
+    let err = reconcile(Arc::new(fixtures::managed()), ctx.clone())
+        .await
+        .unwrap_err();
     assert_eq!(err.metric_label(), "kube");
     drop(fake);
 }

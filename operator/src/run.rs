@@ -43,7 +43,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Metrics first, so probes answer (not ready) while the rest starts.
     let metrics_listener = TcpListener::bind(args.metrics_listen)
         .await
-        .map_err(|source| Error::Io { what: "bind --metrics-listen", source })?;
+        .map_err(|source| Error::Io {
+            what: "bind --metrics-listen",
+            source,
+        })?;
     let metrics_server = serve_metrics(metrics_listener, Arc::new(registry), ready.clone());
 
     // Certificates: create or reuse, then keep the webhook configuration current.
@@ -70,7 +73,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (view, view_driver) = webhook::cached_view(client.clone());
     let recorder = Recorder::new(
         client.clone(),
-        Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.clone()) },
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity.clone()),
+        },
     );
     let hook = Arc::new(Webhook {
         view: Arc::new(view.clone()),
@@ -84,9 +90,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     });
     let webhook_listener = TcpListener::bind(args.webhook_listen)
         .await
-        .map_err(|source| Error::Io { what: "bind --webhook-listen", source })?;
+        .map_err(|source| Error::Io {
+            what: "bind --webhook-listen",
+            source,
+        })?;
     tracing::info!(webhook = %args.webhook_listen, metrics = %args.metrics_listen, "listening");
-    let webhook_server = webhook::serve(webhook_listener, tls::server_config(resolver.clone()), hook);
+    let webhook_server =
+        webhook::serve(webhook_listener, tls::server_config(resolver.clone()), hook);
 
     let readiness = {
         let ready = ready.clone();
@@ -98,7 +108,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     };
 
-    let rotation = rotate(client.clone(), certs, resolver, args.clone(), target, bundle);
+    let rotation = rotate(
+        client.clone(),
+        certs,
+        resolver,
+        args.clone(),
+        target,
+        bundle,
+    );
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
@@ -178,7 +195,13 @@ async fn rotate(
                     Target::Url(u) => Some(u.as_str()),
                     Target::Service { .. } => None,
                 };
-                let found = tls::patch_webhook_config(&client, &args.webhook_config_name, &current.ca_pem, url).await;
+                let found = tls::patch_webhook_config(
+                    &client,
+                    &args.webhook_config_name,
+                    &current.ca_pem,
+                    url,
+                )
+                .await;
                 // Unchanged counts as done; only a missing configuration retries fast.
                 match found {
                     Ok(_) => Ok(webhook_config_exists(&client, &args.webhook_config_name).await?),
@@ -194,7 +217,11 @@ async fn rotate(
                 tracing::warn!(error = %e, "certificate or webhook configuration update failed");
             }
         }
-        let wait = if patched { args.cert_check_interval } else { Duration::from_secs(5) };
+        let wait = if patched {
+            args.cert_check_interval
+        } else {
+            Duration::from_secs(5)
+        };
         tokio::time::sleep(wait).await;
     }
 }
@@ -206,7 +233,13 @@ async fn webhook_config_exists(client: &Client, name: &str) -> Result<bool> {
 }
 
 /// Run the controller while this replica leads (always, without election).
-async fn lead(client: Client, args: RunArgs, identity: String, ctx: Arc<Context>, metrics: Arc<Metrics>) -> Result<()> {
+async fn lead(
+    client: Client,
+    args: RunArgs,
+    identity: String,
+    ctx: Arc<Context>,
+    metrics: Arc<Metrics>,
+) -> Result<()> {
     let ns = args.watch_namespace.clone();
     if !args.leader_elect {
         metrics.leader.set(1);
@@ -260,8 +293,10 @@ type Body = Full<Bytes>;
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -279,12 +314,22 @@ async fn metrics_handler(
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     out,
                 ),
-                Err(_) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encode failed\n".into()),
+                Err(_) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "encode failed\n".into(),
+                ),
             }
         }
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" if ready.load(Ordering::Acquire) => respond(StatusCode::OK, "text/plain", "ready\n".into()),
-        "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n".into()),
+        "/readyz" if ready.load(Ordering::Acquire) => {
+            respond(StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        "/readyz" => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "starting\n".into(),
+        ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     })
 }
@@ -298,7 +343,9 @@ async fn serve_metrics(listener: TcpListener, registry: Arc<Registry>, ready: Ar
         let registry = registry.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| metrics_handler(req, registry.clone(), ready.clone()));
+            let svc = hyper::service::service_fn(move |req| {
+                metrics_handler(req, registry.clone(), ready.clone())
+            });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;

@@ -36,7 +36,9 @@ impl Health {
     /// The reason of the governing condition.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Ready { reason, .. } | Self::Progressing { reason, .. } | Self::Degraded { reason, .. } => reason,
+            Self::Ready { reason, .. }
+            | Self::Progressing { reason, .. }
+            | Self::Degraded { reason, .. } => reason,
         }
     }
 
@@ -97,7 +99,12 @@ pub fn desired(
     ETagStoreStatus {
         conditions: vec![
             cond(READY, ready, not_ready_reason, not_ready_message),
-            cond(PROGRESSING, progressing, "Reconciled", "all children applied"),
+            cond(
+                PROGRESSING,
+                progressing,
+                "Reconciled",
+                "all children applied",
+            ),
             cond(DEGRADED, degraded, "AsExpected", ""),
         ],
         observed_generation: generation,
@@ -124,7 +131,10 @@ mod tests {
     }
 
     fn ready() -> Health {
-        Health::Ready { reason: "RedisReady", message: "1/1 Redis pods ready".into() }
+        Health::Ready {
+            reason: "RedisReady",
+            message: "1/1 Redis pods ready".into(),
+        }
     }
 
     #[test]
@@ -143,10 +153,18 @@ mod tests {
     fn transition_time_kept_while_status_unchanged() {
         let first = desired(None, Some(1), &ready(), None, 0, t(100));
         let again = desired(Some(&first), Some(1), &ready(), None, 0, t(200));
-        assert_eq!(first, again, "an unchanged status must compare equal (no patch, no hot loop)");
-        let degraded = Health::Degraded { reason: "SecretMissing", message: "no Secret".into() };
+        assert_eq!(
+            first, again,
+            "an unchanged status must compare equal (no patch, no hot loop)"
+        );
+        let degraded = Health::Degraded {
+            reason: "SecretMissing",
+            message: "no Secret".into(),
+        };
         let third = desired(Some(&again), Some(1), &degraded, None, 0, t(300));
-        let get = |s: &ETagStoreStatus, ty: &str| s.conditions.iter().find(|c| c.type_ == ty).unwrap().clone();
+        let get = |s: &ETagStoreStatus, ty: &str| {
+            s.conditions.iter().find(|c| c.type_ == ty).unwrap().clone()
+        };
         assert_eq!(get(&third, READY).last_transition_time, t(300));
         assert_eq!(get(&third, READY).reason, "SecretMissing");
         assert_eq!(get(&third, DEGRADED).status, "True");

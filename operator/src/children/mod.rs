@@ -84,7 +84,10 @@ pub fn labels(store: &ETagStore) -> BTreeMap<String, String> {
 /// The labels that select the Redis pods of `store`.
 pub fn selector_labels(store: &ETagStore) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "sametag-redis".to_owned()),
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "sametag-redis".to_owned(),
+        ),
         ("app.kubernetes.io/instance".to_owned(), store.name_any()),
     ])
 }
@@ -118,7 +121,9 @@ pub(crate) mod fixtures {
     //! Stores for the builder, reconciler and webhook tests.
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    use crate::crd::{ETagStore, ETagStoreSpec, ExternalRedis, RedisSpec, SecretKeyRef, StorageSpec};
+    use crate::crd::{
+        ETagStore, ETagStoreSpec, ExternalRedis, RedisSpec, SecretKeyRef, StorageSpec,
+    };
 
     /// A managed store `cache` in namespace `shop` with defaults.
     pub fn managed() -> ETagStore {
@@ -186,6 +191,9 @@ mod tests {
     fn no_uid_is_an_error() {
         let mut store = fixtures::managed();
         store.metadata.uid = None;
-        assert!(matches!(meta(&store, "x".into()), Err(BuildError::NoUid(_))));
+        assert!(matches!(
+            meta(&store, "x".into()),
+            Err(BuildError::NoUid(_))
+        ));
     }
 }

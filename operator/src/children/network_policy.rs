@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -78,19 +79,39 @@ mod tests {
             spec.pod_selector.unwrap().match_labels.unwrap()["app.kubernetes.io/instance"],
             "cache"
         );
-        assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_owned()][..]));
+        assert_eq!(
+            spec.policy_types.as_deref(),
+            Some(&["Ingress".to_owned()][..])
+        );
         let rules = spec.ingress.unwrap();
         assert_eq!(rules.len(), 1);
         let from = rules[0].from.as_ref().unwrap();
         assert_eq!(from.len(), 3);
-        let injected = from[0].pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+        let injected = from[0]
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap();
         assert_eq!(injected[STORE_LABEL], "cache");
-        assert!(from[0].namespace_selector.is_none(), "injected pods must be in the store's namespace");
+        assert!(
+            from[0].namespace_selector.is_none(),
+            "injected pods must be in the store's namespace"
+        );
         let op = &from[2];
         assert_eq!(
-            op.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[NAMESPACE_NAME_LABEL],
+            op.namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()[NAMESPACE_NAME_LABEL],
             "sametag-system"
         );
-        assert_eq!(rules[0].ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(6379)));
+        assert_eq!(
+            rules[0].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(6379))
+        );
     }
 }

@@ -24,7 +24,10 @@ pub fn desired(store: &ETagStore) -> Result<ConfigMap, BuildError> {
     let name = store.metadata.name.clone().unwrap_or_default();
     Ok(ConfigMap {
         metadata: meta(store, names::policy(&name))?,
-        data: Some(BTreeMap::from([(POLICY_KEY.to_owned(), policy_yaml(store)?)])),
+        data: Some(BTreeMap::from([(
+            POLICY_KEY.to_owned(),
+            policy_yaml(store)?,
+        )])),
         ..ConfigMap::default()
     })
 }
@@ -47,7 +50,10 @@ mod tests {
                 path: "/api/items/**".into(),
                 mode: Some(Mode::Trust),
                 max_age: Some("1m30s".into()),
-                invalidates: vec![InvalidateGlob("/api/items".into()), InvalidateGlob("/api/items/**".into())],
+                invalidates: vec![
+                    InvalidateGlob("/api/items".into()),
+                    InvalidateGlob("/api/items/**".into()),
+                ],
                 shared: false,
                 require_preconditions: true,
             },
@@ -92,7 +98,11 @@ mod tests {
         let Some(serde_yaml_ng::Value::String(age)) = &back.routes[0].max_age else {
             panic!("route maxAge lost: {text}")
         };
-        assert_eq!(parse_duration(age), Ok(std::time::Duration::from_secs(90)), "{text}");
+        assert_eq!(
+            parse_duration(age),
+            Ok(std::time::Duration::from_secs(90)),
+            "{text}"
+        );
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
-    SecurityContext, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecurityContext, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -68,7 +69,11 @@ pub fn desired(store: &ETagStore, redis: &ManagedRedis) -> Result<StatefulSet, B
         },
         EnvVar {
             name: "PRIMARY_HOST".into(),
-            value: Some(format!("{}-0.{}.{ns}.svc", names::redis(&name), names::headless(&name))),
+            value: Some(format!(
+                "{}-0.{}.{ns}.svc",
+                names::redis(&name),
+                names::headless(&name)
+            )),
             ..EnvVar::default()
         },
     ];
@@ -151,7 +156,10 @@ pub fn desired(store: &ETagStore, redis: &ManagedRedis) -> Result<StatefulSet, B
                 access_modes: Some(vec!["ReadWriteOnce".into()]),
                 storage_class_name: storage.storage_class_name.clone(),
                 resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(storage.size.clone()))])),
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        Quantity(storage.size.clone()),
+                    )])),
                     ..VolumeResourceRequirements::default()
                 }),
                 ..PersistentVolumeClaimSpec::default()
@@ -265,17 +273,34 @@ mod tests {
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
         assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
-        assert!(c.startup_probe.is_some() && c.readiness_probe.is_some() && c.liveness_probe.is_some());
+        assert!(
+            c.startup_probe.is_some() && c.readiness_probe.is_some() && c.liveness_probe.is_some()
+        );
         // /data is writable through an emptyDir when no storage is requested.
         let vols = pod.volumes.unwrap();
-        assert!(vols.iter().any(|v| v.name == "data" && v.empty_dir.is_some()));
+        assert!(
+            vols.iter()
+                .any(|v| v.name == "data" && v.empty_dir.is_some())
+        );
         // Password from the Secret, never a literal.
         let env = c.env.as_ref().unwrap();
         let pw = env.iter().find(|e| e.name == "REDIS_PASSWORD").unwrap();
         assert!(pw.value.is_none());
-        assert_eq!(pw.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "cache-redis");
+        assert_eq!(
+            pw.value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "cache-redis"
+        );
         // The selector matches the template labels.
         let tl = spec.template.metadata.unwrap().labels.unwrap();
         for (k, v) in spec.selector.match_labels.unwrap() {
@@ -290,7 +315,10 @@ mod tests {
         let claims = spec.volume_claim_templates.unwrap();
         let c = claims[0].spec.as_ref().unwrap();
         assert_eq!(c.storage_class_name.as_deref(), Some("fast"));
-        assert_eq!(c.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "1Gi");
+        assert_eq!(
+            c.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+            "1Gi"
+        );
         let vols = spec.template.spec.unwrap().volumes.unwrap();
         assert!(!vols.iter().any(|v| v.name == "data"));
     }
@@ -302,8 +330,16 @@ mod tests {
         store.spec.redis.managed.as_mut().unwrap().maxmemory = "1gb".into();
         let b = sts(&store);
         let hash = |s: &StatefulSet| {
-            s.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
-                [CONFIG_HASH_ANNOTATION]
+            s.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[CONFIG_HASH_ANNOTATION]
                 .clone()
         };
         assert_ne!(hash(&a), hash(&b));

@@ -38,7 +38,10 @@ pub fn desired(store: &ETagStore, redis: &ManagedRedis) -> Result<ConfigMap, Bui
     let name = store.metadata.name.clone().unwrap_or_default();
     Ok(ConfigMap {
         metadata: meta(store, names::redis_config(&name))?,
-        data: Some(BTreeMap::from([(REDIS_CONF_KEY.to_owned(), redis_conf(store, redis))])),
+        data: Some(BTreeMap::from([(
+            REDIS_CONF_KEY.to_owned(),
+            redis_conf(store, redis),
+        )])),
         ..ConfigMap::default()
     })
 }
@@ -62,7 +65,10 @@ mod tests {
         assert!(c.contains("maxmemory-policy allkeys-lru\n"), "{c}");
         assert!(c.contains("appendonly no\n"), "{c}");
         assert!(c.contains("save \"\"\n"), "{c}");
-        assert!(!c.contains("requirepass"), "password must not be in the ConfigMap: {c}");
+        assert!(
+            !c.contains("requirepass"),
+            "password must not be in the ConfigMap: {c}"
+        );
     }
 
     #[test]

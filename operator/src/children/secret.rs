@@ -71,7 +71,10 @@ mod tests {
     #[test]
     fn unusable_existing_password_is_ignored() {
         let mut s = desired(&fixtures::managed(), "x").unwrap();
-        s.data = Some(BTreeMap::from([(PASSWORD_KEY.to_owned(), ByteString(b"a@b".to_vec()))]));
+        s.data = Some(BTreeMap::from([(
+            PASSWORD_KEY.to_owned(),
+            ByteString(b"a@b".to_vec()),
+        )]));
         assert_eq!(existing_password(&s), None);
         s.data = None;
         assert_eq!(existing_password(&s), None);

@@ -74,7 +74,10 @@ mod tests {
         let s = desired(&fixtures::managed()).unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some("cache-redis"));
         let spec = s.spec.unwrap();
-        assert_eq!(spec.selector.as_ref().unwrap()[POD_NAME_LABEL], "cache-redis-0");
+        assert_eq!(
+            spec.selector.as_ref().unwrap()[POD_NAME_LABEL],
+            "cache-redis-0"
+        );
         assert_eq!(spec.ports.as_ref().unwrap()[0].port, 6379);
     }
 
@@ -89,6 +92,9 @@ mod tests {
 
     #[test]
     fn endpoint_names_the_client_service() {
-        assert_eq!(endpoint(&fixtures::managed()), "redis://cache-redis.shop.svc:6379");
+        assert_eq!(
+            endpoint(&fixtures::managed()),
+            "redis://cache-redis.shop.svc:6379"
+        );
     }
 }

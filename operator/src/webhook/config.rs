@@ -31,8 +31,8 @@ pub enum Target {
 
 /// The configuration named `name`, pointing at `target`, trusting `ca_pem`.
 pub fn desired(name: &str, target: &Target, ca_pem: &str) -> Result<MutatingWebhookConfiguration> {
-    let mut cfg: MutatingWebhookConfiguration =
-        serde_yaml_ng::from_str(REFERENCE).map_err(|e| Error::Tls(format!("deploy/webhook.yaml: {e}")))?;
+    let mut cfg: MutatingWebhookConfiguration = serde_yaml_ng::from_str(REFERENCE)
+        .map_err(|e| Error::Tls(format!("deploy/webhook.yaml: {e}")))?;
     cfg.metadata.name = Some(name.to_owned());
     for wh in cfg.webhooks.iter_mut().flatten() {
         let cc = &mut wh.client_config;
@@ -42,7 +42,11 @@ pub fn desired(name: &str, target: &Target, ca_pem: &str) -> Result<MutatingWebh
                 cc.url = Some(url.clone());
                 cc.service = None;
             }
-            Target::Service { namespace, name, port } => {
+            Target::Service {
+                namespace,
+                name,
+                port,
+            } => {
                 cc.url = None;
                 cc.service = Some(ServiceReference {
                     namespace: namespace.clone(),
@@ -73,8 +77,12 @@ pub fn desired(name: &str, target: &Target, ca_pem: &str) -> Result<MutatingWebh
 pub async fn apply(client: &Client, cfg: &MutatingWebhookConfiguration) -> Result<()> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let name = cfg.metadata.name.clone().unwrap_or_default();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(cfg))
-        .await?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(cfg),
+    )
+    .await?;
     Ok(())
 }
 
@@ -84,7 +92,12 @@ mod tests {
 
     #[test]
     fn reference_is_safe_by_default() {
-        let cfg = desired("sametag", &Target::Url("https://127.0.0.1:1/mutate".into()), "CA").unwrap();
+        let cfg = desired(
+            "sametag",
+            &Target::Url("https://127.0.0.1:1/mutate".into()),
+            "CA",
+        )
+        .unwrap();
         let whs = cfg.webhooks.unwrap();
         assert_eq!(whs.len(), 2);
         for wh in &whs {
@@ -96,20 +109,39 @@ mod tests {
             assert_eq!(rule.resources.as_deref(), Some(&["pods".to_owned()][..]));
             assert_eq!(rule.operations.as_deref(), Some(&["CREATE".to_owned()][..]));
             assert!(wh.namespace_selector.is_some() && wh.object_selector.is_some());
-            assert_eq!(wh.client_config.url.as_deref(), Some("https://127.0.0.1:1/mutate"));
+            assert_eq!(
+                wh.client_config.url.as_deref(),
+                Some("https://127.0.0.1:1/mutate")
+            );
             assert!(wh.client_config.service.is_none());
         }
     }
 
     #[test]
     fn service_target_excludes_the_operator_namespace() {
-        let t = Target::Service { namespace: "ops".into(), name: "hook".into(), port: 8443 };
+        let t = Target::Service {
+            namespace: "ops".into(),
+            name: "hook".into(),
+            port: 8443,
+        };
         let cfg = desired("x", &t, "CA").unwrap();
         let wh = &cfg.webhooks.unwrap()[1];
         let svc = wh.client_config.service.as_ref().unwrap();
-        assert_eq!((svc.namespace.as_str(), svc.name.as_str(), svc.port), ("ops", "hook", Some(8443)));
-        let exprs = wh.namespace_selector.as_ref().unwrap().match_expressions.as_ref().unwrap();
-        let names = exprs.iter().find(|e| e.key == "kubernetes.io/metadata.name").unwrap();
+        assert_eq!(
+            (svc.namespace.as_str(), svc.name.as_str(), svc.port),
+            ("ops", "hook", Some(8443))
+        );
+        let exprs = wh
+            .namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_expressions
+            .as_ref()
+            .unwrap();
+        let names = exprs
+            .iter()
+            .find(|e| e.key == "kubernetes.io/metadata.name")
+            .unwrap();
         assert!(names.values.as_ref().unwrap().contains(&"ops".to_owned()));
     }
 }

@@ -105,7 +105,8 @@ fn flag(map: Option<&BTreeMap<String, String>>, key: &str) -> Option<bool> {
 /// Whether `pod` opted in: its own annotation (or label) wins, then the
 /// namespace label.
 pub fn wants_injection(pod: &Pod, namespace_enabled: bool) -> bool {
-    let own = flag(pod.metadata.annotations.as_ref(), INJECT).or_else(|| flag(pod.metadata.labels.as_ref(), INJECT));
+    let own = flag(pod.metadata.annotations.as_ref(), INJECT)
+        .or_else(|| flag(pod.metadata.labels.as_ref(), INJECT));
     own.unwrap_or(namespace_enabled)
 }
 
@@ -120,7 +121,11 @@ pub fn already_injected(pod: &Pod) -> bool {
 }
 
 /// The store `pod` uses among `stores` (those of its namespace).
-pub fn choose_store<'a>(pod: &Pod, namespace: &str, stores: &'a [ETagStore]) -> Result<&'a ETagStore, InjectError> {
+pub fn choose_store<'a>(
+    pod: &Pod,
+    namespace: &str,
+    stores: &'a [ETagStore],
+) -> Result<&'a ETagStore, InjectError> {
     match pod.annotations().get(STORE_ANNOTATION) {
         Some(name) => stores
             .iter()
@@ -136,7 +141,12 @@ pub fn choose_store<'a>(pod: &Pod, namespace: &str, stores: &'a [ETagStore]) -> 
 
 /// The JSON patch that injects the sidecar for `store` into `pod` (empty when
 /// the pod already has it).
-pub fn patch(pod: &Pod, namespace: &str, store: &ETagStore, cfg: &InjectConfig) -> Result<json_patch::Patch, InjectError> {
+pub fn patch(
+    pod: &Pod,
+    namespace: &str,
+    store: &ETagStore,
+    cfg: &InjectConfig,
+) -> Result<json_patch::Patch, InjectError> {
     let after = inject(pod, namespace, store, cfg)?;
     let ser = |p: &Pod| serde_json::to_value(p).map_err(|e| InjectError::Serialize(e.to_string()));
     Ok(json_patch::diff(&ser(pod)?, &ser(&after)?))
@@ -150,7 +160,11 @@ struct AppPort {
 }
 
 fn find_app_port(pod: &Pod) -> Result<AppPort, InjectError> {
-    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
     if containers.is_empty() {
         return Err(InjectError::NoContainers);
     }
@@ -160,14 +174,24 @@ fn find_app_port(pod: &Pod) -> Result<AppPort, InjectError> {
             let by_number = want.parse::<i32>().ok();
             for (ci, c) in containers.iter().enumerate() {
                 for (pi, p) in ports(c).iter().enumerate() {
-                    if p.name.as_deref() == Some(want.as_str()) || Some(p.container_port) == by_number {
-                        return Ok(AppPort { container: ci, entry: Some(pi), number: p.container_port });
+                    if p.name.as_deref() == Some(want.as_str())
+                        || Some(p.container_port) == by_number
+                    {
+                        return Ok(AppPort {
+                            container: ci,
+                            entry: Some(pi),
+                            number: p.container_port,
+                        });
                     }
                 }
             }
             match by_number {
                 // An undeclared numeric port: the app still listens there.
-                Some(n) if (1..=65535).contains(&n) => Ok(AppPort { container: 0, entry: None, number: n }),
+                Some(n) if (1..=65535).contains(&n) => Ok(AppPort {
+                    container: 0,
+                    entry: None,
+                    number: n,
+                }),
                 _ => Err(InjectError::PortNotFound(want.clone())),
             }
         }
@@ -175,7 +199,11 @@ fn find_app_port(pod: &Pod) -> Result<AppPort, InjectError> {
             .iter()
             .enumerate()
             .find_map(|(ci, c)| {
-                ports(c).first().map(|p| AppPort { container: ci, entry: Some(0), number: p.container_port })
+                ports(c).first().map(|p| AppPort {
+                    container: ci,
+                    entry: Some(0),
+                    number: p.container_port,
+                })
             })
             .ok_or(InjectError::NoAppPort),
     }
@@ -220,7 +248,12 @@ fn rename_probe_port(probe: &mut Option<Probe>, from: &str, to: &str) {
 }
 
 /// `pod` with the sidecar for `store` added (unchanged if already injected).
-pub fn inject(pod: &Pod, namespace: &str, store: &ETagStore, cfg: &InjectConfig) -> Result<Pod, InjectError> {
+pub fn inject(
+    pod: &Pod,
+    namespace: &str,
+    store: &ETagStore,
+    cfg: &InjectConfig,
+) -> Result<Pod, InjectError> {
     if already_injected(pod) {
         return Ok(pod.clone());
     }
@@ -248,21 +281,27 @@ pub fn inject(pod: &Pod, namespace: &str, store: &ETagStore, cfg: &InjectConfig)
     let mut port_name = DEFAULT_PORT_NAME.to_owned();
     if let Some(entry) = app.entry {
         let c = &mut spec.containers[app.container];
-        if let Some(p) = c.ports.as_mut().and_then(|ps| ps.get_mut(entry)) {
-            if let Some(old) = p.name.clone() {
-                let new = renamed(&old, &taken_names);
-                p.name = Some(new.clone());
-                for probe in [&mut c.readiness_probe, &mut c.liveness_probe, &mut c.startup_probe] {
-                    rename_probe_port(probe, &old, &new);
-                }
-                port_name = old;
+        if let Some(p) = c.ports.as_mut().and_then(|ps| ps.get_mut(entry))
+            && let Some(old) = p.name.clone()
+        {
+            let new = renamed(&old, &taken_names);
+            p.name = Some(new.clone());
+            for probe in [
+                &mut c.readiness_probe,
+                &mut c.liveness_probe,
+                &mut c.startup_probe,
+            ] {
+                rename_probe_port(probe, &old, &new);
             }
+            port_name = old;
         }
     }
 
     spec.init_containers
         .get_or_insert_with(Vec::new)
-        .push(sidecar(namespace, store, cfg, listen, admin, &port_name, app.number));
+        .push(sidecar(
+            namespace, store, cfg, listen, admin, &port_name, app.number,
+        ));
     spec.volumes.get_or_insert_with(Vec::new).push(Volume {
         name: POLICY_VOLUME.into(),
         config_map: Some(ConfigMapVolumeSource {
@@ -283,7 +322,11 @@ pub fn inject(pod: &Pod, namespace: &str, store: &ETagStore, cfg: &InjectConfig)
 }
 
 fn env(name: &str, value: String) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value), ..EnvVar::default() }
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..EnvVar::default()
+    }
 }
 
 /// The Redis URL with `$(SAMETAG_REDIS_PASSWORD)` spliced in (Kubernetes
@@ -292,15 +335,29 @@ fn redis_env(namespace: &str, store: &ETagStore) -> (String, SecretKeySelector) 
     let name = store.name_any();
     match (&store.spec.redis.managed, &store.spec.redis.external) {
         (None, Some(ext)) => {
-            let (scheme, rest) = ext.url.split_once("://").unwrap_or(("redis", ext.url.as_str()));
+            let (scheme, rest) = ext
+                .url
+                .split_once("://")
+                .unwrap_or(("redis", ext.url.as_str()));
             (
                 format!("{scheme}://:$(SAMETAG_REDIS_PASSWORD)@{rest}"),
-                SecretKeySelector { name: ext.secret_ref.name.clone(), key: ext.secret_ref.key.clone(), optional: Some(false) },
+                SecretKeySelector {
+                    name: ext.secret_ref.name.clone(),
+                    key: ext.secret_ref.key.clone(),
+                    optional: Some(false),
+                },
             )
         }
         _ => (
-            format!("redis://:$(SAMETAG_REDIS_PASSWORD)@{}.{namespace}.svc:6379", names::redis(&name)),
-            SecretKeySelector { name: names::secret(&name), key: PASSWORD_KEY.into(), optional: Some(false) },
+            format!(
+                "redis://:$(SAMETAG_REDIS_PASSWORD)@{}.{namespace}.svc:6379",
+                names::redis(&name)
+            ),
+            SecretKeySelector {
+                name: names::secret(&name),
+                key: PASSWORD_KEY.into(),
+                optional: Some(false),
+            },
         ),
     }
 }
@@ -329,7 +386,11 @@ fn sidecar(
     let sc = &store.spec.sidecar;
     Container {
         name: SIDECAR_NAME.into(),
-        image: Some(sc.image.clone().unwrap_or_else(|| cfg.default_image.clone())),
+        image: Some(
+            sc.image
+                .clone()
+                .unwrap_or_else(|| cfg.default_image.clone()),
+        ),
         image_pull_policy: sc.image_pull_policy.map(|p| p.as_str().to_owned()),
         // A native sidecar: starts before and outlives the app containers.
         restart_policy: Some("Always".into()),
@@ -338,12 +399,18 @@ fn sidecar(
             env("SAMETAG_UPSTREAM", format!("127.0.0.1:{app_port}")),
             EnvVar {
                 name: "SAMETAG_REDIS_PASSWORD".into(),
-                value_from: Some(EnvVarSource { secret_key_ref: Some(secret), ..EnvVarSource::default() }),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(secret),
+                    ..EnvVarSource::default()
+                }),
                 ..EnvVar::default()
             },
             env("SAMETAG_REDIS_URL", url),
             env("SAMETAG_POLICY", format!("{POLICY_DIR}/policy.yaml")),
-            env("SAMETAG_STORE_PREFIX", format!("{namespace}/{}", store.name_any())),
+            env(
+                "SAMETAG_STORE_PREFIX",
+                format!("{namespace}/{}", store.name_any()),
+            ),
             env("SAMETAG_ADMIN", format!("0.0.0.0:{admin}")),
         ]),
         ports: Some(vec![
@@ -381,7 +448,10 @@ fn default_resources() -> ResourceRequirements {
             ("cpu".to_owned(), Quantity("50m".into())),
             ("memory".to_owned(), Quantity("32Mi".into())),
         ])),
-        limits: Some(BTreeMap::from([("memory".to_owned(), Quantity("128Mi".into()))])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("128Mi".into()),
+        )])),
         ..ResourceRequirements::default()
     }
 }

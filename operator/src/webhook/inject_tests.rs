@@ -11,24 +11,42 @@ fn pod(v: serde_json::Value) -> Pod {
 }
 
 fn app_pod(ports: serde_json::Value) -> Pod {
-    pod(json!({"metadata": {"name": "p", "annotations": {"sametag.dev/inject": "true"}},
-               "spec": {"containers": [{"name": "app", "image": "a", "ports": ports}]}}))
+    pod(
+        json!({"metadata": {"name": "p", "annotations": {"sametag.dev/inject": "true"}},
+               "spec": {"containers": [{"name": "app", "image": "a", "ports": ports}]}}),
+    )
 }
 
 fn side(p: &Pod) -> Container {
-    p.spec.as_ref().unwrap().init_containers.as_ref().unwrap().iter().find(|c| c.name == SIDECAR_NAME).unwrap().clone()
+    p.spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.name == SIDECAR_NAME)
+        .unwrap()
+        .clone()
 }
 
 #[test]
 fn sidecar_port_skips_ports_the_pod_uses() {
-    let p = app_pod(json!([{"name": "http", "containerPort": 15080}, {"name": "admin", "containerPort": 9901}]));
+    let p = app_pod(
+        json!([{"name": "http", "containerPort": 15080}, {"name": "admin", "containerPort": 9901}]),
+    );
     let out = inject(&p, "shop", &fixtures::managed(), &InjectConfig::default()).unwrap();
     let s = side(&out);
     let ports = s.ports.unwrap();
     assert_eq!(ports[0].container_port, 15081);
     assert_eq!(ports[1].container_port, 9902);
     // SAMETAG_UPSTREAM is the app port, which here is 15080.
-    let up = s.env.unwrap().into_iter().find(|e| e.name == "SAMETAG_UPSTREAM").unwrap();
+    let up = s
+        .env
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == "SAMETAG_UPSTREAM")
+        .unwrap();
     assert_eq!(up.value.as_deref(), Some("127.0.0.1:15080"));
 }
 
@@ -44,13 +62,18 @@ fn renamed_port_names_are_valid_and_unique() {
 
 #[test]
 fn no_port_and_no_annotation_is_an_error_not_a_broken_pod() {
-    let p = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "a"}]}}));
+    let p = pod(
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "a"}]}}),
+    );
     assert_eq!(
         inject(&p, "shop", &fixtures::managed(), &InjectConfig::default()).unwrap_err(),
         InjectError::NoAppPort
     );
     let mut p2 = p.clone();
-    p2.metadata.annotations = Some(BTreeMap::from([(PORT_ANNOTATION.to_owned(), "web".to_owned())]));
+    p2.metadata.annotations = Some(BTreeMap::from([(
+        PORT_ANNOTATION.to_owned(),
+        "web".to_owned(),
+    )]));
     assert_eq!(
         inject(&p2, "shop", &fixtures::managed(), &InjectConfig::default()).unwrap_err(),
         InjectError::PortNotFound("web".into())
@@ -59,10 +82,20 @@ fn no_port_and_no_annotation_is_an_error_not_a_broken_pod() {
 
 #[test]
 fn undeclared_numeric_port_is_used_as_is() {
-    let mut p = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "a"}]}}));
-    p.metadata.annotations = Some(BTreeMap::from([(PORT_ANNOTATION.to_owned(), "3000".to_owned())]));
+    let mut p = pod(
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "a"}]}}),
+    );
+    p.metadata.annotations = Some(BTreeMap::from([(
+        PORT_ANNOTATION.to_owned(),
+        "3000".to_owned(),
+    )]));
     let out = inject(&p, "shop", &fixtures::managed(), &InjectConfig::default()).unwrap();
-    let up = side(&out).env.unwrap().into_iter().find(|e| e.name == "SAMETAG_UPSTREAM").unwrap();
+    let up = side(&out)
+        .env
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == "SAMETAG_UPSTREAM")
+        .unwrap();
     assert_eq!(up.value.as_deref(), Some("127.0.0.1:3000"));
 }
 
@@ -72,10 +105,19 @@ fn store_sidecar_spec_overrides_image_resources_and_pull_policy() {
     store.spec.sidecar.image = Some("registry.local/sametag:dev".into());
     store.spec.sidecar.image_pull_policy = Some(crate::crd::PullPolicy::Never);
     store.spec.sidecar.resources = Some(ResourceRequirements {
-        limits: Some(BTreeMap::from([("memory".to_owned(), Quantity("64Mi".into()))])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("64Mi".into()),
+        )])),
         ..ResourceRequirements::default()
     });
-    let out = inject(&app_pod(json!([{"containerPort": 80}])), "shop", &store, &InjectConfig::default()).unwrap();
+    let out = inject(
+        &app_pod(json!([{"containerPort": 80}])),
+        "shop",
+        &store,
+        &InjectConfig::default(),
+    )
+    .unwrap();
     let s = side(&out);
     assert_eq!(s.image.as_deref(), Some("registry.local/sametag:dev"));
     assert_eq!(s.image_pull_policy.as_deref(), Some("Never"));
@@ -89,7 +131,10 @@ fn existing_init_containers_are_kept_and_sidecar_goes_last() {
                  "containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 80}]}]}}));
     let out = inject(&p, "shop", &fixtures::managed(), &InjectConfig::default()).unwrap();
     let ics = out.spec.unwrap().init_containers.unwrap();
-    assert_eq!(ics.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["migrate", SIDECAR_NAME]);
+    assert_eq!(
+        ics.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["migrate", SIDECAR_NAME]
+    );
 }
 
 #[test]

@@ -119,7 +119,11 @@ pub fn review(body: &[u8], view: &dyn ClusterView, cfg: &InjectConfig) -> Review
         Err(e) => return invalid(format!("AdmissionReview without a request: {e}")),
     };
     let resp = AdmissionResponse::from(&req);
-    let done = |resp: AdmissionResponse, outcome, notice| Reviewed { review: resp.into_review(), outcome, notice };
+    let done = |resp: AdmissionResponse, outcome, notice| Reviewed {
+        review: resp.into_review(),
+        outcome,
+        notice,
+    };
     let (Operation::Create, Some(pod)) = (&req.operation, req.object.as_ref()) else {
         return done(resp, Outcome::Skipped, None);
     };
@@ -144,7 +148,11 @@ pub fn review(body: &[u8], view: &dyn ClusterView, cfg: &InjectConfig) -> Review
             InjectError::Ambiguous(..) => "ETagStoreAmbiguous",
             _ => "InjectionFailed",
         };
-        let notice = Notice { reason, message: message.clone(), regarding: owner_reference(pod, &namespace) };
+        let notice = Notice {
+            reason,
+            message: message.clone(),
+            regarding: owner_reference(pod, &namespace),
+        };
         let mut resp = resp;
         resp.warnings = Some(vec![message]);
         done(resp, Outcome::Warning, Some(notice))
@@ -177,14 +185,18 @@ impl ClusterView for CachedView {
             .filter(|s| s.namespace().as_deref() == Some(namespace))
             .map(|s| (**s).clone())
             .collect();
-        v.sort_by(|a, b| a.name_any().cmp(&b.name_any()));
+        v.sort_by_key(|s| s.name_any());
         v
     }
 
     fn namespace_enabled(&self, namespace: &str) -> bool {
         self.namespaces
             .get(&reflector::ObjectRef::new(namespace))
-            .is_some_and(|ns| ns.labels().get(inject::INJECT).is_some_and(|v| v == NAMESPACE_ENABLED))
+            .is_some_and(|ns| {
+                ns.labels()
+                    .get(inject::INJECT)
+                    .is_some_and(|v| v == NAMESPACE_ENABLED)
+            })
     }
 }
 
@@ -200,14 +212,26 @@ impl CachedView {
 pub fn cached_view(client: Client) -> (CachedView, impl Future<Output = ()> + Send) {
     let (stores, stores_w) = reflector::store::<ETagStore>();
     let (namespaces, ns_w) = reflector::store::<PartialObjectMeta<Namespace>>();
-    let s = reflector::reflector(stores_w, watcher(Api::<ETagStore>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| async {});
-    let n = reflector::reflector(ns_w, watcher(Api::<PartialObjectMeta<Namespace>>::all(client), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| async {});
+    let s = reflector::reflector(
+        stores_w,
+        watcher(
+            Api::<ETagStore>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| async {});
+    let n = reflector::reflector(
+        ns_w,
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| async {});
     (CachedView { stores, namespaces }, async move {
         tokio::join!(s, n);
     })
@@ -237,7 +261,10 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 
 impl Webhook {
     /// Handle one HTTP request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
         match (req.method(), req.uri().path()) {
             (&Method::POST, "/mutate") => {}
             (&Method::GET, "/healthz") => return Ok(text(StatusCode::OK, "ok\n")),
@@ -245,7 +272,12 @@ impl Webhook {
         }
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(_) => return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, "body too large or unreadable\n")),
+            Err(_) => {
+                return Ok(text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body too large or unreadable\n",
+                ));
+            }
         };
         let reviewed = review(&body, self.view.as_ref(), &self.config);
         self.metrics.admitted(reviewed.outcome.label());
@@ -269,8 +301,10 @@ impl Webhook {
         }
         let json = serde_json::to_vec(&reviewed.review).unwrap_or_default();
         let mut resp = Response::new(Full::new(Bytes::from(json)));
-        resp.headers_mut()
-            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
         Ok(resp)
     }
 }
@@ -291,7 +325,12 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state:
         let state = state.clone();
         tokio::spawn(async move {
             // A client that never finishes the handshake must not hold a task forever.
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");

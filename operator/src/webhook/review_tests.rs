@@ -1,7 +1,5 @@
 //! AdmissionReview in → patched pod out, through the wire-format handler.
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
 
 use super::*;
@@ -26,7 +24,10 @@ impl ClusterView for View {
 }
 
 fn one_store() -> View {
-    View { stores: vec![fixtures::managed()], enabled: vec![] }
+    View {
+        stores: vec![fixtures::managed()],
+        enabled: vec![],
+    }
 }
 
 fn pod(annotations: Value) -> Value {
@@ -78,12 +79,18 @@ fn run(view: &View, pod: &Value) -> (Outcome, Value, Value) {
     let r = review(&admission(pod, "CREATE"), view, &InjectConfig::default());
     let resp = serde_json::to_value(&r.review).unwrap()["response"].clone();
     assert_eq!(resp["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
-    assert_eq!(resp["allowed"], true, "the webhook never denies a pod: {resp}");
+    assert_eq!(
+        resp["allowed"], true,
+        "the webhook never denies a pod: {resp}"
+    );
     let mut patched = pod.clone();
     // kube serialises the patch bytes as a JSON array of numbers (Go's
     // decoder accepts that for []byte as well as base64).
     if let Some(arr) = resp["patch"].as_array() {
-        let bytes: Vec<u8> = arr.iter().map(|b| u8::try_from(b.as_u64().unwrap()).unwrap()).collect();
+        let bytes: Vec<u8> = arr
+            .iter()
+            .map(|b| u8::try_from(b.as_u64().unwrap()).unwrap())
+            .collect();
         let p: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
         json_patch::patch(&mut patched, &p).unwrap();
     }
@@ -98,7 +105,13 @@ fn sidecar(p: &Value) -> &Value {
 }
 
 fn env(c: &Value, name: &str) -> Value {
-    c["env"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null)
+    c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
 }
 
 #[test]
@@ -110,23 +123,40 @@ fn opt_in_by_annotation_injects_a_native_sidecar_and_moves_the_named_port() {
     assert_eq!(s["restartPolicy"], "Always");
     assert_eq!(s["image"], crate::config::DEFAULT_SIDECAR_IMAGE);
     // The sidecar carries the app port's name on a new port; the app's is renamed.
-    assert_eq!(s["ports"][0], json!({"name": "http", "containerPort": 15080, "protocol": "TCP"}));
+    assert_eq!(
+        s["ports"][0],
+        json!({"name": "http", "containerPort": 15080, "protocol": "TCP"})
+    );
     let app = &p["spec"]["containers"][0];
     assert_eq!(app["ports"][0]["name"], "app-http");
     assert_eq!(app["ports"][0]["containerPort"], 8080);
-    assert_eq!(app["readinessProbe"]["httpGet"]["port"], "app-http", "app probe follows the rename");
+    assert_eq!(
+        app["readinessProbe"]["httpGet"]["port"], "app-http",
+        "app probe follows the rename"
+    );
     assert_eq!(env(s, "SAMETAG_LISTEN")["value"], "0.0.0.0:15080");
     assert_eq!(env(s, "SAMETAG_UPSTREAM")["value"], "127.0.0.1:8080");
     assert_eq!(
         env(s, "SAMETAG_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"],
         json!({"name": "cache-redis", "key": "password", "optional": false})
     );
-    assert_eq!(env(s, "SAMETAG_REDIS_URL")["value"], "redis://:$(SAMETAG_REDIS_PASSWORD)@cache-redis.shop.svc:6379");
-    assert_eq!(env(s, "SAMETAG_POLICY")["value"], "/etc/sametag/policy.yaml");
+    assert_eq!(
+        env(s, "SAMETAG_REDIS_URL")["value"],
+        "redis://:$(SAMETAG_REDIS_PASSWORD)@cache-redis.shop.svc:6379"
+    );
+    assert_eq!(
+        env(s, "SAMETAG_POLICY")["value"],
+        "/etc/sametag/policy.yaml"
+    );
     assert_eq!(env(s, "SAMETAG_STORE_PREFIX")["value"], "shop/cache");
     assert_eq!(env(s, "SAMETAG_ADMIN")["value"], "0.0.0.0:9901");
     // The password env var comes before the URL that references it.
-    let names: Vec<&str> = s["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = s["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
     let pos = |n| names.iter().position(|x| *x == n).unwrap();
     assert!(pos("SAMETAG_REDIS_PASSWORD") < pos("SAMETAG_REDIS_URL"));
     assert_eq!(s["startupProbe"]["httpGet"]["port"], 9901);
@@ -140,7 +170,12 @@ fn opt_in_by_annotation_injects_a_native_sidecar_and_moves_the_named_port() {
     assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
     assert!(s["resources"]["requests"]["memory"].is_string());
-    let vol = p["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "sametag-policy").unwrap();
+    let vol = p["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "sametag-policy")
+        .unwrap();
     assert_eq!(vol["configMap"]["name"], "cache-policy");
     assert_eq!(p["metadata"]["labels"]["sametag.dev/store"], "cache");
     assert_eq!(p["metadata"]["labels"]["app"], "web");
@@ -157,7 +192,10 @@ fn no_opt_in_is_untouched() {
 
 #[test]
 fn opt_out_wins_over_the_namespace_label() {
-    let view = View { stores: vec![fixtures::managed()], enabled: vec!["shop"] };
+    let view = View {
+        stores: vec![fixtures::managed()],
+        enabled: vec!["shop"],
+    };
     let (outcome, _, p) = run(&view, &pod(json!({"sametag.dev/inject": "false"})));
     assert_eq!(outcome, Outcome::Skipped);
     assert_eq!(p, pod(json!({"sametag.dev/inject": "false"})));
@@ -165,7 +203,10 @@ fn opt_out_wins_over_the_namespace_label() {
 
 #[test]
 fn namespace_label_opts_pods_in() {
-    let view = View { stores: vec![fixtures::managed()], enabled: vec!["shop"] };
+    let view = View {
+        stores: vec![fixtures::managed()],
+        enabled: vec!["shop"],
+    };
     let (outcome, _, p) = run(&view, &pod(json!({})));
     assert_eq!(outcome, Outcome::Injected);
     sidecar(&p);
@@ -220,7 +261,10 @@ fn unknown_store_is_allowed_with_a_warning() {
     assert_eq!(outcome, Outcome::Warning);
     assert!(resp["patch"].is_null());
     let w = resp["warnings"][0].as_str().unwrap();
-    assert!(w.contains("\"nope\"") && w.contains("does not exist"), "{w}");
+    assert!(
+        w.contains("\"nope\"") && w.contains("does not exist"),
+        "{w}"
+    );
     assert_eq!(p["spec"]["initContainers"], Value::Null);
 }
 
@@ -228,39 +272,78 @@ fn unknown_store_is_allowed_with_a_warning() {
 fn two_stores_need_the_annotation() {
     let mut second = fixtures::external();
     second.metadata.name = Some("shared".into());
-    let view = View { stores: vec![fixtures::managed(), second], enabled: vec![] };
-    let r = review(&admission(&pod(json!({"sametag.dev/inject": "true"})), "CREATE"), &view, &InjectConfig::default());
+    let view = View {
+        stores: vec![fixtures::managed(), second],
+        enabled: vec![],
+    };
+    let r = review(
+        &admission(&pod(json!({"sametag.dev/inject": "true"})), "CREATE"),
+        &view,
+        &InjectConfig::default(),
+    );
     assert_eq!(r.outcome, Outcome::Warning);
     let notice = r.notice.expect("an Event is published");
     assert_eq!(notice.reason, "ETagStoreAmbiguous");
-    assert_eq!(notice.regarding.unwrap().kind.as_deref(), Some("ReplicaSet"));
+    assert_eq!(
+        notice.regarding.unwrap().kind.as_deref(),
+        Some("ReplicaSet")
+    );
     let resp = serde_json::to_value(&r.review).unwrap()["response"].clone();
-    assert!(resp["warnings"][0].as_str().unwrap().contains("2 ETagStores"));
+    assert!(
+        resp["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("2 ETagStores")
+    );
 
     // With the annotation, the external store is used.
-    let (outcome, _, p) = run(&view, &pod(json!({"sametag.dev/inject": "true", "sametag.dev/store": "shared"})));
+    let (outcome, _, p) = run(
+        &view,
+        &pod(json!({"sametag.dev/inject": "true", "sametag.dev/store": "shared"})),
+    );
     assert_eq!(outcome, Outcome::Injected);
     let s = sidecar(&p);
-    assert_eq!(env(s, "SAMETAG_REDIS_URL")["value"], "redis://:$(SAMETAG_REDIS_PASSWORD)@redis.shared.svc:6379/0");
-    assert_eq!(env(s, "SAMETAG_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]["name"], "shared-redis");
+    assert_eq!(
+        env(s, "SAMETAG_REDIS_URL")["value"],
+        "redis://:$(SAMETAG_REDIS_PASSWORD)@redis.shared.svc:6379/0"
+    );
+    assert_eq!(
+        env(s, "SAMETAG_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]["name"],
+        "shared-redis"
+    );
     assert_eq!(p["metadata"]["labels"]["sametag.dev/store"], "shared");
 }
 
 #[test]
 fn no_store_in_namespace_warns() {
-    let view = View { stores: vec![], enabled: vec![] };
+    let view = View {
+        stores: vec![],
+        enabled: vec![],
+    };
     let (outcome, resp, _) = run(&view, &pod(json!({"sametag.dev/inject": "true"})));
     assert_eq!(outcome, Outcome::Warning);
-    assert!(resp["warnings"][0].as_str().unwrap().contains("no ETagStore"));
+    assert!(
+        resp["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("no ETagStore")
+    );
 }
 
 #[test]
 fn updates_and_garbage_are_not_injected() {
-    let r = review(&admission(&pod(json!({"sametag.dev/inject": "true"})), "UPDATE"), &one_store(), &InjectConfig::default());
+    let r = review(
+        &admission(&pod(json!({"sametag.dev/inject": "true"})), "UPDATE"),
+        &one_store(),
+        &InjectConfig::default(),
+    );
     assert_eq!(r.outcome, Outcome::Skipped);
     let r = review(b"{not json", &one_store(), &InjectConfig::default());
     assert_eq!(r.outcome, Outcome::Invalid);
-    let r = review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, &one_store(), &InjectConfig::default());
+    let r = review(
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+        &one_store(),
+        &InjectConfig::default(),
+    );
     assert_eq!(r.outcome, Outcome::Invalid);
-    let _ = BTreeMap::<String, String>::new();
 }

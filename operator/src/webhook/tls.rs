@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -83,17 +83,23 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::OrganizationName, "sametag");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p
 }
 
 fn to_time(t: jiff::Timestamp) -> Result<time::OffsetDateTime> {
-    time::OffsetDateTime::from_unix_timestamp(t.as_second()).map_err(|e| Error::Tls(format!("time: {e}")))
+    time::OffsetDateTime::from_unix_timestamp(t.as_second())
+        .map_err(|e| Error::Tls(format!("time: {e}")))
 }
 
 fn later(now: jiff::Timestamp, d: Duration) -> Result<jiff::Timestamp> {
     let d = jiff::SignedDuration::try_from(d).map_err(|e| Error::Tls(format!("validity: {e}")))?;
-    now.checked_add(d).map_err(|e| Error::Tls(format!("validity: {e}")))
+    now.checked_add(d)
+        .map_err(|e| Error::Tls(format!("validity: {e}")))
 }
 
 /// A new CA (valid for 10 x `validity`) and a serving certificate for `sans`.
@@ -103,8 +109,17 @@ pub fn generate(sans: &[String], validity: Duration, now: jiff::Timestamp) -> Re
     let mut params = ca_params();
     params.not_before = to_time(now - jiff::SignedDuration::from_secs(300))?;
     params.not_after = to_time(ca_not_after)?;
-    let ca = params.self_signed(&ca_key).map_err(tls_err("CA certificate"))?;
-    issue(ca.pem(), ca_key.serialize_pem(), ca_not_after, sans, validity, now)
+    let ca = params
+        .self_signed(&ca_key)
+        .map_err(tls_err("CA certificate"))?;
+    issue(
+        ca.pem(),
+        ca_key.serialize_pem(),
+        ca_not_after,
+        sans,
+        validity,
+        now,
+    )
 }
 
 /// A serving certificate for `sans` signed by the CA in `ca_key_pem`.
@@ -122,7 +137,10 @@ pub fn issue(
     let issuer = Issuer::new(ca_params(), ca_key);
     let key = KeyPair::generate().map_err(tls_err("serving key"))?;
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, sans.first().cloned().unwrap_or_default());
+    params.distinguished_name.push(
+        DnType::CommonName,
+        sans.first().cloned().unwrap_or_default(),
+    );
     params.subject_alt_names = sans
         .iter()
         .map(|s| match s.parse::<std::net::IpAddr>() {
@@ -132,11 +150,16 @@ pub fn issue(
         .collect::<Result<_, _>>()
         .map_err(tls_err("SAN"))?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     let not_after = later(now, validity)?.min(ca_not_after);
     params.not_before = to_time(now - jiff::SignedDuration::from_secs(300))?;
     params.not_after = to_time(not_after)?;
-    let cert = params.signed_by(&key, &issuer).map_err(tls_err("serving certificate"))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(tls_err("serving certificate"))?;
     Ok(Bundle {
         ca_pem,
         ca_key_pem,
@@ -210,9 +233,10 @@ impl Bundle {
 
     /// The rustls key for the serving certificate.
     pub fn certified_key(&self) -> Result<Arc<CertifiedKey>> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| Error::Tls(format!("serving certificate PEM: {e}")))?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| Error::Tls(format!("serving certificate PEM: {e}")))?;
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
             .map_err(|e| Error::Tls(format!("serving key PEM: {e}")))?;
         let provider = rustls::crypto::ring::default_provider();
@@ -256,11 +280,19 @@ pub async fn ensure(client: &Client, s: &CertSettings) -> Result<Bundle> {
     for _ in 0..3 {
         let now = jiff::Timestamp::now();
         let existing = api.get_opt(&s.secret).await?;
-        let (bundle, previous) = match existing.as_ref().map(|sec| (sec, Bundle::from_secret(sec))) {
+        let (bundle, previous) = match existing.as_ref().map(|sec| (sec, Bundle::from_secret(sec)))
+        {
             Some((_, Some(b))) => match b.plan(&s.sans, s.renew_before, now) {
                 Plan::Keep => return Ok(b),
                 Plan::Reissue => (
-                    issue(b.ca_pem.clone(), b.ca_key_pem.clone(), b.ca_not_after, &s.sans, s.validity, now)?,
+                    issue(
+                        b.ca_pem.clone(),
+                        b.ca_key_pem.clone(),
+                        b.ca_not_after,
+                        &s.sans,
+                        s.validity,
+                        now,
+                    )?,
                     existing.as_ref(),
                 ),
                 Plan::NewCa => {
@@ -278,7 +310,8 @@ pub async fn ensure(client: &Client, s: &CertSettings) -> Result<Bundle> {
             None => api.create(&PostParams::default(), &secret).await,
             Some(prev) => {
                 secret.metadata.resource_version = prev.resource_version();
-                api.replace(&s.secret, &PostParams::default(), &secret).await
+                api.replace(&s.secret, &PostParams::default(), &secret)
+                    .await
             }
         };
         match written {
@@ -291,7 +324,10 @@ pub async fn ensure(client: &Client, s: &CertSettings) -> Result<Bundle> {
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::Tls(format!("Secret {}/{} keeps changing under us", s.namespace, s.secret)))
+    Err(Error::Tls(format!(
+        "Secret {}/{} keeps changing under us",
+        s.namespace, s.secret
+    )))
 }
 
 // === impl Resolver ===
@@ -305,7 +341,9 @@ pub struct Resolver {
 impl Resolver {
     /// A resolver with no certificate yet (handshakes fail until `set`).
     pub fn new() -> Self {
-        Self { current: RwLock::new(None) }
+        Self {
+            current: RwLock::new(None),
+        }
     }
 
     /// Serve `key` from the next handshake on.
@@ -315,7 +353,10 @@ impl Resolver {
 
     /// Whether a certificate is loaded.
     pub fn is_loaded(&self) -> bool {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 }
 
@@ -327,15 +368,18 @@ impl Default for Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
 /// A rustls server config that serves whatever `resolver` holds.
 pub fn server_config(resolver: Arc<Resolver>) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions();
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions();
     let mut cfg = match builder {
         Ok(b) => b.with_no_client_auth().with_cert_resolver(resolver),
         // The ring provider supports the default versions; this cannot fail.
@@ -353,10 +397,18 @@ pub fn server_config(resolver: Arc<Resolver>) -> Arc<rustls::ServerConfig> {
 /// with `url` also point clientConfig at it (dropping the Service reference).
 /// Returns whether anything changed; a missing configuration is not an error
 /// (the chart may not have created it yet).
-pub async fn patch_webhook_config(client: &Client, name: &str, ca_pem: &str, url: Option<&str>) -> Result<bool> {
+pub async fn patch_webhook_config(
+    client: &Client,
+    name: &str,
+    ca_pem: &str,
+    url: Option<&str>,
+) -> Result<bool> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let Some(mut cfg) = api.get_opt(name).await? else {
-        tracing::warn!(config = name, "MutatingWebhookConfiguration not found; caBundle not patched");
+        tracing::warn!(
+            config = name,
+            "MutatingWebhookConfiguration not found; caBundle not patched"
+        );
         return Ok(false);
     };
     if !set_client_config(&mut cfg, ca_pem, url) {
@@ -368,7 +420,11 @@ pub async fn patch_webhook_config(client: &Client, name: &str, ca_pem: &str, url
 }
 
 /// Set caBundle (and url) on every webhook of `cfg`; whether anything changed.
-pub fn set_client_config(cfg: &mut MutatingWebhookConfiguration, ca_pem: &str, url: Option<&str>) -> bool {
+pub fn set_client_config(
+    cfg: &mut MutatingWebhookConfiguration,
+    ca_pem: &str,
+    url: Option<&str>,
+) -> bool {
     let mut changed = false;
     for wh in cfg.webhooks.iter_mut().flatten() {
         let cc = &mut wh.client_config;
@@ -377,12 +433,12 @@ pub fn set_client_config(cfg: &mut MutatingWebhookConfiguration, ca_pem: &str, u
             cc.ca_bundle = Some(bundle);
             changed = true;
         }
-        if let Some(url) = url {
-            if cc.url.as_deref() != Some(url) || cc.service.is_some() {
-                cc.url = Some(url.to_owned());
-                cc.service = None;
-                changed = true;
-            }
+        if let Some(url) = url
+            && (cc.url.as_deref() != Some(url) || cc.service.is_some())
+        {
+            cc.url = Some(url.to_owned());
+            cc.service = None;
+            changed = true;
         }
     }
     changed
@@ -415,7 +471,10 @@ mod tests {
         let b = generate(&sans, 90 * DAY, now()).unwrap();
         let later = now() + jiff::SignedDuration::from_hours(24 * 61);
         assert_eq!(b.plan(&sans, 30 * DAY, later), Plan::Reissue);
-        assert_eq!(b.plan(&["other".to_owned()], 30 * DAY, now()), Plan::Reissue);
+        assert_eq!(
+            b.plan(&["other".to_owned()], 30 * DAY, now()),
+            Plan::Reissue
+        );
         let much_later = now() + jiff::SignedDuration::from_hours(24 * 880);
         assert_eq!(b.plan(&sans, 30 * DAY, much_later), Plan::NewCa);
     }
@@ -426,7 +485,15 @@ mod tests {
         use rustls::pki_types::ServerName;
         let sans = sans("svc", "ns");
         let b = generate(&sans, 90 * DAY, now()).unwrap();
-        let r = issue(b.ca_pem.clone(), b.ca_key_pem.clone(), b.ca_not_after, &sans, 90 * DAY, now()).unwrap();
+        let r = issue(
+            b.ca_pem.clone(),
+            b.ca_key_pem.clone(),
+            b.ca_not_after,
+            &sans,
+            90 * DAY,
+            now(),
+        )
+        .unwrap();
         assert_ne!(r.cert_pem, b.cert_pem);
         // Verify the new leaf against the old CA with webpki, as a client would.
         let mut roots = rustls::RootCertStore::empty();
@@ -434,11 +501,14 @@ mod tests {
             roots.add(c.unwrap()).unwrap();
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .unwrap();
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
         let leaf = CertificateDer::from_pem_slice(r.cert_pem.as_bytes()).unwrap();
-        let when = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(now().as_second() as u64 + 60));
+        let when = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(
+            now().as_second() as u64 + 60,
+        ));
         for name in ["svc.ns.svc", "localhost", "127.0.0.1"] {
             verifier
                 .verify_server_cert(&leaf, &[], &ServerName::try_from(name).unwrap(), &[], when)
@@ -450,13 +520,23 @@ mod tests {
     fn client_config_gets_ca_and_url_once() {
         let mut cfg: MutatingWebhookConfiguration =
             serde_yaml_ng::from_str(include_str!("../../deploy/webhook.yaml")).unwrap();
-        assert!(set_client_config(&mut cfg, "CA", Some("https://127.0.0.1:9443/mutate")));
+        assert!(set_client_config(
+            &mut cfg,
+            "CA",
+            Some("https://127.0.0.1:9443/mutate")
+        ));
         for wh in cfg.webhooks.as_ref().unwrap() {
             assert_eq!(wh.client_config.ca_bundle.as_ref().unwrap().0, b"CA");
-            assert_eq!(wh.client_config.url.as_deref(), Some("https://127.0.0.1:9443/mutate"));
+            assert_eq!(
+                wh.client_config.url.as_deref(),
+                Some("https://127.0.0.1:9443/mutate")
+            );
             assert!(wh.client_config.service.is_none());
         }
-        assert!(!set_client_config(&mut cfg, "CA", Some("https://127.0.0.1:9443/mutate")), "idempotent");
+        assert!(
+            !set_client_config(&mut cfg, "CA", Some("https://127.0.0.1:9443/mutate")),
+            "idempotent"
+        );
     }
 
     #[test]
