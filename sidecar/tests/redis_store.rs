@@ -40,7 +40,10 @@ fn opts() -> RedisOptions {
 
 async fn store(url: &str, prefix: &str, o: RedisOptions) -> RedisStore {
     let s = RedisStore::connect(url, prefix, o).expect("valid url and prefix");
-    assert!(s.wait_up(Duration::from_secs(5)).await, "store connects to {url}");
+    assert!(
+        s.wait_up(Duration::from_secs(5)).await,
+        "store connects to {url}"
+    );
     s
 }
 
@@ -60,14 +63,19 @@ async fn last_modified_is_set_once_under_concurrency_and_strictly_increases() {
         let s = replicas[i % 3].clone();
         let k = k.clone();
         tasks.push(tokio::spawn(async move {
-            s.record(&k, &[], &V(), &tag("A"), i % 2 == 0).await.unwrap()
+            s.record(&k, &[], &V(), &tag("A"), i % 2 == 0)
+                .await
+                .unwrap()
         }));
     }
     let mut dates = Vec::new();
     for t in tasks {
         dates.push(t.await.unwrap().last_modified);
     }
-    assert!(dates.iter().all(|d| *d == dates[0]), "one shared Last-Modified: {dates:?}");
+    assert!(
+        dates.iter().all(|d| *d == dates[0]),
+        "one shared Last-Modified: {dates:?}"
+    );
     // Every replica reads the same one.
     for s in &replicas {
         let r = s.lookup(&k, &[]).await.unwrap().unwrap();
@@ -76,12 +84,17 @@ async fn last_modified_is_set_once_under_concurrency_and_strictly_increases() {
     // Tag changes within the same second still move the date forward.
     let mut last = dates[0];
     for (i, t) in ["B", "C", "D"].iter().enumerate() {
-        let e = replicas[i % 3].record(&k, &[], &V(), &tag(t), false).await.unwrap();
+        let e = replicas[i % 3]
+            .record(&k, &[], &V(), &tag(t), false)
+            .await
+            .unwrap();
         assert!(e.last_modified > last, "strictly increasing");
         last = e.last_modified;
     }
     // The date comes from Redis, not far from now.
-    let skew = SystemTime::now().duration_since(dates[0]).unwrap_or_default();
+    let skew = SystemTime::now()
+        .duration_since(dates[0])
+        .unwrap_or_default();
     assert!(skew < Duration::from_secs(5));
 }
 
@@ -100,25 +113,54 @@ async fn trust_is_shared_and_invalidation_is_seen_at_once() {
         let r = b.lookup(&k, &watched).await.unwrap().unwrap();
         let v = r.variant(&V()).unwrap();
         assert_eq!(v.tag, tag("T1"));
-        let age = SystemTime::now().duration_since(v.validated_at.unwrap()).unwrap_or_default();
-        assert!(age < Duration::from_secs(2), "validated_at is recent in local time: {age:?}");
+        let age = SystemTime::now()
+            .duration_since(v.validated_at.unwrap())
+            .unwrap_or_default();
+        assert!(
+            age < Duration::from_secs(2),
+            "validated_at is recent in local time: {age:?}"
+        );
     }
     // A write through A: B's very next lookup is untrusted.
     a.invalidate(&k, &[]).await.unwrap();
     let r = b.lookup(&k, &watched).await.unwrap().unwrap();
-    assert_eq!(r.variant(&V()).unwrap().validated_at, None, "no trust after invalidate");
+    assert_eq!(
+        r.variant(&V()).unwrap().validated_at,
+        None,
+        "no trust after invalidate"
+    );
     // Revalidated, then a write elsewhere that invalidates a watched glob.
     a.record(&k, &[], &V(), &tag("T1"), true).await.unwrap();
-    assert!(b.lookup(&k, &watched).await.unwrap().unwrap().variants[0].1.validated_at.is_some());
-    a.invalidate(&key("/api/items"), &["/api/items/**".into()]).await.unwrap();
+    assert!(
+        b.lookup(&k, &watched).await.unwrap().unwrap().variants[0]
+            .1
+            .validated_at
+            .is_some()
+    );
+    a.invalidate(&key("/api/items"), &["/api/items/**".into()])
+        .await
+        .unwrap();
     let r = b.lookup(&k, &watched).await.unwrap().unwrap();
-    assert_eq!(r.variants[0].1.validated_at, None, "glob invalidation un-trusts");
+    assert_eq!(
+        r.variants[0].1.validated_at, None,
+        "glob invalidation un-trusts"
+    );
     // A glob this path does not watch does not matter.
     a.record(&k, &[], &V(), &tag("T1"), true).await.unwrap();
-    a.invalidate(&key("/other"), &["/other/**".into()]).await.unwrap();
-    assert!(b.lookup(&k, &watched).await.unwrap().unwrap().variants[0].1.validated_at.is_some());
+    a.invalidate(&key("/other"), &["/other/**".into()])
+        .await
+        .unwrap();
+    assert!(
+        b.lookup(&k, &watched).await.unwrap().unwrap().variants[0]
+            .1
+            .validated_at
+            .is_some()
+    );
     // A new tag drops the old validation.
     a.record(&k, &[], &V(), &tag("T2"), false).await.unwrap();
+    // A tag change (unlike an invalidation) is not waited for: B hears of
+    // it through its push a moment later.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let r = b.lookup(&k, &watched).await.unwrap().unwrap();
     assert_eq!(r.variants[0].1.tag, tag("T2"));
     assert_eq!(r.variants[0].1.validated_at, None);
@@ -149,32 +191,62 @@ async fn locks_are_exclusive_fenced_and_leased() {
     let a = store(&redis.url(), "locks", opts()).await;
     let b = store(&redis.url(), "locks", opts()).await;
     let k = key("/counter");
-    let l1 = a.try_lock(&k, Duration::from_secs(5)).await.unwrap().expect("free lock");
-    assert!(b.try_lock(&k, Duration::from_secs(5)).await.unwrap().is_none(), "exclusive");
+    let l1 = a
+        .try_lock(&k, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("free lock");
+    assert!(
+        b.try_lock(&k, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none(),
+        "exclusive"
+    );
     // Only the holder's token releases.
     let fake = sametag_sidecar::store::WriteLock {
         resource: k.clone(),
         token: l1.token + 1,
     };
     b.unlock(&fake).await.unwrap();
-    assert!(b.try_lock(&k, Duration::from_secs(5)).await.unwrap().is_none());
+    assert!(
+        b.try_lock(&k, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
     a.unlock(&l1).await.unwrap();
-    let l2 = b.try_lock(&k, Duration::from_millis(150)).await.unwrap().expect("released");
+    let l2 = b
+        .try_lock(&k, Duration::from_millis(150))
+        .await
+        .unwrap()
+        .expect("released");
     assert!(l2.token > l1.token, "fencing tokens increase");
     // B "crashes": its lease ends and A gets the lock with a newer token.
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let l3 = a.try_lock(&k, Duration::from_secs(5)).await.unwrap().expect("lease expired");
+    let l3 = a
+        .try_lock(&k, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("lease expired");
     assert!(l3.token > l2.token);
     // The late holder's unlock does not release the new holder's lock.
     b.unlock(&l2).await.unwrap();
-    assert!(b.try_lock(&k, Duration::from_secs(5)).await.unwrap().is_none());
+    assert!(
+        b.try_lock(&k, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Many contenders at once: exactly one wins.
     a.unlock(&l3).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..20 {
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
         let k = k.clone();
-        tasks.push(tokio::spawn(async move { s.try_lock(&k, Duration::from_secs(5)).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            s.try_lock(&k, Duration::from_secs(5)).await.unwrap()
+        }));
     }
     let mut winners = 0;
     for t in tasks {
@@ -194,13 +266,25 @@ async fn every_key_has_a_ttl_and_one_hash_tag() {
     let s = store(&redis.url(), "layout:1", opts()).await;
     for i in 0..5 {
         let k = key(&format!("/p/{i}?q={{x}}"));
-        s.record(&k, &["accept-encoding".into()], &VariantKey("gzip".into()), &tag("t"), true)
-            .await
-            .unwrap();
+        s.record(
+            &k,
+            &["accept-encoding".into()],
+            &VariantKey("gzip".into()),
+            &tag("t"),
+            true,
+        )
+        .await
+        .unwrap();
         s.lookup(&k, &["/p/**".into()]).await.unwrap();
     }
-    s.invalidate(&key("/p/0?q={x}"), &["/p/**".into()]).await.unwrap();
-    let _held = s.try_lock(&key("/p/1"), Duration::from_secs(30)).await.unwrap().unwrap();
+    s.invalidate(&key("/p/0?q={x}"), &["/p/**".into()])
+        .await
+        .unwrap();
+    let _held = s
+        .try_lock(&key("/p/1"), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
     let keys = redis.keys();
     assert!(keys.len() >= 8, "resources, meta, clock, lock: {keys:?}");
     let mut admin = redis.admin();
@@ -210,7 +294,11 @@ async fn every_key_has_a_ttl_and_one_hash_tag() {
         assert!(k.starts_with("{layout:1}:"), "{k}");
         let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut admin).unwrap();
         assert!(ttl > 0, "{k} has a TTL ({ttl})");
-        let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(k).query(&mut slot_admin).unwrap();
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(k)
+            .query(&mut slot_admin)
+            .unwrap();
         seen_slots.insert(slot);
     }
     assert_eq!(seen_slots.len(), 1, "one slot for the whole store");
@@ -223,9 +311,17 @@ async fn stores_are_isolated_by_prefix_and_by_server() {
     let b = store(&shared.url(), "tenant-b", opts()).await;
     let k = key("/same");
     a.record(&k, &[], &V(), &tag("A"), true).await.unwrap();
-    assert!(b.lookup(&k, &[]).await.unwrap().is_none(), "other prefix sees nothing");
+    assert!(
+        b.lookup(&k, &[]).await.unwrap().is_none(),
+        "other prefix sees nothing"
+    );
     b.invalidate(&k, &["/**".into()]).await.unwrap();
-    assert!(a.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.validated_at.is_some());
+    assert!(
+        a.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
+            .1
+            .validated_at
+            .is_some()
+    );
 
     // Two servers, two passwords (one an ACL user).
     let r1 = RedisServer::with_password("pw-one");
@@ -250,7 +346,10 @@ async fn stores_are_isolated_by_prefix_and_by_server() {
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert!(t0.elapsed() < Duration::from_millis(100));
     // r1's data is untouched by the failed logins.
-    assert_eq!(s1.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.tag, tag("one"));
+    assert_eq!(
+        s1.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.tag,
+        tag("one")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,6 +360,10 @@ async fn hot_lookups_cost_no_redis_commands_and_invalidations_still_arrive() {
     let k = key("/hot");
     let w: Vec<Arc<str>> = vec!["/hot/**".into()];
     a.record(&k, &[], &V(), &tag("H"), true).await.unwrap();
+    // Let A's write pushes arrive (a read that races one is conservatively
+    // not cached), then warm B's cache.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.lookup(&k, &w).await.unwrap();
     b.lookup(&k, &w).await.unwrap();
     let hits0 = b.metrics().cache_hits.get();
     let trips0 = b.metrics().round_trips.get();
@@ -281,7 +384,20 @@ async fn hot_lookups_cost_no_redis_commands_and_invalidations_still_arrive() {
     assert_eq!(r.variants[0].1.validated_at, None);
     a.record(&k, &[], &V(), &tag("H2"), false).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(b.lookup(&k, &w).await.unwrap().unwrap().variants[0].1.tag, tag("H2"));
+    assert_eq!(
+        b.lookup(&k, &w).await.unwrap().unwrap().variants[0].1.tag,
+        tag("H2")
+    );
+    // Validate mode never looks up: records of an unchanged tag still
+    // become local after one read-only round trip.
+    let c = store(&redis.url(), "cache", opts()).await;
+    let k2 = key("/validate-only");
+    let trips0 = c.metrics().round_trips.get();
+    for _ in 0..20 {
+        c.record(&k2, &[], &V(), &tag("V"), false).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(c.metrics().round_trips.get() - trips0 <= 2);
     // FLUSHALL empties the caches too.
     let _: () = redis::cmd("FLUSHALL").query(&mut redis.admin()).unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -295,20 +411,37 @@ async fn outage_fails_fast_then_bumps_the_epoch_on_reconnect() {
     let b = store(&redis.url(), "outage", opts()).await;
     let k = key("/o");
     a.record(&k, &[], &V(), &tag("O"), true).await.unwrap();
-    assert!(b.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.validated_at.is_some());
+    assert!(
+        b.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
+            .1
+            .validated_at
+            .is_some()
+    );
 
     redis.kill();
     // Every call fails quickly and says Unavailable; health follows.
     for s in [&a, &b] {
         let t0 = Instant::now();
-        assert!(matches!(s.lookup(&k, &[]).await, Err(StoreError::Unavailable(_))));
-        assert!(matches!(s.try_lock(&k, Duration::from_secs(1)).await, Err(StoreError::Unavailable(_))));
-        assert!(t0.elapsed() < Duration::from_millis(700), "{:?}", t0.elapsed());
+        assert!(matches!(
+            s.lookup(&k, &[]).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            s.try_lock(&k, Duration::from_secs(1)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(
+            t0.elapsed() < Duration::from_millis(700),
+            "{:?}",
+            t0.elapsed()
+        );
     }
     // A write forwarded during the outage could not invalidate.
     assert!(a.invalidate(&k, &[]).await.is_err());
     let deadline = Instant::now() + Duration::from_secs(2);
-    while (a.health(), b.health()) != (StoreHealth::Down, StoreHealth::Down) && Instant::now() < deadline {
+    while (a.health(), b.health()) != (StoreHealth::Down, StoreHealth::Down)
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(a.health(), StoreHealth::Down);
@@ -325,7 +458,12 @@ async fn outage_fails_fast_then_bumps_the_epoch_on_reconnect() {
     assert!(b.lookup(&k, &[]).await.unwrap().is_none());
     let e = b.record(&k, &[], &V(), &tag("O"), true).await.unwrap();
     assert!(e.validated_at.is_some());
-    assert!(a.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.validated_at.is_some());
+    assert!(
+        a.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
+            .1
+            .validated_at
+            .is_some()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,28 +475,51 @@ async fn epoch_bump_untrusts_validations_that_survived_the_outage() {
     let b = store(&redis.url(), "epoch", opts()).await;
     let k = key("/e");
     b.record(&k, &[], &V(), &tag("E"), true).await.unwrap();
-    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query(&mut redis.admin()).unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query(&mut redis.admin())
+        .unwrap();
     let failed = a.invalidate(&k, &[]).await;
-    assert!(failed.is_err(), "invalidate times out while redis is paused");
+    assert!(
+        failed.is_err(),
+        "invalidate times out while redis is paused"
+    );
     assert!(a.wait_up(Duration::from_secs(5)).await);
     assert!(a.metrics().epoch_bumps.get() >= 1);
     // B's validation from before is no longer trusted, by anyone.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(b.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.validated_at, None);
-    assert_eq!(a.lookup(&k, &[]).await.unwrap().unwrap().variants[0].1.validated_at, None);
+    assert_eq!(
+        b.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
+            .1
+            .validated_at,
+        None
+    );
+    assert_eq!(
+        a.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
+            .1
+            .validated_at,
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_under_maxmemory_keeps_the_store_healthy() {
     let redis = RedisServer::with(RedisConfig {
-        extra: vec!["maxmemory 2mb".into(), "maxmemory-policy allkeys-lru".into()],
+        extra: vec![
+            "maxmemory 2mb".into(),
+            "maxmemory-policy allkeys-lru".into(),
+        ],
         ..Default::default()
     });
     let s = store(&redis.url(), "evict", opts()).await;
     let big = "x".repeat(2000);
     for i in 0..3000 {
         let k = key(&format!("/{i}/{big}"));
-        s.record(&k, &[], &V(), &tag("t"), i % 2 == 0).await.unwrap();
+        s.record(&k, &[], &V(), &tag("t"), i % 2 == 0)
+            .await
+            .unwrap();
     }
     assert_eq!(s.health(), StoreHealth::Up);
     assert!(redis.keys().len() < 3000, "redis evicted keys");
@@ -371,5 +532,8 @@ async fn bad_configuration_is_a_clear_error() {
     assert!(RedisStore::connect("redis://127.0.0.1:1", "", opts()).is_err());
     // Nothing listening: an outage, not an error.
     let s = RedisStore::connect("redis://127.0.0.1:1", "p", opts()).unwrap();
-    assert!(matches!(s.lookup(&key("/"), &[]).await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        s.lookup(&key("/"), &[]).await,
+        Err(StoreError::Unavailable(_))
+    ));
 }

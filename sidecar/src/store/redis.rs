@@ -32,10 +32,12 @@ use redis::RedisResult;
 
 use self::cache::{Cache, Hit};
 use self::conn::{Conn, SCRIPTS};
-use self::model::{ClockOffset, Keys, RawHash};
 pub use self::model::PrefixError;
+use self::model::{ClockOffset, Keys, RawHash};
 pub use self::target::UrlError;
-use crate::store::{Entry, Resource, ResourceKey, Store, StoreError, StoreHealth, VariantKey, WriteLock};
+use crate::store::{
+    Entry, Resource, ResourceKey, Store, StoreError, StoreHealth, VariantKey, WriteLock,
+};
 use crate::tag::EntityTag;
 
 /// Tunables of the Redis store; [`Default`] suits production.
@@ -145,6 +147,9 @@ impl Shared {
     }
 }
 
+/// A resource's watched invalidation globs.
+type Globs = Arc<[Arc<str>]>;
+
 struct Live {
     id: u64,
     conn: Conn,
@@ -164,7 +169,7 @@ pub(crate) struct Inner {
     metrics: RedisMetrics,
     /// The watched globs each resource was last looked up with, so a
     /// trusted record can apply the guard to exactly those globs.
-    watched: Mutex<HashMap<String, (Arc<[Arc<str>]>, Instant)>>,
+    watched: Mutex<HashMap<String, (Globs, Instant)>>,
 }
 
 /// The Redis [`Store`]. Cheap to clone; the supervisor stops when the last
@@ -181,7 +186,9 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("url", &self.inner.url).finish()
+        f.debug_struct("RedisStore")
+            .field("url", &self.inner.url)
+            .finish()
     }
 }
 
@@ -196,12 +203,19 @@ impl RedisStore {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let target = target::parse(url, opts.connect_timeout, opts.op_timeout)?;
         let client_cache = opts.client_cache && !matches!(target, target::Target::Cluster(_));
-        let opts = RedisOptions { client_cache, ..opts };
+        let opts = RedisOptions {
+            client_cache,
+            ..opts
+        };
         let inner = Arc::new(Inner {
             shared: Arc::new(Shared {
                 keys,
                 // Remember invalidations longer than any read may take.
-                cache: Cache::new(opts.cache_capacity, opts.cache_ttl, opts.op_timeout * 4 + Duration::from_secs(1)),
+                cache: Cache::new(
+                    opts.cache_capacity,
+                    opts.cache_ttl,
+                    opts.op_timeout * 4 + Duration::from_secs(1),
+                ),
                 live_id: AtomicU64::new(0),
                 down: tokio::sync::Notify::new(),
             }),
@@ -236,13 +250,21 @@ impl RedisStore {
             "Store calls answered from the client-side cache",
             m.cache_hits.clone(),
         );
-        registry.register("sametag_redis_errors", "Store calls that failed", m.errors.clone());
+        registry.register(
+            "sametag_redis_errors",
+            "Store calls that failed",
+            m.errors.clone(),
+        );
         registry.register(
             "sametag_redis_epoch_bumps",
             "Epoch bumps after an invalidation failed during an outage",
             m.epoch_bumps.clone(),
         );
-        registry.register("sametag_redis_up", "1 while connected to Redis", m.up.clone());
+        registry.register(
+            "sametag_redis_up",
+            "1 while connected to Redis",
+            m.up.clone(),
+        );
     }
 
     /// The live counters (tests and benchmarks read them directly).
@@ -296,7 +318,9 @@ impl Inner {
         let (id, conn) = {
             let live = self.live.read().unwrap_or_else(|e| e.into_inner());
             match &*live {
-                Some(l) if self.shared.live_id.load(Ordering::SeqCst) == l.id => (l.id, l.conn.clone()),
+                Some(l) if self.shared.live_id.load(Ordering::SeqCst) == l.id => {
+                    (l.id, l.conn.clone())
+                }
                 _ => {
                     // Set while holding the lock: a reconnect installing a
                     // connection checks the flag under the write lock.
@@ -337,12 +361,38 @@ impl Inner {
         if connection_lost || bump_on_failure {
             self.drop_live(id, &err.to_string());
             Err(StoreError::Unavailable(err.to_string()))
-        } else if matches!(err.code(), Some("OOM" | "LOADING" | "MASTERDOWN" | "READONLY" | "BUSY")) {
+        } else if matches!(
+            err.code(),
+            Some("OOM" | "LOADING" | "MASTERDOWN" | "READONLY" | "BUSY")
+        ) {
             // Reachable but refusing work (maxmemory without eviction, a
             // replica, a failover, a busy script): an outage for the caller.
             Err(StoreError::Unavailable(err.to_string()))
         } else {
             Err(StoreError::Protocol(err.to_string()))
+        }
+    }
+
+    /// Redis queues a write's invalidation pushes to every tracking
+    /// connection (ours included) in the same event-loop step, right after
+    /// the write's reply. Waiting (briefly, bounded) until our own push has
+    /// arrived means every other replica's push is in its socket too, so
+    /// a client told "done" by this replica finds the others invalidated.
+    async fn await_own_push(&self, ticket: cache::Ticket, id: &str) {
+        let cache = &self.shared.cache;
+        let hit = Hit::Resource(id.to_owned());
+        let deadline =
+            tokio::time::Instant::now() + self.opts.op_timeout.min(Duration::from_millis(100));
+        loop {
+            let notified = cache.pushed().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if cache.invalidated_since(ticket, &hit) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -358,13 +408,18 @@ impl Inner {
         w.insert(id.to_owned(), (watched.into(), Instant::now()));
     }
 
-    fn watched_of(&self, id: &str) -> Option<Arc<[Arc<str>]>> {
+    fn watched_of(&self, id: &str) -> Option<Globs> {
         let w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         w.get(id).map(|(g, _)| g.clone())
     }
 }
 
-fn entry_from_cache(res: &RawHash, vary: &str, variant: &VariantKey, tag: &str) -> Option<SystemTime> {
+fn entry_from_cache(
+    res: &RawHash,
+    vary: &str,
+    variant: &VariantKey,
+    tag: &str,
+) -> Option<SystemTime> {
     if res.get("vary").map(String::as_str) != Some(vary) {
         return None;
     }
@@ -382,7 +437,11 @@ fn parse_u64(s: &str) -> Result<u64, StoreError> {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn lookup(&self, resource: &ResourceKey, watched: &[Arc<str>]) -> Result<Option<Resource>, StoreError> {
+    async fn lookup(
+        &self,
+        resource: &ResourceKey,
+        watched: &[Arc<str>],
+    ) -> Result<Option<Resource>, StoreError> {
         let inner = &self.inner;
         inner.remember_watched(&resource.id, watched);
         let cache = &inner.shared.cache;
@@ -435,11 +494,24 @@ impl Store for RedisStore {
         let guard_us = u64::try_from(o.trust_guard.as_micros()).unwrap_or(u64::MAX);
         let max_variants = o.max_variants.max(1);
         let variant_s = variant.0.clone();
-        let (lm, va, _ve): (String, Option<String>, Option<String>) = inner
+        // Taken before the call: if the script wrote, Redis' push for that
+        // write drops what we insert below; if it only read, it stays.
+        let ticket = inner.shared.cache.ticket();
+        type Reply = (
+            String,
+            Option<String>,
+            Option<String>,
+            Vec<String>,
+            Vec<String>,
+        );
+        let (lm, va, _ve, res, meta): Reply = inner
             .run(false, |mut c| async move {
                 let mut inv = SCRIPTS.record.key(rk);
                 inv.key(mk).key(ck);
-                inv.arg(vary).arg(variant_s).arg(tag_s).arg(if trust { "1" } else { "0" });
+                inv.arg(vary)
+                    .arg(variant_s)
+                    .arg(tag_s)
+                    .arg(if trust { "1" } else { "0" });
                 inv.arg(ttl).arg(meta_ttl).arg(max_variants).arg(guard_us);
                 inv.arg(if globs.is_some() { "0" } else { "1" });
                 for g in globs.iter().flat_map(|g| g.iter()) {
@@ -448,6 +520,10 @@ impl Store for RedisStore {
                 inv.invoke_async(&mut c).await
             })
             .await?;
+        if let Some(t) = ticket {
+            let (res, meta) = (Arc::new(model::pairs(res)), Arc::new(model::pairs(meta)));
+            inner.shared.cache.insert(t, &resource.id, res, meta);
+        }
         let validated_at = match va {
             Some(a) => Some(inner.offset().to_local(parse_u64(&a)?)),
             None => None,
@@ -459,7 +535,11 @@ impl Store for RedisStore {
         })
     }
 
-    async fn invalidate(&self, resource: &ResourceKey, globs: &[Arc<str>]) -> Result<(), StoreError> {
+    async fn invalidate(
+        &self,
+        resource: &ResourceKey,
+        globs: &[Arc<str>],
+    ) -> Result<(), StoreError> {
         let inner = &self.inner;
         let cache = &inner.shared.cache;
         // Our own reads must not be served from the cache once this
@@ -471,9 +551,13 @@ impl Store for RedisStore {
             }
         };
         forget();
+        let ticket = cache.ticket();
         let keys = &inner.shared.keys;
         let (rk, mk, ck) = (keys.resource(&resource.id), keys.meta(), keys.clock());
-        let (ttl, meta_ttl) = (Inner::ms(inner.opts.entry_ttl), Inner::ms(inner.opts.meta_ttl));
+        let (ttl, meta_ttl) = (
+            Inner::ms(inner.opts.entry_ttl),
+            Inner::ms(inner.opts.meta_ttl),
+        );
         let globs_owned: Vec<String> = globs.iter().map(|g| g.to_string()).collect();
         let _: String = inner
             .run(true, |mut c| async move {
@@ -485,11 +569,18 @@ impl Store for RedisStore {
                 inv.invoke_async(&mut c).await
             })
             .await?;
+        if let Some(t) = ticket {
+            inner.await_own_push(t, &resource.id).await;
+        }
         forget();
         Ok(())
     }
 
-    async fn try_lock(&self, resource: &ResourceKey, lease: Duration) -> Result<Option<WriteLock>, StoreError> {
+    async fn try_lock(
+        &self,
+        resource: &ResourceKey,
+        lease: Duration,
+    ) -> Result<Option<WriteLock>, StoreError> {
         let inner = &self.inner;
         let keys = &inner.shared.keys;
         let (lk, ck) = (keys.lock(&resource.id), keys.clock());

@@ -97,7 +97,11 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.try_admin().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok()).is_some() {
+            if self
+                .try_admin()
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok())
+                .is_some()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -122,7 +126,9 @@ impl RedisServer {
 
     fn try_admin(&self) -> Option<redis::Connection> {
         let client = redis::Client::open(self.url()).ok()?;
-        client.get_connection_with_timeout(Duration::from_millis(500)).ok()
+        client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()
     }
 
     /// A plain synchronous admin connection.
@@ -172,9 +178,20 @@ impl RedisServer {
     /// INFO/PING/HELLO/CLIENT/AUTH/SCAN/...), summed.
     pub fn data_calls(&self) -> u64 {
         const ADMIN: &[&str] = &[
-            "info", "ping", "hello", "client|setinfo", "client|tracking", "auth", "scan",
-            "script|load", "time", "select", "cluster|keyslot", "dbsize", "config|set", "config|get",
-
+            "info",
+            "ping",
+            "hello",
+            "client|setinfo",
+            "client|tracking",
+            "auth",
+            "scan",
+            "script|load",
+            "time",
+            "select",
+            "cluster|keyslot",
+            "dbsize",
+            "config|set",
+            "config|get",
         ];
         self.commandstats()
             .iter()

@@ -54,6 +54,7 @@ pub(crate) struct Cache {
     /// How long invalidations are remembered for in-flight reads (longer
     /// than any read may take: reads time out well before).
     log_window: Duration,
+    pushed: tokio::sync::Notify,
 }
 
 impl Cache {
@@ -70,6 +71,7 @@ impl Cache {
             capacity,
             ttl,
             log_window,
+            pushed: tokio::sync::Notify::new(),
         }
     }
 
@@ -146,6 +148,7 @@ impl Cache {
         }
         let now = Instant::now();
         s.log.push_back((seq, now, hit));
+        self.pushed.notify_waiters();
         while let Some((old_seq, at, _)) = s.log.front() {
             if now.duration_since(*at) <= self.log_window && s.log.len() <= 100_000 {
                 break;
@@ -167,6 +170,18 @@ impl Cache {
         s.meta = None;
         s.log.clear();
         s.enabled = enabled;
+        self.pushed.notify_waiters();
+    }
+
+    /// Whether `hit` was invalidated (or everything reset) after `ticket`.
+    pub(crate) fn invalidated_since(&self, ticket: Ticket, hit: &Hit) -> bool {
+        let s = self.lock();
+        ticket.0 < s.floor || s.log.iter().any(|(seq, _, h)| *seq > ticket.0 && h == hit)
+    }
+
+    /// Wakes writers waiting for their own invalidation push.
+    pub(crate) fn pushed(&self) -> &tokio::sync::Notify {
+        &self.pushed
     }
 
     /// Number of cached resources (tests, metrics).

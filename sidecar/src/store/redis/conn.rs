@@ -103,7 +103,9 @@ pub(crate) async fn open(
         )),
         Target::Sentinel(client) => {
             let mut client = client.lock().await;
-            Ok(Conn::Single(client.get_async_connection_with_config(&config).await?))
+            Ok(Conn::Single(
+                client.get_async_connection_with_config(&config).await?,
+            ))
         }
         Target::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
     }

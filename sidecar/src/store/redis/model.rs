@@ -273,7 +273,10 @@ mod tests {
         assert_eq!(r.vary, vec!["accept-encoding".to_owned()]);
         let e = r.variant(&VariantKey("gzip".into())).unwrap();
         assert_eq!(e.tag.opaque, "T");
-        assert_eq!(e.validated_at, Some(UNIX_EPOCH + Duration::from_micros(2000)));
+        assert_eq!(
+            e.validated_at,
+            Some(UNIX_EPOCH + Duration::from_micros(2000))
+        );
         assert_eq!(
             e.last_modified,
             UNIX_EPOCH + Duration::from_secs(1_700_000_000)
@@ -301,7 +304,15 @@ mod tests {
 
     #[test]
     fn missing_resource_is_none() {
-        assert!(build_resource(&hash(&[("inv", "5")]), &RawHash::new(), &[], ClockOffset::default()).is_none());
+        assert!(
+            build_resource(
+                &hash(&[("inv", "5")]),
+                &RawHash::new(),
+                &[],
+                ClockOffset::default()
+            )
+            .is_none()
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 -- ARGV: 1 vary (joined), 2 variant, 3 tag, 4 trust ('1'/'0'), 5 ttl ms,
 --       6 meta ttl ms, 7 max variants, 8 guard us, 9 '1' when the watched
 --       globs are unknown (then any glob invalidation counts), 10.. globs
--- Returns { last_modified_secs, validated_stamp|false, epoch|false }.
+-- Returns { last_modified_secs, validated_stamp|false, epoch|false,
+--           resource hash (flat), meta hash (flat) } so the caller can
+--           cache the state (kept only if no write follows: see cache.rs).
 local r, meta, clock = KEYS[1], KEYS[2], KEYS[3]
 local vary, v, tag = ARGV[1], ARGV[2], ARGV[3]
 local trust = ARGV[4] == '1'
@@ -91,4 +93,4 @@ end
 if changed or redis.call('PTTL', r) < ttl / 2 then
   redis.call('PEXPIRE', r, ttl)
 end
-return { lm, va, ve }
+return { lm, va, ve, redis.call('HGETALL', r), redis.call('HGETALL', meta) }

@@ -30,7 +30,6 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Guard {
 /// What kind of trouble, for "log once per change".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-
     Unreachable,
     Auth,
     Other,
@@ -43,7 +42,11 @@ fn classify(e: &SetupError) -> State {
                 || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
             if auth {
                 State::Auth
-            } else if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+            } else if e.is_io_error()
+                || e.is_connection_refusal()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+            {
                 State::Unreachable
             } else {
                 State::Other
@@ -95,7 +98,11 @@ async fn run(inner: Arc<Inner>) {
                 inner.metrics.up.set(0);
                 let reason = {
                     let mut r = inner.down_reason.lock().unwrap_or_else(|e| e.into_inner());
-                    let reason = if r.is_empty() { "connection closed".to_owned() } else { r.clone() };
+                    let reason = if r.is_empty() {
+                        "connection closed".to_owned()
+                    } else {
+                        r.clone()
+                    };
                     r.clear();
                     reason
                 };
@@ -124,7 +131,11 @@ async fn run(inner: Arc<Inner>) {
                     state = Some(now);
                 }
                 // Wrong credentials will not fix themselves quickly.
-                let cap = if now == State::Auth { inner.opts.backoff_max } else { backoff };
+                let cap = if now == State::Auth {
+                    inner.opts.backoff_max
+                } else {
+                    backoff
+                };
                 tokio::time::sleep(jitter(cap)).await;
                 backoff = (backoff * 2).min(inner.opts.backoff_max);
             }
@@ -154,14 +165,18 @@ fn on_push(shared: &Shared, id: u64, info: PushInfo) {
                         _ => continue,
                     };
                     match shared.keys.classify(&name) {
-                        KeyKind::Resource(r) => shared.cache.invalidate(Hit::Resource(r.to_owned())),
+                        KeyKind::Resource(r) => {
+                            shared.cache.invalidate(Hit::Resource(r.to_owned()))
+                        }
                         KeyKind::Meta => shared.cache.invalidate(Hit::Meta),
                         KeyKind::Other => {}
                     }
                 }
             }
             // FLUSHALL / FLUSHDB: everything is gone.
-            _ => shared.cache.reset(shared.live_id.load(Ordering::SeqCst) == id),
+            _ => shared
+                .cache
+                .reset(shared.live_id.load(Ordering::SeqCst) == id),
         },
         PushKind::Disconnection => {
             shared.mark_down(id);
@@ -179,8 +194,16 @@ async fn connect_once(inner: &Arc<Inner>) -> Result<bool, SetupError> {
         on_push(&shared, id, info);
         Ok(())
     };
-    let mut c = conn::open(&inner.target, push, inner.opts.connect_timeout, inner.opts.op_timeout).await?;
-    let tracking = inner.opts.client_cache && matches!(c, Conn::Single(_)) && enable_tracking(inner, &mut c).await;
+    let mut c = conn::open(
+        &inner.target,
+        push,
+        inner.opts.connect_timeout,
+        inner.opts.op_timeout,
+    )
+    .await?;
+    let tracking = inner.opts.client_cache
+        && matches!(c, Conn::Single(_))
+        && enable_tracking(inner, &mut c).await;
     if matches!(c, Conn::Single(_)) {
         conn::load_scripts(&mut c).await?;
     }
@@ -222,7 +245,11 @@ async fn enable_tracking(inner: &Inner, c: &mut Conn) -> bool {
 }
 
 async fn measure_offset(inner: &Inner, c: &mut Conn) -> Result<(), RedisError> {
-    let local_us = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    let local_us = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0)
+    };
     let before = SystemTime::now();
     let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(c).await?;
     let after = SystemTime::now();

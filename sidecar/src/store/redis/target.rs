@@ -146,7 +146,11 @@ fn parts(rest: &str, tls: bool) -> Result<Parts, UrlError> {
 
 /// Parse a `--redis` URL (see the module docs). Speaks RESP3 everywhere so
 /// tracking invalidations arrive on the data connection.
-pub(crate) fn parse(url: &str, connect_timeout: Duration, response_timeout: Duration) -> Result<Target, UrlError> {
+pub(crate) fn parse(
+    url: &str,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<Target, UrlError> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| UrlError::Invalid("missing scheme".into()))?;
@@ -154,7 +158,10 @@ pub(crate) fn parse(url: &str, connect_timeout: Duration, response_timeout: Dura
     match scheme {
         "redis" | "rediss" | "unix" | "redis+unix" => {
             let info = url.into_connection_info().map_err(invalid)?;
-            let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
             let info = info.set_redis_settings(settings);
             Ok(Target::Single(redis::Client::open(info).map_err(invalid)?))
         }
@@ -197,7 +204,9 @@ pub(crate) fn parse(url: &str, connect_timeout: Duration, response_timeout: Dura
             if let Some(pw) = &p.password {
                 b = b.set_client_to_redis_password(pw);
             }
-            Ok(Target::Sentinel(tokio::sync::Mutex::new(b.build().map_err(invalid)?)))
+            Ok(Target::Sentinel(tokio::sync::Mutex::new(
+                b.build().map_err(invalid)?,
+            )))
         }
         "redis+cluster" | "rediss+cluster" => {
             let p = parts(rest, scheme.starts_with("rediss"))?;
@@ -205,7 +214,11 @@ pub(crate) fn parse(url: &str, connect_timeout: Duration, response_timeout: Dura
                 .hosts
                 .iter()
                 .map(|(h, port)| {
-                    let h = if h.contains(':') { format!("[{h}]") } else { h.clone() };
+                    let h = if h.contains(':') {
+                        format!("[{h}]")
+                    } else {
+                        h.clone()
+                    };
                     format!("{}://{h}:{port}", if p.tls { "rediss" } else { "redis" })
                 })
                 .collect();
@@ -234,14 +247,26 @@ mod tests {
 
     #[test]
     fn forms_parse() {
-        assert!(matches!(parse("redis://127.0.0.1:6379", T, T), Ok(Target::Single(_))));
-        assert!(matches!(parse("redis://u:p%40ss@127.0.0.1:1/2", T, T), Ok(Target::Single(_))));
-        assert!(matches!(parse("rediss://h:6380", T, T), Ok(Target::Single(_))));
+        assert!(matches!(
+            parse("redis://127.0.0.1:6379", T, T),
+            Ok(Target::Single(_))
+        ));
+        assert!(matches!(
+            parse("redis://u:p%40ss@127.0.0.1:1/2", T, T),
+            Ok(Target::Single(_))
+        ));
+        assert!(matches!(
+            parse("rediss://h:6380", T, T),
+            Ok(Target::Single(_))
+        ));
         assert!(matches!(
             parse("redis+sentinel://:pw@h1:26379,h2:26379/mymaster", T, T),
             Ok(Target::Sentinel(_))
         ));
-        assert!(matches!(parse("redis+cluster://h1:7000,[::1]:7001", T, T), Ok(Target::Cluster(_))));
+        assert!(matches!(
+            parse("redis+cluster://h1:7000,[::1]:7001", T, T),
+            Ok(Target::Cluster(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,649 @@
+//! Several in-process sidecars sharing one real `redis-server`, in front of
+//! app replicas that mint their own, disagreeing validators: agreement, no
+//! stale 304 in Trust, no lost update, outage behaviour, and the
+//! client-side cache (zero Redis commands for hot tags). Prints the
+//! measured Redis round trips per request.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use redis_server::RedisServer;
+use sametag_sidecar::policy::{Policy, PolicyHandle};
+use sametag_sidecar::store::Store;
+use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
+use sametag_sidecar::{Server, ServerConfig};
+
+const POLICY: &str = "\
+mode: Validate
+routes:
+  - path: /trust/**
+    mode: Trust
+    maxAge: 60s
+";
+
+/// The app's shared state (replicas share a database).
+#[derive(Default)]
+struct Backend {
+    doc: Mutex<String>,
+    counter: Mutex<u64>,
+    hits: AtomicU64,
+    minted: AtomicU64,
+}
+
+async fn app(
+    n: u64,
+    b: Arc<Backend>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    b.hits.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let ok = |s: String| {
+        // Every replica mints its own validators, as nginx/Apache would.
+        let minted = b.minted.fetch_add(1, Ordering::SeqCst);
+        let lm = SystemTime::now() - Duration::from_secs(1000 * (n + 1));
+        Response::builder()
+            .header("etag", format!("\"app{n}-{minted}\""))
+            .header("last-modified", httpdate::fmt_http_date(lm))
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from(s)))
+            .unwrap()
+    };
+    let no_content = || {
+        Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let path = parts.uri.path();
+    let resp = match (parts.method.clone(), path) {
+        (Method::GET | Method::HEAD, "/doc" | "/trust/doc") => ok(b.doc.lock().unwrap().clone()),
+        (Method::PUT, "/doc" | "/trust/doc") => {
+            *b.doc.lock().unwrap() = text;
+            no_content()
+        }
+        (Method::GET, "/counter") => ok(b.counter.lock().unwrap().to_string()),
+        (Method::PUT, "/counter") => match text.trim().parse() {
+            Ok(v) => {
+                *b.counter.lock().unwrap() = v;
+                no_content()
+            }
+            Err(_) => Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        },
+        _ => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    };
+    Ok(resp)
+}
+
+async fn serve_app(n: u64, b: Arc<Backend>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let b = b.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| app(n, b.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn store_opts() -> RedisOptions {
+    RedisOptions {
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        trust_guard: Duration::from_millis(500),
+        ..RedisOptions::default()
+    }
+}
+
+async fn sidecar(app: SocketAddr, store: Arc<dyn Store>) -> SocketAddr {
+    let mut cfg = ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        app.to_string().parse().unwrap(),
+    );
+    cfg.options.credential_secret = b"one secret for every replica".to_vec();
+    cfg.options.upstream_timeout = Duration::from_secs(5);
+    cfg.options.lock_wait = Duration::from_secs(5);
+    cfg.policy = PolicyHandle::new(Policy::from_yaml(POLICY).unwrap());
+    let server = Server::bind(cfg, store).await.unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.run(std::future::pending::<()>()));
+    addr
+}
+
+struct Fleet {
+    backend: Arc<Backend>,
+    sidecars: Vec<SocketAddr>,
+    stores: Vec<RedisStore>,
+}
+
+async fn fleet(url: &str, n: u64) -> Fleet {
+    let backend = Arc::new(Backend::default());
+    *backend.doc.lock().unwrap() = "the same bytes on every replica".into();
+    let mut sidecars = Vec::new();
+    let mut stores = Vec::new();
+    for i in 0..n {
+        let app = serve_app(i, backend.clone()).await;
+        let store = RedisStore::connect(url, "fleet", store_opts()).unwrap();
+        assert!(store.wait_up(Duration::from_secs(5)).await);
+        sidecars.push(sidecar(app, Arc::new(store.clone())).await);
+        stores.push(store);
+    }
+    Fleet {
+        backend,
+        sidecars,
+        stores,
+    }
+}
+
+type Http = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> Http {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn send(
+    c: &Http,
+    method: Method,
+    to: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, HeaderMap, String) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{to}{path}"))
+        .header("host", "app.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+        .await
+        .expect("request finished in time")
+        .expect("request succeeded");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+fn header(h: &HeaderMap, name: &str) -> String {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn total(stores: &[RedisStore], f: fn(&RedisStore) -> u64) -> u64 {
+    stores.iter().map(f).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_agree_and_revalidate_each_others_tags() {
+    let redis = RedisServer::start();
+    let f = fleet(&redis.url(), 3).await;
+    let c = client();
+    let mut seen = Vec::new();
+    for s in &f.sidecars {
+        let (status, h, body) = send(&c, Method::GET, *s, "/doc", &[], "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "the same bytes on every replica");
+        seen.push((header(&h, "etag"), header(&h, "last-modified")));
+    }
+    assert!(!seen[0].0.is_empty() && !seen[0].1.is_empty());
+    assert!(
+        seen.iter().all(|s| *s == seen[0]),
+        "one ETag and Last-Modified: {seen:?}"
+    );
+    for s in &f.sidecars[1..] {
+        let (status, h, _) = send(
+            &c,
+            Method::GET,
+            *s,
+            "/doc",
+            &[("if-none-match", &seen[0].0)],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        assert_eq!(header(&h, "etag"), seen[0].0);
+        let (status, _, _) = send(
+            &c,
+            Method::GET,
+            *s,
+            "/doc",
+            &[("if-modified-since", &seen[0].1)],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED, "date-only revalidation");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_304_in_trust_after_a_write_through_another_replica() {
+    let redis = RedisServer::start();
+    let f = fleet(&redis.url(), 3).await;
+    let c = client();
+    for round in 0..5 {
+        let (_, h, _) = send(&c, Method::GET, f.sidecars[0], "/trust/doc", &[], "").await;
+        let old = header(&h, "etag");
+        // Trusted on every replica (answered without the app after one
+        // validation).
+        for s in &f.sidecars {
+            let (status, _, _) = send(
+                &c,
+                Method::GET,
+                *s,
+                "/trust/doc",
+                &[("if-none-match", &old)],
+                "",
+            )
+            .await;
+            assert_eq!(status, StatusCode::NOT_MODIFIED);
+        }
+        // The guard keeps validations just after a write untrusted for a
+        // moment; wait it out so trust is really established.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        send(
+            &c,
+            Method::GET,
+            f.sidecars[0],
+            "/trust/doc",
+            &[("if-none-match", &old)],
+            "",
+        )
+        .await;
+        let hits = f.backend.hits.load(Ordering::SeqCst);
+        for s in &f.sidecars {
+            let (status, _, _) = send(
+                &c,
+                Method::GET,
+                *s,
+                "/trust/doc",
+                &[("if-none-match", &old)],
+                "",
+            )
+            .await;
+            assert_eq!(status, StatusCode::NOT_MODIFIED);
+        }
+        assert_eq!(
+            f.backend.hits.load(Ordering::SeqCst),
+            hits,
+            "trusted 304s skip the app"
+        );
+
+        let (status, _, _) = send(
+            &c,
+            Method::PUT,
+            f.sidecars[0],
+            "/trust/doc",
+            &[],
+            &format!("version {round}"),
+        )
+        .await;
+        assert!(status.is_success(), "{status}");
+        for s in &f.sidecars[1..] {
+            let (status, h, body) = send(
+                &c,
+                Method::GET,
+                *s,
+                "/trust/doc",
+                &[("if-none-match", &old)],
+                "",
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "never a stale 304 after a write");
+            assert_eq!(body, format!("version {round}"));
+            assert_ne!(header(&h, "etag"), old);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_through_three_replicas_lose_no_update() {
+    let redis = RedisServer::start();
+    let f = fleet(&redis.url(), 3).await;
+    let c = client();
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let (c, ok, failed) = (c.clone(), ok.clone(), failed.clone());
+        let sidecars = f.sidecars.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut others = Vec::new();
+            for j in 0..8 {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let get_via = sidecars[(i + j) % 3];
+                let put_via = sidecars[(i + j + 1) % 3];
+                let (status, h, body) = send(&c, Method::GET, get_via, "/counter", &[], "").await;
+                assert_eq!(status, StatusCode::OK);
+                let value: u64 = body.parse().unwrap();
+                let tag = header(&h, "etag");
+                let (status, h, _) = send(
+                    &c,
+                    Method::PUT,
+                    put_via,
+                    "/counter",
+                    &[("if-match", &tag)],
+                    &(value + 1).to_string(),
+                )
+                .await;
+                if status.is_success() {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    others.push((status, header(&h, "retry-after")));
+                }
+            }
+            others
+        }));
+    }
+    for t in tasks {
+        for (status, _) in t.await.unwrap() {
+            assert_eq!(status, StatusCode::PRECONDITION_FAILED, "losers get 412");
+        }
+    }
+    let counter = *f.backend.counter.lock().unwrap();
+    let ok = ok.load(Ordering::SeqCst);
+    assert!(ok > 0);
+    assert_eq!(counter, ok, "every successful PUT counted exactly once");
+    eprintln!(
+        "lost-update run: {ok} PUTs won, {} got 412",
+        failed.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_no_get_and_trust_resumes_only_after_revalidation() {
+    let mut redis = RedisServer::start();
+    let f = fleet(&redis.url(), 3).await;
+    let c = client();
+    let (_, h, _) = send(&c, Method::GET, f.sidecars[0], "/trust/doc", &[], "").await;
+    let tag = header(&h, "etag");
+    send(
+        &c,
+        Method::GET,
+        f.sidecars[0],
+        "/trust/doc",
+        &[("if-none-match", &tag)],
+        "",
+    )
+    .await;
+
+    // Bounded GET load through all three while Redis is killed.
+    let load = {
+        let (c, sidecars, tag) = (c.clone(), f.sidecars.clone(), tag.clone());
+        tokio::spawn(async move {
+            let mut bad = 0;
+            for i in 0..300 {
+                let cond: &[(&str, &str)] = if i % 2 == 0 {
+                    &[("if-none-match", &tag)]
+                } else {
+                    &[]
+                };
+                let (status, _, _) =
+                    send(&c, Method::GET, sidecars[i % 3], "/trust/doc", cond, "").await;
+                if !(status == StatusCode::OK || status == StatusCode::NOT_MODIFIED) {
+                    bad += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            bad
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    redis.kill();
+    assert_eq!(load.await.unwrap(), 0, "no GET failed during the outage");
+
+    // Conditional writes fail closed.
+    for s in &f.sidecars {
+        let t0 = Instant::now();
+        let (status, h, _) = send(
+            &c,
+            Method::PUT,
+            *s,
+            "/trust/doc",
+            &[("if-match", &tag)],
+            "x",
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!header(&h, "retry-after").is_empty());
+        assert!(t0.elapsed() < Duration::from_secs(2));
+    }
+    // An unconditional write goes through; its invalidation is lost.
+    let (status, _, _) = send(
+        &c,
+        Method::PUT,
+        f.sidecars[0],
+        "/trust/doc",
+        &[],
+        "changed in the outage",
+    )
+    .await;
+    assert!(status.is_success());
+
+    redis.restart();
+    for s in &f.stores {
+        assert!(s.wait_up(Duration::from_secs(5)).await);
+    }
+    assert_eq!(total(&f.stores, |s| s.metrics().epoch_bumps.get()), 1);
+    // Nothing from before the outage is trusted: the old tag reaches the
+    // app and gets the new representation (a fresh validation)...
+    let hits = f.backend.hits.load(Ordering::SeqCst);
+    let (status, h, body) = send(
+        &c,
+        Method::GET,
+        f.sidecars[2],
+        "/trust/doc",
+        &[("if-none-match", &tag)],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "changed in the outage");
+    assert_eq!(
+        f.backend.hits.load(Ordering::SeqCst),
+        hits + 1,
+        "revalidated with the app"
+    );
+    let fresh = header(&h, "etag");
+    assert_ne!(fresh, tag);
+    // ...and only after it is Trust back, on every replica.
+    for s in &f.sidecars {
+        let (status, _, _) = send(
+            &c,
+            Method::GET,
+            *s,
+            "/trust/doc",
+            &[("if-none-match", &fresh)],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+    }
+    assert_eq!(
+        f.backend.hits.load(Ordering::SeqCst),
+        hits + 1,
+        "trusted again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_degrades_reads_and_refuses_conditional_writes() {
+    let redis = RedisServer::with_password("right");
+    let backend = Arc::new(Backend::default());
+    *backend.doc.lock().unwrap() = "doc".into();
+    let app = serve_app(0, backend.clone()).await;
+    let store = RedisStore::connect(&redis.url_with_password("wrong"), "pw", store_opts()).unwrap();
+    let s = sidecar(app, Arc::new(store.clone())).await;
+    let c = client();
+    let (status, h, _) = send(&c, Method::GET, s, "/doc", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    let tag = header(&h, "etag");
+    assert!(!tag.is_empty(), "content-derived tag without the store");
+    let (status, _, _) = send(&c, Method::GET, s, "/doc", &[("if-none-match", &tag)], "").await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    let (status, _, _) = send(&c, Method::PUT, s, "/doc", &[("if-match", &tag)], "x").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(redis.keys().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_tags_cost_no_redis_commands_and_round_trips_stay_low() {
+    let redis = RedisServer::start();
+    let f = fleet(&redis.url(), 3).await;
+    let c = client();
+    let (_, h, _) = send(&c, Method::GET, f.sidecars[0], "/trust/doc", &[], "").await;
+    let tag = header(&h, "etag");
+    // One validation per replica, then everything is hot.
+    for s in &f.sidecars {
+        send(
+            &c,
+            Method::GET,
+            *s,
+            "/trust/doc",
+            &[("if-none-match", &tag)],
+            "",
+        )
+        .await;
+        send(&c, Method::GET, *s, "/doc", &[], "").await;
+        send(&c, Method::GET, *s, "/doc", &[], "").await;
+    }
+    // Once the warm-up's write pushes have arrived (a read racing one is
+    // conservatively not cached), one more round fills every cache.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for s in &f.sidecars {
+        send(&c, Method::GET, *s, "/trust/doc", &[("if-none-match", &tag)], "").await;
+        send(&c, Method::GET, *s, "/doc", &[], "").await;
+    }
+    let calls0 = redis.data_calls();
+    let trips0 = total(&f.stores, |s| s.metrics().round_trips.get());
+    let hot = 300;
+    for i in 0..hot {
+        let (status, _, _) = send(
+            &c,
+            Method::GET,
+            f.sidecars[i % 3],
+            "/trust/doc",
+            &[("if-none-match", &tag)],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+    }
+    assert_eq!(
+        redis.data_calls() - calls0,
+        0,
+        "hot trusted tags: no Redis commands"
+    );
+    let hot_trips = total(&f.stores, |s| s.metrics().round_trips.get()) - trips0;
+    assert_eq!(hot_trips, 0);
+
+    // Validate-mode hot reads: the app is asked, the store is not.
+    let trips0 = total(&f.stores, |s| s.metrics().round_trips.get());
+    for i in 0..hot {
+        let (status, _, _) = send(&c, Method::GET, f.sidecars[i % 3], "/doc", &[], "").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let validate_trips = total(&f.stores, |s| s.metrics().round_trips.get()) - trips0;
+
+    // A write through replica 1 is honoured by the next request on 2 and 3.
+    send(&c, Method::PUT, f.sidecars[0], "/trust/doc", &[], "new").await;
+    for s in &f.sidecars[1..] {
+        let (status, _, body) = send(
+            &c,
+            Method::GET,
+            *s,
+            "/trust/doc",
+            &[("if-none-match", &tag)],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "new");
+    }
+
+    // A mixed run: reads of both routes, conditional reads, some writes.
+    let trips0 = total(&f.stores, |s| s.metrics().round_trips.get());
+    let mixed = 600;
+    let mut tag = String::new();
+    for i in 0..mixed {
+        let s = f.sidecars[i % 3];
+        if i % 50 == 0 {
+            send(&c, Method::PUT, s, "/trust/doc", &[], &format!("v{i}")).await;
+        } else if i % 3 == 0 {
+            let (_, h, _) = send(&c, Method::GET, s, "/trust/doc", &[], "").await;
+            tag = header(&h, "etag");
+        } else if i % 3 == 1 {
+            send(
+                &c,
+                Method::GET,
+                s,
+                "/trust/doc",
+                &[("if-none-match", &tag)],
+                "",
+            )
+            .await;
+        } else {
+            send(&c, Method::GET, s, "/doc", &[], "").await;
+        }
+    }
+    let mixed_trips = total(&f.stores, |s| s.metrics().round_trips.get()) - trips0;
+    let avg = mixed_trips as f64 / mixed as f64;
+    eprintln!(
+        "redis round trips per request: hot trusted tags {:.3}, hot Validate reads {:.3}, mixed run {avg:.3} ({mixed_trips} for {mixed} requests)",
+        hot_trips as f64 / hot as f64,
+        validate_trips as f64 / hot as f64,
+    );
+    assert!(
+        validate_trips <= 3,
+        "hot Validate reads cost {validate_trips} round trips"
+    );
+    assert!(
+        avg <= 1.0,
+        "at most one round trip per request on average: {avg}"
+    );
+}
