@@ -144,6 +144,11 @@ func run(o options) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := waitReady(ctx, server, pki, apiDone, sigs); err != nil {
+		if errors.Is(err, errStopped) {
+			// Stopped before ready: the apiserver saw the signal too.
+			step("signal received before ready, stopping")
+			return nil
+		}
 		return fmt.Errorf("kube-apiserver: %w", err)
 	}
 
