@@ -1,20 +1,24 @@
 //! The request path, as named steps:
 //! policy → key → precondition → forward → tag → record → respond.
 //!
-//! [`Proxy`] is the hyper `Service`. [`Context::handle`] is the table of
-//! contents: it picks the route, builds the store key, parses the
-//! preconditions, and hands GET/HEAD to [`Context::read`] and everything
-//! else to [`Context::write`]. Store errors become responses here and
-//! nowhere else: reads degrade to content-derived tags, conditional writes
-//! fail closed with 503.
+//! [`Proxy`] is the hyper `Service`. [`Context::dispatch`] is the table of
+//! contents: it picks the route (policy), builds the store key, parses the
+//! preconditions, and hands GET/HEAD to `read.rs` (trust → forward → tag →
+//! record → respond) and everything else to `write.rs` (lock → evaluate →
+//! forward → invalidate → unlock). Every failure becomes a response in one
+//! place, [`Context::handle`] via [`ProxyError::into_response`]: store errors
+//! on reads never get there (reads degrade to content-derived tags), on
+//! conditional writes they are `StoreUnavailable` → 503 + `Retry-After`.
 
 mod body;
 mod error;
 mod forward;
 mod hop;
+mod read;
 mod respond;
 mod server;
 mod upgrade;
+mod write;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,29 +26,25 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::{
-    CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, HOST, LAST_MODIFIED,
-    RANGE, TRANSFER_ENCODING, VARY,
-};
+use http::header::{CACHE_CONTROL, HOST};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 pub use body::{Body, BoxError};
 pub use error::ProxyError;
 pub use server::{ServeError, Server, ServerConfig};
 
-use self::body::{Buffered, boxed, buffer_and_tag, empty, full};
-use self::forward::{Rewrite, Upstream};
-use self::hop::{add_via, is_upgrade, strip_hop_by_hop};
-use self::respond::{cache_status, not_modified, parse_range, set_validators};
+use self::body::full;
+use self::forward::Upstream;
+use self::hop::is_upgrade;
+use self::respond::set_validators;
 use crate::config::ProxyOptions;
-use crate::date::parse_http_date;
-use crate::key::{CanonicalTarget, VaryNames, resource_key, variant_key, vary_names};
+use crate::key::{CanonicalTarget, VaryNames, resource_key, vary_names};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{Mode, Policy, PolicyHandle, Route};
-use crate::precondition::{Conditions, Decision, Validators, evaluate, is_write};
-use crate::store::{Entry, Resource, ResourceKey, Store, StoreError, VariantKey, WriteLock};
+use crate::precondition::{Conditions, Validators};
+use crate::store::{Entry, ResourceKey, Store, StoreError};
 use crate::tag::EntityTag;
 
 /// Everything a request needs, shared by every connection.
@@ -200,442 +200,10 @@ impl Context {
         }
     }
 
-    /// GET and HEAD: trust → forward → tag → record → respond.
-    async fn read(&self, ex: &Exchange) -> Answer {
-        let head = ex.parts.method == Method::HEAD;
-
-        // Trust: a fresh validation answers without the app.
-        let mut fwd = if ex.conditions.is_empty() {
-            "miss"
-        } else {
-            "stale"
-        };
-        if ex.route.mode == Mode::Trust && !ex.conditions.is_empty() {
-            match self.trusted(ex).await {
-                Trusted::Hit(response) => return Ok((response, Outcome::trusted_not_modified)),
-                Trusted::Stale => fwd = "stale",
-                Trusted::Miss => fwd = "miss",
-            }
-        }
-
-        // Forward: conditionals and Range stripped, HEAD sent as GET (the
-        // body is needed to hash; it is dropped below).
-        let request = self.upstream.request(
-            &ex.parts,
-            empty(),
-            Rewrite {
-                strip_conditionals: true,
-                method: Some(Method::GET),
-            },
-        )?;
-        let response = self.upstream.send(request).await?;
-        let (mut rparts, rbody) = response.into_parts();
-        strip_hop_by_hop(&mut rparts.headers);
-        add_via(&mut rparts.headers, http::Version::HTTP_11);
-
-        // Tag: only a cacheable-shaped 200 within the size bound.
-        if let Some(reason) = untaggable(&rparts.status, &rparts.headers) {
-            return Ok(self.pass_through_read(ex, rparts, boxed(rbody), head, reason));
-        }
-        let deadline = tokio::time::Instant::now() + self.upstream.timeout();
-        let max = ex.policy.max_body_bytes();
-        let (body, tag) = match buffer_and_tag(&rparts.headers, rbody, max, deadline).await? {
-            Buffered::TooLarge(body) => {
-                return Ok(self.pass_through_read(ex, rparts, body, head, "too-large"));
-            }
-            Buffered::Complete { body, tag } => (body, tag),
-        };
-
-        // Record: the shared Last-Modified (and, in Trust, the validation).
-        let vary = match vary_names(&rparts.headers) {
-            VaryNames::Names(names) => names,
-            VaryNames::Any => Vec::new(), // excluded by `untaggable`
-        };
-        let variant = variant_key(&vary, &ex.parts.headers);
-        let (validators, stored) = self
-            .record(ex, &vary, &variant, &tag, &rparts.headers)
-            .await;
-        set_validators(&mut rparts.headers, &validators);
-        rparts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        cache_status(&mut rparts.headers, &format!("fwd={fwd}; {stored}"));
-
-        // Respond: the sidecar's own precondition decision.
-        match evaluate(&ex.conditions, &ex.parts.method, Some(&validators)) {
-            Decision::NotModified => {
-                self.metrics.saved(body.len() as u64);
-                let mut response = not_modified(&rparts.headers, &validators);
-                // The sidecar's own trace fields ride along with §15.4.5's set.
-                add_via(response.headers_mut(), http::Version::HTTP_11);
-                cache_status(response.headers_mut(), &format!("fwd={fwd}; {stored}"));
-                Ok((response, Outcome::not_modified))
-            }
-            Decision::PreconditionFailed => Ok((
-                with_validators(respond::precondition_failed(), &validators),
-                Outcome::precondition_failed,
-            )),
-            Decision::Proceed { ignore_range } => {
-                let range = ex
-                    .parts
-                    .headers
-                    .get(RANGE)
-                    .filter(|_| !ignore_range && !head);
-                if let Some(answer) = range.and_then(|r| parse_range(r, body.len() as u64)) {
-                    let response = respond::ranged(rparts.headers, &body, answer, head);
-                    return Ok((response, Outcome::partial));
-                }
-                let body = if head { empty() } else { full(body) };
-                Ok((Response::from_parts(rparts, body), Outcome::tagged_200))
-            }
-        }
-    }
-
-    /// A read whose response the sidecar does not tag: the app's status and
-    /// body go through; its own `ETag` does not (it would disagree across
-    /// replicas). A 404/410 still answers `If-Match` (no representation).
-    fn pass_through_read(
-        &self,
-        ex: &Exchange,
-        mut rparts: http::response::Parts,
-        body: Body,
-        head: bool,
-        reason: &str,
-    ) -> (Response<Body>, Outcome) {
-        let gone = matches!(rparts.status, StatusCode::NOT_FOUND | StatusCode::GONE);
-        if gone && evaluate(&ex.conditions, &ex.parts.method, None) == Decision::PreconditionFailed
-        {
-            return (respond::precondition_failed(), Outcome::precondition_failed);
-        }
-        if rparts.status == StatusCode::OK {
-            rparts.headers.remove(ETAG);
-        }
-        cache_status(
-            &mut rparts.headers,
-            &format!(
-                "fwd=uri-miss; fwd-status={}; detail={reason}",
-                rparts.status.as_u16()
-            ),
-        );
-        let body = if head { empty() } else { body };
-        (Response::from_parts(rparts, body), Outcome::passthrough)
-    }
-
-    /// Trust mode: is there a validation of this variant younger than
-    /// `maxAge`, not invalidated since, that makes the request a 304?
-    async fn trusted(&self, ex: &Exchange) -> Trusted {
-        let Some(resource) = self.lookup(ex).await else {
-            return Trusted::Miss;
-        };
-        let variant = variant_key(&resource.vary, &ex.parts.headers);
-        let Some(entry) = resource.variant(&variant) else {
-            return Trusted::Miss;
-        };
-        if !is_fresh(entry, ex.route.max_age) {
-            return Trusted::Stale;
-        }
-        let validators = Validators {
-            tag: entry.tag.clone(),
-            last_modified: Some(entry.last_modified),
-        };
-        if evaluate(&ex.conditions, &ex.parts.method, Some(&validators)) != Decision::NotModified {
-            return Trusted::Stale;
-        }
-        let mut headers = HeaderMap::new();
-        if !resource.vary.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&resource.vary.join(", "))
-        {
-            headers.insert(VARY, v);
-        }
-        let mut response = not_modified(&headers, &validators);
-        add_via(response.headers_mut(), http::Version::HTTP_11);
-        cache_status(response.headers_mut(), "hit");
-        Trusted::Hit(response)
-    }
-
-    /// Read the store; a failure degrades to "nothing known" (and is counted).
-    async fn lookup(&self, ex: &Exchange) -> Option<Resource> {
-        let _timer = self.metrics.store_op("lookup");
-        match self.store.lookup(&ex.key, &ex.watched).await {
-            Ok(found) => found,
-            Err(e) => {
-                self.store_failed("lookup", &e);
-                None
-            }
-        }
-    }
-
-    /// Record a freshly hashed tag. On a store failure the tag stays
-    /// content-derived and `Last-Modified` is the app's (or absent).
-    async fn record(
-        &self,
-        ex: &Exchange,
-        vary: &[String],
-        variant: &VariantKey,
-        tag: &EntityTag,
-        app_headers: &HeaderMap,
-    ) -> (Validators, &'static str) {
-        let trust = ex.route.mode == Mode::Trust;
-        let _timer = self.metrics.store_op("record");
-        match self.store.record(&ex.key, vary, variant, tag, trust).await {
-            Ok(entry) => (
-                Validators {
-                    tag: entry.tag,
-                    last_modified: Some(entry.last_modified),
-                },
-                "stored",
-            ),
-            Err(e) => {
-                self.store_failed("record", &e);
-                let last_modified = app_headers
-                    .get(LAST_MODIFIED)
-                    .and_then(|v| parse_http_date(v.as_bytes()));
-                (
-                    Validators {
-                        tag: tag.clone(),
-                        last_modified,
-                    },
-                    "detail=store-unavailable",
-                )
-            }
-        }
-    }
-
-    /// Writes and other methods: lock (if conditional) → evaluate against
-    /// the current tag → forward → invalidate → unlock.
-    async fn write(&self, ex: &Exchange, body: Incoming) -> Answer {
-        let conditional = !ex.conditions.is_empty()
-            && !matches!(
-                ex.parts.method,
-                Method::OPTIONS | Method::TRACE | Method::CONNECT
-            );
-        if !conditional {
-            return self.forward_write(ex, body).await;
-        }
-        let lock = self.acquire(&ex.key).await?;
-        let answer = self.write_locked(ex, body).await;
-        let _timer = self.metrics.store_op("unlock");
-        if let Err(e) = self.store.unlock(&lock).await {
-            // The lease frees it soon; the write itself is done.
-            self.store_failed("unlock", &e);
-        }
-        answer
-    }
-
-    /// A conditional write holding the resource's lock.
-    async fn write_locked(&self, ex: &Exchange, body: Incoming) -> Answer {
-        let current = self.current_validators(ex).await?;
-        match evaluate(&ex.conditions, &ex.parts.method, current.as_ref()) {
-            Decision::Proceed { .. } => self.forward_write(ex, body).await,
-            Decision::NotModified | Decision::PreconditionFailed => {
-                Ok((respond::precondition_failed(), Outcome::precondition_failed))
-            }
-        }
-    }
-
-    /// Forward a write; unless the app refused it (4xx), nothing validated
-    /// before it is trusted again, and that holds before the client hears.
-    async fn forward_write(&self, ex: &Exchange, body: Incoming) -> Answer {
-        let request = self.upstream.request(
-            &ex.parts,
-            boxed(body),
-            Rewrite {
-                strip_conditionals: true,
-                method: None,
-            },
-        )?;
-        let sent = self.upstream.send(request).await;
-        let refused = matches!(&sent, Ok(r) if r.status().is_client_error());
-        if is_write(&ex.parts.method) && !refused {
-            self.invalidate(&ex.key, &ex.route.invalidates).await;
-        }
-        let (mut rparts, rbody) = sent?.into_parts();
-        strip_hop_by_hop(&mut rparts.headers);
-        add_via(&mut rparts.headers, http::Version::HTTP_11);
-        // The app's validators would disagree across replicas.
-        rparts.headers.remove(ETAG);
-        rparts.headers.remove(LAST_MODIFIED);
-        cache_status(&mut rparts.headers, "fwd=method");
-        let outcome = if is_write(&ex.parts.method) {
-            Outcome::write
-        } else {
-            Outcome::passthrough
-        };
-        Ok((Response::from_parts(rparts, boxed(rbody)), outcome))
-    }
-
-    /// Invalidate after a write. A failure cannot undo the write; it is
-    /// logged and counted, and the store's epoch bump on reconnect (Redis)
-    /// stops stale trust.
-    async fn invalidate(&self, key: &ResourceKey, globs: &[Arc<str>]) {
-        let _timer = self.metrics.store_op("invalidate");
-        if let Err(e) = self.store.invalidate(key, globs).await {
-            self.store_failed("invalidate", &e);
-        }
-    }
-
-    /// The validators a conditional write is judged against: the store's if
-    /// trusted and fresh, else a fresh internal GET to the app.
-    async fn current_validators(&self, ex: &Exchange) -> Result<Option<Validators>, ProxyError> {
-        if ex.route.mode == Mode::Trust {
-            let _timer = self.metrics.store_op("lookup");
-            let found = self.store.lookup(&ex.key, &ex.watched).await.map_err(|e| {
-                self.store_failed("lookup", &e);
-                ProxyError::StoreUnavailable(e)
-            })?;
-            if let Some(resource) = found {
-                let variant = variant_key(&resource.vary, &ex.parts.headers);
-                if let Some(entry) = resource.variant(&variant)
-                    && is_fresh(entry, ex.route.max_age)
-                {
-                    return Ok(Some(Validators {
-                        tag: entry.tag.clone(),
-                        last_modified: Some(entry.last_modified),
-                    }));
-                }
-            }
-        }
-
-        // A GET with the write's headers, minus its body and preconditions.
-        let mut parts = ex.parts.clone();
-        for name in [
-            CONTENT_LENGTH,
-            CONTENT_TYPE,
-            CONTENT_ENCODING,
-            TRANSFER_ENCODING,
-        ] {
-            parts.headers.remove(name);
-        }
-        let request = self.upstream.request(
-            &parts,
-            empty(),
-            Rewrite {
-                strip_conditionals: true,
-                method: Some(Method::GET),
-            },
-        )?;
-        let response = self.upstream.send(request).await?;
-        let (rparts, rbody) = response.into_parts();
-        let last_modified = rparts
-            .headers
-            .get(LAST_MODIFIED)
-            .and_then(|v| parse_http_date(v.as_bytes()));
-        if rparts.status != StatusCode::OK {
-            // No current representation (404, 405, ...): `If-Match` fails,
-            // `If-None-Match: *` holds.
-            return Ok(None);
-        }
-        if untaggable(&rparts.status, &rparts.headers).is_some() {
-            return Ok(Some(Validators {
-                tag: untagged_marker(),
-                last_modified,
-            }));
-        }
-        let deadline = tokio::time::Instant::now() + self.upstream.timeout();
-        let max = ex.policy.max_body_bytes();
-        let tag = match buffer_and_tag(&rparts.headers, rbody, max, deadline).await? {
-            Buffered::Complete { tag, .. } => tag,
-            Buffered::TooLarge(_) => {
-                return Ok(Some(Validators {
-                    tag: untagged_marker(),
-                    last_modified,
-                }));
-            }
-        };
-        let vary = match vary_names(&rparts.headers) {
-            VaryNames::Names(names) => names,
-            VaryNames::Any => Vec::new(),
-        };
-        let variant = variant_key(&vary, &parts.headers);
-        let trust = ex.route.mode == Mode::Trust;
-        let _timer = self.metrics.store_op("record");
-        let entry = self
-            .store
-            .record(&ex.key, &vary, &variant, &tag, trust)
-            .await
-            .map_err(|e| {
-                self.store_failed("record", &e);
-                ProxyError::StoreUnavailable(e)
-            })?;
-        Ok(Some(Validators {
-            tag: entry.tag,
-            last_modified: Some(entry.last_modified),
-        }))
-    }
-
-    /// Take the resource's write lock, retrying with backoff until
-    /// `lock_wait` has passed.
-    async fn acquire(&self, key: &ResourceKey) -> Result<WriteLock, ProxyError> {
-        let deadline = tokio::time::Instant::now() + self.options.lock_wait;
-        let lease = self.options.lock_lease();
-        let mut backoff = Duration::from_millis(2);
-        loop {
-            let attempt = {
-                let _timer = self.metrics.store_op("lock");
-                self.store.try_lock(key, lease).await
-            };
-            match attempt {
-                Ok(Some(lock)) => return Ok(lock),
-                Ok(None) => {}
-                Err(e) => {
-                    self.store_failed("lock", &e);
-                    return Err(ProxyError::StoreUnavailable(e));
-                }
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(ProxyError::LockBusy);
-            }
-            // Jitter so replicas retrying together do not collide again; the
-            // last attempt happens at the deadline.
-            let jitter = Duration::from_micros(u64::from(getrandom::u32().unwrap_or(0) % 1000));
-            tokio::time::sleep((backoff + jitter).min(deadline - now)).await;
-            backoff = (backoff * 2).min(Duration::from_millis(100));
-        }
-    }
-
-    /// Bypass: forward untouched (hop-by-hop aside); writes still invalidate
-    /// so a Trust route never serves what a bypassed write changed.
-    async fn bypass(&self, parts: Parts, body: Incoming, policy: &Policy, route: &Route) -> Answer {
-        let request = self.upstream.request(
-            &parts,
-            boxed(body),
-            Rewrite {
-                strip_conditionals: false,
-                method: None,
-            },
-        )?;
-        let sent = self.upstream.send(request).await;
-        if is_write(&parts.method) && !matches!(&sent, Ok(r) if r.status().is_client_error()) {
-            let key = resource_key(&parts, true, &self.options.credential_secret);
-            let mut globs = route.invalidates.clone();
-            globs.extend(policy.watched(&key.path));
-            self.invalidate(&key, &globs).await;
-        }
-        let (mut rparts, rbody) = sent?.into_parts();
-        strip_hop_by_hop(&mut rparts.headers);
-        add_via(&mut rparts.headers, http::Version::HTTP_11);
-        cache_status(&mut rparts.headers, "fwd=bypass");
-        Ok((
-            Response::from_parts(rparts, boxed(rbody)),
-            Outcome::passthrough,
-        ))
-    }
-
     fn store_failed(&self, op: &'static str, e: &StoreError) {
         self.metrics.store_error(op);
         tracing::warn!(op, error = %e, "store operation failed");
     }
-}
-
-/// The outcome of the Trust step.
-enum Trusted {
-    /// Answered from the store.
-    Hit(Response<Body>),
-    /// Known, but too old, invalidated, or not a match: ask the app.
-    Stale,
-    /// Nothing known.
-    Miss,
 }
 
 /// Whether a store entry's validation is younger than `max_age`.

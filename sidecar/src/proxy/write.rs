@@ -1,0 +1,254 @@
+//! Writes and other unsafe methods: lock (if conditional) → evaluate
+//! against the current tag → forward → invalidate → unlock; and Bypass.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{
+    CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MODIFIED, TRANSFER_ENCODING,
+};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::body::{Buffered, boxed, buffer_and_tag, empty};
+use super::error::ProxyError;
+use super::forward::Rewrite;
+use super::hop::{add_via, strip_hop_by_hop};
+use super::respond::{self, cache_status};
+use super::{Answer, Context, Exchange, is_fresh, untaggable, untagged_marker};
+use crate::date::parse_http_date;
+use crate::key::{VaryNames, resource_key, variant_key, vary_names};
+use crate::metrics::Outcome;
+use crate::policy::{Mode, Policy, Route};
+use crate::precondition::{Decision, Validators, evaluate, is_write};
+use crate::store::{ResourceKey, WriteLock};
+
+impl Context {
+    /// Writes and other methods: lock (if conditional) → evaluate against
+    /// the current tag → forward → invalidate → unlock.
+    pub(super) async fn write(&self, ex: &Exchange, body: Incoming) -> Answer {
+        let conditional = !ex.conditions.is_empty()
+            && !matches!(
+                ex.parts.method,
+                Method::OPTIONS | Method::TRACE | Method::CONNECT
+            );
+        if !conditional {
+            return self.forward_write(ex, body).await;
+        }
+        let lock = self.acquire(&ex.key).await?;
+        let answer = self.write_locked(ex, body).await;
+        let _timer = self.metrics.store_op("unlock");
+        if let Err(e) = self.store.unlock(&lock).await {
+            // The lease frees it soon; the write itself is done.
+            self.store_failed("unlock", &e);
+        }
+        answer
+    }
+
+    /// A conditional write holding the resource's lock.
+    async fn write_locked(&self, ex: &Exchange, body: Incoming) -> Answer {
+        let current = self.current_validators(ex).await?;
+        match evaluate(&ex.conditions, &ex.parts.method, current.as_ref()) {
+            Decision::Proceed { .. } => self.forward_write(ex, body).await,
+            Decision::NotModified | Decision::PreconditionFailed => {
+                Ok((respond::precondition_failed(), Outcome::precondition_failed))
+            }
+        }
+    }
+
+    /// Forward a write; unless the app refused it (4xx), nothing validated
+    /// before it is trusted again, and that holds before the client hears.
+    async fn forward_write(&self, ex: &Exchange, body: Incoming) -> Answer {
+        let request = self.upstream.request(
+            &ex.parts,
+            boxed(body),
+            Rewrite {
+                strip_conditionals: true,
+                method: None,
+            },
+        )?;
+        let sent = self.upstream.send(request).await;
+        let refused = matches!(&sent, Ok(r) if r.status().is_client_error());
+        if is_write(&ex.parts.method) && !refused {
+            self.invalidate(&ex.key, &ex.route.invalidates).await;
+        }
+        let (mut rparts, rbody) = sent?.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        add_via(&mut rparts.headers, http::Version::HTTP_11);
+        // The app's validators would disagree across replicas.
+        rparts.headers.remove(ETAG);
+        rparts.headers.remove(LAST_MODIFIED);
+        cache_status(&mut rparts.headers, "fwd=method");
+        let outcome = if is_write(&ex.parts.method) {
+            Outcome::write
+        } else {
+            Outcome::passthrough
+        };
+        Ok((Response::from_parts(rparts, boxed(rbody)), outcome))
+    }
+
+    /// Invalidate after a write. A failure cannot undo the write; it is
+    /// logged and counted, and the store's epoch bump on reconnect (Redis)
+    /// stops stale trust.
+    async fn invalidate(&self, key: &ResourceKey, globs: &[Arc<str>]) {
+        let _timer = self.metrics.store_op("invalidate");
+        if let Err(e) = self.store.invalidate(key, globs).await {
+            self.store_failed("invalidate", &e);
+        }
+    }
+
+    /// The validators a conditional write is judged against: the store's if
+    /// trusted and fresh, else a fresh internal GET to the app.
+    async fn current_validators(&self, ex: &Exchange) -> Result<Option<Validators>, ProxyError> {
+        if ex.route.mode == Mode::Trust {
+            let _timer = self.metrics.store_op("lookup");
+            let found = self.store.lookup(&ex.key, &ex.watched).await.map_err(|e| {
+                self.store_failed("lookup", &e);
+                ProxyError::StoreUnavailable(e)
+            })?;
+            if let Some(resource) = found {
+                let variant = variant_key(&resource.vary, &ex.parts.headers);
+                if let Some(entry) = resource.variant(&variant)
+                    && is_fresh(entry, ex.route.max_age)
+                {
+                    return Ok(Some(Validators {
+                        tag: entry.tag.clone(),
+                        last_modified: Some(entry.last_modified),
+                    }));
+                }
+            }
+        }
+
+        // A GET with the write's headers, minus its body and preconditions.
+        let mut parts = ex.parts.clone();
+        for name in [
+            CONTENT_LENGTH,
+            CONTENT_TYPE,
+            CONTENT_ENCODING,
+            TRANSFER_ENCODING,
+        ] {
+            parts.headers.remove(name);
+        }
+        let request = self.upstream.request(
+            &parts,
+            empty(),
+            Rewrite {
+                strip_conditionals: true,
+                method: Some(Method::GET),
+            },
+        )?;
+        let response = self.upstream.send(request).await?;
+        let (rparts, rbody) = response.into_parts();
+        let last_modified = rparts
+            .headers
+            .get(LAST_MODIFIED)
+            .and_then(|v| parse_http_date(v.as_bytes()));
+        if rparts.status != StatusCode::OK {
+            // No current representation (404, 405, ...): `If-Match` fails,
+            // `If-None-Match: *` holds.
+            return Ok(None);
+        }
+        if untaggable(&rparts.status, &rparts.headers).is_some() {
+            return Ok(Some(Validators {
+                tag: untagged_marker(),
+                last_modified,
+            }));
+        }
+        let deadline = tokio::time::Instant::now() + self.upstream.timeout();
+        let max = ex.policy.max_body_bytes();
+        let tag = match buffer_and_tag(&rparts.headers, rbody, max, deadline).await? {
+            Buffered::Complete { tag, .. } => tag,
+            Buffered::TooLarge(_) => {
+                return Ok(Some(Validators {
+                    tag: untagged_marker(),
+                    last_modified,
+                }));
+            }
+        };
+        let vary = match vary_names(&rparts.headers) {
+            VaryNames::Names(names) => names,
+            VaryNames::Any => Vec::new(),
+        };
+        let variant = variant_key(&vary, &parts.headers);
+        let trust = ex.route.mode == Mode::Trust;
+        let _timer = self.metrics.store_op("record");
+        let entry = self
+            .store
+            .record(&ex.key, &vary, &variant, &tag, trust)
+            .await
+            .map_err(|e| {
+                self.store_failed("record", &e);
+                ProxyError::StoreUnavailable(e)
+            })?;
+        Ok(Some(Validators {
+            tag: entry.tag,
+            last_modified: Some(entry.last_modified),
+        }))
+    }
+
+    /// Take the resource's write lock, retrying with backoff until
+    /// `lock_wait` has passed.
+    async fn acquire(&self, key: &ResourceKey) -> Result<WriteLock, ProxyError> {
+        let deadline = tokio::time::Instant::now() + self.options.lock_wait;
+        let lease = self.options.lock_lease();
+        let mut backoff = Duration::from_millis(2);
+        loop {
+            let attempt = {
+                let _timer = self.metrics.store_op("lock");
+                self.store.try_lock(key, lease).await
+            };
+            match attempt {
+                Ok(Some(lock)) => return Ok(lock),
+                Ok(None) => {}
+                Err(e) => {
+                    self.store_failed("lock", &e);
+                    return Err(ProxyError::StoreUnavailable(e));
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(ProxyError::LockBusy);
+            }
+            // Jitter so replicas retrying together do not collide again; the
+            // last attempt happens at the deadline.
+            let jitter = Duration::from_micros(u64::from(getrandom::u32().unwrap_or(0) % 1000));
+            tokio::time::sleep((backoff + jitter).min(deadline - now)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Bypass: forward untouched (hop-by-hop aside); writes still invalidate
+    /// so a Trust route never serves what a bypassed write changed.
+    pub(super) async fn bypass(
+        &self,
+        parts: Parts,
+        body: Incoming,
+        policy: &Policy,
+        route: &Route,
+    ) -> Answer {
+        let request = self.upstream.request(
+            &parts,
+            boxed(body),
+            Rewrite {
+                strip_conditionals: false,
+                method: None,
+            },
+        )?;
+        let sent = self.upstream.send(request).await;
+        if is_write(&parts.method) && !matches!(&sent, Ok(r) if r.status().is_client_error()) {
+            let key = resource_key(&parts, true, &self.options.credential_secret);
+            let mut globs = route.invalidates.clone();
+            globs.extend(policy.watched(&key.path));
+            self.invalidate(&key, &globs).await;
+        }
+        let (mut rparts, rbody) = sent?.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        add_via(&mut rparts.headers, http::Version::HTTP_11);
+        cache_status(&mut rparts.headers, "fwd=bypass");
+        Ok((
+            Response::from_parts(rparts, boxed(rbody)),
+            Outcome::passthrough,
+        ))
+    }
+}
