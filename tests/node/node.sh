@@ -74,6 +74,13 @@ cgroup_dirs() {
 up() {
 	need
 	ip netns list | grep -qw "$NETNS" && die "netns $NETNS exists: a node is up already (tests/node/node.sh down $dir)"
+	# Our ranges must be unused here: routes for them go into the node.
+	local net
+	for net in "$LINK_HOST_IP/30" "$POD_CIDR" "$SERVICE_CIDR"; do
+		if ip -4 route show match "$net" | grep -v '^default' | grep -q .; then
+			die "$net is already routed on this machine ($(ip -4 route show match "$net" | grep -v '^default' | head -1)); set SAMETAG_POD_CIDR or free it"
+		fi
+	done
 	rm -rf "$dir"
 	mkdir -p "$dir/log"
 	dir=$(cd "$dir" && pwd)

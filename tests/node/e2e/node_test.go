@@ -77,21 +77,8 @@ func TestNodeRunsPods(t *testing.T) {
 	c := client()
 	waitRoutable(t, c, "http://"+ip+"/healthz")
 
-	// kube-proxy spreads connections: all three pods answer within 60 tries.
-	seen := map[string]bool{}
-	for i := 0; i < 60 && len(seen) < 3; i++ {
-		resp, err := c.Get("http://" + ip + "/whoami")
-		if err != nil {
-			t.Fatalf("GET whoami through the ClusterIP: %v", err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Fatalf("whoami: %d %s", resp.StatusCode, b)
-		}
-		seen[strings.Fields(string(b))[0]] = true
-	}
-	if len(seen) != 3 {
+	// kube-proxy spreads connections over all three pods.
+	if seen := replicasReached(t, c, "http://"+ip+"/whoami", 3); len(seen) != 3 {
 		t.Fatalf("the Service reached %d of 3 pods: %v", len(seen), seen)
 	}
 
@@ -175,4 +162,27 @@ func waitRoutable(t *testing.T, c *http.Client, url string) {
 		}
 		return nil
 	})
+}
+
+// replicasReached sends GETs to a /whoami URL until want distinct pods have
+// answered, for at most 30 s (kube-proxy picks up a new endpoint within its
+// sync period, which can be after the rollout reports the pods Ready).
+func replicasReached(t *testing.T, c *http.Client, url string, want int) map[string]bool {
+	t.Helper()
+	seen := map[string]bool{}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(seen) < want && time.Now().Before(deadline) {
+		resp, err := c.Get(url)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || len(strings.Fields(string(b))) == 0 {
+			t.Fatalf("GET %s: %d %q", url, resp.StatusCode, b)
+		}
+		seen[strings.Fields(string(b))[0]] = true
+		time.Sleep(50 * time.Millisecond)
+	}
+	return seen
 }

@@ -198,13 +198,8 @@ spec:
 			}
 		}
 		// Every replica answered some of those (kube-proxy spreads connections).
-		seen := map[string]bool{}
-		for i := 0; i < 60 && len(seen) < 3; i++ {
-			b, _ := io.ReadAll(get(t, c, svcURL+"/whoami", "", 200).Body)
-			seen[strings.Fields(string(b))[0]] = true
-		}
-		if len(seen) != 3 {
-			t.Fatalf("traffic reached %d of 3 replicas", len(seen))
+		if seen := replicasReached(t, c, svcURL+"/whoami", 3); len(seen) != 3 {
+			t.Fatalf("traffic reached %d of 3 replicas: %v", len(seen), seen)
 		}
 
 		// Concurrent read-modify-write with If-Match: no increment is lost.
