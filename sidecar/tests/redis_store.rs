@@ -537,3 +537,36 @@ async fn bad_configuration_is_a_clear_error() {
         Err(StoreError::Unavailable(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_password() {
+    let redis = RedisServer::with(RedisConfig {
+        tls: true,
+        password: Some("tls-pw".into()),
+        ..Default::default()
+    });
+    let o = RedisOptions {
+        tls_ca_file: Some(redis.ca_file()),
+        ..opts()
+    };
+    assert!(redis.url().starts_with("rediss://"));
+    let a = store(&redis.url(), "tls", o.clone()).await;
+    let b = store(&redis.url(), "tls", o).await;
+    let k = key("/tls");
+    a.record(&k, &[], &V(), &tag("S"), true).await.unwrap();
+    let r = b.lookup(&k, &[]).await.unwrap().unwrap();
+    assert!(r.variants[0].1.validated_at.is_some());
+    // A certificate the system roots do not trust: an outage, not a crash.
+    let untrusted = RedisStore::connect(&redis.url(), "tls", opts()).unwrap();
+    assert!(!untrusted.wait_up(Duration::from_millis(500)).await);
+    assert!(matches!(
+        untrusted.lookup(&k, &[]).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    // A missing CA file is a configuration error.
+    let missing = RedisOptions {
+        tls_ca_file: Some("/nonexistent/ca.pem".into()),
+        ..opts()
+    };
+    assert!(RedisStore::connect(&redis.url(), "tls", missing).is_err());
+}

@@ -67,6 +67,9 @@ pub struct RedisOptions {
     pub cache_ttl: Duration,
     /// Most variants kept per resource (a flood of `Vary` values resets it).
     pub max_variants: u32,
+    /// A PEM CA bundle to trust for `rediss://` instead of the system roots
+    /// (a store with a private CA).
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Reconnect backoff: first delay and cap (doubling, with jitter).
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -84,6 +87,7 @@ impl Default for RedisOptions {
             cache_capacity: 10_000,
             cache_ttl: Duration::from_secs(60),
             max_variants: 32,
+            tls_ca_file: None,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
         }
@@ -98,6 +102,11 @@ pub enum RedisConfigError {
     Url(#[from] UrlError),
     #[error(transparent)]
     Prefix(#[from] PrefixError),
+    #[error("cannot read the Redis TLS CA file {path}: {source}")]
+    CaFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Round trips and cache hits, for `/metrics`. The per-request average is
@@ -201,7 +210,16 @@ impl RedisStore {
         // rediss:// needs a rustls crypto provider; an already installed
         // one (by another part of the process) is fine too.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let target = target::parse(url, opts.connect_timeout, opts.op_timeout)?;
+        let ca = match &opts.tls_ca_file {
+            Some(path) => Some(
+                std::fs::read(path).map_err(|source| RedisConfigError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let target = target::parse(url, opts.connect_timeout, opts.op_timeout, ca)?;
         let client_cache = opts.client_cache && !matches!(target, target::Target::Cluster(_));
         let opts = RedisOptions {
             client_cache,

@@ -22,6 +22,9 @@ pub struct RedisConfig {
     pub acl_user: Option<(String, String)>,
     /// Extra config lines (`maxmemory 2mb`, ...).
     pub extra: Vec<String>,
+    /// Serve TLS only (a private CA made with the `openssl` CLI; see
+    /// [`RedisServer::ca_file`]). The admin helpers need plain TCP.
+    pub tls: bool,
 }
 
 /// A running (or killed) `redis-server`.
@@ -67,9 +70,94 @@ impl RedisServer {
         s
     }
 
+    /// The PEM CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    fn make_certs(&self) {
+        let d = &self.dir;
+        let ext = d.join("ext.cnf");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write ext.cnf");
+        let run = |args: &[&str]| {
+            let ok = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl is installed")
+                .success();
+            assert!(ok, "openssl {args:?}");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sametag test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+    }
+
     fn spawn(&mut self) {
-        let mut conf = vec![
-            format!("port {}", self.port),
+        let port_lines = if self.config.tls {
+            if !self.dir.join("server.crt").exists() {
+                self.make_certs();
+            }
+            vec![
+                "port 0".to_owned(),
+                format!("tls-port {}", self.port),
+                format!("tls-cert-file {}", self.dir.join("server.crt").display()),
+                format!("tls-key-file {}", self.dir.join("server.key").display()),
+                format!("tls-ca-cert-file {}", self.ca_file().display()),
+                "tls-auth-clients no".to_owned(),
+            ]
+        } else {
+            vec![format!("port {}", self.port)]
+        };
+        let mut conf = port_lines;
+        conf.extend([
             "bind 127.0.0.1".into(),
             format!("dir {}", self.dir.display()),
             "save \"\"".into(),
@@ -78,7 +166,7 @@ impl RedisServer {
             "daemonize no".into(),
             "loglevel warning".into(),
             format!("logfile {}", self.dir.join("redis.log").display()),
-        ];
+        ]);
         if let Some(pw) = &self.config.password {
             conf.push(format!("requirepass {pw}"));
         }
@@ -97,11 +185,14 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self
-                .try_admin()
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok())
-                .is_some()
-            {
+            let ready = if self.config.tls {
+                std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            } else {
+                self.try_admin()
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok())
+                    .is_some()
+            };
+            if ready {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -112,10 +203,11 @@ impl RedisServer {
     /// `redis://` URL with the server's credentials (ACL user if any, else
     /// the password).
     pub fn url(&self) -> String {
+        let scheme = if self.config.tls { "rediss" } else { "redis" };
         match (&self.config.acl_user, &self.config.password) {
-            (Some((u, p)), _) => format!("redis://{u}:{p}@127.0.0.1:{}", self.port),
-            (None, Some(p)) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            (None, None) => format!("redis://127.0.0.1:{}", self.port),
+            (Some((u, p)), _) => format!("{scheme}://{u}:{p}@127.0.0.1:{}", self.port),
+            (None, Some(p)) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            (None, None) => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 

@@ -3,8 +3,8 @@
 //! Supported forms:
 //! - `redis://[user[:password]@]host[:port][/db]` — one server (AUTH with
 //!   password, or an ACL user and password).
-//! - `rediss://...` — the same over TLS (rustls, system trust roots; a
-//!   `#insecure` fragment disables certificate verification, for tests only).
+//! - `rediss://...` — the same over TLS (rustls; the system trust roots, or
+//!   only the CA bundle given by [`RedisOptions::tls_ca_file`](super::RedisOptions)).
 //! - `unix:///path/to/redis.sock[?db=N&user=..&pass=..]` / `redis+unix://`.
 //! - `redis+sentinel://[user[:password]@]s1:port[,s2:port...]/<master name>[/db]`
 //!   (`rediss+sentinel://` for TLS): the master named by the sentinels; the
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, TlsMode};
+use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, TlsCertificates, TlsMode};
 
 /// A parsed `--redis` URL.
 pub(crate) enum Target {
@@ -145,12 +145,18 @@ fn parts(rest: &str, tls: bool) -> Result<Parts, UrlError> {
 }
 
 /// Parse a `--redis` URL (see the module docs). Speaks RESP3 everywhere so
-/// tracking invalidations arrive on the data connection.
+/// tracking invalidations arrive on the data connection. `ca`: a PEM bundle
+/// to trust for TLS instead of the system roots.
 pub(crate) fn parse(
     url: &str,
     connect_timeout: Duration,
     response_timeout: Duration,
+    ca: Option<Vec<u8>>,
 ) -> Result<Target, UrlError> {
+    let certs = || TlsCertificates {
+        client_tls: None,
+        root_cert: ca.clone(),
+    };
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| UrlError::Invalid("missing scheme".into()))?;
@@ -163,7 +169,13 @@ pub(crate) fn parse(
                 .clone()
                 .set_protocol(ProtocolVersion::RESP3);
             let info = info.set_redis_settings(settings);
-            Ok(Target::Single(redis::Client::open(info).map_err(invalid)?))
+            let client = match (&ca, info.addr()) {
+                (Some(_), ConnectionAddr::TcpTls { .. }) => {
+                    redis::Client::build_with_tls(info, certs())
+                }
+                _ => redis::Client::open(info),
+            };
+            Ok(Target::Single(client.map_err(invalid)?))
         }
         "redis+sentinel" | "rediss+sentinel" => {
             let p = parts(rest, scheme.starts_with("rediss"))?;
@@ -197,6 +209,11 @@ pub(crate) fn parse(
                 b = b
                     .set_client_to_redis_tls_mode(TlsMode::Secure)
                     .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+                if ca.is_some() {
+                    b = b
+                        .set_client_to_redis_certificates(certs())
+                        .set_client_to_sentinel_certificates(certs());
+                }
             }
             if let Some(u) = &p.user {
                 b = b.set_client_to_redis_username(u);
@@ -227,6 +244,9 @@ pub(crate) fn parse(
                 .connection_timeout(connect_timeout)
                 .response_timeout(response_timeout)
                 .retries(1);
+            if p.tls && ca.is_some() {
+                b = b.certs(certs());
+            }
             if let Some(u) = &p.user {
                 b = b.username(u);
             }
@@ -248,33 +268,41 @@ mod tests {
     #[test]
     fn forms_parse() {
         assert!(matches!(
-            parse("redis://127.0.0.1:6379", T, T),
+            parse("redis://127.0.0.1:6379", T, T, None),
             Ok(Target::Single(_))
         ));
         assert!(matches!(
-            parse("redis://u:p%40ss@127.0.0.1:1/2", T, T),
+            parse("redis://u:p%40ss@127.0.0.1:1/2", T, T, None),
             Ok(Target::Single(_))
         ));
         assert!(matches!(
-            parse("rediss://h:6380", T, T),
+            parse("rediss://h:6380", T, T, None),
             Ok(Target::Single(_))
         ));
         assert!(matches!(
-            parse("redis+sentinel://:pw@h1:26379,h2:26379/mymaster", T, T),
+            parse(
+                "redis+sentinel://:pw@h1:26379,h2:26379/mymaster",
+                T,
+                T,
+                None
+            ),
             Ok(Target::Sentinel(_))
         ));
         assert!(matches!(
-            parse("redis+cluster://h1:7000,[::1]:7001", T, T),
+            parse("redis+cluster://h1:7000,[::1]:7001", T, T, None),
             Ok(Target::Cluster(_))
         ));
     }
 
     #[test]
     fn bad_urls_are_clear_errors() {
-        assert!(matches!(parse("http://x", T, T), Err(UrlError::Scheme(_))));
-        assert!(parse("nonsense", T, T).is_err());
-        assert!(parse("redis+sentinel://h1:26379", T, T).is_err());
-        assert!(parse("redis+cluster://h1:notaport", T, T).is_err());
+        assert!(matches!(
+            parse("http://x", T, T, None),
+            Err(UrlError::Scheme(_))
+        ));
+        assert!(parse("nonsense", T, T, None).is_err());
+        assert!(parse("redis+sentinel://h1:26379", T, T, None).is_err());
+        assert!(parse("redis+cluster://h1:notaport", T, T, None).is_err());
     }
 
     #[test]
