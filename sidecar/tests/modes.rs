@@ -470,3 +470,40 @@ async fn declared_large_bodies_are_not_read_before_forwarding() {
     let r = get(sidecar.addr, "/big", &[]).await;
     r.etag();
 }
+
+#[tokio::test]
+async fn a_client_leaving_mid_write_neither_loses_the_invalidation_nor_keeps_the_lock() {
+    let state = Arc::new(Mutex::new(Some("v1".to_owned())));
+    let app = resource_app_with_delay(state.clone(), "a", Duration::from_millis(300)).await;
+    let policy = "mode: Trust\nmaxAge: 60s\n";
+    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+    let sidecar = Sidecar::start_with(app.addr, policy, store, |c| {
+        c.options.lock_wait = Duration::from_millis(100);
+    })
+    .await;
+    let v1 = get(sidecar.addr, "/doc", &[H]).await.etag();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+        let req = format!(
+            "PUT /doc HTTP/1.1\r\nHost: app.example\r\nIf-Match: {v1}\r\nContent-Length: 2\r\n\r\nv2"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    } // the client hangs up while the app is still writing
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state.lock().unwrap().as_deref(), Some("v2"));
+    // The old tag is no longer trusted (the invalidation happened)...
+    let r = get(sidecar.addr, "/doc", &[H, ("if-none-match", &v1)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // ...and the lock is free for the next writer.
+    let r = send(
+        sidecar.addr,
+        "PUT",
+        "/doc",
+        &[H, ("if-match", &r.etag())],
+        "v3",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+}

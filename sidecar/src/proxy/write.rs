@@ -19,10 +19,11 @@ use super::respond::{self, cache_status};
 use super::{Answer, Context, Exchange, is_fresh, untaggable, untagged_marker};
 use crate::date::parse_http_date;
 use crate::key::{VaryNames, resource_key, variant_key, vary_names};
+use crate::metrics::Metrics;
 use crate::metrics::Outcome;
 use crate::policy::{Mode, Policy, Route};
 use crate::precondition::{Decision, Validators, evaluate, is_write};
-use crate::store::{ResourceKey, WriteLock};
+use crate::store::{ResourceKey, Store, WriteLock};
 
 impl Context {
     /// Writes and other methods: lock (if conditional) → evaluate against
@@ -34,24 +35,19 @@ impl Context {
                 Method::OPTIONS | Method::TRACE | Method::CONNECT
             );
         if !conditional {
-            return self.forward_write(ex, body).await;
+            return self.forward_write(ex, body, None).await;
         }
-        let lock = self.acquire(&ex.key).await?;
-        let answer = self.write_locked(ex, body).await;
-        let _timer = self.metrics.store_op("unlock");
-        if let Err(e) = self.store.unlock(&lock).await {
-            // The lease frees it soon; the write itself is done.
-            self.store_failed("unlock", &e);
-        }
-        answer
-    }
-
-    /// A conditional write holding the resource's lock.
-    async fn write_locked(&self, ex: &Exchange, body: Incoming) -> Answer {
+        // Released when dropped, even if the client goes away mid-request.
+        let guard = LockGuard {
+            lock: Some(self.acquire(&ex.key).await?),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+        };
         let current = self.current_validators(ex).await?;
         match evaluate(&ex.conditions, &ex.parts.method, current.as_ref()) {
-            Decision::Proceed { .. } => self.forward_write(ex, body).await,
+            Decision::Proceed { .. } => self.forward_write(ex, body, Some(guard)).await,
             Decision::NotModified | Decision::PreconditionFailed => {
+                guard.release().await;
                 Ok((respond::precondition_failed(), Outcome::precondition_failed))
             }
         }
@@ -59,7 +55,12 @@ impl Context {
 
     /// Forward a write; unless the app refused it (4xx), nothing validated
     /// before it is trusted again, and that holds before the client hears.
-    async fn forward_write(&self, ex: &Exchange, body: Incoming) -> Answer {
+    async fn forward_write(
+        &self,
+        ex: &Exchange,
+        body: Incoming,
+        guard: Option<LockGuard>,
+    ) -> Answer {
         let request = self.upstream.request(
             &ex.parts,
             boxed(body),
@@ -68,11 +69,9 @@ impl Context {
                 method: None,
             },
         )?;
-        let sent = self.upstream.send(request).await;
-        let refused = matches!(&sent, Ok(r) if r.status().is_client_error());
-        if is_write(&ex.parts.method) && !refused {
-            self.invalidate(&ex.key, &ex.route.invalidates).await;
-        }
+        let invalidation =
+            is_write(&ex.parts.method).then(|| (ex.key.clone(), ex.route.invalidates.clone()));
+        let sent = self.send_write(request, invalidation, guard).await;
         let (mut rparts, rbody) = sent?.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         add_via(&mut rparts.headers, http::Version::HTTP_11);
@@ -88,14 +87,38 @@ impl Context {
         Ok((Response::from_parts(rparts, boxed(rbody)), outcome))
     }
 
-    /// Invalidate after a write. A failure cannot undo the write; it is
-    /// logged and counted, and the store's epoch bump on reconnect (Redis)
-    /// stops stale trust.
-    async fn invalidate(&self, key: &ResourceKey, globs: &[Arc<str>]) {
-        let _timer = self.metrics.store_op("invalidate");
-        if let Err(e) = self.store.invalidate(key, globs).await {
-            self.store_failed("invalidate", &e);
-        }
+    /// Send a write to the app, then (unless the app refused it with a 4xx)
+    /// invalidate, then release the lock. This runs as its own task: a
+    /// client that disconnects cannot cut it short between the app applying
+    /// the write and the invalidation every replica must see.
+    async fn send_write(
+        &self,
+        request: http::Request<super::body::Body>,
+        invalidation: Option<(ResourceKey, Vec<Arc<str>>)>,
+        guard: Option<LockGuard>,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        let upstream = self.upstream.clone();
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        let task = tokio::spawn(async move {
+            let sent = upstream.send(request).await;
+            let refused = matches!(&sent, Ok(r) if r.status().is_client_error());
+            if let Some((key, globs)) = invalidation.filter(|_| !refused) {
+                let _timer = metrics.store_op("invalidate");
+                if let Err(e) = store.invalidate(&key, &globs).await {
+                    // A failure cannot undo the write; the Redis store bumps
+                    // its epoch on reconnect so stale trust ends there.
+                    metrics.store_error("invalidate");
+                    tracing::warn!(error = %e, "invalidation after a write failed");
+                }
+            }
+            if let Some(guard) = guard {
+                guard.release().await;
+            }
+            sent
+        });
+        task.await
+            .map_err(|e| ProxyError::UpstreamProtocol(e.into()))?
     }
 
     /// The validators a conditional write is judged against: the store's if
@@ -235,13 +258,13 @@ impl Context {
                 method: None,
             },
         )?;
-        let sent = self.upstream.send(request).await;
-        if is_write(&parts.method) && !matches!(&sent, Ok(r) if r.status().is_client_error()) {
+        let invalidation = is_write(&parts.method).then(|| {
             let key = resource_key(&parts, true, &self.options.credential_secret);
             let mut globs = route.invalidates.clone();
             globs.extend(policy.watched(&key.path));
-            self.invalidate(&key, &globs).await;
-        }
+            (key, globs)
+        });
+        let sent = self.send_write(request, invalidation, None).await;
         let (mut rparts, rbody) = sent?.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         add_via(&mut rparts.headers, http::Version::HTTP_11);
@@ -250,5 +273,40 @@ impl Context {
             Response::from_parts(rparts, boxed(rbody)),
             Outcome::passthrough,
         ))
+    }
+}
+
+/// A held write lock, released when dropped (by a spawned unlock) if it was
+/// not released explicitly: a cancelled request never keeps a resource
+/// locked until the lease ends.
+pub(super) struct LockGuard {
+    lock: Option<WriteLock>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl LockGuard {
+    /// Release now.
+    async fn release(mut self) {
+        if let Some(lock) = self.lock.take() {
+            let _timer = self.metrics.store_op("unlock");
+            if let Err(e) = self.store.unlock(&lock).await {
+                // The lease frees it soon.
+                self.metrics.store_error("unlock");
+                tracing::warn!(error = %e, "unlock failed");
+            }
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.take() else { return };
+        let store = self.store.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = store.unlock(&lock).await;
+            });
+        }
     }
 }
