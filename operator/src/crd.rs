@@ -80,8 +80,10 @@ impl Default for RedisSpec {
 }
 
 /// A Redis run by the operator.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)")
+    .message("spec.redis.managed.storage cannot be changed after creation (StatefulSet volume claim templates are immutable)"))]
 pub struct ManagedRedis {
     /// Redis container image.
     #[serde(default = "default_redis_image")]

@@ -75,6 +75,24 @@ fn check(obj: Value) -> Result<(), String> {
         .map_err(|e| format!("{e:?}"))
 }
 
+/// Validate an update from `old` to `obj` (transition rules).
+fn check_update(obj: Value, old: Value) -> Result<(), String> {
+    let crd = ETagStore::crd();
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    kube::core::cel::Validator::new()
+        .validate(&schema, &obj, Some(&old))
+        .map_err(|e| format!("{e:?}"))
+}
+
 fn rejects(obj: Value, message: &str) {
     match check(obj.clone()) {
         Ok(()) => panic!("accepted, expected {message:?}: {obj}"),
@@ -199,4 +217,38 @@ fn bounds_are_in_the_schema() {
         ["redis"]["properties"]["managed"]["properties"]["replicas"];
     assert_eq!(replicas["minimum"].as_f64(), Some(1.0), "{yaml}");
     assert_eq!(replicas["maximum"].as_f64(), Some(5.0), "{yaml}");
+}
+
+#[test]
+fn storage_is_immutable() {
+    let mut with = MANAGED();
+    with["managed"]["storage"] = json!({"size": "1Gi"});
+    let mut bigger = MANAGED();
+    bigger["managed"]["storage"] = json!({"size": "2Gi"});
+    let msg = "storage cannot be changed after creation";
+    let e = check_update(
+        store(json!({"redis": bigger})),
+        store(json!({"redis": with.clone()})),
+    )
+    .unwrap_err();
+    assert!(e.contains(msg), "{e}");
+    let e = check_update(
+        store(json!({"redis": MANAGED()})),
+        store(json!({"redis": with.clone()})),
+    )
+    .unwrap_err();
+    assert!(e.contains(msg), "{e}");
+    check_update(
+        store(json!({"redis": with.clone()})),
+        store(json!({"redis": with})),
+    )
+    .unwrap();
+    // Other managed fields may change.
+    let mut more = MANAGED();
+    more["managed"]["replicas"] = json!(3);
+    check_update(
+        store(json!({"redis": more})),
+        store(json!({"redis": MANAGED()})),
+    )
+    .unwrap();
 }

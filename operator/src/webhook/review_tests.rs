@@ -347,3 +347,101 @@ fn updates_and_garbage_are_not_injected() {
     );
     assert_eq!(r.outcome, Outcome::Invalid);
 }
+
+/// The real HTTPS server: an AdmissionReview over TLS, then a certificate
+/// swap that the next handshake sees without a restart.
+#[tokio::test]
+async fn https_server_answers_and_reloads_its_certificate() {
+    use http_body_util::BodyExt as _;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::time::Duration;
+
+    let sans = tls::sans("svc", "ns");
+    let now = jiff::Timestamp::now();
+    let first = tls::generate(&sans, Duration::from_secs(86_400), now).unwrap();
+    let resolver = Arc::new(tls::Resolver::new());
+    resolver.set(first.certified_key().unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(Webhook {
+        view: Arc::new(one_store()),
+        config: InjectConfig::default(),
+        metrics: Arc::new(Metrics::default()),
+        recorder: None,
+    });
+    let server = tokio::spawn(serve(
+        listener,
+        tls::server_config(resolver.clone()),
+        state.clone(),
+    ));
+
+    // One TLS connection trusting `ca_pem`; returns the leaf served and the response body.
+    async fn call(addr: SocketAddr, ca_pem: &str, body: Vec<u8>) -> (Vec<u8>, Value) {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::post("/mutate")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (leaf, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    let body = admission(&pod(json!({"sametag.dev/inject": "true"})), "CREATE");
+    let (leaf1, review1) = tokio::time::timeout(
+        Duration::from_secs(10),
+        call(addr, &first.ca_pem, body.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(review1["response"]["allowed"], true);
+    assert_eq!(review1["response"]["patchType"], "JSONPatch");
+
+    // Rotate: a new serving certificate from the same CA, swapped in live.
+    let second = tls::issue(
+        first.ca_pem.clone(),
+        first.ca_key_pem.clone(),
+        first.ca_not_after,
+        &sans,
+        Duration::from_secs(86_400),
+        now,
+    )
+    .unwrap();
+    resolver.set(second.certified_key().unwrap());
+    let (leaf2, _) = tokio::time::timeout(Duration::from_secs(10), call(addr, &first.ca_pem, body))
+        .await
+        .unwrap();
+    assert_ne!(
+        leaf1, leaf2,
+        "the new certificate is served without a restart"
+    );
+    assert_eq!(
+        leaf2,
+        CertificateDer::from_pem_slice(second.cert_pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    );
+    server.abort();
+}
