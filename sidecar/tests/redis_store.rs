@@ -570,3 +570,36 @@ async fn rediss_with_a_private_ca_and_a_password() {
     };
     assert!(RedisStore::connect(&redis.url(), "tls", missing).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_runs_every_script_in_one_slot() {
+    let (nodes, url) = redis_server::start_cluster();
+    let a = store(&url, "clustered", opts()).await;
+    let b = store(&url, "clustered", opts()).await;
+    let watched: Vec<Arc<str>> = vec!["/c/**".into()];
+    for i in 0..20 {
+        let k = key(&format!("/c/{i}"));
+        // Multi-key scripts: resource + meta + clock, lock + clock.
+        a.record(&k, &[], &V(), &tag("C"), true).await.unwrap();
+        let r = b.lookup(&k, &watched).await.unwrap().unwrap();
+        assert!(r.variants[0].1.validated_at.is_some());
+        let l = b
+            .try_lock(&k, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            a.try_lock(&k, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        b.unlock(&l).await.unwrap();
+    }
+    a.invalidate(&key("/c"), &["/c/**".into()]).await.unwrap();
+    let r = b.lookup(&key("/c/3"), &watched).await.unwrap().unwrap();
+    assert_eq!(r.variants[0].1.validated_at, None);
+    // All of the store's keys sit on one node (one slot).
+    let holding: Vec<usize> = nodes.iter().map(|n| n.keys().len()).collect();
+    assert_eq!(holding.iter().filter(|c| **c > 0).count(), 1, "{holding:?}");
+}

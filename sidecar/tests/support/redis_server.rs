@@ -22,6 +22,9 @@ pub struct RedisConfig {
     pub acl_user: Option<(String, String)>,
     /// Extra config lines (`maxmemory 2mb`, ...).
     pub extra: Vec<String>,
+    /// A Redis Cluster node (its bus on another free port); see
+    /// [`start_cluster`].
+    pub cluster: bool,
     /// Serve TLS only (a private CA made with the `openssl` CLI; see
     /// [`RedisServer::ca_file`]). The admin helpers need plain TCP.
     pub tls: bool,
@@ -30,6 +33,7 @@ pub struct RedisConfig {
 /// A running (or killed) `redis-server`.
 pub struct RedisServer {
     pub port: u16,
+    bus_port: u16,
     dir: PathBuf,
     config: RedisConfig,
     child: Option<Child>,
@@ -62,6 +66,7 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut s = Self {
             port: free_port(),
+            bus_port: free_port(),
             dir,
             config,
             child: None,
@@ -157,6 +162,11 @@ impl RedisServer {
             vec![format!("port {}", self.port)]
         };
         let mut conf = port_lines;
+        if self.config.cluster {
+            conf.push("cluster-enabled yes".into());
+            conf.push(format!("cluster-port {}", self.bus_port));
+            conf.push("cluster-config-file nodes.conf".into());
+        }
         conf.extend([
             "bind 127.0.0.1".into(),
             format!("dir {}", self.dir.display()),
@@ -318,4 +328,46 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Three master nodes forming a Redis Cluster (all slots assigned, state
+/// ok), and the `redis+cluster://` URL naming them.
+pub fn start_cluster() -> (Vec<RedisServer>, String) {
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            RedisServer::with(RedisConfig {
+                cluster: true,
+                ..Default::default()
+            })
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let ok = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("redis-cli is installed")
+        .success();
+    assert!(ok, "redis-cli --cluster create");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    'wait: while Instant::now() < deadline {
+        for n in &nodes {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut n.admin())
+                .unwrap_or_default();
+            if !info.contains("cluster_state:ok") {
+                std::thread::sleep(Duration::from_millis(100));
+                continue 'wait;
+            }
+        }
+        return (nodes, format!("redis+cluster://{}", addrs.join(",")));
+    }
+    panic!("the cluster did not reach state ok");
 }
