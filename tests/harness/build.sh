@@ -49,7 +49,7 @@ build_harness() { # name
     log "$name: cached"
     return
   fi
-  log "$name: building (k8s.io/kubernetes ${K8S_VERSION}; cold: 10-25 min on 2 cores, warm: under a minute)"
+  log "$name: building (k8s.io/kubernetes ${K8S_VERSION}; cold: ~22 CPU-minutes for all tools, warm: under a minute)"
   (cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$bin/.$name.$$" "./cmd/$name")
   mv -f "$bin/.$name.$$" "$bin/$name"
   echo "$stamp" > "$bin/.$name.stamp"
