@@ -18,6 +18,9 @@ pub struct Machine {
     pub kernel: String,
     /// Tool versions (name, version line).
     pub versions: Vec<(String, String)>,
+    /// /proc/loadavg when the run started and when it ended: other work on
+    /// the machine skews absolute numbers (ratios less so).
+    pub loadavg: (String, String),
 }
 
 /// One wrk measurement.
@@ -38,6 +41,12 @@ pub struct Run {
     pub trusted_share: Option<f64>,
     /// Highest sidecar VmRSS seen during the run, KiB.
     pub sidecar_rss_max_kib: Option<u64>,
+    /// CPU time of the server under test (the proxy, or the app/hello when
+    /// measured directly) per request, microseconds. Robust to other load on
+    /// the machine, unlike req/s.
+    pub server_cpu_us_per_req: Option<f64>,
+    /// CPU time of the app per request behind a proxy, microseconds.
+    pub app_cpu_us_per_req: Option<f64>,
 }
 
 /// The seed scenario's figures for one bed.
@@ -187,6 +196,11 @@ pub fn markdown(r: &Results) -> String {
     }
     let _ = writeln!(
         s,
+        "- Load average (1/5/15 min) at start: {}; at end: {}",
+        m.loadavg.0, m.loadavg.1
+    );
+    let _ = writeln!(
+        s,
         "\nLoad generator: wrk, {} threads, {} s per run after a 1 s warm-up, on the same {} CPUs as \
          the servers (so absolute numbers are low and every configuration pays the same tax; \
          only the ratios matter).\n",
@@ -234,6 +248,14 @@ fn goals(s: &mut String, r: &Results) {
                     size_name(size),
                     met(ratio >= 1.0)
                 );
+                if let (Some(cc), Some(bc)) = (cr.server_cpu_us_per_req, b.server_cpu_us_per_req) {
+                    let _ = writeln!(
+                        s,
+                        "| (info) proxy CPU per request (c) vs (b) | {c}, {}, {conns} conns | {cc:.1} µs vs {bc:.1} µs ({:.2}×) | – | |",
+                        size_name(size),
+                        cc / bc
+                    );
+                }
                 let _ = writeln!(
                     s,
                     "| p99 (c) vs (b) | {c}, {}, {conns} conns | {:.2} ms vs {:.2} ms ({:.2}×) | ≤ | {} |",
@@ -293,7 +315,7 @@ fn goals(s: &mut String, r: &Results) {
         let avg = validate.iter().sum::<f64>() / validate.len() as f64;
         let _ = writeln!(
             s,
-            "| Redis round trips / request | validate-redis, all runs (avg) | {avg:.3} | ≤ 1 | {} |",
+            "| Redis round trips / request | validate-redis, all runs (avg) | {avg:.4} | ≤ 1 | {} |",
             met(avg <= 1.0)
         );
     }
@@ -336,7 +358,7 @@ fn goals(s: &mut String, r: &Results) {
 fn table(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
-        "## All runs\n\n| config | body | conns | req/s | p50 ms | p99 ms | non-2xx/3xx | socket errors | Redis RT/req | Trust-304 share | sidecar max RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "## All runs\n\n| config | body | conns | req/s | p50 ms | p99 ms | server CPU µs/req | app CPU µs/req | non-2xx/3xx | socket errors | Redis RT/req | Trust-304 share | sidecar max RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for x in &r.runs {
         let opt =
@@ -356,7 +378,7 @@ fn table(s: &mut String, r: &Results) {
             x.wrk.p99_ms,
             x.wrk.non_2xx_3xx,
             x.wrk.socket_errors,
-            opt(x.redis_rt_per_req, 3),
+            opt(x.redis_rt_per_req, 4),
             opt(x.trusted_share, 3),
             opt(x.sidecar_rss_max_kib.map(mib), 1),
         );
@@ -403,7 +425,7 @@ fn profiles(s: &mut String, r: &Results) {
         }
         let _ = writeln!(s, "\nTop symbols:\n\n| self % | symbol |\n|---|---|");
         for (v, sym) in p.top.iter().take(15) {
-            let sym = sym.replace('|', "\\|");
+            let sym = sym.trim().replace('|', "\\|");
             let sym: String = sym.chars().take(110).collect();
             let _ = writeln!(s, "| {v:.2} | `{sym}` |");
         }

@@ -15,7 +15,7 @@ use sametag_lb_e2e::client::Http;
 use sametag_lb_e2e::cluster::{Cluster, ClusterSpec, Kind, SametagSpec};
 use sametag_lb_e2e::net::{free_addr, wait_listening};
 use sametag_lb_e2e::nginx::{Nginx, Role};
-use sametag_lb_e2e::proc::{Proc, Spec, rss_kib};
+use sametag_lb_e2e::proc::{Proc, Spec, cpu_ticks, rss_kib, with_children};
 use sametag_lb_e2e::redis::Redis;
 use sametag_lb_e2e::results::{self, Machine, Memory, Profile, Results, Reval, Run, Scenario};
 use sametag_lb_e2e::scenario::{Browser, RevalStats};
@@ -146,6 +146,20 @@ impl Bed {
         }
     }
 
+    /// The processes serving `config` (nginx: master and workers).
+    fn server_pids(&self, config: &str) -> Vec<u32> {
+        match config {
+            "app" => self.app.1.pid().into_iter().collect(),
+            "hello" => self.hello.1.pid().into_iter().collect(),
+            "nginx" => self.nginx.proc.pid().map(with_children).unwrap_or_default(),
+            other => self
+                .sidecar(other)
+                .and_then(|s| s.proc.pid())
+                .into_iter()
+                .collect(),
+        }
+    }
+
     fn addr(&self, config: &str) -> std::net::SocketAddr {
         match config {
             "app" => self.app.0,
@@ -158,6 +172,16 @@ impl Bed {
 
 fn redis_addr(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("redis.addr")).unwrap_or_default()
+}
+
+fn ticks(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| cpu_ticks(*p)).sum()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn nproc() -> usize {
@@ -198,6 +222,7 @@ fn machine() -> Machine {
             .unwrap_or_else(|e| e.to_string())
     };
     Machine {
+        loadavg: (loadavg(), String::new()),
         nproc: nproc(),
         cpu,
         kernel: sh("uname", &["-r"]),
@@ -310,6 +335,13 @@ impl Ctx<'_> {
             Some(s) => counters(&self.http, s).await,
             None => Counters::default(),
         };
+        let server_pids = self.bed.server_pids(config);
+        let app_pids: Vec<u32> = if matches!(config, "app" | "hello") {
+            Vec::new()
+        } else {
+            self.bed.app.1.pid().into_iter().collect()
+        };
+        let (s0, a0) = (ticks(&server_pids), ticks(&app_pids));
         let stop = Arc::new(AtomicBool::new(false));
         let sampler = sidecar
             .and_then(|s| s.proc.pid())
@@ -325,6 +357,15 @@ impl Ctx<'_> {
             None => None,
         };
         let w = w?;
+        let (s1, a1) = (ticks(&server_pids), ticks(&app_pids));
+        // Clock ticks are 10 ms.
+        let per_req = |d: u64| (w.requests > 0).then(|| d as f64 * 10_000.0 / w.requests as f64);
+        let server_cpu = per_req(s1.saturating_sub(s0));
+        let app_cpu = if app_pids.is_empty() {
+            None
+        } else {
+            per_req(a1.saturating_sub(a0))
+        };
         let (mut rt, mut trusted) = (None, None);
         if let Some(s) = sidecar {
             let after = counters(&self.http, s).await;
@@ -341,13 +382,14 @@ impl Ctx<'_> {
             }
         }
         println!(
-            "           -> {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, non-2xx/3xx {}, socket errors {}{}",
+            "           -> {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, server CPU {:.1} µs/req, non-2xx/3xx {}, socket errors {}{}",
             w.rps,
             w.p50_ms,
             w.p99_ms,
+            server_cpu.unwrap_or(0.0),
             w.non_2xx_3xx,
             w.socket_errors,
-            rt.map(|v| format!(", Redis RT/req {v:.3}"))
+            rt.map(|v| format!(", Redis RT/req {v:.4}"))
                 .unwrap_or_default()
         );
         self.results.runs.push(Run {
@@ -362,6 +404,8 @@ impl Ctx<'_> {
             redis_rt_per_req: rt,
             trusted_share: trusted,
             sidecar_rss_max_kib: rss,
+            server_cpu_us_per_req: server_cpu,
+            app_cpu_us_per_req: app_cpu,
         });
         Ok(())
     }
@@ -634,6 +678,7 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     ctx.progress.say("writing results");
+    ctx.results.machine.loadavg.1 = loadavg();
     for (c, idle_kib) in idle {
         let s = bed
             .sidecar(c)
