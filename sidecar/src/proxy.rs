@@ -148,6 +148,11 @@ impl Context {
                 (e.into_response(self.options.retry_after), outcome)
             }
         };
+        let mut response = response;
+        if !response.headers().contains_key(http::header::VIA) {
+            // Answers the sidecar makes itself (412, 428, 502, ...) name it too.
+            hop::add_via(response.headers_mut(), http::Version::HTTP_11);
+        }
         self.metrics.request(&method, outcome);
         tracing::debug!(%method, path = uri.path(), status = response.status().as_u16(), ?outcome, "request");
         response
