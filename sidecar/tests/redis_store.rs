@@ -603,3 +603,25 @@ async fn redis_cluster_runs_every_script_in_one_slot() {
     let holding: Vec<usize> = nodes.iter().map(|n| n.keys().len()).collect();
     assert_eq!(holding.iter().filter(|c| **c > 0).count(), 1, "{holding:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_urls_reach_the_master() {
+    let master = RedisServer::with_password("sentinel-pw");
+    let sentinel = redis_server::Sentinel::start(&master);
+    let url = format!(
+        "redis+sentinel://:sentinel-pw@127.0.0.1:{}/mymaster",
+        sentinel.port
+    );
+    let a = store(&url, "sentinel", opts()).await;
+    let b = store(&url, "sentinel", opts()).await;
+    let k = key("/s");
+    a.record(&k, &[], &V(), &tag("S"), true).await.unwrap();
+    assert!(
+        b.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
+            .1
+            .validated_at
+            .is_some()
+    );
+    assert!(master.keys().iter().all(|k| k.starts_with("{sentinel}:")));
+    assert!(!master.keys().is_empty());
+}

@@ -371,3 +371,68 @@ pub fn start_cluster() -> (Vec<RedisServer>, String) {
     }
     panic!("the cluster did not reach state ok");
 }
+
+/// A Redis Sentinel watching `master` as `mymaster` (quorum 1), on a free
+/// port. Killed on drop.
+pub struct Sentinel {
+    pub port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Sentinel {
+    pub fn start(master: &RedisServer) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("sametag-sentinel-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port = free_port();
+        let conf = dir.join("sentinel.conf");
+        let mut lines = vec![
+            format!("port {port}"),
+            "bind 127.0.0.1".to_owned(),
+            format!("dir {}", dir.display()),
+            format!("sentinel monitor mymaster 127.0.0.1 {} 1", master.port),
+        ];
+        if let Some(pw) = &master.config.password {
+            lines.push(format!("sentinel auth-pass mymaster {pw}"));
+        }
+        std::fs::write(&conf, lines.join("\n") + "\n").expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let ready = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .ok()
+                .and_then(|c| {
+                    c.get_connection_with_timeout(Duration::from_millis(300))
+                        .ok()
+                })
+                .and_then(|mut c| {
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg("mymaster")
+                        .query::<Vec<String>>(&mut c)
+                        .ok()
+                })
+                .is_some_and(|a| a.len() == 2);
+            if ready {
+                return Self { port, dir, child };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("sentinel on port {port} did not come up");
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
