@@ -25,6 +25,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    // Renewing a certificate that is always "about to expire" would rewrite
+    // the Secret on every check.
+    if args.cert_renew_before >= args.cert_validity {
+        eprintln!("sametag-operator: --cert-renew-before must be shorter than --cert-validity");
+        return ExitCode::from(2);
+    }
     let filter = match EnvFilter::try_new(&args.log) {
         Ok(f) => f,
         Err(e) => {
