@@ -222,7 +222,8 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         s,
         "\n## Plots\n\n![throughput](throughput.png)\n\n![latency](latency.png)\n\n![revalidation](revalidation.png)\n\n\
-         Raw data: [results.json](results.json)."
+         Raw data: [results.json](results.json). Analysis and suggestions (written by hand for \
+         the committed run): [ANALYSIS.md](ANALYSIS.md)."
     );
     s
 }
