@@ -225,8 +225,10 @@ pub enum Mode {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("!has(self.maxAge) || self.mode == 'Trust'")
-        .message("spec.policy.maxAge is only allowed with mode Trust"),
+    // Top-level maxAge is the default of every Trust route (DESIGN's own
+    // example pairs `mode: Validate` with it), so it needs some Trust path.
+    validation = Rule::new("!has(self.maxAge) || self.mode == 'Trust' || (has(self.routes) && self.routes.exists(r, has(r.mode) && r.mode == 'Trust'))")
+        .message("spec.policy.maxAge is only allowed with mode Trust (top level or on some route: it is the Trust routes' default)"),
     validation = Rule::new("!has(self.routes) || self.routes.all(r, !has(r.maxAge) || (has(r.mode) ? r.mode == 'Trust' : self.mode == 'Trust'))")
         .message("routes[].maxAge is only allowed with mode Trust (the route's mode, or spec.policy.mode when the route sets none)"),
     validation = Rule::new("!has(self.routes) || self.routes.all(r, (has(r.mode) ? r.mode != 'Bypass' : self.mode != 'Bypass') || ((!has(r.invalidates) || size(r.invalidates) == 0) && !(has(r.shared) && r.shared) && !(has(r.requirePreconditions) && r.requirePreconditions)))")
@@ -236,7 +238,8 @@ pub struct PolicySpec {
     /// Mode for paths that no route matches.
     #[serde(default)]
     pub mode: Mode,
-    /// Trust only: how long a validation is trusted, e.g. `30s`, `1m30s`.
+    /// How long a validation is trusted in Trust routes that set no maxAge
+    /// of their own (default 30s), e.g. `30s`, `1m30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s') && duration(self) <= duration('24h')")

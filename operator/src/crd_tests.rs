@@ -118,6 +118,12 @@ fn valid_stores_pass() {
         {"path": "/raw/*", "mode": "Bypass"}
     ]}})))
     .unwrap();
+    // DESIGN's policy example: a Validate default whose top-level maxAge is
+    // the default of its Trust routes.
+    check(store(json!({"redis": MANAGED(), "policy": {"mode": "Validate", "maxAge": "30s", "maxBodyBytes": "8Mi", "routes": [
+        {"path": "/api/items/**", "mode": "Trust", "maxAge": "60s", "invalidates": ["/api/items", "/api/items/**"], "shared": false, "requirePreconditions": true}
+    ]}})))
+    .unwrap();
     // The default store as serialised by the operator's own types.
     let s = ETagStore::new("cache", ETagStoreSpec::default());
     check(serde_json::to_value(&s).unwrap()).unwrap();
