@@ -326,10 +326,14 @@ pub async fn injects(ctx: &Ctx) -> Result<()> {
 
     // Re-admission is a no-op: an already injected spec comes back unchanged.
     let first = &shop[0];
+    // Without the Deployment's selector labels: the ReplicaSet controller
+    // would adopt the pod and delete it as a surplus replica.
+    let mut labels = first.metadata.labels.clone().unwrap_or_default();
+    labels.retain(|k, _| k != "app" && k != "pod-template-hash");
     let mut again = Pod {
         metadata: ObjectMeta {
             name: Some("readmitted".into()),
-            labels: first.metadata.labels.clone(),
+            labels: Some(labels),
             annotations: first.metadata.annotations.clone(),
             ..Default::default()
         },
