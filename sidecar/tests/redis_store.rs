@@ -34,6 +34,8 @@ fn opts() -> RedisOptions {
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
         trust_guard: Duration::ZERO,
+        // Tests run side by side: a slow answer is not an outage here.
+        op_timeout: Duration::from_secs(1),
         ..RedisOptions::default()
     }
 }

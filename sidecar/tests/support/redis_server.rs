@@ -397,7 +397,7 @@ impl Sentinel {
             lines.push(format!("sentinel auth-pass mymaster {pw}"));
         }
         std::fs::write(&conf, lines.join("\n") + "\n").expect("write sentinel.conf");
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .arg(&conf)
             .arg("--sentinel")
             .stdout(Stdio::null())
@@ -425,6 +425,8 @@ impl Sentinel {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("sentinel on port {port} did not come up");
     }
 }
