@@ -2,7 +2,7 @@
 # Installs the Debian packages the test suites start for real. Idempotent:
 # does nothing when they are already there.
 set -euo pipefail
-pkgs=(redis-server haproxy nginx-light wrk)
+pkgs=(redis-server redis-tools haproxy nginx-light wrk openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
