@@ -126,8 +126,11 @@ pub trait Store: Send + Sync + 'static {
     /// A write to `resource` succeeded: nothing validated before now for the
     /// resource, or for any path matching one of `globs`, is trusted again.
     /// Returns only once every replica would see it.
-    async fn invalidate(&self, resource: &ResourceKey, globs: &[Arc<str>])
-    -> Result<(), StoreError>;
+    async fn invalidate(
+        &self,
+        resource: &ResourceKey,
+        globs: &[Arc<str>],
+    ) -> Result<(), StoreError>;
 
     /// Try once to take the write lock on `resource` for `lease`. `None` when
     /// another holder has it (the caller retries with backoff until its own
