@@ -3,7 +3,8 @@
 # sametag-bench (wrk against app / nginx / sidecar / hello, memory, Redis
 # round trips, seed scenario, perf profile; one progress line per step) and
 # draws the plots. Results: bench/results/RESULTS.md (+ results.json, PNGs).
-# Extra arguments go to sametag-bench (e.g. --duration 3 --conns 16).
+# Extra arguments go to sametag-bench (e.g. --duration 3 --conns 16);
+# BENCH_OUT=dir writes somewhere else than bench/results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,10 +26,11 @@ if ! python3 -c 'import matplotlib' >/dev/null 2>&1; then
 fi
 
 target="${CARGO_TARGET_DIR:-target}"
-mkdir -p bench/results
+out="${BENCH_OUT:-bench/results}"
+mkdir -p "$out"
 SAMETAG_SIDECAR_BIN="$target/release/sametag-sidecar" \
-  "$target/release/sametag-bench" --out bench/results "$@"
+  "$target/release/sametag-bench" --out "$out" "$@"
 
 echo "[bench] drawing plots"
-python3 bench/plot.py bench/results
-echo "[bench] done: bench/results/RESULTS.md"
+python3 bench/plot.py "$out"
+echo "[bench] done: $out/RESULTS.md"
