@@ -57,39 +57,25 @@ fn store(spec: Value) -> Value {
     })
 }
 
+/// The CRD's OpenAPI schema, CEL rules included.
+fn schema() -> Value {
+    let crd = ETagStore::crd();
+    let version = &crd.spec.versions[0];
+    let schema = version.schema.as_ref().unwrap().open_api_v3_schema.as_ref();
+    serde_json::to_value(schema.unwrap()).unwrap()
+}
+
 /// Validate with the CRD's CEL rules; the error text on failure.
 fn check(obj: Value) -> Result<(), String> {
-    let crd = ETagStore::crd();
-    let schema = serde_json::to_value(
-        crd.spec.versions[0]
-            .schema
-            .as_ref()
-            .unwrap()
-            .open_api_v3_schema
-            .as_ref()
-            .unwrap(),
-    )
-    .unwrap();
     kube::core::cel::Validator::new()
-        .validate(&schema, &obj, None)
+        .validate(&schema(), &obj, None)
         .map_err(|e| format!("{e:?}"))
 }
 
 /// Validate an update from `old` to `obj` (transition rules).
 fn check_update(obj: Value, old: Value) -> Result<(), String> {
-    let crd = ETagStore::crd();
-    let schema = serde_json::to_value(
-        crd.spec.versions[0]
-            .schema
-            .as_ref()
-            .unwrap()
-            .open_api_v3_schema
-            .as_ref()
-            .unwrap(),
-    )
-    .unwrap();
     kube::core::cel::Validator::new()
-        .validate(&schema, &obj, Some(&old))
+        .validate(&schema(), &obj, Some(&old))
         .map_err(|e| format!("{e:?}"))
 }
 
