@@ -90,8 +90,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 
     print_table(&without, &with);
     // The demo doubles as a smoke test (tests/run runs it): fail loudly.
-    if with.errors > 0 || with.stale_304 > 0 || with.not_modified != with.revalidations {
-        return Err("with sametag, every revalidation should be a 304 and no 304 stale".into());
+    let agreed = |m: &std::collections::BTreeMap<_, std::collections::BTreeSet<String>>| {
+        m.values().all(|s| s.len() == 1)
+    };
+    if with.errors > 0
+        || with.stale_304 > 0
+        || with.not_modified != with.revalidations
+        || !agreed(&with.etags_per_path)
+        || !agreed(&with.dates_per_path)
+    {
+        return Err(
+            "with sametag, replicas should agree, every revalidation be a 304, no 304 stale".into(),
+        );
     }
     Ok(())
 }
@@ -103,6 +113,11 @@ async fn store(
         Some(url) => {
             use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
             let store = RedisStore::connect(url, "sametag-demo", RedisOptions::default())?;
+            // Until connected the sidecars would serve degraded (the apps'
+            // own Last-Modified), which is not what the demo is about.
+            if !store.wait_up(Duration::from_secs(5)).await {
+                return Err(format!("cannot reach Redis at {url}").into());
+            }
             Ok((Arc::new(store), format!("Redis store at {url}")))
         }
         None => Ok((
