@@ -6,6 +6,7 @@ pub mod children;
 pub mod config;
 pub mod crd;
 pub mod metrics;
+pub mod owner;
 pub mod reconcile;
 pub mod run;
 pub mod status;

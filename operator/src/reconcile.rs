@@ -52,6 +52,9 @@ pub enum Error {
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// An object kept changing under a conditional write.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A task that should run forever ended.
     #[error("{0} ended unexpectedly")]
     Stopped(&'static str),
@@ -70,6 +73,7 @@ impl Error {
             Self::Tls(_) => "tls",
             Self::Io { .. } => "io",
             Self::Lease(_) => "lease",
+            Self::Conflict(_) => "conflict",
             Self::Stopped(_) => "stopped",
         }
     }

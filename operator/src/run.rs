@@ -12,8 +12,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use kube::Client;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -21,6 +23,7 @@ use tokio::net::TcpListener;
 use crate::children::FIELD_MANAGER;
 use crate::config::RunArgs;
 use crate::metrics::Metrics;
+use crate::owner::{self, Adoption};
 use crate::reconcile::{self, Context, Error, Result};
 use crate::webhook::config::{self as whconfig, Target};
 use crate::webhook::inject::InjectConfig;
@@ -57,7 +60,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
         validity: args.cert_validity,
         renew_before: args.cert_renew_before,
     };
-    let bundle = tls::ensure(&client, &certs).await?;
+    // The webhook configuration owns the Secret and the Lease, so that
+    // uninstalling the release removes them. It may not exist yet (or the
+    // read may fail): the rotation loop looks again and adopts them then.
+    let owner = owner::webhook_config_owner(&client, &args.webhook_config_name)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, config = %args.webhook_config_name, "cannot read the webhook configuration yet");
+            None
+        });
+    let bundle = tls::ensure(&client, &certs, owner.as_ref()).await?;
     let resolver = Arc::new(Resolver::new());
     resolver.set(bundle.certified_key()?);
     let target = match &args.webhook_url {
@@ -115,6 +127,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args.clone(),
         target,
         bundle,
+        owner.clone(),
     );
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -122,7 +135,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args.namespace.clone(),
         args.resync,
     ));
-    let controller = lead(client, args, identity, ctx, metrics);
+    let controller = lead(client, args, identity, ctx, metrics, owner);
 
     tokio::select! {
         _ = metrics_server => Ok(()),
@@ -165,7 +178,8 @@ async fn shutdown_signal() {
     }
 }
 
-/// Keep the certificate fresh and the webhook configuration pointing at us.
+/// Keep the certificate fresh, the webhook configuration pointing at us, and
+/// the Secret and Lease owned by that configuration.
 async fn rotate(
     client: Client,
     certs: CertSettings,
@@ -173,13 +187,17 @@ async fn rotate(
     args: RunArgs,
     target: Target,
     mut current: tls::Bundle,
+    mut owner: Option<OwnerReference>,
 ) {
     // Until the configuration is patched once (the chart may create it after
     // we start), retry quickly; then check at the configured interval.
     let mut patched = false;
     loop {
         let result: Result<bool> = async {
-            let bundle = tls::ensure(&client, &certs).await?;
+            // Written with the last owner seen: if the configuration has just
+            // been deleted (uninstall), a Secret re-created here names a gone
+            // uid and the garbage collector removes it again.
+            let bundle = tls::ensure(&client, &certs, owner.as_ref()).await?;
             if bundle != current {
                 resolver.set(bundle.certified_key()?);
                 tracing::info!(not_after = %bundle.not_after, "serving certificate reloaded");
@@ -189,25 +207,23 @@ async fn rotate(
             if args.manage_webhook_config {
                 let cfg = whconfig::desired(&args.webhook_config_name, &target, &current.ca_pem)?;
                 whconfig::apply(&client, &cfg).await?;
-                Ok(true)
             } else {
                 let url = match &target {
                     Target::Url(u) => Some(u.as_str()),
                     Target::Service { .. } => None,
                 };
-                let found = tls::patch_webhook_config(
-                    &client,
-                    &args.webhook_config_name,
-                    &current.ca_pem,
-                    url,
-                )
-                .await;
-                // Unchanged counts as done; only a missing configuration retries fast.
-                match found {
-                    Ok(_) => Ok(webhook_config_exists(&client, &args.webhook_config_name).await?),
-                    Err(e) => Err(e),
-                }
+                tls::patch_webhook_config(&client, &args.webhook_config_name, &current.ca_pem, url)
+                    .await?;
             }
+            // Unchanged counts as done; only a missing configuration retries fast.
+            let Some(fresh) =
+                owner::webhook_config_owner(&client, &args.webhook_config_name).await?
+            else {
+                return Ok(false);
+            };
+            adopt_own_objects(&client, &args, &fresh).await?;
+            owner = Some(fresh);
+            Ok(true)
         }
         .await;
         match result {
@@ -226,10 +242,22 @@ async fn rotate(
     }
 }
 
-async fn webhook_config_exists(client: &Client, name: &str) -> Result<bool> {
-    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-    let api: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
-    Ok(api.get_opt(name).await?.is_some())
+/// Make the certificate Secret and (with leader election) the Lease name
+/// `owner`, so the garbage collector removes them with the configuration.
+/// Covers objects made before the configuration existed or by an older
+/// release; a no-op (two reads) when both are already owned.
+async fn adopt_own_objects(client: &Client, args: &RunArgs, owner: &OwnerReference) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
+    if owner::adopt(&secrets, &args.cert_secret, owner).await? == Adoption::Adopted {
+        tracing::info!(secret = %args.cert_secret, config = %owner.name, "certificate Secret now owned by the webhook configuration");
+    }
+    if args.leader_elect {
+        let done = owner::ensure_lease(client, &args.namespace, &args.lease_name, owner).await?;
+        if matches!(done, Adoption::Adopted | Adoption::Created) {
+            tracing::info!(lease = %args.lease_name, config = %owner.name, ?done, "Lease owned by the webhook configuration");
+        }
+    }
+    Ok(())
 }
 
 /// Run the controller while this replica leads (always, without election).
@@ -239,12 +267,21 @@ async fn lead(
     identity: String,
     ctx: Arc<Context>,
     metrics: Arc<Metrics>,
+    owner: Option<OwnerReference>,
 ) -> Result<()> {
     let ns = args.watch_namespace.clone();
     if !args.leader_elect {
         metrics.leader.set(1);
         reconcile::run(ctx, ns, std::future::pending()).await;
         return Ok(());
+    }
+    // Create the Lease owned by the webhook configuration before the lease
+    // manager would create it unowned; without a configuration yet, the
+    // rotation loop adopts the manager's Lease later.
+    if let Some(owner) = &owner
+        && let Err(e) = owner::ensure_lease(&client, &args.namespace, &args.lease_name, owner).await
+    {
+        tracing::warn!(error = %e, lease = %args.lease_name, "cannot create the owned Lease; the rotation loop retries");
     }
     let duration = args.lease_duration.as_secs().max(3);
     let manager = LeaseManagerBuilder::new(client, &args.lease_name)

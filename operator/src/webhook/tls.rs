@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use rcgen::{
@@ -22,6 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::owner;
 use crate::reconcile::{Error, Result};
 
 /// Secret keys.
@@ -172,8 +173,9 @@ pub fn issue(
 }
 
 impl Bundle {
-    /// The Secret holding this bundle.
-    pub fn to_secret(&self, name: &str, namespace: &str) -> Secret {
+    /// The Secret holding this bundle, owned by `owner` (the webhook
+    /// configuration, so that uninstalling the release removes it).
+    pub fn to_secret(&self, name: &str, namespace: &str, owner: Option<&OwnerReference>) -> Secret {
         let data = |s: &str| ByteString(s.as_bytes().to_vec());
         Secret {
             metadata: ObjectMeta {
@@ -188,6 +190,7 @@ impl Bundle {
                     (CA_NOT_AFTER.to_owned(), self.ca_not_after.to_string()),
                     (SANS.to_owned(), self.sans.clone()),
                 ])),
+                owner_references: owner.map(|o| vec![o.clone()]),
                 ..ObjectMeta::default()
             },
             type_: Some("kubernetes.io/tls".into()),
@@ -272,10 +275,15 @@ pub struct CertSettings {
     pub renew_before: Duration,
 }
 
-/// Load the bundle from its Secret, creating or renewing it as needed.
+/// Load the bundle from its Secret, creating or renewing it as needed; a
+/// Secret written here is owned by `owner` (and keeps the owners it had).
 /// Several replicas may race: create and replace are conditional, and the
 /// loser re-reads what the winner wrote.
-pub async fn ensure(client: &Client, s: &CertSettings) -> Result<Bundle> {
+pub async fn ensure(
+    client: &Client,
+    s: &CertSettings,
+    owner: Option<&OwnerReference>,
+) -> Result<Bundle> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &s.namespace);
     for _ in 0..3 {
         let now = jiff::Timestamp::now();
@@ -305,11 +313,12 @@ pub async fn ensure(client: &Client, s: &CertSettings) -> Result<Bundle> {
             Some((_, None)) => (generate(&s.sans, s.validity, now)?, existing.as_ref()),
             None => (generate(&s.sans, s.validity, now)?, None),
         };
-        let mut secret = bundle.to_secret(&s.secret, &s.namespace);
+        let mut secret = bundle.to_secret(&s.secret, &s.namespace, owner);
         let written = match previous {
             None => api.create(&PostParams::default(), &secret).await,
             Some(prev) => {
                 secret.metadata.resource_version = prev.resource_version();
+                secret.metadata.owner_references = owner::merged(prev.owner_references(), owner);
                 api.replace(&s.secret, &PostParams::default(), &secret)
                     .await
             }
@@ -459,10 +468,33 @@ mod tests {
         let sans = sans("sametag-webhook", "sametag-system");
         let b = generate(&sans, 90 * DAY, now()).unwrap();
         assert!(b.ca_pem.contains("BEGIN CERTIFICATE"));
-        let back = Bundle::from_secret(&b.to_secret("tls", "ns")).unwrap();
+        let back = Bundle::from_secret(&b.to_secret("tls", "ns", None)).unwrap();
         assert_eq!(back, b);
         back.certified_key().unwrap();
         assert_eq!(b.plan(&sans, 30 * DAY, now()), Plan::Keep);
+    }
+
+    #[test]
+    fn secret_is_owned_by_the_webhook_configuration() {
+        let b = generate(&sans("svc", "ns"), 90 * DAY, now()).unwrap();
+        let cfg = MutatingWebhookConfiguration {
+            metadata: ObjectMeta {
+                name: Some("sametag".into()),
+                uid: Some("8d5c7c3e-uid".into()),
+                ..ObjectMeta::default()
+            },
+            webhooks: None,
+        };
+        let owner = owner::owner_reference(&cfg).unwrap();
+        let secret = b.to_secret("tls", "ns", Some(&owner));
+        assert_eq!(secret.metadata.owner_references, Some(vec![owner.clone()]));
+        assert!(owner::is_owned_by(&secret.metadata, &owner));
+        // The owner changes nothing else: the bundle reads back the same.
+        assert_eq!(Bundle::from_secret(&secret).unwrap(), b);
+        assert_eq!(
+            b.to_secret("tls", "ns", None).metadata.owner_references,
+            None
+        );
     }
 
     #[test]
