@@ -60,7 +60,14 @@ impl OperatorConfig {
         format!("https://127.0.0.1:{}/mutate", self.webhook_port)
     }
 
-    /// The arguments of `sametag-operator`.
+    /// The leader-election Lease (in `namespace`), named as the chart names it.
+    pub fn lease_name(&self) -> String {
+        format!("{}-operator", self.fullname)
+    }
+
+    /// The arguments of `sametag-operator`. Leader election is on, as with
+    /// the chart's replicaCount > 1, so the Lease really exists; the identity
+    /// is fixed, so a restarted operator holds the Lease again at once.
     pub fn args(&self) -> Vec<String> {
         vec![
             "run".into(),
@@ -71,7 +78,9 @@ impl OperatorConfig {
             format!("--webhook-service={}-webhook", self.fullname),
             format!("--cert-secret={}-webhook-tls", self.fullname),
             format!("--metrics-listen=127.0.0.1:{}", self.metrics_port),
-            "--leader-elect=false".into(),
+            "--leader-elect=true".into(),
+            format!("--lease-name={}", self.lease_name()),
+            "--identity=e2e-operator".into(),
             "--log-format=text".into(),
             "--log=info,sametag_operator=debug".into(),
             // Fast resync so status.injectedPods follows within a test.

@@ -20,6 +20,8 @@ mod chart;
 mod ctx;
 #[path = "e2e/injection.rs"]
 mod injection;
+#[path = "e2e/owned.rs"]
+mod owned;
 #[path = "e2e/stores.rs"]
 mod stores;
 #[path = "e2e/validation.rs"]
@@ -67,6 +69,10 @@ async fn chart_operator_and_webhook_against_a_real_control_plane() {
         certs::issued(&mut ctx)
     );
     scenario!(
+        "8a ownership: certificate Secret and Lease owned by the webhook configuration",
+        owned::owned(&ctx)
+    );
+    scenario!(
         "4 invalid ETagStores rejected with the CEL messages",
         validation::rejected(&ctx)
     );
@@ -89,6 +95,10 @@ async fn chart_operator_and_webhook_against_a_real_control_plane() {
     scenario!(
         "7b certificate: a restarted operator reuses it",
         certs::reused_after_restart(&mut ctx)
+    );
+    scenario!(
+        "8b ownership: a restarted operator adopts an unowned Secret and Lease",
+        owned::adopted_after_restart(&mut ctx)
     );
     scenario!("1b helm upgrade", chart::upgrade(&ctx));
     scenario!("1c helm uninstall", chart::uninstall(&mut ctx));

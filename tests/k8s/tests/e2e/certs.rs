@@ -13,7 +13,8 @@ use sametag_k8s_e2e::{Error, Result, wait};
 
 use crate::ctx::{Ctx, NAMESPACE, RELEASE};
 
-fn cert_secret() -> String {
+/// The certificate Secret's name, as the tests start the operator.
+pub fn cert_secret() -> String {
     format!("{RELEASE}-webhook-tls")
 }
 

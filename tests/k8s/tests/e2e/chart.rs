@@ -173,8 +173,10 @@ pub async fn upgrade(ctx: &Ctx) -> Result<()> {
     )
 }
 
-/// helm uninstall → operator objects and the webhook configuration are gone;
-/// the CRD stays (helm never deletes crds/ CRDs, so no ETagStore is lost).
+/// helm uninstall → operator objects and the webhook configuration are gone,
+/// and with the configuration the garbage collector deletes the Secret and
+/// Lease the operator made; the CRD stays (helm never deletes crds/ CRDs, so
+/// no ETagStore is lost).
 pub async fn uninstall(ctx: &mut Ctx) -> Result<()> {
     ctx.stop_operator();
     ctx.tools
@@ -199,5 +201,6 @@ pub async fn uninstall(ctx: &mut Ctx) -> Result<()> {
     check(
         crds.get_opt(CRD).await?.is_some(),
         "the CRD must survive helm uninstall",
-    )
+    )?;
+    crate::owned::collected_with_the_configuration(ctx).await
 }
