@@ -26,7 +26,9 @@ const (
 // installs the operator as real pods; an ETagStore gets a real Redis; an
 // annotated Deployment gets the native sidecar injected; the seed scenario
 // runs through the Service; rolling restarts fail nothing; uninstall leaves
-// nothing behind (CRDs excepted: Helm never deletes a chart's crds/). Each
+// nothing behind (CRDs excepted: Helm never deletes a chart's crds/; the
+// operator's own Secret and Lease go with the webhook configuration that
+// owns them). Each
 // step needs the one before, so a failure stops the test.
 func TestSametagOnTheNode(t *testing.T) {
 	e := loadEnv(t)
@@ -104,6 +106,22 @@ func TestSametagOnTheNode(t *testing.T) {
 				svc, ca, _ := strings.Cut(l, "=")
 				if svc == "" || len(ca) < 100 {
 					return fmt.Errorf("webhook entry %q: want a Service reference and a caBundle", l)
+				}
+			}
+			return nil
+		})
+		// What the operator creates for itself is owned by the release's
+		// webhook configuration, so step 6's uninstall garbage-collects it.
+		uid := strings.TrimSpace(e.k(t, "get", "mutatingwebhookconfiguration", release, "-o", "jsonpath={.metadata.uid}"))
+		eventually(t, 60*time.Second, "certificate Secret and Lease owned by the webhook configuration", func() error {
+			for _, obj := range []string{"secret/" + release + "-webhook-tls", "lease/" + release + "-operator"} {
+				owners, err := e.kTry(t, "-n", operatorNS, "get", obj, "-o",
+					`jsonpath={range .metadata.ownerReferences[*]}{.kind}/{.name}/{.uid}{" "}{end}`)
+				if err != nil {
+					return err
+				}
+				if want := "MutatingWebhookConfiguration/" + release + "/" + uid; strings.TrimSpace(owners) != want {
+					return fmt.Errorf("%s owners %q, want %q", obj, owners, want)
 				}
 			}
 			return nil
