@@ -87,7 +87,8 @@ pub struct RunArgs {
     pub webhook_service_port: i32,
 
     /// Name of the MutatingWebhookConfiguration whose caBundle (and, with
-    /// --webhook-url, clientConfig.url) the operator keeps current.
+    /// --webhook-url, clientConfig.url) the operator keeps current. It also
+    /// owns the certificate Secret and the Lease, so they go with it.
     #[arg(long, env = "SAMETAG_WEBHOOK_CONFIG_NAME", default_value = "sametag")]
     pub webhook_config_name: String,
 
