@@ -221,7 +221,12 @@ async fn rotate(
             else {
                 return Ok(false);
             };
-            adopt_own_objects(&client, &args, &fresh).await?;
+            // Ownership only matters at uninstall: a failure (e.g. an
+            // admission plugin that wants more rights) is retried at the
+            // normal interval, not every few seconds.
+            if let Err(e) = adopt_own_objects(&client, &args, &fresh).await {
+                tracing::warn!(error = %e, "cannot make the webhook configuration own the certificate Secret or Lease");
+            }
             owner = Some(fresh);
             Ok(true)
         }
