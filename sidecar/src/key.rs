@@ -20,7 +20,7 @@
 //! versus none, and encoded reserved characters (`%2F` stays distinct from
 //! `/`).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -36,6 +36,13 @@ pub const MAX_VARY_NAMES: usize = 64;
 const RESOURCE_CONTEXT: &str = "sametag.dev 2026 resource key v1";
 const CREDENTIAL_CONTEXT: &str = "sametag.dev 2026 credential scope v1";
 const VARIANT_CONTEXT: &str = "sametag.dev 2026 variant key v1";
+
+// Hashers with their derive-key context already absorbed: cloning one is
+// cheaper than hashing the context string again on every request.
+static RESOURCE_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(RESOURCE_CONTEXT));
+static VARIANT_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(VARIANT_CONTEXT));
 
 /// A request target in canonical form.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -110,7 +117,8 @@ pub fn canonical_authority(raw: &[u8], https: bool) -> String {
 }
 
 /// Decode percent-encoded unreserved characters and upper-case the hex of the
-/// others (RFC 3986 §6.2.2.1-2). Malformed escapes are kept as they are.
+/// others (RFC 3986 §6.2.2.1-2). A `%` that starts no valid escape becomes
+/// `%25`.
 pub fn normalize_percent(s: &str) -> String {
     let b = s.as_bytes();
     let mut out: Vec<u8> = Vec::with_capacity(b.len());
@@ -129,6 +137,12 @@ pub fn normalize_percent(s: &str) -> String {
                 out.push(b[i + 2].to_ascii_uppercase());
             }
             i += 3;
+        } else if b[i] == b'%' {
+            // A '%' that starts no escape is written as one (`%25`), so a
+            // decoded neighbour can never form a new escape: normalising
+            // twice changes nothing.
+            out.extend_from_slice(b"%25");
+            i += 1;
         } else {
             out.push(b[i]);
             i += 1;
@@ -156,13 +170,28 @@ pub fn resource_key(
     shared: bool,
     credential_secret: &[u8],
 ) -> ResourceKey {
-    let target = CanonicalTarget::of(parts);
+    key_of_target(
+        CanonicalTarget::of(parts),
+        &parts.headers,
+        shared,
+        credential_secret,
+    )
+}
+
+/// [`resource_key`] for a target already canonicalised (the proxy needs the
+/// canonical path for routing first).
+pub fn key_of_target(
+    target: CanonicalTarget,
+    headers: &HeaderMap,
+    shared: bool,
+    credential_secret: &[u8],
+) -> ResourceKey {
     let scope = if shared {
         None
     } else {
-        credential_scope(&parts.headers, credential_secret)
+        credential_scope(headers, credential_secret)
     };
-    let mut h = blake3::Hasher::new_derive_key(RESOURCE_CONTEXT);
+    let mut h = RESOURCE_HASHER.clone();
     put(&mut h, Some(target.authority.as_bytes()));
     put(&mut h, Some(target.path.as_bytes()));
     put(&mut h, target.query.as_deref().map(str::as_bytes));
@@ -236,7 +265,7 @@ pub fn variant_key(names: &[String], request_headers: &HeaderMap) -> VariantKey 
     let mut names: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
     names.sort();
     names.dedup();
-    let mut h = blake3::Hasher::new_derive_key(VARIANT_CONTEXT);
+    let mut h = VARIANT_HASHER.clone();
     for name in &names {
         put(&mut h, Some(name.as_bytes()));
         let value = HeaderName::from_bytes(name.as_bytes()).ok().and_then(|n| {

@@ -14,6 +14,7 @@ mod body;
 mod error;
 mod forward;
 mod hop;
+mod lane;
 mod read;
 mod respond;
 mod server;
@@ -38,9 +39,10 @@ pub use server::{ServeError, Server, ServerConfig};
 use self::body::full;
 use self::forward::Upstream;
 use self::hop::is_upgrade;
+pub use self::lane::Lane;
 use self::respond::set_validators;
 use crate::config::ProxyOptions;
-use crate::key::{CanonicalTarget, VaryNames, resource_key, vary_names};
+use crate::key::{CanonicalTarget, VaryNames, key_of_target, vary_names};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{Mode, Policy, PolicyHandle, Route};
 use crate::precondition::{Conditions, Validators};
@@ -61,10 +63,12 @@ pub struct Context {
     upstream: Upstream,
 }
 
-/// The hyper service: a cheap handle on the shared [`Context`].
+/// The hyper service: a cheap handle on the shared [`Context`] and on the
+/// client connection's upstream [`Lane`].
 #[derive(Clone)]
 pub struct Proxy {
     ctx: Arc<Context>,
+    lane: Lane,
 }
 
 /// One request in flight: what every step after the key needs.
@@ -76,6 +80,8 @@ struct Exchange {
     conditions: Conditions,
     /// The policy's invalidation globs covering this path.
     watched: Vec<Arc<str>>,
+    /// The client connection's upstream connection (none for HTTP/2).
+    lane: Option<Lane>,
 }
 
 /// What a step returns: the response and how to count it.
@@ -102,6 +108,7 @@ impl Proxy {
         metrics: Arc<Metrics>,
     ) -> Self {
         let upstream = Upstream::new(options.upstream.clone(), options.upstream_timeout);
+        let lane = upstream.lane();
         Self {
             ctx: Arc::new(Context {
                 options,
@@ -110,6 +117,16 @@ impl Proxy {
                 metrics,
                 upstream,
             }),
+            lane,
+        }
+    }
+
+    /// The service for one new client connection: same context, its own
+    /// upstream lane.
+    pub fn for_connection(&self) -> Self {
+        Self {
+            ctx: self.ctx.clone(),
+            lane: self.ctx.upstream.lane(),
         }
     }
 
@@ -126,18 +143,21 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let ctx = self.ctx.clone();
-        Box::pin(async move { Ok(ctx.handle(req).await) })
+        // HTTP/2 multiplexes requests on one connection: those use the pool.
+        let lane = (req.version() != http::Version::HTTP_2).then(|| self.lane.clone());
+        Box::pin(async move { Ok(ctx.handle(req, lane).await) })
     }
 }
 
 // === impl Context ===
 
 impl Context {
-    /// Serve one request; never fails (failures are responses).
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Serve one request, on `lane` when given; never fails (failures are
+    /// responses).
+    pub async fn handle(&self, req: Request<Incoming>, lane: Option<Lane>) -> Response<Body> {
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let (response, outcome) = match self.dispatch(req).await {
+        let (response, outcome) = match self.dispatch(req, lane).await {
             Ok(answer) => answer,
             Err(e) => {
                 if let Some(kind) = e.upstream_kind() {
@@ -159,7 +179,7 @@ impl Context {
     }
 
     /// The table of contents of a request.
-    async fn dispatch(&self, req: Request<Incoming>) -> Answer {
+    async fn dispatch(&self, req: Request<Incoming>, lane: Option<Lane>) -> Answer {
         // Upgrades (WebSocket) are handed through untouched.
         if is_upgrade(req.version(), req.headers()) {
             let response = upgrade::pass_through(&self.upstream, req).await?;
@@ -170,14 +190,19 @@ impl Context {
 
         // Step 1, policy: the route of the canonical path.
         let policy = self.policy.current();
-        let path = CanonicalTarget::of(&parts).path;
-        let route = policy.route(&path).clone();
+        let target = CanonicalTarget::of(&parts);
+        let route = policy.route(&target.path).clone();
         if route.mode == Mode::Bypass {
-            return self.bypass(parts, body, &policy, &route).await;
+            return self.bypass(parts, body, &policy, &route, lane).await;
         }
 
         // Step 2, key: resource and credential scope.
-        let key = resource_key(&parts, route.shared, &self.options.credential_secret);
+        let key = key_of_target(
+            target,
+            &parts.headers,
+            route.shared,
+            &self.options.credential_secret,
+        );
         let watched = policy.watched(&key.path);
 
         // Step 3, preconditions: parsed once, evaluated by the sidecar.
@@ -196,6 +221,7 @@ impl Context {
             key,
             conditions,
             watched,
+            lane,
         };
         // Steps 4-7 differ for reads and writes.
         if matches!(exchange.parts.method, Method::GET | Method::HEAD) {

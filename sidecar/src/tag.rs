@@ -7,6 +7,7 @@
 //! linear scan, so a 10,000-tag `If-None-Match` costs microseconds, not a
 //! quadratic blowup.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine as _;
@@ -63,6 +64,19 @@ pub enum TagError {
 }
 
 impl EntityTag {
+    /// The field-value form (`"x"` or `W/"x"`), built without the
+    /// formatting machinery (it runs on every tagged response).
+    pub fn to_field_value(&self) -> String {
+        let mut out = String::with_capacity(self.opaque.len() + 4);
+        if self.weak {
+            out.push_str("W/");
+        }
+        out.push('"');
+        out.push_str(&self.opaque);
+        out.push('"');
+        out
+    }
+
     /// A strong tag; fails if `opaque` holds a character not allowed in a tag.
     pub fn strong(opaque: impl Into<String>) -> Result<Self, TagError> {
         Self::new(false, opaque)
@@ -293,6 +307,10 @@ fn parse_tag_at(v: &[u8], i: usize) -> Result<(EntityTag, usize), TagError> {
     Ok((EntityTag { weak, opaque }, j + 1))
 }
 
+/// The tag hasher with its derive-key context absorbed once.
+static TAG_HASHER: std::sync::LazyLock<blake3::Hasher> =
+    std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key(TAG_CONTEXT));
+
 /// Incremental BLAKE3 over a representation: its metadata first, then the
 /// body chunks as they stream by. The same bytes give the same tag on every
 /// replica, with or without the store.
@@ -309,7 +327,7 @@ impl TagHasher {
         content_encoding: Option<&[u8]>,
         content_language: Option<&[u8]>,
     ) -> Self {
-        let mut hasher = blake3::Hasher::new_derive_key(TAG_CONTEXT);
+        let mut hasher = TAG_HASHER.clone();
         for field in [content_type, content_encoding, content_language] {
             // Length-prefixed so no two metadata triples feed the same bytes.
             match field {
@@ -358,18 +376,19 @@ pub fn tag_of(headers: &HeaderMap, body: &[u8]) -> EntityTag {
     h.finish()
 }
 
-fn joined(headers: &HeaderMap, name: &http::HeaderName) -> Option<Vec<u8>> {
-    let mut out: Option<Vec<u8>> = None;
-    for v in headers.get_all(name) {
-        match out.as_mut() {
-            None => out = Some(v.as_bytes().to_vec()),
-            Some(buf) => {
-                buf.extend_from_slice(b", ");
-                buf.extend_from_slice(v.as_bytes());
-            }
-        }
+/// All field lines of `name` joined with `, `; borrowed when there is one.
+fn joined<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<Cow<'a, [u8]>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(Cow::Borrowed(first.as_bytes()));
+    };
+    let mut buf = first.as_bytes().to_vec();
+    for v in std::iter::once(second).chain(values) {
+        buf.extend_from_slice(b", ");
+        buf.extend_from_slice(v.as_bytes());
     }
-    out
+    Some(Cow::Owned(buf))
 }
 
 #[cfg(test)]

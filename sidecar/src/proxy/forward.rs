@@ -1,5 +1,7 @@
-//! Talking to the app: the keep-alive client pool, building the request the
-//! app sees, and mapping transport failures to [`ProxyError`].
+//! Talking to the app: building the request the app sees, sending it on the
+//! client connection's [`Lane`] (HTTP/1.x clients) or through the shared
+//! keep-alive pool (HTTP/2 clients), and mapping transport failures to
+//! [`ProxyError`].
 
 use std::time::Duration;
 
@@ -15,12 +17,16 @@ use hyper_util::rt::TokioExecutor;
 use super::body::Body;
 use super::error::ProxyError;
 use super::hop::{add_via, strip_hop_by_hop};
+use super::lane::{IdleConnections, Lane};
 use crate::precondition::CONDITIONAL_HEADERS;
 
-/// The app behind the sidecar, reached through a keep-alive pool.
+/// The app behind the sidecar.
 #[derive(Clone, Debug)]
 pub struct Upstream {
+    /// For requests that cannot use a lane (HTTP/2 clients).
     client: Client<HttpConnector, Body>,
+    /// Connections of client connections that ended, for new lanes.
+    idle: IdleConnections,
     authority: Authority,
     timeout: Duration,
 }
@@ -49,6 +55,7 @@ impl Upstream {
             .build(connector);
         Self {
             client,
+            idle: IdleConnections::default(),
             authority,
             timeout,
         }
@@ -64,13 +71,33 @@ impl Upstream {
         self.timeout
     }
 
-    /// Send `req` and wait for the response head.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+    /// A lane for a new client connection.
+    pub fn lane(&self) -> Lane {
+        Lane::new(self.idle.clone())
+    }
+
+    /// Send `req` (on `lane` if given, else through the pool) and wait for
+    /// the response head.
+    pub async fn send(
+        &self,
+        lane: Option<&Lane>,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let exchange = async {
+            match lane {
+                Some(lane) => lane.send(&self.authority, self.timeout, req).await,
+                None => self.client.request(req).await.map_err(|e| {
+                    if e.is_connect() {
+                        ProxyError::UpstreamConnect(e.into())
+                    } else {
+                        ProxyError::UpstreamProtocol(e.into())
+                    }
+                }),
+            }
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(e.into())),
-            Ok(Err(e)) => Err(ProxyError::UpstreamProtocol(e.into())),
+            Ok(answer) => answer,
         }
     }
 

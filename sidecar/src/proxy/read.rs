@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use super::body::{Body, Buffered, boxed, buffer_and_tag, empty, full};
 use super::forward::Rewrite;
 use super::hop::{add_via, strip_hop_by_hop};
-use super::respond::{self, cache_status, not_modified, parse_range, set_validators};
+use super::respond::{self, CACHE_STATUS, cache_status, not_modified, parse_range, set_validators};
 use super::{Answer, Context, Exchange, is_fresh, untaggable, with_validators};
 use crate::date::parse_http_date;
 use crate::key::{VaryNames, variant_key, vary_names};
@@ -32,16 +32,13 @@ impl Context {
         let head = ex.parts.method == Method::HEAD;
 
         // Trust: a fresh validation answers without the app.
-        let mut fwd = if ex.conditions.is_empty() {
-            "miss"
-        } else {
-            "stale"
-        };
+        // `Cache-Status: fwd=stale` when the client held a tag, else `miss`.
+        let mut stale = !ex.conditions.is_empty();
         if ex.route.mode == Mode::Trust && !ex.conditions.is_empty() {
             match self.trusted(ex).await {
                 Trusted::Hit(response) => return Ok((response, Outcome::trusted_not_modified)),
-                Trusted::Stale => fwd = "stale",
-                Trusted::Miss => fwd = "miss",
+                Trusted::Stale => stale = true,
+                Trusted::Miss => stale = false,
             }
         }
 
@@ -55,7 +52,7 @@ impl Context {
                 method: Some(Method::GET),
             },
         )?;
-        let response = self.upstream.send(request).await?;
+        let response = self.upstream.send(ex.lane.as_ref(), request).await?;
         let (mut rparts, rbody) = response.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         add_via(&mut rparts.headers, http::Version::HTTP_11);
@@ -86,7 +83,8 @@ impl Context {
         rparts
             .headers
             .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        cache_status(&mut rparts.headers, &format!("fwd={fwd}; {stored}"));
+        let status = forwarded_status(stale, stored);
+        rparts.headers.insert(CACHE_STATUS.clone(), status.clone());
 
         // Respond: the sidecar's own precondition decision.
         match evaluate(&ex.conditions, &ex.parts.method, Some(&validators)) {
@@ -95,7 +93,7 @@ impl Context {
                 let mut response = not_modified(&rparts.headers, &validators);
                 // The sidecar's own trace fields ride along with §15.4.5's set.
                 add_via(response.headers_mut(), http::Version::HTTP_11);
-                cache_status(response.headers_mut(), &format!("fwd={fwd}; {stored}"));
+                response.headers_mut().insert(CACHE_STATUS.clone(), status);
                 Ok((response, Outcome::not_modified))
             }
             Decision::PreconditionFailed => Ok((
@@ -192,8 +190,9 @@ impl Context {
         }
     }
 
-    /// Record a freshly hashed tag. On a store failure the tag stays
-    /// content-derived and `Last-Modified` is the app's (or absent).
+    /// Record a freshly hashed tag; `true` when the store took it. On a store
+    /// failure the tag stays content-derived and `Last-Modified` is the
+    /// app's (or absent).
     async fn record(
         &self,
         ex: &Exchange,
@@ -201,7 +200,7 @@ impl Context {
         variant: &VariantKey,
         tag: &EntityTag,
         app_headers: &HeaderMap,
-    ) -> (Validators, &'static str) {
+    ) -> (Validators, bool) {
         let trust = ex.route.mode == Mode::Trust;
         let _timer = self.metrics.store_op("record");
         match self.store.record(&ex.key, vary, variant, tag, trust).await {
@@ -210,7 +209,7 @@ impl Context {
                     tag: entry.tag,
                     last_modified: Some(entry.last_modified),
                 },
-                "stored",
+                true,
             ),
             Err(e) => {
                 self.store_failed("record", &e);
@@ -222,9 +221,20 @@ impl Context {
                         tag: tag.clone(),
                         last_modified,
                     },
-                    "detail=store-unavailable",
+                    false,
                 )
             }
         }
     }
+}
+
+/// `Cache-Status` of a forwarded read: a few fixed strings, so no per-request
+/// formatting.
+fn forwarded_status(stale: bool, stored: bool) -> HeaderValue {
+    HeaderValue::from_static(match (stale, stored) {
+        (false, true) => "sametag; fwd=miss; stored",
+        (true, true) => "sametag; fwd=stale; stored",
+        (false, false) => "sametag; fwd=miss; detail=store-unavailable",
+        (true, false) => "sametag; fwd=stale; detail=store-unavailable",
+    })
 }

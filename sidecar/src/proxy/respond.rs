@@ -30,12 +30,12 @@ const NOT_MODIFIED_KEEPS: [HeaderName; 6] = [
 
 /// Put the canonical `ETag` and `Last-Modified` in place of the app's.
 pub fn set_validators(headers: &mut HeaderMap, validators: &Validators) {
-    if let Ok(tag) = HeaderValue::from_str(&validators.tag.to_string()) {
+    if let Ok(tag) = HeaderValue::try_from(validators.tag.to_field_value()) {
         headers.insert(ETAG, tag);
     }
     match validators.last_modified {
         Some(at) => {
-            if let Ok(date) = HeaderValue::from_str(&fmt_http_date(at)) {
+            if let Ok(date) = HeaderValue::try_from(fmt_http_date(at)) {
                 headers.insert(LAST_MODIFIED, date);
             }
         }

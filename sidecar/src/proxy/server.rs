@@ -137,7 +137,7 @@ impl Server {
                     let _ = stream.set_nodelay(true);
                     let conn = self
                         .builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), self.proxy.clone())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), self.proxy.for_connection())
                         .into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {

@@ -15,6 +15,7 @@ use super::body::{Buffered, boxed, buffer_and_tag, empty};
 use super::error::ProxyError;
 use super::forward::Rewrite;
 use super::hop::{add_via, strip_hop_by_hop};
+use super::lane::Lane;
 use super::respond::{self, cache_status};
 use super::{Answer, Context, Exchange, is_fresh, untaggable, untagged_marker};
 use crate::date::parse_http_date;
@@ -71,7 +72,9 @@ impl Context {
         )?;
         let invalidation =
             is_write(&ex.parts.method).then(|| (ex.key.clone(), ex.route.invalidates.clone()));
-        let sent = self.send_write(request, invalidation, guard).await;
+        let sent = self
+            .send_write(request, ex.lane.clone(), invalidation, guard)
+            .await;
         let (mut rparts, rbody) = sent?.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         add_via(&mut rparts.headers, http::Version::HTTP_11);
@@ -94,6 +97,7 @@ impl Context {
     async fn send_write(
         &self,
         request: http::Request<super::body::Body>,
+        lane: Option<Lane>,
         invalidation: Option<(ResourceKey, Vec<Arc<str>>)>,
         guard: Option<LockGuard>,
     ) -> Result<http::Response<Incoming>, ProxyError> {
@@ -101,7 +105,7 @@ impl Context {
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         let task = tokio::spawn(async move {
-            let sent = upstream.send(request).await;
+            let sent = upstream.send(lane.as_ref(), request).await;
             let refused = matches!(&sent, Ok(r) if r.status().is_client_error());
             if let Some((key, globs)) = invalidation.filter(|_| !refused) {
                 let _timer = metrics.store_op("invalidate");
@@ -161,7 +165,7 @@ impl Context {
                 method: Some(Method::GET),
             },
         )?;
-        let response = self.upstream.send(request).await?;
+        let response = self.upstream.send(ex.lane.as_ref(), request).await?;
         let (rparts, rbody) = response.into_parts();
         let last_modified = rparts
             .headers
@@ -249,6 +253,7 @@ impl Context {
         body: Incoming,
         policy: &Policy,
         route: &Route,
+        lane: Option<Lane>,
     ) -> Answer {
         let request = self.upstream.request(
             &parts,
@@ -258,14 +263,17 @@ impl Context {
                 method: None,
             },
         )?;
-        let invalidation = is_write(&parts.method).then(|| {
+        let response = if is_write(&parts.method) {
             let key = resource_key(&parts, true, &self.options.credential_secret);
             let mut globs = route.invalidates.clone();
             globs.extend(policy.watched(&key.path));
-            (key, globs)
-        });
-        let sent = self.send_write(request, invalidation, None).await;
-        let (mut rparts, rbody) = sent?.into_parts();
+            self.send_write(request, lane, Some((key, globs)), None)
+                .await?
+        } else {
+            // Nothing to invalidate: no need for the write's own task.
+            self.upstream.send(lane.as_ref(), request).await?
+        };
+        let (mut rparts, rbody) = response.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         add_via(&mut rparts.headers, http::Version::HTTP_11);
         cache_status(&mut rparts.headers, "fwd=bypass");
