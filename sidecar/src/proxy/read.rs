@@ -6,7 +6,10 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use super::body::{Body, Buffered, boxed, buffer_and_tag, empty, full};
 use super::forward::Rewrite;
 use super::hop::{add_via, strip_hop_by_hop};
-use super::respond::{self, CACHE_STATUS, cache_status, not_modified, parse_range, set_validators};
+use super::respond::{
+    self, CACHE_STATUS, cache_status, cache_status_static, not_modified, parse_range,
+    set_validators,
+};
 use super::{Answer, Context, Exchange, is_fresh, untaggable, with_validators};
 use crate::date::parse_http_date;
 use crate::key::{VaryNames, variant_key, vary_names};
@@ -174,7 +177,7 @@ impl Context {
         }
         let mut response = not_modified(&headers, &validators);
         add_via(response.headers_mut(), http::Version::HTTP_11);
-        cache_status(response.headers_mut(), "hit");
+        cache_status_static(response.headers_mut(), "sametag; hit");
         Trusted::Hit(response)
     }
 

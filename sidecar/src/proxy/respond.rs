@@ -89,16 +89,45 @@ pub fn precondition_required() -> Response<Body> {
 
 /// `Date: now`.
 pub fn insert_date(headers: &mut HeaderMap) {
-    if let Ok(now) = HeaderValue::from_str(&fmt_http_date(SystemTime::now())) {
-        headers.insert(DATE, now);
+    headers.insert(DATE, date_now());
+}
+
+/// `Date` for now. An HTTP-date changes once a second, so each thread keeps
+/// the last one it formatted (a 304 answered from the store needs one, and
+/// formatting was a visible share of that path's CPU).
+fn date_now() -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
     }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.with_borrow_mut(|last| match last {
+        Some((at, value)) if *at == secs => value.clone(),
+        _ => {
+            let value = HeaderValue::try_from(fmt_http_date(now))
+                .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+            *last = Some((secs, value.clone()));
+            value
+        }
+    })
 }
 
 /// Set `Cache-Status` to `sametag; <params>`.
 pub fn cache_status(headers: &mut HeaderMap, params: &str) {
-    if let Ok(value) = HeaderValue::from_str(&format!("sametag; {params}")) {
+    let mut text = String::with_capacity(9 + params.len());
+    text.push_str("sametag; ");
+    text.push_str(params);
+    if let Ok(value) = HeaderValue::try_from(text) {
         headers.insert(CACHE_STATUS.clone(), value);
     }
+}
+
+/// Set a `Cache-Status` known at compile time (`sametag; hit`).
+pub fn cache_status_static(headers: &mut HeaderMap, value: &'static str) {
+    headers.insert(CACHE_STATUS.clone(), HeaderValue::from_static(value));
 }
 
 /// The byte range a `Range` field asks for, when the sidecar can serve it

@@ -16,7 +16,7 @@ use super::error::ProxyError;
 use super::forward::Rewrite;
 use super::hop::{add_via, strip_hop_by_hop};
 use super::lane::Lane;
-use super::respond::{self, cache_status};
+use super::respond::{self, cache_status_static};
 use super::{Answer, Context, Exchange, is_fresh, untaggable, untagged_marker};
 use crate::date::parse_http_date;
 use crate::key::{VaryNames, resource_key, variant_key, vary_names};
@@ -81,7 +81,7 @@ impl Context {
         // The app's validators would disagree across replicas.
         rparts.headers.remove(ETAG);
         rparts.headers.remove(LAST_MODIFIED);
-        cache_status(&mut rparts.headers, "fwd=method");
+        cache_status_static(&mut rparts.headers, "sametag; fwd=method");
         let outcome = if is_write(&ex.parts.method) {
             Outcome::write
         } else {
@@ -276,7 +276,7 @@ impl Context {
         let (mut rparts, rbody) = response.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         add_via(&mut rparts.headers, http::Version::HTTP_11);
-        cache_status(&mut rparts.headers, "fwd=bypass");
+        cache_status_static(&mut rparts.headers, "sametag; fwd=bypass");
         Ok((
             Response::from_parts(rparts, boxed(rbody)),
             Outcome::passthrough,
