@@ -74,12 +74,19 @@ where
     let mut hasher = TagHasher::from_headers(headers);
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut len: u64 = 0;
+    // One timer for the whole body, not one per frame.
+    let expired = tokio::time::sleep_until(deadline);
+    tokio::pin!(expired);
     loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(ProxyError::UpstreamBodyTimeout),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(ProxyError::UpstreamBody(e.into())),
-            Ok(Some(Ok(frame))) => frame,
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            () = &mut expired => return Err(ProxyError::UpstreamBodyTimeout),
+        };
+        let frame = match frame {
+            None => break,
+            Some(Err(e)) => return Err(ProxyError::UpstreamBody(e.into())),
+            Some(Ok(frame)) => frame,
         };
         // Trailers of a tagged response are dropped: the tag covers the body,
         // and a 200 rebuilt from the buffer carries no trailer section.
