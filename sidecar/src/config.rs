@@ -31,6 +31,18 @@ pub struct Cli {
     #[arg(long = "redis", env = "SAMETAG_REDIS_URL")]
     pub redis: Option<String>,
 
+    /// A PEM CA bundle to trust for a rediss:// store instead of the system
+    /// roots (a store whose certificate a private CA signed).
+    #[arg(long, env = "SAMETAG_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// At start, how long to wait for the first connection to the store
+    /// before serving anyway (degraded: content-derived tags, the app's
+    /// Last-Modified). Replicas that started together then agree from their
+    /// first request. 0s: do not wait.
+    #[arg(long, env = "SAMETAG_STORE_WAIT", default_value = "5s", value_parser = parse_duration)]
+    pub store_wait: Duration,
+
     /// Policy file (YAML, the shape of ETagStore.spec.policy), reloaded when
     /// it changes. Absent: Validate for every path.
     #[arg(long, env = "SAMETAG_POLICY")]
@@ -129,6 +141,10 @@ pub struct Config {
     pub admin: SocketAddr,
     /// Redis URL; `None`: the embedded store.
     pub redis: Option<String>,
+    /// CA bundle for `rediss://`.
+    pub redis_ca_file: Option<PathBuf>,
+    /// How long start-up waits for the store.
+    pub store_wait: Duration,
     /// Policy file; `None`: Validate everywhere.
     pub policy: Option<PathBuf>,
     /// Store key namespace.
@@ -165,6 +181,8 @@ impl Cli {
                 credential_secret,
             },
             redis: self.redis,
+            redis_ca_file: self.redis_ca_file,
+            store_wait: self.store_wait,
             store_prefix: self.store_prefix,
         }
     }

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::Parser;
 use sametag_sidecar::admin::Admin;
@@ -54,6 +55,23 @@ fn main() -> ExitCode {
     runtime.block_on(run(config))
 }
 
+/// Hold the listener back (a bounded moment) until the store answers, so a
+/// sidecar that starts with its peers tags like them from its first request.
+async fn wait_for_store(store: &RedisStore, limit: Duration) {
+    if limit.is_zero() {
+        return;
+    }
+    tracing::info!(?limit, "waiting for the store before serving");
+    if store.wait_up(limit).await {
+        tracing::info!("store reachable");
+    } else {
+        tracing::warn!(
+            ?limit,
+            "store still unreachable: serving degraded (content-derived tags, the app's Last-Modified) until it is"
+        );
+    }
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -87,11 +105,13 @@ async fn run(config: Config) -> ExitCode {
                 // A GET that overlapped a write may have read the old state;
                 // do not trust validations younger than the app may take.
                 trust_guard: config.proxy.upstream_timeout,
+                tls_ca_file: config.redis_ca_file.clone(),
                 ..RedisOptions::default()
             };
             match RedisStore::connect(url, &config.store_prefix, options) {
                 Ok(store) => {
                     store.register_metrics(metrics.registry_mut());
+                    wait_for_store(&store, config.store_wait).await;
                     Arc::new(store)
                 }
                 Err(e) => {

@@ -1,6 +1,9 @@
-//! The built binary: configuration errors exit 2 with one line, and
-//! SIGTERM drains in-flight requests before the process exits.
+//! The built binary: configuration errors exit 2 with one line, SIGTERM
+//! drains in-flight requests before the process exits, and the store flags
+//! (a private CA, waiting for the store at start-up) take effect.
 
+#[path = "support/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -180,21 +183,80 @@ async fn policy_file_is_hot_reloaded() {
 /// Read the binary's JSON logs until the start line; return the proxy's
 /// bound address.
 async fn started_on(child: &mut std::process::Child) -> SocketAddr {
+    started_after(child).await.0
+}
+
+/// Like [`started_on`], also returning the messages logged before the start
+/// line.
+async fn started_after(child: &mut std::process::Child) -> (SocketAddr, Vec<String>) {
     let stdout = child.stdout.take().unwrap();
     tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
+        let mut before = Vec::new();
         for line in lines.by_ref() {
             let line = line.unwrap();
             let v: serde_json::Value = serde_json::from_str(&line).expect("JSON logs");
-            if v["fields"]["message"] == "sametag sidecar started" {
+            let message = v["fields"]["message"].as_str().unwrap_or_default();
+            if message == "sametag sidecar started" {
                 let addr = v["fields"]["listen"].as_str().unwrap().parse().unwrap();
                 // Keep draining so the child never blocks on a full pipe.
                 std::thread::spawn(move || for _ in lines {});
-                return addr;
+                return (addr, before);
             }
+            before.push(message.to_owned());
         }
         panic!("no start line");
     })
     .await
     .unwrap()
+}
+
+#[tokio::test]
+async fn waits_for_a_tls_store_signed_by_a_private_ca() {
+    let app = App::fixed("doc", "\"app-tag\"").await;
+    let mut redis = redis_server::RedisServer::with(redis_server::RedisConfig {
+        tls: true,
+        password: Some("pw".into()),
+        ..Default::default()
+    });
+    let (url, ca) = (redis.url(), redis.ca_file());
+    // The store is down when the sidecar starts and comes up a second later.
+    redis.kill();
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--upstream", &app.addr.to_string(), "--redis", &url])
+        .args([
+            "--redis-ca-file",
+            ca.to_str().unwrap(),
+            "--store-wait",
+            "20s",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        redis.restart();
+        redis
+    });
+    let (addr, before) = started_after(&mut child).await;
+    assert!(
+        before.iter().any(|m| m == "store reachable"),
+        "serving only once the store answered: {before:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    // The very first response is tagged through the store.
+    let first = get(addr, "/doc", &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(
+        first.header("cache-status").ends_with("; stored"),
+        "{}",
+        first.header("cache-status")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(restarter.join().unwrap());
 }

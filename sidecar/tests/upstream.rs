@@ -148,3 +148,26 @@ async fn an_app_closing_idle_connections_fails_no_request() {
     );
     sidecar.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_app_sees_origin_form_and_always_a_host() {
+    let app = support::App::fixed("doc", "\"app-tag\"").await;
+    let sidecar = Sidecar::validate(app.addr).await;
+
+    // HTTP/1.0 without Host (a load balancer's health check, say): the app
+    // gets an HTTP/1.1 request that names the app itself.
+    let response = support::raw(sidecar.addr, b"GET /doc?x=1 HTTP/1.0\r\n\r\n").await;
+    assert_eq!(support::raw_status(&response), 200, "{response}");
+    let seen = app.seen.lock().unwrap().clone().unwrap();
+    assert_eq!(seen.uri.to_string(), "/doc?x=1", "origin form");
+    assert_eq!(seen.headers["host"], app.addr.to_string().as_str());
+
+    // The client's own Host goes through unchanged.
+    let mut c = client(sidecar.addr).await;
+    let (status, _) = get(&mut c, "/doc").await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = app.seen.lock().unwrap().clone().unwrap();
+    assert_eq!(seen.uri.to_string(), "/doc");
+    assert_eq!(seen.headers["host"], "app.test");
+    sidecar.shutdown().await;
+}

@@ -117,10 +117,10 @@ impl Upstream {
             headers.remove(http::header::RANGE);
         }
         // HTTP/2 carries the host in :authority; the app speaks HTTP/1.1 and
-        // needs it as Host.
-        if !headers.contains_key(HOST)
-            && let Some(authority) = parts.uri.authority()
-        {
+        // needs it as Host. An HTTP/1.0 request may have none at all: the
+        // app then sees its own address, as from any HTTP/1.1 client.
+        if !headers.contains_key(HOST) {
+            let authority = parts.uri.authority().unwrap_or(&self.authority);
             let host = HeaderValue::from_str(authority.as_str())
                 .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
             headers.insert(HOST, host);

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use http::uri::Authority;
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -114,7 +114,15 @@ impl Lane {
             Some(mut sender) => sender.ready().await.ok().map(|()| sender),
             None => None,
         };
+        // On its own connection a request goes out in origin form
+        // (`GET /path HTTP/1.1`); the absolute URI only told the pool where.
         let mut req = req;
+        let origin_form = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
+        *req.uri_mut() = origin_form;
         loop {
             let retry_allowed = reused.is_some();
             let mut sender = match reused.take() {
