@@ -17,11 +17,6 @@ use sametag_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
 use tokio::sync::watch;
 
-/// mimalloc: per-thread free lists suit a proxy's many short-lived
-/// allocations (glibc malloc was ~11% of the sidecar's CPU in the benchmark).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let config = match Cli::try_parse() {
         Ok(cli) => cli.into_config(),
