@@ -3,12 +3,12 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::wrk::WrkResult;
 
 /// The machine the numbers come from.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Machine {
     /// Online CPUs.
     pub nproc: usize,
@@ -24,7 +24,7 @@ pub struct Machine {
 }
 
 /// One wrk measurement.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Run {
     /// Configuration key: `app`, `nginx`, `validate-mem`, `validate-redis`,
     /// `trust304-mem`, `trust304-redis`, `hello`.
@@ -50,7 +50,7 @@ pub struct Run {
 }
 
 /// The seed scenario's figures for one bed.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Reval {
     /// Revalidations sent.
     pub requests: u64,
@@ -76,7 +76,7 @@ impl Reval {
 }
 
 /// Seed scenario, before and after.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Scenario {
     /// `nginx static` or `json app`.
     pub kind: String,
@@ -87,7 +87,7 @@ pub struct Scenario {
 }
 
 /// Sidecar memory for one configuration.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Memory {
     /// Configuration key.
     pub config: String,
@@ -100,7 +100,7 @@ pub struct Memory {
 }
 
 /// A flat CPU profile of one sidecar under load.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Profile {
     /// What ran.
     pub name: String,
@@ -111,7 +111,7 @@ pub struct Profile {
 }
 
 /// Everything one benchmark run measured.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Results {
     /// Machine.
     pub machine: Machine,
@@ -366,7 +366,7 @@ fn table(s: &mut String, r: &Results) {
             |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or_else(|| "–".into());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} |",
             x.config,
             if x.size == 0 {
                 "–".to_owned()
@@ -377,6 +377,8 @@ fn table(s: &mut String, r: &Results) {
             x.wrk.rps,
             x.wrk.p50_ms,
             x.wrk.p99_ms,
+            opt(x.server_cpu_us_per_req, 1),
+            opt(x.app_cpu_us_per_req, 1),
             x.wrk.non_2xx_3xx,
             x.wrk.socket_errors,
             opt(x.redis_rt_per_req, 4),

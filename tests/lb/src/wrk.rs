@@ -3,12 +3,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{HarnessError, Result, tools};
 
 /// One wrk run's figures.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct WrkResult {
     /// Requests per second.
     pub rps: f64,

@@ -47,6 +47,10 @@ struct Args {
     /// Skip the perf profile.
     #[arg(long)]
     no_profile: bool,
+    /// Only rewrite RESULTS.md from the results.json already in --out (after
+    /// a change to the report's layout); measures nothing.
+    #[arg(long)]
+    render_only: bool,
 }
 
 /// Every server of the side-by-side comparison.
@@ -703,10 +707,27 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Rewrite `out/RESULTS.md` from `out/results.json`.
+fn render_only(out: &Path) -> Result<()> {
+    let json = std::fs::read_to_string(out.join("results.json"))
+        .map_err(|e| HarnessError::io("read results.json", e))?;
+    let results: Results = serde_json::from_str(&json)
+        .map_err(|e| HarnessError::io("parse results.json", std::io::Error::other(e)))?;
+    std::fs::write(out.join("RESULTS.md"), results::markdown(&results))
+        .map_err(|e| HarnessError::io("write RESULTS.md", e))?;
+    println!("results: {}", out.join("RESULTS.md").display());
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args).await {
+    let done = if args.render_only {
+        render_only(&args.out)
+    } else {
+        run(args).await
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sametag-bench: {e}");
