@@ -171,3 +171,49 @@ async fn the_app_sees_origin_form_and_always_a_host() {
     assert_eq!(seen.headers["host"], "app.test");
     sidecar.shutdown().await;
 }
+
+/// `PUT /big` with `If-Match: *` on `sender`; the status.
+async fn put_if_match_any(sender: &mut http1::SendRequest<Empty<Bytes>>) -> StatusCode {
+    sender.ready().await.unwrap();
+    let req = Request::put("/big")
+        .header("host", "app.test")
+        .header("if-match", "*")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    let status = response.status();
+    let _ = response.into_body().collect().await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn a_write_after_an_unread_check_body_reuses_the_lane_safely() {
+    // The write's precondition check reads the current representation; this
+    // one is over maxBodyBytes, so the check stops reading it. The write
+    // must still go out on the same client connection, not wait for the
+    // unread body (which would end in a 504 after the upstream timeout).
+    let app = support::App::start(|req: http::Request<hyper::body::Incoming>| async move {
+        if req.method() == http::Method::PUT {
+            let mut r = http::Response::new(support::body(""));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        } else {
+            http::Response::new(support::body(vec![b'x'; 256 * 1024]))
+        }
+    })
+    .await;
+    let sidecar = Sidecar::start(
+        app.addr,
+        "maxBodyBytes: 1024\n",
+        Arc::new(sametag_sidecar::store::memory::MemoryStore::new()),
+    )
+    .await;
+    let mut c = client(sidecar.addr).await;
+    for _ in 0..3 {
+        assert_eq!(put_if_match_any(&mut c).await, StatusCode::NO_CONTENT);
+        let (status, body) = get(&mut c, "/big").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.len(), 256 * 1024);
+    }
+    sidecar.shutdown().await;
+}
