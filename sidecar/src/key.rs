@@ -88,8 +88,12 @@ impl CanonicalTarget {
 /// port without leading zeros. Non-UTF-8 bytes are kept as U+FFFD (such a
 /// host is invalid anyway; it still gets a key of its own).
 pub fn canonical_authority(raw: &[u8], https: bool) -> String {
-    let raw = String::from_utf8_lossy(raw.trim_ascii());
-    let mut host = raw.to_ascii_lowercase();
+    let raw = raw.trim_ascii();
+    // One allocation on the usual path (valid UTF-8); lossy otherwise.
+    let mut host = match std::str::from_utf8(raw) {
+        Ok(s) => s.to_ascii_lowercase(),
+        Err(_) => String::from_utf8_lossy(raw).to_ascii_lowercase(),
+    };
     // Strip userinfo (never part of an http(s) target, RFC 9110 §4.2.4).
     if let Some(at) = host.rfind('@') {
         host.drain(..=at);
@@ -104,6 +108,8 @@ pub fn canonical_authority(raw: &[u8], https: bool) -> String {
         } else if port.bytes().all(|b| b.is_ascii_digit()) {
             match port.parse::<u32>() {
                 Ok(p) if p == default => host.truncate(colon),
+                // Already canonical (no leading zero): keep it as written.
+                Ok(_) if !port.starts_with('0') => {}
                 Ok(p) => {
                     host.truncate(colon);
                     host.push(':');

@@ -35,14 +35,35 @@ pub fn set_validators(headers: &mut HeaderMap, validators: &Validators) {
     }
     match validators.last_modified {
         Some(at) => {
-            if let Ok(date) = HeaderValue::try_from(fmt_http_date(at)) {
-                headers.insert(LAST_MODIFIED, date);
-            }
+            headers.insert(LAST_MODIFIED, last_modified_value(at));
         }
         None => {
             headers.remove(LAST_MODIFIED);
         }
     }
+}
+
+/// `Last-Modified` for `at`. Hot resources are answered over and over with
+/// the same date, so each thread keeps the last one it formatted.
+fn last_modified_value(at: SystemTime) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(SystemTime, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((t, value)) if *t == at => value.clone(),
+        _ => {
+            let value = http_date_value(at);
+            *last = Some((at, value.clone()));
+            value
+        }
+    })
+}
+
+/// An HTTP-date as a header value (IMF-fixdate is always visible ASCII).
+fn http_date_value(t: SystemTime) -> HeaderValue {
+    HeaderValue::try_from(fmt_http_date(t))
+        .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }
 
 /// A 304 carrying exactly the headers §15.4.5 lists (taken from `source`,
@@ -107,8 +128,7 @@ fn date_now() -> HeaderValue {
     LAST.with_borrow_mut(|last| match last {
         Some((at, value)) if *at == secs => value.clone(),
         _ => {
-            let value = HeaderValue::try_from(fmt_http_date(now))
-                .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+            let value = http_date_value(now);
             *last = Some((secs, value.clone()));
             value
         }
