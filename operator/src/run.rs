@@ -1,6 +1,7 @@
 //! `sametag-operator run`: certificates first, then the webhook (every
 //! replica), the metrics/health server, certificate rotation, and the
-//! controller (the leader only), all until SIGTERM.
+//! controller (the leader only), all until SIGTERM; then the controller
+//! stops and the leader releases its Lease before the process exits.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::children::FIELD_MANAGER;
 use crate::config::RunArgs;
@@ -29,6 +31,12 @@ use crate::webhook::config::{self as whconfig, Target};
 use crate::webhook::inject::InjectConfig;
 use crate::webhook::tls::{self, CertSettings, Resolver};
 use crate::webhook::{self, Webhook};
+
+/// How long a terminating operator waits for the controller to stop and
+/// the Lease to be released before it exits regardless.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long it waits for the lease manager to release the Lease.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run everything until a termination signal; errors are startup failures.
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -135,17 +143,32 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args.namespace.clone(),
         args.resync,
     ));
-    let controller = lead(client, args, identity, ctx, metrics, owner);
+    // `lead` watches this to stop the controller and give up the Lease.
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let controller = lead(client, args, identity, ctx, metrics, owner, shutdown_rx);
+    tokio::pin!(controller);
 
     tokio::select! {
-        _ = metrics_server => Ok(()),
-        _ = webhook_server => Ok(()),
-        _ = view_driver => Ok(()),
-        _ = readiness_forever(readiness) => Ok(()),
-        _ = rotation => Ok(()),
-        r = controller => r,
-        _ = shutdown_signal() => {
-            tracing::info!("terminating");
+        _ = metrics_server => return Ok(()),
+        _ = webhook_server => return Ok(()),
+        _ = view_driver => return Ok(()),
+        _ = readiness_forever(readiness) => return Ok(()),
+        _ = rotation => return Ok(()),
+        r = &mut controller => return r,
+        _ = shutdown_signal() => tracing::info!("terminating"),
+    }
+    // The servers above are dropped; let the controller finish and the
+    // Lease go before the process exits, so the next replica leads at once
+    // instead of after --lease-duration. Bounded well inside the default
+    // 30 s termination grace period.
+    let _ = shutdown.send(true);
+    match tokio::time::timeout(SHUTDOWN_TIMEOUT, controller).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(
+                timeout = ?SHUTDOWN_TIMEOUT,
+                "the controller did not stop in time; exiting anyway"
+            );
             Ok(())
         }
     }
@@ -265,7 +288,8 @@ async fn adopt_own_objects(client: &Client, args: &RunArgs, owner: &OwnerReferen
     Ok(())
 }
 
-/// Run the controller while this replica leads (always, without election).
+/// Run the controller while this replica leads (always, without election),
+/// until `shutdown` turns true; then, with election, release the Lease.
 async fn lead(
     client: Client,
     args: RunArgs,
@@ -273,11 +297,12 @@ async fn lead(
     ctx: Arc<Context>,
     metrics: Arc<Metrics>,
     owner: Option<OwnerReference>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let ns = args.watch_namespace.clone();
     if !args.leader_elect {
         metrics.leader.set(1);
-        reconcile::run(ctx, ns, std::future::pending()).await;
+        reconcile::run(ctx, ns, became(shutdown, true)).await;
         return Ok(());
     }
     // Create the Lease owned by the webhook configuration before the lease
@@ -297,34 +322,79 @@ async fn lead(
         .with_field_manager(format!("{FIELD_MANAGER}-lease-{identity}"))
         .build()
         .await?;
-    let (mut leader, _handle) = manager.watch().await;
+    let (leader, lease_task) = manager.watch().await;
+    // `follow` owns the only receiver: when it returns, the manager's task
+    // sees the channel closed, releases the Lease and ends.
+    let result = follow(leader, shutdown, &identity, ctx, ns, &metrics).await;
+    match tokio::time::timeout(RELEASE_TIMEOUT, lease_task).await {
+        Ok(Ok(Ok(_))) => {
+            tracing::info!(%identity, lease = %args.lease_name, "released the leader Lease")
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, lease = %args.lease_name, "cannot release the leader Lease; it expires instead")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, lease = %args.lease_name, "the lease manager task failed; the Lease expires instead")
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?RELEASE_TIMEOUT, lease = %args.lease_name, "releasing the leader Lease timed out; it expires instead")
+        }
+    }
+    result
+}
+
+/// Run the controller whenever `leader` is true, stopping it when the lease
+/// is lost; return once `shutdown` turns true (the controller stopped).
+async fn follow(
+    mut leader: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+    identity: &str,
+    ctx: Arc<Context>,
+    ns: Option<String>,
+    metrics: &Metrics,
+) -> Result<()> {
     loop {
-        while !*leader.borrow_and_update() {
-            if leader.changed().await.is_err() {
-                return Err(Error::Stopped("leader election"));
+        tokio::select! {
+            led = leader.wait_for(|&l| l) => {
+                led.map_err(|_| Error::Stopped("leader election"))?;
             }
+            _ = shutdown.wait_for(|&s| s) => return Ok(()),
         }
         tracing::info!(%identity, "leading: starting the controller");
         metrics.leader.set(1);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let controller = reconcile::run(ctx.clone(), ns.clone(), async move {
-            let _ = stopped.await;
-        });
-        tokio::pin!(controller);
-        loop {
-            tokio::select! {
-                _ = &mut controller => break,
-                changed = leader.changed() => {
-                    if changed.is_err() || !*leader.borrow_and_update() {
-                        tracing::warn!(%identity, "lost the lease: stopping the controller");
-                        let _ = stop.send(());
-                        controller.await;
-                        break;
-                    }
-                }
-            }
-        }
+        let stop = either(
+            became(leader.clone(), false),
+            became(shutdown.clone(), true),
+        );
+        reconcile::run(ctx.clone(), ns.clone(), stop).await;
         metrics.leader.set(0);
+        if *shutdown.borrow() {
+            tracing::info!(%identity, "controller stopped");
+            return Ok(());
+        }
+        if leader.is_closed() {
+            // The lease manager's task is gone: nobody renews the Lease.
+            return Err(Error::Stopped("leader election"));
+        }
+        if *leader.borrow() {
+            tracing::warn!(%identity, "the controller ended by itself; restarting it");
+        } else {
+            tracing::warn!(%identity, "lost the lease: controller stopped");
+        }
+    }
+}
+
+/// Resolves once `rx` holds `value`, or its sender is gone (nothing will
+/// change it any more, so waiting longer would hang a shutdown).
+async fn became(mut rx: watch::Receiver<bool>, value: bool) {
+    let _ = rx.wait_for(|&v| v == value).await;
+}
+
+/// Resolves when either future does.
+async fn either(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
+    tokio::select! {
+        () = a => {}
+        () = b => {}
     }
 }
 

@@ -4,8 +4,8 @@
 //! so every call it makes is checked against the chart's RBAC.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -147,6 +147,36 @@ impl Operator {
         self.config.clone()
     }
 
+    /// Send SIGTERM and wait up to `timeout` for the process to exit on its
+    /// own; its exit status, or an error (after a SIGKILL) if it did not.
+    pub async fn terminate_within(mut self, timeout: Duration) -> Result<ExitStatus> {
+        let pid = self.child.id();
+        send_sigterm(pid)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(Error::Other(format!(
+                        "the operator (pid {pid}) did not exit within {}s of SIGTERM; killed",
+                        timeout.as_secs_f64()
+                    )));
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        what: format!("wait for the operator (pid {pid})"),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
     fn terminate(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -173,6 +203,23 @@ impl Drop for Operator {
         if let Ok(None) = self.child.try_wait() {
             self.terminate();
         }
+    }
+}
+
+/// `kill -TERM pid` (the crate forbids the unsafe a direct libc call needs).
+fn send_sigterm(pid: u32) -> Result<()> {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .map_err(|source| Error::Io {
+            what: "run kill".into(),
+            source,
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Other(format!("kill -TERM {pid}: {status}")))
     }
 }
 

@@ -20,6 +20,8 @@ mod chart;
 mod ctx;
 #[path = "e2e/injection.rs"]
 mod injection;
+#[path = "e2e/leader.rs"]
+mod leader;
 #[path = "e2e/owned.rs"]
 mod owned;
 #[path = "e2e/stores.rs"]
@@ -95,6 +97,10 @@ async fn chart_operator_and_webhook_against_a_real_control_plane() {
     scenario!(
         "7b certificate: a restarted operator reuses it",
         certs::reused_after_restart(&mut ctx)
+    );
+    scenario!(
+        "9 leader election: the Lease is released on SIGTERM",
+        leader::released_on_sigterm(&mut ctx)
     );
     scenario!(
         "8b ownership: a restarted operator adopts an unowned Secret and Lease",

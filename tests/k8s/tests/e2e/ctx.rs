@@ -1,6 +1,9 @@
 //! What every scenario shares: the control plane, admin client, tools, and
 //! the operator process (stopped and restarted by some scenarios).
 
+use std::process::ExitStatus;
+use std::time::Duration;
+
 use sametag_k8s_e2e::controlplane::ControlPlane;
 use sametag_k8s_e2e::operator::{Operator, OperatorConfig, sa_kubeconfig};
 use sametag_k8s_e2e::tools::Tools;
@@ -74,6 +77,16 @@ impl Ctx {
         if let Some(op) = self.operator.take() {
             op.stop();
         }
+    }
+
+    /// Stop the operator with SIGTERM and wait up to `timeout` for it to
+    /// exit by itself (a graceful shutdown, not the SIGKILL fallback).
+    pub async fn terminate_operator(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let op = self
+            .operator
+            .take()
+            .ok_or_else(|| Error::Other("the operator is not running".into()))?;
+        op.terminate_within(timeout).await
     }
 
     /// The operator's last log lines (empty before it started).
