@@ -9,5 +9,6 @@ pub mod metrics;
 pub mod owner;
 pub mod reconcile;
 pub mod run;
+pub mod secret_watch;
 pub mod status;
 pub mod webhook;

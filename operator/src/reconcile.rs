@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 use crate::children::{self, BuildError, FIELD_MANAGER, OWNER_LABEL, STORE_LABEL, names};
 use crate::crd::{ETagStore, ETagStoreStatus, ExternalRedis, ManagedRedis};
 use crate::metrics::Metrics;
+use crate::secret_watch;
 use crate::status::{self, DEGRADED, Health, READY};
 
 /// Everything that can fail in the operator.
@@ -178,7 +180,8 @@ pub async fn reconcile(store: Arc<ETagStore>, ctx: Arc<Context>) -> Result<Actio
     write_status(&store, &ctx, &ns, &health, endpoint).await?;
     ctx.record_success(&ObjectRef::from_obj(&*store));
     Ok(if degraded {
-        // A missing Secret is not ours to watch: look again soon.
+        // Secret changes wake the store at once (secret_watch); this
+        // requeue only backs up a missed watch event.
         Action::requeue(Duration::from_secs(30))
     } else if progressing {
         Action::requeue(Duration::from_secs(10))
@@ -493,7 +496,9 @@ pub async fn run(
     // Only our children are watched, so the caches stay small.
     let owned = watcher::Config::default().labels(OWNER_LABEL);
     let ns = &watch_namespace;
-    Controller::new(stores, watcher::Config::default())
+    let controller = Controller::new(stores, watcher::Config::default());
+    let referencing = secret_watch::mapper(controller.store());
+    controller
         .owns(api::<StatefulSet>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
@@ -507,6 +512,13 @@ pub async fn run(
                 let store = pod.labels().get(STORE_LABEL)?.clone();
                 Some(ObjectRef::<ETagStore>::new(&store).within(&pod.namespace()?))
             },
+        )
+        // An external store's password Secret is the user's: watch only
+        // metadata, and wake the stores that name it at once.
+        .watches(
+            api::<PartialObjectMeta<Secret>>(&client, ns),
+            watcher::Config::default(),
+            referencing,
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

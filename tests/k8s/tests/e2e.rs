@@ -83,7 +83,7 @@ async fn chart_operator_and_webhook_against_a_real_control_plane() {
         stores::managed(&ctx)
     );
     scenario!(
-        "3 external ETagStore: Degraded without its Secret, Ready with it",
+        "3 external ETagStore: Degraded without its Secret, follows its changes within seconds",
         stores::external(&ctx)
     );
     scenario!(

@@ -1,6 +1,7 @@
 //! Scenarios 2 and 3: a managed ETagStore's children, status, printer
 //! columns, drift repair and garbage collection; an external ETagStore's
-//! Degraded → Ready when its Secret appears.
+//! Degraded → Ready as its Secret appears and changes, within seconds (the
+//! operator watches Secrets; no waiting for a requeue).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,10 +11,12 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{
+    DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams,
+};
 use kube::core::NamespaceResourceScope;
 use sametag_k8s_e2e::ets::{
-    condition, create_namespace, etagstore, etagstores, owned_by, wait_condition,
+    condition, create_namespace, etagstore, etagstores, owned_by, status_summary, wait_condition,
 };
 use sametag_k8s_e2e::{Error, Result, wait};
 use serde::de::DeserializeOwned;
@@ -234,6 +237,43 @@ pub async fn managed(ctx: &Ctx) -> Result<()> {
     .await
 }
 
+/// How fast a Secret change must reach a Degraded store's status (its
+/// requeue is 30 s, so only the operator's Secret watch can meet this).
+const FAST: Duration = Duration::from_secs(10);
+/// Pause before a Secret change, past the reconcile a status write triggers.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Secret `redis-pass` with the password under `key`.
+fn password_secret(key: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some("redis-pass".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            key.to_string(),
+            ByteString(b"s3cret".to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// Wait at most FAST until the store is Degraded=True for `reason`.
+async fn wait_reason(api: &Api<DynamicObject>, name: &str, reason: &str) -> Result<()> {
+    wait::until(
+        &format!("ETagStore {name} Degraded with reason {reason}"),
+        FAST,
+        || async move {
+            let obj = api.get(name).await?;
+            match condition(&obj, "Degraded") {
+                Some((s, r, _)) if s == "True" && r == reason => Ok(Some(())),
+                _ => Err(err(format!("status {}", status_summary(&obj)))),
+            }
+        },
+    )
+    .await
+}
+
 pub async fn external(ctx: &Ctx) -> Result<()> {
     ctx.require_operator()?;
     let ns = "e2e-external";
@@ -256,22 +296,27 @@ pub async fn external(ctx: &Ctx) -> Result<()> {
         return Err(err("Ready=True while the Secret is missing"));
     }
 
+    // The operator watches Secrets: each change below must show within
+    // FAST, well under the 30 s requeue of a Degraded store. Settle first so
+    // the reconcile echoing the Degraded status write cannot be what sees it.
+    tokio::time::sleep(SETTLE).await;
     let secrets: Api<Secret> = Api::namespaced(ctx.admin.clone(), ns);
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("redis-pass".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "password".to_string(),
-            ByteString(b"s3cret".to_vec()),
-        )])),
-        ..Default::default()
-    };
-    secrets.create(&PostParams::default(), &secret).await?;
-    let store = wait_condition(&api, "ext", "Ready", "True", WAIT).await?;
+    secrets
+        .create(&PostParams::default(), &password_secret("pw"))
+        .await?;
+    wait_reason(&api, "ext", "SecretKeyMissing").await?;
+
+    tokio::time::sleep(SETTLE).await;
+    secrets
+        .replace(
+            "redis-pass",
+            &PostParams::default(),
+            &password_secret("password"),
+        )
+        .await?;
+    let store = wait_condition(&api, "ext", "Ready", "True", FAST).await?;
     if condition(&store, "Degraded").is_some_and(|(s, _, _)| s == "True") {
-        return Err(err("still Degraded after the Secret appeared"));
+        return Err(err("still Degraded after the Secret got its key"));
     }
     let endpoint = store.data["status"]["endpoint"]
         .as_str()
