@@ -464,8 +464,30 @@ impl Store for RedisStore {
         inner.remember_watched(&resource.id, watched);
         let cache = &inner.shared.cache;
         if let Some((res, meta)) = cache.get(&resource.id) {
-            inner.metrics.cache_hits.inc();
-            return Ok(model::build_resource(&res, &meta, watched, inner.offset()));
+            let found = model::build_resource(&res, &meta, watched, inner.offset());
+            let trusted = found
+                .as_ref()
+                .is_some_and(|r| r.variants.iter().any(|(_, e)| e.validated_at.is_some()));
+            if !trusted {
+                // Nothing here can answer without the app: no barrier needed.
+                inner.metrics.cache_hits.inc();
+                return Ok(found);
+            }
+            // A write through another replica returns only after Redis has
+            // sent us its invalidation push, but our reader may not have
+            // applied it yet. A PING on the connection that carries the
+            // pushes is answered after them: once it returns, every
+            // invalidation sent before this request arrived is applied, so a
+            // cached validation is never trusted after a write elsewhere.
+            inner
+                .run(false, |mut c| async move {
+                    redis::cmd("PING").query_async::<()>(&mut c).await
+                })
+                .await?;
+            if let Some((res, meta)) = cache.get(&resource.id) {
+                inner.metrics.cache_hits.inc();
+                return Ok(model::build_resource(&res, &meta, watched, inner.offset()));
+            }
         }
         let ticket = cache.ticket();
         let keys = &inner.shared.keys;
