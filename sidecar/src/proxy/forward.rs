@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::body::Body;
+use super::body::{Body, empty};
 use super::error::ProxyError;
 use super::hop::{add_via, strip_hop_by_hop};
 use super::lane::{IdleConnections, Lane};
@@ -40,6 +40,24 @@ pub struct Rewrite {
     /// Send this method instead (HEAD goes out as GET so the body can be
     /// hashed; a write's precondition check uses an internal GET).
     pub method: Option<Method>,
+}
+
+impl Rewrite {
+    /// The client's request as it is (bypass, upgrades).
+    pub const AS_IS: Rewrite = Rewrite {
+        strip_conditionals: false,
+        method: None,
+    };
+    /// A write the sidecar has already judged: its preconditions stay here.
+    pub const JUDGED: Rewrite = Rewrite {
+        strip_conditionals: true,
+        method: None,
+    };
+    /// A plain GET of the current representation, to hash it.
+    pub const CURRENT: Rewrite = Rewrite {
+        strip_conditionals: true,
+        method: Some(Method::GET),
+    };
 }
 
 impl Upstream {
@@ -74,6 +92,18 @@ impl Upstream {
     /// A lane for a new client connection.
     pub fn lane(&self) -> Lane {
         Lane::new(self.idle.clone())
+    }
+
+    /// GET the current representation of the resource `parts` names
+    /// (conditionals and `Range` dropped, the client's method replaced) and
+    /// wait for the response head.
+    pub async fn get_current(
+        &self,
+        parts: &Parts,
+        lane: Option<&Lane>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let request = self.request(parts, empty(), Rewrite::CURRENT)?;
+        self.send(lane, request).await
     }
 
     /// Send `req` (on `lane` if given, else through the pool) and wait for

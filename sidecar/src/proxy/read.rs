@@ -4,7 +4,6 @@ use http::header::{CONTENT_LENGTH, ETAG, LAST_MODIFIED, RANGE, VARY};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::body::{Body, Buffered, boxed, buffer_and_tag, empty, full};
-use super::forward::Rewrite;
 use super::hop::{add_via, strip_hop_by_hop};
 use super::respond::{
     self, CACHE_STATUS, cache_status, cache_status_static, not_modified, parse_range,
@@ -47,15 +46,10 @@ impl Context {
 
         // Forward: conditionals and Range stripped, HEAD sent as GET (the
         // body is needed to hash; it is dropped below).
-        let request = self.upstream.request(
-            &ex.parts,
-            empty(),
-            Rewrite {
-                strip_conditionals: true,
-                method: Some(Method::GET),
-            },
-        )?;
-        let response = self.upstream.send(ex.lane.as_ref(), request).await?;
+        let response = self
+            .upstream
+            .get_current(&ex.parts, ex.lane.as_ref())
+            .await?;
         let (mut rparts, rbody) = response.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         add_via(&mut rparts.headers, http::Version::HTTP_11);

@@ -25,14 +25,7 @@ pub async fn pass_through(
     let (parts, body) = req.into_parts();
     let connection = parts.headers.get(CONNECTION).cloned();
     let protocol = parts.headers.get(UPGRADE).cloned();
-    let mut out = upstream.request(
-        &parts,
-        boxed(body),
-        Rewrite {
-            strip_conditionals: false,
-            method: None,
-        },
-    )?;
+    let mut out = upstream.request(&parts, boxed(body), Rewrite::AS_IS)?;
     // The generic hop-by-hop pass removed these; an upgrade needs them.
     if let (Some(connection), Some(protocol)) = (connection, protocol) {
         out.headers_mut().insert(CONNECTION, connection);

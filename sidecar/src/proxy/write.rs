@@ -11,7 +11,7 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::body::{Buffered, boxed, buffer_and_tag, empty};
+use super::body::{Buffered, boxed, buffer_and_tag};
 use super::error::ProxyError;
 use super::forward::Rewrite;
 use super::hop::{add_via, strip_hop_by_hop};
@@ -62,14 +62,9 @@ impl Context {
         body: Incoming,
         guard: Option<LockGuard>,
     ) -> Answer {
-        let request = self.upstream.request(
-            &ex.parts,
-            boxed(body),
-            Rewrite {
-                strip_conditionals: true,
-                method: None,
-            },
-        )?;
+        let request = self
+            .upstream
+            .request(&ex.parts, boxed(body), Rewrite::JUDGED)?;
         let invalidation =
             is_write(&ex.parts.method).then(|| (ex.key.clone(), ex.route.invalidates.clone()));
         let sent = self
@@ -157,15 +152,7 @@ impl Context {
         ] {
             parts.headers.remove(name);
         }
-        let request = self.upstream.request(
-            &parts,
-            empty(),
-            Rewrite {
-                strip_conditionals: true,
-                method: Some(Method::GET),
-            },
-        )?;
-        let response = self.upstream.send(ex.lane.as_ref(), request).await?;
+        let response = self.upstream.get_current(&parts, ex.lane.as_ref()).await?;
         let (rparts, rbody) = response.into_parts();
         let last_modified = rparts
             .headers
@@ -255,14 +242,7 @@ impl Context {
         route: &Route,
         lane: Option<Lane>,
     ) -> Answer {
-        let request = self.upstream.request(
-            &parts,
-            boxed(body),
-            Rewrite {
-                strip_conditionals: false,
-                method: None,
-            },
-        )?;
+        let request = self.upstream.request(&parts, boxed(body), Rewrite::AS_IS)?;
         let response = if is_write(&parts.method) {
             let key = resource_key(&parts, true, &self.options.credential_secret);
             let mut globs = route.invalidates.clone();
