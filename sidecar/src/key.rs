@@ -15,10 +15,22 @@
 //!   and query, and the case of the remaining percent-encodings (`%2f` =
 //!   `%2F`).
 //!
+//! - dot segments (`/a/./b`, `/a/x/../b`, and `%2e` spelled ones) removed
+//!   as RFC 3986 §6.2.2.3 says. The app then receives the canonical target
+//!   (the proxy rewrites the request), so what the sidecar routed, keyed
+//!   and locked is exactly what the app serves.
+//!
 //! It never merges what an origin may tell apart: path case, a trailing
-//! slash, dot segments, query order, `+` versus `%20`, an empty query (`/a?`)
-//! versus none, and encoded reserved characters (`%2F` stays distinct from
-//! `/`).
+//! slash, query order, `+` versus `%20`, an empty query (`/a?`) versus none,
+//! and encoded reserved characters (`%2F` stays distinct from `/`).
+//!
+//! Two identities come out of a request (DESIGN "Keys"): the read key
+//! ([`ResourceKey::id`]: authority, path, query and credential scope) holds
+//! tag state, one user's never visible to another's; the resource
+//! ([`ResourceKey::path`] for invalidation, [`ResourceKey::lock`] = path and
+//! query for the write lock) has no Host spelling and no credential scope,
+//! so a write by anyone under any Service name locks out and un-trusts
+//! everyone else.
 
 use std::sync::{Arc, LazyLock};
 
@@ -36,6 +48,7 @@ pub const MAX_VARY_NAMES: usize = 64;
 const RESOURCE_CONTEXT: &str = "sametag.dev 2026 resource key v1";
 const CREDENTIAL_CONTEXT: &str = "sametag.dev 2026 credential scope v1";
 const VARIANT_CONTEXT: &str = "sametag.dev 2026 variant key v1";
+const LOCK_CONTEXT: &str = "sametag.dev 2026 lock key v1";
 
 // Hashers with their derive-key context already absorbed: cloning one is
 // cheaper than hashing the context string again on every request.
@@ -43,6 +56,8 @@ static RESOURCE_HASHER: LazyLock<blake3::Hasher> =
     LazyLock::new(|| blake3::Hasher::new_derive_key(RESOURCE_CONTEXT));
 static VARIANT_HASHER: LazyLock<blake3::Hasher> =
     LazyLock::new(|| blake3::Hasher::new_derive_key(VARIANT_CONTEXT));
+static LOCK_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(LOCK_CONTEXT));
 
 /// A request target in canonical form.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -50,7 +65,8 @@ pub struct CanonicalTarget {
     /// Lower-case host, with a port unless it is the default of the URI's
     /// scheme (http when the request has none): `example.com:8443`.
     pub authority: String,
-    /// Path with percent-encodings normalised; never empty.
+    /// Path with percent-encodings normalised and dot segments removed;
+    /// never empty.
     pub path: String,
     /// Query with percent-encodings normalised; `Some("")` for a bare `?`.
     pub query: Option<String>,
@@ -74,6 +90,8 @@ impl CanonicalTarget {
         };
         let path = match uri.path() {
             "" => "/".to_owned(),
+            p if p.starts_with('/') => remove_dot_segments(&normalize_percent(p)),
+            // `*` (OPTIONS) and other non-path targets stay as they are.
             p => normalize_percent(p),
         };
         CanonicalTarget {
@@ -120,6 +138,48 @@ pub fn canonical_authority(raw: &[u8], https: bool) -> String {
         }
     }
     host
+}
+
+/// RFC 3986 §5.2.4 `remove_dot_segments` on an absolute path (after
+/// percent normalisation, so `%2e` segments are dots by now). Always starts
+/// with `/`; `..` never climbs above the root.
+pub fn remove_dot_segments(path: &str) -> String {
+    // Most paths have no dot segment: no work beyond one scan.
+    let dotted = path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..");
+    if !dotted {
+        return path.to_owned();
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => {
+                // A dot at the end leaves a directory: `/a/.` is `/a/`.
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let mut canonical = String::with_capacity(path.len());
+    for segment in &out {
+        canonical.push('/');
+        canonical.push_str(segment);
+    }
+    if canonical.is_empty() {
+        canonical.push('/');
+    }
+    canonical
 }
 
 /// Decode percent-encoded unreserved characters and upper-case the hex of the
@@ -202,9 +262,13 @@ pub fn key_of_target(
     put(&mut h, Some(target.path.as_bytes()));
     put(&mut h, target.query.as_deref().map(str::as_bytes));
     put(&mut h, scope.as_ref().map(|s| &s[..]));
+    let mut lock = LOCK_HASHER.clone();
+    put(&mut lock, Some(target.path.as_bytes()));
+    put(&mut lock, target.query.as_deref().map(str::as_bytes));
     ResourceKey {
         path: Arc::from(target.path),
         id: Arc::from(encode128(&h)),
+        lock: Arc::from(encode128(&lock)),
     }
 }
 

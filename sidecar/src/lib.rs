@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
 pub mod date;
 pub mod key;

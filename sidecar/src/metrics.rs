@@ -101,6 +101,7 @@ pub struct Metrics {
     store_errors: Family<OpLabels, Counter>,
     upstream_errors: Family<KindLabels, Counter>,
     store_up: Gauge,
+    lock_leases_lost: Counter,
 }
 
 fn store_histogram() -> Histogram {
@@ -155,6 +156,12 @@ impl Metrics {
             "1 when the store is reachable, 0 when not",
             store_up.clone(),
         );
+        let lock_leases_lost = Counter::default();
+        registry.register(
+            "sametag_lock_leases_lost",
+            "Write locks whose lease could not be renewed while the write was still in flight",
+            lock_leases_lost.clone(),
+        );
         Self {
             registry,
             requests,
@@ -163,6 +170,7 @@ impl Metrics {
             store_errors,
             upstream_errors,
             store_up,
+            lock_leases_lost,
         }
     }
 
@@ -212,6 +220,16 @@ impl Metrics {
             op,
             start: Instant::now(),
         }
+    }
+
+    /// A held write lock was found taken over (its lease ended mid-write).
+    pub fn lock_lease_lost(&self) {
+        self.lock_leases_lost.inc();
+    }
+
+    /// Write locks lost mid-write so far.
+    pub fn lock_leases_lost(&self) -> u64 {
+        self.lock_leases_lost.get()
     }
 
     /// Count a failed store operation.

@@ -164,12 +164,10 @@ impl Conditions {
     }
 }
 
-/// The methods the sidecar treats as writes (lock, invalidate on success).
+/// The methods the sidecar treats as writes: every method that is not safe
+/// (RFC 9110 §9.2.1), standard or not (`PROPPATCH`, `MOVE`, `PURGE`, ...).
 pub fn is_write(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::PUT | Method::PATCH | Method::DELETE | Method::POST
-    )
+    !method.is_safe()
 }
 
 /// Evaluate `conditions` for `method` against the current representation

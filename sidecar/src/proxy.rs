@@ -11,6 +11,7 @@
 //! conditional writes they are `StoreUnavailable` → 503 + `Retry-After`.
 
 mod body;
+mod current;
 mod error;
 mod forward;
 mod hop;
@@ -27,7 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::{CACHE_CONTROL, HOST};
+use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -188,9 +189,12 @@ impl Context {
         let (parts, body) = req.into_parts();
         check_host(&parts)?;
 
-        // Step 1, policy: the route of the canonical path.
+        // Step 1, policy: the route of the canonical path, which is also
+        // what the app receives (it must serve what was judged).
         let policy = self.policy.current();
+        let mut parts = parts;
         let target = CanonicalTarget::of(&parts);
+        canonicalise_target(&mut parts, &target)?;
         let route = policy.route(&target.path).clone();
         if route.mode == Mode::Bypass {
             return self.bypass(parts, body, &policy, &route, lane).await;
@@ -250,19 +254,43 @@ fn untaggable(status: &StatusCode, headers: &HeaderMap) -> Option<&'static str> 
     if *status != StatusCode::OK {
         return Some("status");
     }
-    let no_store = headers.get_all(CACHE_CONTROL).iter().any(|v| {
-        v.as_bytes().split(|b| *b == b',').any(|d| {
-            let d = d.trim_ascii();
-            d.eq_ignore_ascii_case(b"no-store")
-        })
-    });
-    if no_store {
+    if current::is_no_store(headers) {
         return Some("no-store");
     }
     if vary_names(headers) == VaryNames::Any {
         return Some("vary-star");
     }
     None
+}
+
+/// Rewrite the request target to its canonical path (dot segments removed,
+/// unreserved characters decoded) and query, so the app serves exactly what
+/// the sidecar routed, keyed and locked. A target already canonical (the
+/// usual case) is left alone.
+fn canonicalise_target(parts: &mut Parts, target: &CanonicalTarget) -> Result<(), ProxyError> {
+    let uri = &parts.uri;
+    if uri.path() == target.path && uri.query() == target.query.as_deref() {
+        return Ok(());
+    }
+    if !uri.path().starts_with('/') {
+        return Ok(()); // `*` and other non-path targets
+    }
+    let path_and_query = match &target.query {
+        Some(q) => format!("{}?{q}", target.path),
+        None => target.path.clone(),
+    };
+    let mut builder = http::Uri::builder();
+    if let Some(scheme) = uri.scheme() {
+        builder = builder.scheme(scheme.clone());
+    }
+    if let Some(authority) = uri.authority() {
+        builder = builder.authority(authority.clone());
+    }
+    parts.uri = builder
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("request target is not a URL"))?;
+    Ok(())
 }
 
 /// `Host` must be a plain visible-ASCII field if present (a key is derived

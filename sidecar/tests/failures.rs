@@ -416,6 +416,9 @@ impl Store for DownStore {
     ) -> Result<Option<WriteLock>, StoreError> {
         Err(StoreError::Unavailable("down for the test".into()))
     }
+    async fn renew(&self, _: &WriteLock, _: Duration) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("down for the test".into()))
+    }
     async fn unlock(&self, _: &WriteLock) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("down for the test".into()))
     }
@@ -449,8 +452,17 @@ async fn store_down_reads_degrade_and_conditional_writes_fail_closed() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.header("retry-after"), "3");
     assert_eq!(state.lock().unwrap().as_deref(), Some("v1"));
-    // An unconditional write needs no lock and goes through.
+    // An unconditional write to a path a Trust route depends on cannot be
+    // invalidated, so it is not forwarded either (trusted 304s elsewhere
+    // would outlive it): 503, the app untouched.
     let r = send(sidecar.addr, "PUT", "/doc", &[], "v2").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.header("retry-after"), "3");
+    assert_eq!(state.lock().unwrap().as_deref(), Some("v1"));
+    // Where nothing is trusted (Validate), it needs no lock and goes through.
+    let validate =
+        Sidecar::start_with(app.addr, "mode: Validate\n", Arc::new(DownStore), |_| {}).await;
+    let r = send(validate.addr, "PUT", "/doc", &[], "v2").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(state.lock().unwrap().as_deref(), Some("v2"));
 }

@@ -353,14 +353,9 @@ async fn replicas_agree_on_etag_and_last_modified() {
 }
 
 #[tokio::test]
-async fn no_store_and_errors_pass_through_untagged() {
+async fn vary_star_and_errors_pass_through_untagged() {
     let app = App::start(|req: http::Request<Incoming>| async move {
         match req.uri().path() {
-            "/secret" => Response::builder()
-                .header("cache-control", "no-store")
-                .header("etag", "\"app\"")
-                .body(body("secret"))
-                .unwrap(),
             "/star" => Response::builder()
                 .header("vary", "*")
                 .body(body("star"))
@@ -374,16 +369,104 @@ async fn no_store_and_errors_pass_through_untagged() {
     })
     .await;
     let sidecar = Sidecar::validate(app.addr).await;
-    let r = get(sidecar.addr, "/secret", &[("if-none-match", "*")]).await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.text(), "secret");
-    assert!(r.headers.get("etag").is_none());
-    assert!(r.header("cache-status").contains("detail=no-store"));
     let r = get(sidecar.addr, "/star", &[]).await;
     assert!(r.headers.get("etag").is_none());
+    assert!(r.header("cache-status").contains("detail=vary-star"));
     let r = get(sidecar.addr, "/err", &[]).await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(r.text(), "boom");
+}
+
+/// An API that answers `no-store` with its own ETag and expects `If-Match`
+/// on writes keeps its optimistic concurrency through the sidecar: its
+/// validators reach the client, conditional reads are judged against them,
+/// and writes are judged against them under the lock and reach the app with
+/// their `If-Match` (the app may insist on it). Nothing is recorded or
+/// Trust-answered.
+#[tokio::test]
+async fn no_store_api_keeps_its_own_validators_and_if_match() {
+    let version = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let v = version.clone();
+    let app = App::start(move |req: http::Request<Incoming>| {
+        let v = v.clone();
+        async move {
+            let current = format!("\"v{}\"", v.load(std::sync::atomic::Ordering::SeqCst));
+            if req.method() == http::Method::PUT {
+                // The app requires If-Match and checks it itself.
+                let sent = req
+                    .headers()
+                    .get("if-match")
+                    .map(|h| h.to_str().unwrap_or("").to_owned());
+                return match sent {
+                    None => support::status(StatusCode::PRECONDITION_REQUIRED),
+                    Some(tag) if tag != current => support::status(StatusCode::PRECONDITION_FAILED),
+                    Some(_) => {
+                        let next = v.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        Response::builder()
+                            .header("cache-control", "no-store")
+                            .header("etag", format!("\"v{next}\""))
+                            .body(body("saved"))
+                            .unwrap()
+                    }
+                };
+            }
+            Response::builder()
+                .header("cache-control", "no-store")
+                .header("etag", current)
+                .body(body("secret"))
+                .unwrap()
+        }
+    })
+    .await;
+    let policy = "mode: Trust\nmaxAge: 60s\n";
+    let sidecar = Sidecar::start(app.addr, policy, Arc::new(MemoryStore::new())).await;
+    let r = get(sidecar.addr, "/secret", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.etag(), "\"v1\"");
+    assert!(r.header("cache-status").contains("detail=no-store"));
+    // Conditional reads: judged against the app's tag, never from the store.
+    let r = get(sidecar.addr, "/secret", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(r.etag(), "\"v1\"");
+    assert_ne!(r.header("cache-status"), "sametag; hit");
+    let hits = app.hits();
+    let r = get(sidecar.addr, "/secret", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        app.hits(),
+        hits + 1,
+        "a no-store resource is never Trust-answered"
+    );
+    // A write with the app's current tag goes through, If-Match intact.
+    let r = send(
+        sidecar.addr,
+        "PUT",
+        "/secret",
+        &[("if-match", "\"v1\"")],
+        "x",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.etag(), "\"v2\"", "the API's new tag reaches the client");
+    assert_eq!(app.last_headers().get("if-match").unwrap(), "\"v1\"");
+    // A stale tag is refused by the sidecar before the app sees it.
+    let hits = app.hits();
+    let r = send(
+        sidecar.addr,
+        "PUT",
+        "/secret",
+        &[("if-match", "\"v1\"")],
+        "x",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        app.last_method(),
+        http::Method::GET,
+        "only the check reached the app"
+    );
+    assert_eq!(app.hits(), hits + 1);
+    assert_eq!(version.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

@@ -28,6 +28,12 @@ fn same_resource_spelled_differently_gets_one_key() {
         ("/%61/b~c?q=x", "example.com"),
         ("/a/b~c?q=%78", "example.com"),
         ("/a/b~c?%71=x", "example.com"),
+        // Dot segments, also percent-encoded (RFC 3986 §6.2.2.3).
+        ("/a/./b~c?q=x", "example.com"),
+        ("/a/x/../b~c?q=x", "example.com"),
+        ("/a/%2e/b~c?q=x", "example.com"),
+        ("/a/x/%2E%2e/b~c?q=x", "example.com"),
+        ("/../a/b~c?q=x", "example.com"),
         // Absolute form: the URI's authority wins over Host.
         ("http://Example.COM:80/a/b~c?q=x", "other.example"),
     ] {
@@ -44,7 +50,6 @@ fn spellings_an_origin_may_distinguish_get_their_own_key() {
         ("/a/b/?x=1&y=2", "example.com"),
         ("/a/b?y=2&x=1", "example.com"),
         ("/a%2Fb?x=1&y=2", "example.com"),
-        ("/a/./b?x=1&y=2", "example.com"),
         ("/a/b?x=1&y=2&", "example.com"),
         ("/a/b?x=1+&y=2", "example.com"),
         ("/a/b", "example.com"),
@@ -245,7 +250,54 @@ fn variant_keys() {
     assert_eq!(variant_key(&odd, &req(&[])).0.len(), 22);
 }
 
+#[test]
+fn dot_segments_are_removed() {
+    for (input, want) in [
+        ("/", "/"),
+        ("/a/b", "/a/b"),
+        ("/a/./b", "/a/b"),
+        ("/a/../b", "/b"),
+        ("/a/b/..", "/a/"),
+        ("/a/b/.", "/a/b/"),
+        ("/..", "/"),
+        ("/../../x", "/x"),
+        ("/a/.b/..c/", "/a/.b/..c/"),
+        ("//a/./b", "//a/b"),
+        ("/a/b/c/./../../g", "/a/g"),
+    ] {
+        assert_eq!(remove_dot_segments(input), want, "{input}");
+    }
+}
+
+#[test]
+fn lock_key_ignores_host_and_credentials_but_not_query() {
+    let alice = key(
+        "/doc?id=1",
+        &[("host", "shop"), ("authorization", "Basic YQ==")],
+    );
+    let bob = key(
+        "/doc?id=1",
+        &[("host", "shop.shop.svc.cluster.local"), ("cookie", "s=bob")],
+    );
+    assert_ne!(alice.id, bob.id, "read keys stay per user and Host");
+    assert_eq!(alice.lock, bob.lock);
+    assert_eq!(alice.path, bob.path);
+    assert_ne!(key("/doc?id=2", &[("host", "shop")]).lock, alice.lock);
+    assert_eq!(key("/x/../doc?id=1", &[]).lock, alice.lock);
+}
+
 proptest! {
+    #[test]
+    fn dot_segment_removal_is_idempotent_and_complete(
+        segs in proptest::collection::vec(prop_oneof!["\\.", "\\.\\.", "[a-z.]{0,3}"], 0..8)
+    ) {
+        let path = format!("/{}", segs.join("/"));
+        let once = remove_dot_segments(&path);
+        prop_assert!(once.starts_with('/'));
+        prop_assert_eq!(remove_dot_segments(&once), once.clone());
+        prop_assert!(!once.split('/').any(|s| s == "." || s == ".."), "{}", once);
+    }
+
     #[test]
     fn decoding_unreserved_never_changes_the_key(path in "(/[a-zA-Z0-9._~-]{0,8}){1,4}", query in proptest::option::of("[a-z0-9=&]{0,12}")) {
         let encoded: String = path.bytes().map(|b| if b == b'/' { "/".to_owned() } else { format!("%{b:02x}") }).collect();

@@ -1,35 +1,24 @@
-//! GET and HEAD: trust → forward → tag → record → respond.
+//! GET and HEAD: trust → fetch the current representation → record →
+//! respond.
 
 use http::header::{CONTENT_LENGTH, ETAG, LAST_MODIFIED, RANGE, VARY};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
-use super::body::{Body, Buffered, boxed, buffer_and_tag, empty, full};
-use super::hop::{add_via, strip_hop_by_hop};
+use super::body::{Body, empty, full};
+use super::current::{Fetched, Known, app_validators};
+use super::hop::add_via;
 use super::respond::{
     self, CACHE_STATUS, cache_status, cache_status_static, not_modified, parse_range,
     set_validators,
 };
-use super::{Answer, Context, Exchange, is_fresh, untaggable, with_validators};
+use super::{Answer, Context, Exchange, with_validators};
 use crate::date::parse_http_date;
-use crate::key::{VaryNames, variant_key, vary_names};
 use crate::metrics::Outcome;
 use crate::policy::Mode;
 use crate::precondition::{Decision, Validators, evaluate};
-use crate::store::{Resource, VariantKey};
-use crate::tag::EntityTag;
-
-/// The outcome of the Trust step.
-enum Trusted {
-    /// Answered from the store.
-    Hit(Response<Body>),
-    /// Known, but too old, invalidated, or not a match: ask the app.
-    Stale,
-    /// Nothing known.
-    Miss,
-}
 
 impl Context {
-    /// GET and HEAD: trust → forward → tag → record → respond.
+    /// GET and HEAD: trust → fetch → record → respond.
     pub(super) async fn read(&self, ex: &Exchange) -> Answer {
         let head = ex.parts.method == Method::HEAD;
 
@@ -37,45 +26,55 @@ impl Context {
         // `Cache-Status: fwd=stale` when the client held a tag, else `miss`.
         let mut stale = !ex.conditions.is_empty();
         if ex.route.mode == Mode::Trust && !ex.conditions.is_empty() {
-            match self.trusted(ex).await {
-                Trusted::Hit(response) => return Ok((response, Outcome::trusted_not_modified)),
-                Trusted::Stale => stale = true,
-                Trusted::Miss => stale = false,
+            match self.known(ex).await {
+                Ok(Known::Fresh { entry, vary }) => {
+                    let validators = Validators {
+                        tag: entry.tag,
+                        last_modified: Some(entry.last_modified),
+                    };
+                    if let Some(hit) = self.trusted_not_modified(ex, &validators, &vary) {
+                        return Ok((hit, Outcome::trusted_not_modified));
+                    }
+                }
+                Ok(Known::Stale) => {}
+                // A store failure degrades to Validate (already counted).
+                Ok(Known::Unknown) | Err(_) => stale = false,
             }
         }
 
-        // Forward: conditionals and Range stripped, HEAD sent as GET (the
-        // body is needed to hash; it is dropped below).
-        let response = self
-            .upstream
-            .get_current(&ex.parts, ex.lane.as_ref())
-            .await?;
-        let (mut rparts, rbody) = response.into_parts();
-        strip_hop_by_hop(&mut rparts.headers);
+        // Fetch: conditionals and Range stripped, HEAD sent as GET (the body
+        // is needed to hash; it is dropped below).
+        let (mut rparts, body, tag, vary, variant) = match self.fetch(ex, &ex.parts).await? {
+            Fetched::Untagged {
+                head: h,
+                body,
+                reason,
+            } => {
+                return Ok(self.pass_through_read(ex, h, body, head, reason));
+            }
+            Fetched::Tagged {
+                head,
+                body,
+                tag,
+                vary,
+                variant,
+            } => (head, body, tag, vary, variant),
+        };
         add_via(&mut rparts.headers, http::Version::HTTP_11);
 
-        // Tag: only a cacheable-shaped 200 within the size bound.
-        if let Some(reason) = untaggable(&rparts.status, &rparts.headers) {
-            return Ok(self.pass_through_read(ex, rparts, boxed(rbody), head, reason));
-        }
-        let deadline = tokio::time::Instant::now() + self.upstream.timeout();
-        let max = ex.policy.max_body_bytes();
-        let (body, tag) = match buffer_and_tag(&rparts.headers, rbody, max, deadline).await? {
-            Buffered::TooLarge(body) => {
-                return Ok(self.pass_through_read(ex, rparts, body, head, "too-large"));
-            }
-            Buffered::Complete { body, tag } => (body, tag),
-        };
-
         // Record: the shared Last-Modified (and, in Trust, the validation).
-        let vary = match vary_names(&rparts.headers) {
-            VaryNames::Names(names) => names,
-            VaryNames::Any => Vec::new(), // excluded by `untaggable`
+        // On a store failure the tag stays content-derived and
+        // `Last-Modified` is the app's (or absent).
+        let (validators, stored) = match self.record(ex, &vary, &variant, &tag).await {
+            Ok(validators) => (validators, true),
+            Err(_) => {
+                let last_modified = rparts
+                    .headers
+                    .get(LAST_MODIFIED)
+                    .and_then(|v| parse_http_date(v.as_bytes()));
+                (Validators { tag, last_modified }, false)
+            }
         };
-        let variant = variant_key(&vary, &ex.parts.headers);
-        let (validators, stored) = self
-            .record(ex, &vary, &variant, &tag, &rparts.headers)
-            .await;
         set_validators(&mut rparts.headers, &validators);
         rparts
             .headers
@@ -114,8 +113,11 @@ impl Context {
     }
 
     /// A read whose response the sidecar does not tag: the app's status and
-    /// body go through; its own `ETag` does not (it would disagree across
-    /// replicas). A 404/410 still answers `If-Match` (no representation).
+    /// body go through. Its own `ETag` does not (it would disagree across
+    /// replicas), except on a `no-store` 200, whose validators are the app's
+    /// own by design: the sidecar judges the client's conditions against
+    /// them and never Trust-answers them. A 404/410 still answers `If-Match`
+    /// (no representation).
     fn pass_through_read(
         &self,
         ex: &Exchange,
@@ -124,12 +126,30 @@ impl Context {
         head: bool,
         reason: &str,
     ) -> (Response<Body>, Outcome) {
+        add_via(&mut rparts.headers, http::Version::HTTP_11);
+        let app = app_validators(rparts.status, &rparts.headers);
+        let exists = rparts.status == StatusCode::OK;
         let gone = matches!(rparts.status, StatusCode::NOT_FOUND | StatusCode::GONE);
-        if gone && evaluate(&ex.conditions, &ex.parts.method, None) == Decision::PreconditionFailed
-        {
-            return (respond::precondition_failed(), Outcome::precondition_failed);
+        if gone || app.is_some() {
+            match evaluate(&ex.conditions, &ex.parts.method, app.as_ref()) {
+                Decision::PreconditionFailed => {
+                    return (respond::precondition_failed(), Outcome::precondition_failed);
+                }
+                Decision::NotModified if exists => {
+                    if let Some(validators) = &app {
+                        let mut response = not_modified(&rparts.headers, validators);
+                        add_via(response.headers_mut(), http::Version::HTTP_11);
+                        cache_status_static(
+                            response.headers_mut(),
+                            "sametag; fwd=uri-miss; detail=no-store",
+                        );
+                        return (response, Outcome::not_modified);
+                    }
+                }
+                _ => {}
+            }
         }
-        if rparts.status == StatusCode::OK {
+        if app.is_none() && exists {
             rparts.headers.remove(ETAG);
         }
         cache_status(
@@ -143,85 +163,27 @@ impl Context {
         (Response::from_parts(rparts, body), Outcome::passthrough)
     }
 
-    /// Trust mode: is there a validation of this variant younger than
-    /// `maxAge`, not invalidated since, that makes the request a 304?
-    async fn trusted(&self, ex: &Exchange) -> Trusted {
-        let Some(resource) = self.lookup(ex).await else {
-            return Trusted::Miss;
-        };
-        let variant = variant_key(&resource.vary, &ex.parts.headers);
-        let Some(entry) = resource.variant(&variant) else {
-            return Trusted::Miss;
-        };
-        if !is_fresh(entry, ex.route.max_age) {
-            return Trusted::Stale;
-        }
-        let validators = Validators {
-            tag: entry.tag.clone(),
-            last_modified: Some(entry.last_modified),
-        };
-        if evaluate(&ex.conditions, &ex.parts.method, Some(&validators)) != Decision::NotModified {
-            return Trusted::Stale;
+    /// A Trust hit: the store's validators make the request a 304 without
+    /// the app. `None` when they do not (the app is asked).
+    fn trusted_not_modified(
+        &self,
+        ex: &Exchange,
+        validators: &Validators,
+        vary: &[String],
+    ) -> Option<Response<Body>> {
+        if evaluate(&ex.conditions, &ex.parts.method, Some(validators)) != Decision::NotModified {
+            return None;
         }
         let mut headers = HeaderMap::new();
-        if !resource.vary.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&resource.vary.join(", "))
+        if !vary.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&vary.join(", "))
         {
             headers.insert(VARY, v);
         }
-        let mut response = not_modified(&headers, &validators);
+        let mut response = not_modified(&headers, validators);
         add_via(response.headers_mut(), http::Version::HTTP_11);
         cache_status_static(response.headers_mut(), "sametag; hit");
-        Trusted::Hit(response)
-    }
-
-    /// Read the store; a failure degrades to "nothing known" (and is counted).
-    async fn lookup(&self, ex: &Exchange) -> Option<Resource> {
-        let _timer = self.metrics.store_op("lookup");
-        match self.store.lookup(&ex.key, &ex.watched).await {
-            Ok(found) => found,
-            Err(e) => {
-                self.store_failed("lookup", &e);
-                None
-            }
-        }
-    }
-
-    /// Record a freshly hashed tag; `true` when the store took it. On a store
-    /// failure the tag stays content-derived and `Last-Modified` is the
-    /// app's (or absent).
-    async fn record(
-        &self,
-        ex: &Exchange,
-        vary: &[String],
-        variant: &VariantKey,
-        tag: &EntityTag,
-        app_headers: &HeaderMap,
-    ) -> (Validators, bool) {
-        let trust = ex.route.mode == Mode::Trust;
-        let _timer = self.metrics.store_op("record");
-        match self.store.record(&ex.key, vary, variant, tag, trust).await {
-            Ok(entry) => (
-                Validators {
-                    tag: entry.tag,
-                    last_modified: Some(entry.last_modified),
-                },
-                true,
-            ),
-            Err(e) => {
-                self.store_failed("record", &e);
-                let last_modified = app_headers
-                    .get(LAST_MODIFIED)
-                    .and_then(|v| parse_http_date(v.as_bytes()));
-                (
-                    Validators {
-                        tag: tag.clone(),
-                        last_modified,
-                    },
-                    false,
-                )
-            }
-        }
+        Some(response)
     }
 }
 

@@ -1,5 +1,10 @@
-//! Writes and other unsafe methods: lock (if conditional) → evaluate
-//! against the current tag → forward → invalidate → unlock; and Bypass.
+//! Writes and other methods: lock (if conditional) → judge against the
+//! current representation → invalidate → forward → invalidate again →
+//! unlock; and Bypass.
+//!
+//! Invalidating before forwarding as well as after means a crash (or a
+//! lost store) between the app's commit and the second invalidation leaves
+//! nothing trusted; the second one ends validations that raced the write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,102 +16,129 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::body::{Buffered, boxed, buffer_and_tag};
+use super::body::boxed;
+use super::current::{Fetched, Known, app_validators, is_no_store};
 use super::error::ProxyError;
 use super::forward::Rewrite;
 use super::hop::{add_via, strip_hop_by_hop};
 use super::lane::Lane;
 use super::respond::{self, cache_status_static};
-use super::{Answer, Context, Exchange, is_fresh, untaggable, untagged_marker};
+use super::{Answer, Context, Exchange, untagged_marker};
+use crate::backoff::Backoff;
 use crate::date::parse_http_date;
-use crate::key::{VaryNames, resource_key, variant_key, vary_names};
-use crate::metrics::Metrics;
-use crate::metrics::Outcome;
+use crate::key::resource_key;
+use crate::metrics::{Metrics, Outcome};
 use crate::policy::{Mode, Policy, Route};
-use crate::precondition::{Decision, Validators, evaluate, is_write};
-use crate::store::{ResourceKey, Store, WriteLock};
+use crate::precondition::{Decision, Validators, evaluate};
+use crate::store::{ResourceKey, Store, StoreError, WriteLock};
+
+/// Who judges a conditional write's preconditions.
+enum Judge {
+    /// The sidecar, against the canonical validators (`None`: the resource
+    /// has no current representation).
+    Sidecar(Option<Validators>),
+    /// A `no-store` API: its own validators. The sidecar checks them too
+    /// (under the lock) and forwards the conditionals for the app to check.
+    App(Validators),
+}
+
+/// What a write invalidates: the resource's path and these globs.
+struct Invalidation {
+    key: ResourceKey,
+    globs: Vec<Arc<str>>,
+    /// A Trust route depends on this path: a write that cannot invalidate
+    /// must not be forwarded (503), or trusted 304s would outlive it.
+    trust_watched: bool,
+}
 
 impl Context {
-    /// Writes and other methods: lock (if conditional) → evaluate against
-    /// the current tag → forward → invalidate → unlock.
+    /// Writes and other methods: lock (if conditional) → judge →
+    /// invalidate → forward → invalidate → unlock.
     pub(super) async fn write(&self, ex: &Exchange, body: Incoming) -> Answer {
         let conditional = !ex.conditions.is_empty()
             && !matches!(
                 ex.parts.method,
                 Method::OPTIONS | Method::TRACE | Method::CONNECT
             );
-        if !conditional {
-            return self.forward_write(ex, body, None).await;
-        }
-        // Released when dropped, even if the client goes away mid-request.
-        let guard = LockGuard {
-            lock: Some(self.acquire(&ex.key).await?),
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
-        };
-        let current = self.current_validators(ex).await?;
-        match evaluate(&ex.conditions, &ex.parts.method, current.as_ref()) {
-            Decision::Proceed { .. } => self.forward_write(ex, body, Some(guard)).await,
-            Decision::NotModified | Decision::PreconditionFailed => {
-                guard.release().await;
-                Ok((respond::precondition_failed(), Outcome::precondition_failed))
+        let mut rewrite = Rewrite::JUDGED;
+        let guard = if conditional {
+            // Released when dropped, even if the client goes away.
+            let guard = self.acquire(&ex.key).await?;
+            let current = match self.judge(ex).await? {
+                Judge::Sidecar(current) => current,
+                Judge::App(current) => {
+                    rewrite = Rewrite::AS_IS;
+                    Some(current)
+                }
+            };
+            match evaluate(&ex.conditions, &ex.parts.method, current.as_ref()) {
+                Decision::Proceed { .. } => {}
+                Decision::NotModified | Decision::PreconditionFailed => {
+                    guard.release().await;
+                    return Ok((respond::precondition_failed(), Outcome::precondition_failed));
+                }
             }
-        }
-    }
-
-    /// Forward a write; unless the app refused it (4xx), nothing validated
-    /// before it is trusted again, and that holds before the client hears.
-    async fn forward_write(
-        &self,
-        ex: &Exchange,
-        body: Incoming,
-        guard: Option<LockGuard>,
-    ) -> Answer {
-        let request = self
-            .upstream
-            .request(&ex.parts, boxed(body), Rewrite::JUDGED)?;
-        let invalidation =
-            is_write(&ex.parts.method).then(|| (ex.key.clone(), ex.route.invalidates.clone()));
-        let sent = self
+            Some(guard)
+        } else {
+            None
+        };
+        let invalidation = (!ex.parts.method.is_safe()).then(|| Invalidation {
+            key: ex.key.clone(),
+            globs: ex.route.invalidates.clone(),
+            trust_watched: trust_watched(&ex.policy, &ex.route, &ex.key.path),
+        });
+        let request = self.upstream.request(&ex.parts, boxed(body), rewrite)?;
+        let response = self
             .send_write(request, ex.lane.clone(), invalidation, guard)
-            .await;
-        let (mut rparts, rbody) = sent?.into_parts();
+            .await?;
+        let (mut rparts, rbody) = response.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         add_via(&mut rparts.headers, http::Version::HTTP_11);
-        // The app's validators would disagree across replicas.
-        rparts.headers.remove(ETAG);
-        rparts.headers.remove(LAST_MODIFIED);
+        // The app's validators would disagree across replicas, except a
+        // `no-store` API's own, which its clients send back in `If-Match`.
+        if !is_no_store(&rparts.headers) {
+            rparts.headers.remove(ETAG);
+            rparts.headers.remove(LAST_MODIFIED);
+        }
         cache_status_static(&mut rparts.headers, "sametag; fwd=method");
-        let outcome = if is_write(&ex.parts.method) {
-            Outcome::write
-        } else {
+        let outcome = if ex.parts.method.is_safe() {
             Outcome::passthrough
+        } else {
+            Outcome::write
         };
         Ok((Response::from_parts(rparts, boxed(rbody)), outcome))
     }
 
-    /// Send a write to the app, then (unless the app refused it with a 4xx)
-    /// invalidate, then release the lock. This runs as its own task: a
-    /// client that disconnects cannot cut it short between the app applying
-    /// the write and the invalidation every replica must see.
+    /// Invalidate (see the module docs), send a write to the app, then
+    /// (unless the app refused it with a 4xx) invalidate again, then release
+    /// the lock. The exchange runs as its own task: a client that
+    /// disconnects cannot cut it short between the app applying the write
+    /// and the invalidation every replica must see.
     async fn send_write(
         &self,
         request: http::Request<super::body::Body>,
         lane: Option<Lane>,
-        invalidation: Option<(ResourceKey, Vec<Arc<str>>)>,
+        invalidation: Option<Invalidation>,
         guard: Option<LockGuard>,
     ) -> Result<http::Response<Incoming>, ProxyError> {
+        if let Some(inv) = &invalidation
+            && let Err(e) = self.invalidate(inv).await
+            && inv.trust_watched
+        {
+            // Fail closed: nothing has reached the app yet.
+            return Err(ProxyError::StoreUnavailable(e));
+        }
         let upstream = self.upstream.clone();
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         let task = tokio::spawn(async move {
             let sent = upstream.send(lane.as_ref(), request).await;
             let refused = matches!(&sent, Ok(r) if r.status().is_client_error());
-            if let Some((key, globs)) = invalidation.filter(|_| !refused) {
+            if let Some(inv) = invalidation.filter(|_| !refused) {
                 let _timer = metrics.store_op("invalidate");
-                if let Err(e) = store.invalidate(&key, &globs).await {
-                    // A failure cannot undo the write; the Redis store bumps
-                    // its epoch on reconnect so stale trust ends there.
+                if let Err(e) = store.invalidate(&inv.key, &inv.globs).await {
+                    // The first invalidation already ended earlier trust; the
+                    // Redis store bumps its epoch on reconnect for the rest.
                     metrics.store_error("invalidate");
                     tracing::warn!(error = %e, "invalidation after a write failed");
                 }
@@ -120,28 +152,28 @@ impl Context {
             .map_err(|e| ProxyError::UpstreamProtocol(e.into()))?
     }
 
-    /// The validators a conditional write is judged against: the store's if
-    /// trusted and fresh, else a fresh internal GET to the app.
-    async fn current_validators(&self, ex: &Exchange) -> Result<Option<Validators>, ProxyError> {
-        if ex.route.mode == Mode::Trust {
-            let _timer = self.metrics.store_op("lookup");
-            let found = self.store.lookup(&ex.key, &ex.watched).await.map_err(|e| {
-                self.store_failed("lookup", &e);
-                ProxyError::StoreUnavailable(e)
-            })?;
-            if let Some(resource) = found {
-                let variant = variant_key(&resource.vary, &ex.parts.headers);
-                if let Some(entry) = resource.variant(&variant)
-                    && is_fresh(entry, ex.route.max_age)
-                {
-                    return Ok(Some(Validators {
-                        tag: entry.tag.clone(),
-                        last_modified: Some(entry.last_modified),
-                    }));
-                }
-            }
-        }
+    /// One invalidation, timed and counted.
+    async fn invalidate(&self, inv: &Invalidation) -> Result<(), StoreError> {
+        let _timer = self.metrics.store_op("invalidate");
+        self.store
+            .invalidate(&inv.key, &inv.globs)
+            .await
+            .inspect_err(|e| self.store_failed("invalidate", e))
+    }
 
+    /// The validators a conditional write is judged against: the store's if
+    /// trusted and fresh, else the current representation fetched from the
+    /// app with the writer's credentials (the read path's own step). A store
+    /// failure fails the write closed.
+    async fn judge(&self, ex: &Exchange) -> Result<Judge, ProxyError> {
+        if let Known::Fresh { entry, .. } =
+            self.known(ex).await.map_err(ProxyError::StoreUnavailable)?
+        {
+            return Ok(Judge::Sidecar(Some(Validators {
+                tag: entry.tag,
+                last_modified: Some(entry.last_modified),
+            })));
+        }
         // A GET with the write's headers, minus its body and preconditions.
         let mut parts = ex.parts.clone();
         for name in [
@@ -152,68 +184,58 @@ impl Context {
         ] {
             parts.headers.remove(name);
         }
-        let response = self.upstream.get_current(&parts, ex.lane.as_ref()).await?;
-        let (rparts, rbody) = response.into_parts();
-        let last_modified = rparts
-            .headers
-            .get(LAST_MODIFIED)
-            .and_then(|v| parse_http_date(v.as_bytes()));
-        if rparts.status != StatusCode::OK {
-            // No current representation (404, 405, ...): `If-Match` fails,
-            // `If-None-Match: *` holds.
-            return Ok(None);
-        }
-        if untaggable(&rparts.status, &rparts.headers).is_some() {
-            return Ok(Some(Validators {
-                tag: untagged_marker(),
-                last_modified,
-            }));
-        }
-        let deadline = tokio::time::Instant::now() + self.upstream.timeout();
-        let max = ex.policy.max_body_bytes();
-        let tag = match buffer_and_tag(&rparts.headers, rbody, max, deadline).await? {
-            Buffered::Complete { tag, .. } => tag,
-            Buffered::TooLarge(_) => {
-                return Ok(Some(Validators {
+        match self.fetch(ex, &parts).await? {
+            Fetched::Tagged {
+                tag, vary, variant, ..
+            } => {
+                let validators = self
+                    .record(ex, &vary, &variant, &tag)
+                    .await
+                    .map_err(ProxyError::StoreUnavailable)?;
+                Ok(Judge::Sidecar(Some(validators)))
+            }
+            Fetched::Untagged { head, .. } => {
+                if let Some(validators) = app_validators(head.status, &head.headers) {
+                    return Ok(Judge::App(validators));
+                }
+                if head.status != StatusCode::OK {
+                    // No current representation (404, 405, ...): `If-Match`
+                    // fails, `If-None-Match: *` holds.
+                    return Ok(Judge::Sidecar(None));
+                }
+                // It exists but carries no canonical tag: only `If-Match: *`.
+                let last_modified = head
+                    .headers
+                    .get(LAST_MODIFIED)
+                    .and_then(|v| parse_http_date(v.as_bytes()));
+                Ok(Judge::Sidecar(Some(Validators {
                     tag: untagged_marker(),
                     last_modified,
-                }));
+                })))
             }
-        };
-        let vary = match vary_names(&rparts.headers) {
-            VaryNames::Names(names) => names,
-            VaryNames::Any => Vec::new(),
-        };
-        let variant = variant_key(&vary, &parts.headers);
-        let trust = ex.route.mode == Mode::Trust;
-        let _timer = self.metrics.store_op("record");
-        let entry = self
-            .store
-            .record(&ex.key, &vary, &variant, &tag, trust)
-            .await
-            .map_err(|e| {
-                self.store_failed("record", &e);
-                ProxyError::StoreUnavailable(e)
-            })?;
-        Ok(Some(Validators {
-            tag: entry.tag,
-            last_modified: Some(entry.last_modified),
-        }))
+        }
     }
 
     /// Take the resource's write lock, retrying with backoff until
-    /// `lock_wait` has passed.
-    async fn acquire(&self, key: &ResourceKey) -> Result<WriteLock, ProxyError> {
+    /// `lock_wait` has passed; the lease is renewed while it is held.
+    async fn acquire(&self, key: &ResourceKey) -> Result<LockGuard, ProxyError> {
         let deadline = tokio::time::Instant::now() + self.options.lock_wait;
         let lease = self.options.lock_lease();
-        let mut backoff = Duration::from_millis(2);
+        let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
         loop {
             let attempt = {
                 let _timer = self.metrics.store_op("lock");
                 self.store.try_lock(key, lease).await
             };
             match attempt {
-                Ok(Some(lock)) => return Ok(lock),
+                Ok(Some(lock)) => {
+                    return Ok(LockGuard::hold(
+                        lock,
+                        lease,
+                        self.store.clone(),
+                        self.metrics.clone(),
+                    ));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     self.store_failed("lock", &e);
@@ -224,16 +246,14 @@ impl Context {
             if now >= deadline {
                 return Err(ProxyError::LockBusy);
             }
-            // Jitter so replicas retrying together do not collide again; the
-            // last attempt happens at the deadline.
-            let jitter = Duration::from_micros(u64::from(getrandom::u32().unwrap_or(0) % 1000));
-            tokio::time::sleep((backoff + jitter).min(deadline - now)).await;
-            backoff = (backoff * 2).min(Duration::from_millis(100));
+            // The last attempt happens at the deadline.
+            tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
         }
     }
 
-    /// Bypass: forward untouched (hop-by-hop aside); writes still invalidate
-    /// so a Trust route never serves what a bypassed write changed.
+    /// Bypass: forward untouched (hop-by-hop aside); unsafe methods still
+    /// invalidate so a Trust route never serves what a bypassed write
+    /// changed.
     pub(super) async fn bypass(
         &self,
         parts: Parts,
@@ -243,15 +263,21 @@ impl Context {
         lane: Option<Lane>,
     ) -> Answer {
         let request = self.upstream.request(&parts, boxed(body), Rewrite::AS_IS)?;
-        let response = if is_write(&parts.method) {
+        let response = if parts.method.is_safe() {
+            // Nothing to invalidate: no need for the write's own task.
+            self.upstream.send(lane.as_ref(), request).await?
+        } else {
             let key = resource_key(&parts, true, &self.options.credential_secret);
             let mut globs = route.invalidates.clone();
             globs.extend(policy.watched(&key.path));
-            self.send_write(request, lane, Some((key, globs)), None)
+            let trust_watched = trust_watched(policy, route, &key.path);
+            let invalidation = Invalidation {
+                key,
+                globs,
+                trust_watched,
+            };
+            self.send_write(request, lane, Some(invalidation), None)
                 .await?
-        } else {
-            // Nothing to invalidate: no need for the write's own task.
-            self.upstream.send(lane.as_ref(), request).await?
         };
         let (mut rparts, rbody) = response.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
@@ -264,18 +290,78 @@ impl Context {
     }
 }
 
-/// A held write lock, released when dropped (by a spawned unlock) if it was
-/// not released explicitly: a cancelled request never keeps a resource
-/// locked until the lease ends.
+/// Whether a Trust route depends on `path`: its own route is Trust, or a
+/// Trust route lists a glob matching it in `invalidates`.
+fn trust_watched(policy: &Policy, route: &Route, path: &str) -> bool {
+    if route.mode == Mode::Trust {
+        return true;
+    }
+    let watched = policy.watched(path);
+    !watched.is_empty()
+        && policy
+            .routes()
+            .iter()
+            .chain(std::iter::once(policy.default_route()))
+            .any(|r| r.mode == Mode::Trust && r.invalidates.iter().any(|g| watched.contains(g)))
+}
+
+/// A held write lock: its lease is renewed while held, and it is released
+/// when dropped (by a spawned unlock) if it was not released explicitly, so
+/// a cancelled request never keeps a resource locked until the lease ends.
 pub(super) struct LockGuard {
     lock: Option<WriteLock>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    renewal: tokio::task::AbortHandle,
 }
 
 impl LockGuard {
+    /// Hold `lock`, renewing its `lease` every third of it: a write slower
+    /// than the lease (a slow app, a slow upload) keeps its lock, and a
+    /// crashed holder's lock ends one lease after its last renewal.
+    fn hold(
+        lock: WriteLock,
+        lease: Duration,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let renewal = {
+            let (lock, store, metrics) = (lock.clone(), store.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let every = (lease / 3).max(Duration::from_millis(10));
+                loop {
+                    tokio::time::sleep(every).await;
+                    match store.renew(&lock, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            metrics.lock_lease_lost();
+                            tracing::warn!(
+                                path = %lock.resource.path,
+                                "a write lock's lease ended while its write was in flight; another write may have run concurrently"
+                            );
+                            return;
+                        }
+                        // The store is away; the lease still runs. Retry.
+                        Err(e) => {
+                            metrics.store_error("renew");
+                            tracing::warn!(error = %e, "renewing a write lock failed");
+                        }
+                    }
+                }
+            })
+            .abort_handle()
+        };
+        Self {
+            lock: Some(lock),
+            store,
+            metrics,
+            renewal,
+        }
+    }
+
     /// Release now.
     async fn release(mut self) {
+        self.renewal.abort();
         if let Some(lock) = self.lock.take() {
             let _timer = self.metrics.store_op("unlock");
             if let Err(e) = self.store.unlock(&lock).await {
@@ -289,6 +375,7 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        self.renewal.abort();
         let Some(lock) = self.lock.take() else { return };
         let store = self.store.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

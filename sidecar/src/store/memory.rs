@@ -73,7 +73,7 @@ struct Inner {
     /// within the trust guard after `floor_at`.
     floor: u64,
     floor_at: Option<Instant>,
-    /// Held write locks by resource id.
+    /// Held write locks by lock key (path and query).
     locks: HashMap<Arc<str>, HeldLock>,
 }
 
@@ -253,8 +253,8 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         inner.seq += 1;
         let seq = inner.seq;
-        // By path, not by id: a write by one user changes what every user's
-        // credential scope would see.
+        // By path, not by read key: a write by one user under one Host name
+        // changes what every user under every Host name would see.
         inner.mark(Invalidated::Path(resource.path.clone()), seq, &self.limits);
         for glob in globs {
             inner.mark(Invalidated::Glob(glob.clone()), seq, &self.limits);
@@ -272,7 +272,7 @@ impl Store for MemoryStore {
         if inner.locks.len() > 1024 {
             inner.locks.retain(|_, held| held.until > now);
         }
-        if let Some(held) = inner.locks.get(&resource.id)
+        if let Some(held) = inner.locks.get(&resource.lock)
             && held.until > now
         {
             return Ok(None);
@@ -280,7 +280,7 @@ impl Store for MemoryStore {
         inner.token += 1;
         let token = inner.token;
         inner.locks.insert(
-            resource.id.clone(),
+            resource.lock.clone(),
             HeldLock {
                 token,
                 until: now + lease,
@@ -292,14 +292,26 @@ impl Store for MemoryStore {
         }))
     }
 
+    async fn renew(&self, lock: &WriteLock, lease: Duration) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        match inner.locks.get_mut(&lock.resource.lock) {
+            Some(held) if held.token == lock.token && held.until > now => {
+                held.until = now + lease;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn unlock(&self, lock: &WriteLock) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if inner
             .locks
-            .get(&lock.resource.id)
+            .get(&lock.resource.lock)
             .is_some_and(|held| held.token == lock.token)
         {
-            inner.locks.remove(&lock.resource.id);
+            inner.locks.remove(&lock.resource.lock);
         }
         Ok(())
     }
@@ -324,7 +336,6 @@ fn next_last_modified(now: SystemTime, newest: SystemTime) -> SystemTime {
 // === impl Inner ===
 
 impl Inner {
-    /// The newest sequence a validation of `path` must beat to be trusted.
     /// The newest sequence a validation of `path` must beat to be trusted,
     /// and when the newest relevant invalidation happened.
     fn barrier(&self, path: &Arc<str>, watched: &[Arc<str>]) -> (u64, Option<Instant>) {
@@ -407,6 +418,7 @@ mod tests {
         ResourceKey {
             path: path.into(),
             id: format!("{scope}|{path}").into(),
+            lock: path.into(),
         }
     }
 

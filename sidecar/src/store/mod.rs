@@ -19,15 +19,22 @@ use async_trait::async_trait;
 
 use crate::tag::EntityTag;
 
-/// One resource: canonical host + path + query, plus the credential scope for
-/// personalised requests. Locks and invalidation work at this level.
+/// The two identities of a request (DESIGN "Keys"), never confused:
+/// - the read key [`id`](Self::id): canonical authority + path + query and
+///   the credential scope of personalised requests; tag state lives here;
+/// - the resource: [`path`](Self::path) is what a write invalidates (every
+///   read key of the path, whatever the Host spelling, query or user) and
+///   [`lock`](Self::lock) (path + query) what a conditional write locks.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ResourceKey {
-    /// The canonical path alone; invalidation globs are matched against it.
+    /// The canonical path; invalidation (and glob matching) works on it.
     pub path: Arc<str>,
-    /// The full key (without the store prefix): unique per resource and
-    /// credential scope. Safe to embed in a Redis key.
+    /// The read key (without the store prefix): unique per authority, path,
+    /// query and credential scope. Safe to embed in a Redis key.
     pub id: Arc<str>,
+    /// The lock key: canonical path and query only, no Host, no user. Safe
+    /// to embed in a Redis key.
+    pub lock: Arc<str>,
 }
 
 /// One representation of a resource, chosen by the values of the request
@@ -67,8 +74,9 @@ impl Resource {
     }
 }
 
-/// A held write lock. The fencing token increases with every grant on a
-/// resource, so a holder whose lease expired cannot release a newer lock.
+/// A held write lock on [`ResourceKey::lock`]. The fencing token increases
+/// with every grant on a resource, so a holder whose lease expired cannot
+/// release (or renew) a newer lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteLock {
     pub resource: ResourceKey,
@@ -123,8 +131,9 @@ pub trait Store: Send + Sync + 'static {
         trust: bool,
     ) -> Result<Entry, StoreError>;
 
-    /// A write to `resource` succeeded: nothing validated before now for the
-    /// resource, or for any path matching one of `globs`, is trusted again.
+    /// A write to `resource.path` is about to be forwarded, or was: nothing
+    /// validated before now for any read key of that path (any Host, query
+    /// or user), or for any path matching one of `globs`, is trusted again.
     /// Returns only once every replica would see it.
     async fn invalidate(
         &self,
@@ -132,7 +141,7 @@ pub trait Store: Send + Sync + 'static {
         globs: &[Arc<str>],
     ) -> Result<(), StoreError>;
 
-    /// Try once to take the write lock on `resource` for `lease`. `None` when
+    /// Try once to take the write lock on `resource.lock` for `lease`. `None` when
     /// another holder has it (the caller retries with backoff until its own
     /// deadline). A holder that crashes loses the lock when the lease ends.
     async fn try_lock(
@@ -140,6 +149,11 @@ pub trait Store: Send + Sync + 'static {
         resource: &ResourceKey,
         lease: Duration,
     ) -> Result<Option<WriteLock>, StoreError>;
+
+    /// Extend a held lock's lease to `lease` from now. `false` when the lock
+    /// is no longer ours (the lease ended and it expired or another holder
+    /// took it).
+    async fn renew(&self, lock: &WriteLock, lease: Duration) -> Result<bool, StoreError>;
 
     /// Release a lock; a no-op if its lease already ended and another holder
     /// (with a higher token) has the resource.

@@ -30,7 +30,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use redis::RedisResult;
 
-use self::cache::{Cache, Hit};
+use self::cache::{Cache, Cached, Hit};
 use self::conn::{Conn, SCRIPTS};
 pub use self::model::PrefixError;
 use self::model::{ClockOffset, Keys, RawHash};
@@ -119,7 +119,7 @@ pub struct RedisMetrics {
     pub cache_hits: Counter,
     /// Calls that failed (unreachable, timeout, protocol).
     pub errors: Counter,
-    /// Epoch bumps after a failed invalidation.
+    /// Epoch bumps after a failed invalidation or a Redis restart.
     pub epoch_bumps: Counter,
     /// 1 while connected.
     pub up: Gauge,
@@ -171,8 +171,12 @@ pub(crate) struct Inner {
     opts: RedisOptions,
     live: RwLock<Option<Live>>,
     next_id: AtomicU64,
-    /// An invalidation failed: bump the epoch before serving again.
+    /// An invalidation failed (or Redis restarted): bump the epoch before
+    /// serving again.
     pending_bump: AtomicBool,
+    /// The run id of the Redis last connected to (a change is a restart or
+    /// a failover).
+    run_id: Mutex<Option<String>>,
     offset_us: AtomicI64,
     down_reason: Mutex<String>,
     metrics: RedisMetrics,
@@ -243,6 +247,7 @@ impl RedisStore {
             live: RwLock::new(None),
             next_id: AtomicU64::new(1),
             pending_bump: AtomicBool::new(false),
+            run_id: Mutex::new(None),
             offset_us: AtomicI64::new(0),
             down_reason: Mutex::new(String::new()),
             metrics: RedisMetrics::default(),
@@ -275,7 +280,7 @@ impl RedisStore {
         );
         registry.register(
             "sametag_redis_epoch_bumps",
-            "Epoch bumps after an invalidation failed during an outage",
+            "Epoch bumps after an invalidation failed during an outage or Redis restarted",
             m.epoch_bumps.clone(),
         );
         registry.register(
@@ -396,9 +401,9 @@ impl Inner {
     /// the write's reply. Waiting (briefly, bounded) until our own push has
     /// arrived means every other replica's push is in its socket too, so
     /// a client told "done" by this replica finds the others invalidated.
-    async fn await_own_push(&self, ticket: cache::Ticket, id: &str) {
+    async fn await_own_push(&self, ticket: cache::Ticket, path_id: &str) {
         let cache = &self.shared.cache;
-        let hit = Hit::Resource(id.to_owned());
+        let hit = Hit::Path(path_id.to_owned());
         let deadline =
             tokio::time::Instant::now() + self.opts.op_timeout.min(Duration::from_millis(100));
         loop {
@@ -463,8 +468,11 @@ impl Store for RedisStore {
         let inner = &self.inner;
         inner.remember_watched(&resource.id, watched);
         let cache = &inner.shared.cache;
-        if let Some((res, meta)) = cache.get(&resource.id) {
-            let found = model::build_resource(&res, &meta, watched, inner.offset());
+        let path_id = model::path_id(&resource.path);
+        let build =
+            |c: &Cached| model::build_resource(&c.res, &c.path, &c.meta, watched, inner.offset());
+        if let Some(cached) = cache.get(&resource.id, &path_id) {
+            let found = build(&cached);
             let trusted = found
                 .as_ref()
                 .is_some_and(|r| r.variants.iter().any(|(_, e)| e.validated_at.is_some()));
@@ -484,24 +492,39 @@ impl Store for RedisStore {
                     redis::cmd("PING").query_async::<()>(&mut c).await
                 })
                 .await?;
-            if let Some((res, meta)) = cache.get(&resource.id) {
+            if let Some(cached) = cache.get(&resource.id, &path_id) {
                 inner.metrics.cache_hits.inc();
-                return Ok(model::build_resource(&res, &meta, watched, inner.offset()));
+                return Ok(build(&cached));
             }
         }
         let ticket = cache.ticket();
         let keys = &inner.shared.keys;
-        let (rk, mk) = (keys.resource(&resource.id), keys.meta());
-        let (res, meta): (Vec<String>, Vec<String>) = inner
+        let (rk, mk, pk) = (
+            keys.resource(&resource.id),
+            keys.meta(),
+            keys.path(&path_id),
+        );
+        let (res, meta, path): (Vec<String>, Vec<String>, Vec<String>) = inner
             .run(false, |mut c| async move {
-                SCRIPTS.lookup.key(rk).key(mk).invoke_async(&mut c).await
+                SCRIPTS
+                    .lookup
+                    .key(rk)
+                    .key(mk)
+                    .key(pk)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await?;
-        let (res, meta) = (Arc::new(model::pairs(res)), Arc::new(model::pairs(meta)));
+        let read = Cached {
+            res: Arc::new(model::pairs(res)),
+            path: Arc::new(model::pairs(path)),
+            meta: Arc::new(model::pairs(meta)),
+        };
+        let found = build(&read);
         if let Some(t) = ticket {
-            cache.insert(t, &resource.id, res.clone(), meta.clone());
+            cache.insert(t, &resource.id, &path_id, read);
         }
-        Ok(model::build_resource(&res, &meta, watched, inner.offset()))
+        Ok(found)
     }
 
     async fn record(
@@ -514,9 +537,10 @@ impl Store for RedisStore {
     ) -> Result<Entry, StoreError> {
         let inner = &self.inner;
         let (vary, tag_s) = (model::encode_vary(vary), model::encode_tag(tag));
+        let path_id = model::path_id(&resource.path);
         if !trust
-            && let Some((res, _)) = inner.shared.cache.get(&resource.id)
-            && let Some(last_modified) = entry_from_cache(&res, &vary, variant, &tag_s)
+            && let Some(cached) = inner.shared.cache.get(&resource.id, &path_id)
+            && let Some(last_modified) = entry_from_cache(&cached.res, &vary, variant, &tag_s)
         {
             // The tag is already recorded with its date: nothing to write.
             inner.metrics.cache_hits.inc();
@@ -527,7 +551,12 @@ impl Store for RedisStore {
             });
         }
         let keys = &inner.shared.keys;
-        let (rk, mk, ck) = (keys.resource(&resource.id), keys.meta(), keys.clock());
+        let (rk, mk, ck, pk) = (
+            keys.resource(&resource.id),
+            keys.meta(),
+            keys.clock(),
+            keys.path(&path_id),
+        );
         let globs = inner.watched_of(&resource.id);
         let o = &inner.opts;
         let (ttl, meta_ttl) = (Inner::ms(o.entry_ttl), Inner::ms(o.meta_ttl));
@@ -543,11 +572,12 @@ impl Store for RedisStore {
             Option<String>,
             Vec<String>,
             Vec<String>,
+            Vec<String>,
         );
-        let (lm, va, _ve, res, meta): Reply = inner
+        let (lm, va, _ve, res, meta, path): Reply = inner
             .run(false, |mut c| async move {
                 let mut inv = SCRIPTS.record.key(rk);
-                inv.key(mk).key(ck);
+                inv.key(mk).key(ck).key(pk);
                 inv.arg(vary)
                     .arg(variant_s)
                     .arg(tag_s)
@@ -561,8 +591,12 @@ impl Store for RedisStore {
             })
             .await?;
         if let Some(t) = ticket {
-            let (res, meta) = (Arc::new(model::pairs(res)), Arc::new(model::pairs(meta)));
-            inner.shared.cache.insert(t, &resource.id, res, meta);
+            let read = Cached {
+                res: Arc::new(model::pairs(res)),
+                path: Arc::new(model::pairs(path)),
+                meta: Arc::new(model::pairs(meta)),
+            };
+            inner.shared.cache.insert(t, &resource.id, &path_id, read);
         }
         let validated_at = match va {
             Some(a) => Some(inner.offset().to_local(parse_u64(&a)?)),
@@ -582,10 +616,11 @@ impl Store for RedisStore {
     ) -> Result<(), StoreError> {
         let inner = &self.inner;
         let cache = &inner.shared.cache;
+        let path_id = model::path_id(&resource.path);
         // Our own reads must not be served from the cache once this
         // returns, even before Redis' push for our write arrives.
         let forget = || {
-            cache.invalidate(Hit::Resource(resource.id.to_string()));
+            cache.invalidate(Hit::Path(path_id.clone()));
             if !globs.is_empty() {
                 cache.invalidate(Hit::Meta);
             }
@@ -593,16 +628,13 @@ impl Store for RedisStore {
         forget();
         let ticket = cache.ticket();
         let keys = &inner.shared.keys;
-        let (rk, mk, ck) = (keys.resource(&resource.id), keys.meta(), keys.clock());
-        let (ttl, meta_ttl) = (
-            Inner::ms(inner.opts.entry_ttl),
-            Inner::ms(inner.opts.meta_ttl),
-        );
+        let (pk, mk, ck) = (keys.path(&path_id), keys.meta(), keys.clock());
+        let meta_ttl = Inner::ms(inner.opts.meta_ttl);
         let globs_owned: Vec<String> = globs.iter().map(|g| g.to_string()).collect();
         let _: String = inner
             .run(true, |mut c| async move {
-                let mut inv = SCRIPTS.invalidate.key(rk);
-                inv.key(mk).key(ck).arg(ttl).arg(meta_ttl);
+                let mut inv = SCRIPTS.invalidate.key(pk);
+                inv.key(mk).key(ck).arg(meta_ttl);
                 for g in globs_owned {
                     inv.arg(g);
                 }
@@ -610,7 +642,7 @@ impl Store for RedisStore {
             })
             .await?;
         if let Some(t) = ticket {
-            inner.await_own_push(t, &resource.id).await;
+            inner.await_own_push(t, &path_id).await;
         }
         forget();
         Ok(())
@@ -623,7 +655,7 @@ impl Store for RedisStore {
     ) -> Result<Option<WriteLock>, StoreError> {
         let inner = &self.inner;
         let keys = &inner.shared.keys;
-        let (lk, ck) = (keys.lock(&resource.id), keys.clock());
+        let (lk, ck) = (keys.lock(&resource.lock), keys.clock());
         let (lease, clock_ttl) = (Inner::ms(lease), Inner::ms(inner.opts.meta_ttl));
         let token: Option<String> = inner
             .run(false, |mut c| async move {
@@ -646,9 +678,27 @@ impl Store for RedisStore {
         }
     }
 
+    async fn renew(&self, lock: &WriteLock, lease: Duration) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let lk = inner.shared.keys.lock(&lock.resource.lock);
+        let (token, lease) = (lock.token.to_string(), Inner::ms(lease));
+        let renewed: i64 = inner
+            .run(false, |mut c| async move {
+                SCRIPTS
+                    .renew
+                    .key(lk)
+                    .arg(token)
+                    .arg(lease)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(renewed == 1)
+    }
+
     async fn unlock(&self, lock: &WriteLock) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let lk = inner.shared.keys.lock(&lock.resource.id);
+        let lk = inner.shared.keys.lock(&lock.resource.lock);
         let token = lock.token.to_string();
         let _: i64 = inner
             .run(false, |mut c| async move {

@@ -1,4 +1,4 @@
-//! The local (client-side) cache of resource and meta hashes, kept exact by
+//! The local (client-side) cache of resource, path and meta hashes, kept exact by
 //! Redis' RESP3 `CLIENT TRACKING ... BCAST` invalidation pushes.
 //!
 //! Why our own cache rather than the redis crate's `cache-aio`: the store
@@ -27,6 +27,7 @@ pub(crate) struct Ticket(u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Hit {
     Resource(String),
+    Path(String),
     Meta,
 }
 
@@ -41,6 +42,8 @@ struct State {
     /// Tickets older than this are refused (flush, or the log was pruned).
     floor: u64,
     resources: HashMap<String, Slot>,
+    /// Path hashes by path id (an empty hash caches "absent").
+    paths: HashMap<String, Slot>,
     meta: Option<Slot>,
     /// Recent invalidations: (sequence, when, what).
     log: VecDeque<(u64, Instant, Hit)>,
@@ -65,6 +68,7 @@ impl Cache {
                 seq: 0,
                 floor: 0,
                 resources: HashMap::new(),
+                paths: HashMap::new(),
                 meta: None,
                 log: VecDeque::new(),
             }),
@@ -87,25 +91,31 @@ impl Cache {
         s.enabled.then_some(Ticket(s.seq))
     }
 
-    /// The cached resource hash (an empty hash caches "absent") and meta.
-    pub(crate) fn get(&self, id: &str) -> Option<(Arc<RawHash>, Arc<RawHash>)> {
+    /// The cached resource hash of read key `id`, the path hash of `path`
+    /// (an empty hash caches "absent") and meta: all three or nothing.
+    pub(crate) fn get(&self, id: &str, path: &str) -> Option<Cached> {
         let s = self.lock();
         if !s.enabled {
             return None;
         }
         let now = Instant::now();
         let res = s.resources.get(id).filter(|e| e.until > now)?;
+        let path = s.paths.get(path).filter(|e| e.until > now)?;
         let meta = s.meta.as_ref().filter(|e| e.until > now)?;
-        Some((res.hash.clone(), meta.hash.clone()))
+        Some(Cached {
+            res: res.hash.clone(),
+            path: path.hash.clone(),
+            meta: meta.hash.clone(),
+        })
     }
 
     /// Remember what a read returned, unless it was invalidated meanwhile.
-    pub(crate) fn insert(&self, ticket: Ticket, id: &str, res: Arc<RawHash>, meta: Arc<RawHash>) {
+    pub(crate) fn insert(&self, ticket: Ticket, id: &str, path_id: &str, read: Cached) {
         let mut s = self.lock();
         if !s.enabled || ticket.0 < s.floor {
             return;
         }
-        let (mut res_ok, mut meta_ok) = (true, true);
+        let (mut res_ok, mut path_ok, mut meta_ok) = (true, true, true);
         for (seq, _, hit) in &s.log {
             if *seq <= ticket.0 {
                 continue;
@@ -113,25 +123,23 @@ impl Cache {
             match hit {
                 Hit::Meta => meta_ok = false,
                 Hit::Resource(r) if r == id => res_ok = false,
-                Hit::Resource(_) => {}
+                Hit::Path(p) if p == path_id => path_ok = false,
+                Hit::Resource(_) | Hit::Path(_) => {}
             }
         }
         let until = Instant::now() + self.ttl;
         if meta_ok {
-            s.meta = Some(Slot { hash: meta, until });
+            s.meta = Some(Slot {
+                hash: read.meta,
+                until,
+            });
         }
+        let capacity = self.capacity;
         if res_ok {
-            if s.resources.len() >= self.capacity && !s.resources.contains_key(id) {
-                let now = Instant::now();
-                s.resources.retain(|_, e| e.until > now);
-                if s.resources.len() >= self.capacity {
-                    // Still full of live entries: drop an arbitrary one.
-                    if let Some(k) = s.resources.keys().next().cloned() {
-                        s.resources.remove(&k);
-                    }
-                }
-            }
-            s.resources.insert(id.to_owned(), Slot { hash: res, until });
+            bounded_insert(&mut s.resources, capacity, id, read.res, until);
+        }
+        if path_ok {
+            bounded_insert(&mut s.paths, capacity, path_id, read.path, until);
         }
     }
 
@@ -144,6 +152,9 @@ impl Cache {
             Hit::Meta => s.meta = None,
             Hit::Resource(id) => {
                 s.resources.remove(id);
+            }
+            Hit::Path(id) => {
+                s.paths.remove(id);
             }
         }
         let now = Instant::now();
@@ -167,6 +178,7 @@ impl Cache {
         s.seq += 1;
         s.floor = s.seq;
         s.resources.clear();
+        s.paths.clear();
         s.meta = None;
         s.log.clear();
         s.enabled = enabled;
@@ -191,12 +203,49 @@ impl Cache {
     }
 }
 
+/// The three hashes a lookup needs, as cached or just read.
+#[derive(Clone)]
+pub(crate) struct Cached {
+    pub(crate) res: Arc<RawHash>,
+    pub(crate) path: Arc<RawHash>,
+    pub(crate) meta: Arc<RawHash>,
+}
+
+/// Insert into a map of at most `capacity` slots: expired ones go first,
+/// then an arbitrary live one.
+fn bounded_insert(
+    map: &mut HashMap<String, Slot>,
+    capacity: usize,
+    id: &str,
+    hash: Arc<RawHash>,
+    until: Instant,
+) {
+    if map.len() >= capacity && !map.contains_key(id) {
+        let now = Instant::now();
+        map.retain(|_, e| e.until > now);
+        if map.len() >= capacity
+            && let Some(k) = map.keys().next().cloned()
+        {
+            map.remove(&k);
+        }
+    }
+    map.insert(id.to_owned(), Slot { hash, until });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn h(v: &str) -> Arc<RawHash> {
         Arc::new(RawHash::from([("vary".to_owned(), v.to_owned())]))
+    }
+
+    fn read(res: &str, meta: &str) -> Cached {
+        Cached {
+            res: h(res),
+            path: h("p"),
+            meta: h(meta),
+        }
     }
 
     fn cache() -> Cache {
@@ -209,17 +258,26 @@ mod tests {
     fn disabled_cache_never_answers() {
         let c = Cache::new(2, Duration::from_secs(60), Duration::from_secs(5));
         assert!(c.ticket().is_none());
-        assert!(c.get("a").is_none());
+        assert!(c.get("a", "P").is_none());
     }
 
     #[test]
     fn insert_then_hit_then_invalidate() {
         let c = cache();
         let t = c.ticket().unwrap();
-        c.insert(t, "a", h("1"), h("m"));
-        assert_eq!(c.get("a").unwrap().0.get("vary").unwrap(), "1");
+        c.insert(t, "a", "P", read("1", "m"));
+        assert_eq!(c.get("a", "P").unwrap().res.get("vary").unwrap(), "1");
         c.invalidate(Hit::Resource("a".into()));
-        assert!(c.get("a").is_none());
+        assert!(c.get("a", "P").is_none());
+        // A path invalidation hides every read key of the path.
+        let t = c.ticket().unwrap();
+        c.insert(t, "a", "P", read("1", "m"));
+        c.insert(t, "b", "P", read("2", "m"));
+        c.invalidate(Hit::Path("P".into()));
+        assert!(c.get("a", "P").is_none() && c.get("b", "P").is_none());
+        // ...and a read racing it cannot put the old path state back.
+        c.insert(t, "a", "P", read("1", "m"));
+        assert!(c.get("a", "P").is_none());
     }
 
     #[test]
@@ -228,18 +286,18 @@ mod tests {
         let t = c.ticket().unwrap();
         // The push arrives between the read's reply and its insert.
         c.invalidate(Hit::Resource("a".into()));
-        c.insert(t, "a", h("stale"), h("m"));
-        assert!(c.get("a").is_none());
+        c.insert(t, "a", "P", read("stale", "m"));
+        assert!(c.get("a", "P").is_none());
         // An unrelated key's invalidation does not block the insert.
         let t = c.ticket().unwrap();
         c.invalidate(Hit::Resource("b".into()));
-        c.insert(t, "a", h("fresh"), h("m"));
-        assert!(c.get("a").is_some());
+        c.insert(t, "a", "P", read("fresh", "m"));
+        assert!(c.get("a", "P").is_some());
         // A meta invalidation blocks meta (so the pair is not served).
         let t = c.ticket().unwrap();
         c.invalidate(Hit::Meta);
-        c.insert(t, "a", h("x"), h("m2"));
-        assert!(c.get("a").is_none());
+        c.insert(t, "a", "P", read("x", "m2"));
+        assert!(c.get("a", "P").is_none());
     }
 
     #[test]
@@ -247,8 +305,8 @@ mod tests {
         let c = cache();
         let t = c.ticket().unwrap();
         c.reset(true);
-        c.insert(t, "a", h("1"), h("m"));
-        assert!(c.get("a").is_none());
+        c.insert(t, "a", "P", read("1", "m"));
+        assert!(c.get("a", "P").is_none());
         c.reset(false);
         assert!(c.ticket().is_none());
     }
@@ -258,7 +316,7 @@ mod tests {
         let c = cache();
         for id in ["a", "b", "c", "d"] {
             let t = c.ticket().unwrap();
-            c.insert(t, id, h(id), h("m"));
+            c.insert(t, id, "P", read(id, "m"));
         }
         assert!(c.len() <= 2);
     }

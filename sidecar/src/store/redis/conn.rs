@@ -18,6 +18,7 @@ pub(crate) struct Scripts {
     pub(crate) invalidate: Script,
     pub(crate) lock: Script,
     pub(crate) unlock: Script,
+    pub(crate) renew: Script,
     pub(crate) epoch: Script,
     /// The sources, for one pipelined `SCRIPT LOAD` on connect.
     sources: Vec<String>,
@@ -36,6 +37,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         with_clock(include_str!("lock.lua")),
         include_str!("unlock.lua").to_owned(),
         with_clock(include_str!("epoch.lua")),
+        include_str!("renew.lua").to_owned(),
     ];
     Scripts {
         lookup: Script::new(&sources[0]),
@@ -44,6 +46,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         lock: Script::new(&sources[3]),
         unlock: Script::new(&sources[4]),
         epoch: Script::new(&sources[5]),
+        renew: Script::new(&sources[6]),
         sources,
     }
 });

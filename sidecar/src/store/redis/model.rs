@@ -6,10 +6,17 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `{P}:r:<resource id>` | hash | `vary`, `lmx` (newest Last-Modified), `inv` (last invalidation stamp), and per variant `t\|v` tag, `m\|v` Last-Modified, `a\|v` validation stamp, `e\|v` epoch of that validation |
+//! | `{P}:r:<read key>` | hash | `vary`, `lmx` (newest Last-Modified), and per variant `t\|v` tag, `m\|v` Last-Modified, `a\|v` validation stamp, `e\|v` epoch and `p\|v` path generation of that validation |
+//! | `{P}:p:<path id>` | hash | `g` the path's generation (a stamp, new at every invalidation of the path), `inv` its last invalidation stamp |
 //! | `{P}:m` | hash | `epoch`, `g\|<glob>` invalidation stamp per glob, `gl` newest glob invalidation |
 //! | `{P}:c` | string | the store's hybrid clock (fencing tokens and stamps) |
-//! | `{P}:l:<resource id>` | string | a write lock: the holder's fencing token, with the lease as TTL |
+//! | `{P}:l:<lock key>` | string | a write lock (path + query): the holder's fencing token, with the lease as TTL |
+//!
+//! A write invalidates the canonical path, not a read key: every read key
+//! of the path (any Host spelling, query or user) carries the path
+//! generation its validation saw, and is trusted only while the path hash
+//! still holds that generation. An evicted path hash therefore un-trusts
+//! (a missing generation matches nothing), never re-trusts.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,6 +35,7 @@ pub(crate) struct Keys {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum KeyKind<'a> {
     Resource(&'a str),
+    Path(&'a str),
     Meta,
     Other,
 }
@@ -64,6 +72,12 @@ impl Keys {
         format!("{}:r:{id}", self.tag)
     }
 
+    /// The path hash of a canonical path (named by a hash of the path, so
+    /// any path makes a short, safe key).
+    pub(crate) fn path(&self, path_id: &str) -> String {
+        format!("{}:p:{path_id}", self.tag)
+    }
+
     pub(crate) fn lock(&self, id: &str) -> String {
         format!("{}:l:{id}", self.tag)
     }
@@ -76,10 +90,15 @@ impl Keys {
         format!("{}:c", self.tag)
     }
 
-    /// The prefixes client-side caching tracks (BCAST): resources and meta,
-    /// not locks or the clock, whose changes no cache needs to hear about.
-    pub(crate) fn tracking_prefixes(&self) -> [String; 2] {
-        [format!("{}:r:", self.tag), self.meta()]
+    /// The prefixes client-side caching tracks (BCAST): resources, paths
+    /// and meta, not locks or the clock, whose changes no cache needs to
+    /// hear about.
+    pub(crate) fn tracking_prefixes(&self) -> [String; 3] {
+        [
+            format!("{}:r:", self.tag),
+            format!("{}:p:", self.tag),
+            self.meta(),
+        ]
     }
 
     /// Which cached state an invalidated key name refers to.
@@ -91,10 +110,19 @@ impl Keys {
             KeyKind::Meta
         } else if let Some(id) = rest.strip_prefix(":r:") {
             KeyKind::Resource(id)
+        } else if let Some(id) = rest.strip_prefix(":p:") {
+            KeyKind::Path(id)
         } else {
             KeyKind::Other
         }
     }
+}
+
+/// The id of a canonical path in key names: 128 bits of BLAKE3, base64url.
+pub(crate) fn path_id(path: &str) -> String {
+    use base64::Engine as _;
+    let hash = blake3::derive_key("sametag.dev 2026 path key v1", path.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hash[..16])
 }
 
 /// A Redis hash as read (HGETALL).
@@ -162,24 +190,24 @@ fn stamp(s: Option<&String>) -> Option<u64> {
 }
 
 /// Everything [`Store::lookup`](crate::store::Store::lookup) reports, from
-/// the raw resource and meta hashes. A validation is trusted only when it
-/// carries the current epoch and is newer than the resource's last
-/// invalidation and than every watched glob's.
+/// the raw resource, path and meta hashes. A validation is trusted only
+/// when it carries the current epoch and the path's current generation, and
+/// is newer than every watched glob's invalidation.
 pub(crate) fn build_resource(
     res: &RawHash,
+    path: &RawHash,
     meta: &RawHash,
     watched: &[std::sync::Arc<str>],
     offset: ClockOffset,
 ) -> Option<Resource> {
     let vary = res.get("vary")?;
     let epoch = meta.get("epoch");
-    let inv = stamp(res.get("inv")).unwrap_or(0);
-    let glob_mark = watched
+    let generation = path.get("g");
+    let newest_mark = watched
         .iter()
         .filter_map(|g| stamp(meta.get(&format!("g|{g}"))))
         .max()
         .unwrap_or(0);
-    let newest_mark = inv.max(glob_mark);
     let mut variants = Vec::new();
     for (field, value) in res {
         let Some(v) = field.strip_prefix("t|") else {
@@ -193,8 +221,13 @@ pub(crate) fn build_resource(
         };
         let validated = stamp(res.get(&format!("a|{v}")));
         let ve = res.get(&format!("e|{v}"));
-        let trusted = match (validated, ve, epoch) {
-            (Some(a), Some(ve), Some(epoch)) if ve == epoch && a > newest_mark => Some(a),
+        let vp = res.get(&format!("p|{v}"));
+        let trusted = match (validated, ve, epoch, vp, generation) {
+            (Some(a), Some(ve), Some(epoch), Some(vp), Some(g))
+                if ve == epoch && vp == g && a > newest_mark =>
+            {
+                Some(a)
+            }
             _ => None,
         };
         variants.push((
@@ -228,10 +261,19 @@ mod tests {
     #[test]
     fn every_key_shares_the_hash_tag() {
         let k = Keys::new("shop").unwrap();
-        for key in [k.resource("a/b{x}"), k.lock("a"), k.meta(), k.clock()] {
+        for key in [
+            k.resource("a/b{x}"),
+            k.path(&path_id("/a")),
+            k.lock("a"),
+            k.meta(),
+            k.clock(),
+        ] {
             assert!(key.starts_with("{shop}:"), "{key}");
         }
         assert_eq!(k.classify(&k.resource("h/p?q")), KeyKind::Resource("h/p?q"));
+        assert_eq!(k.classify(&k.path("xyz")), KeyKind::Path("xyz"));
+        assert_ne!(path_id("/a"), path_id("/a/"));
+        assert_eq!(path_id("/a").len(), 22);
         assert_eq!(k.classify(&k.meta()), KeyKind::Meta);
         assert_eq!(k.classify(&k.clock()), KeyKind::Other);
         assert_eq!(k.classify("{other}:m"), KeyKind::Other);
@@ -257,19 +299,20 @@ mod tests {
     }
 
     #[test]
-    fn trust_needs_current_epoch_and_no_newer_mark() {
+    fn trust_needs_current_epoch_generation_and_no_newer_mark() {
         let res = hash(&[
             ("vary", "accept-encoding"),
             ("t|gzip", "s:T"),
             ("m|gzip", "1700000000"),
             ("a|gzip", "2000"),
             ("e|gzip", "1000"),
-            ("inv", "1500"),
+            ("p|gzip", "1500"),
         ]);
         let g: Vec<Arc<str>> = vec!["/api/**".into()];
         let off = ClockOffset::default();
         let meta = hash(&[("epoch", "1000")]);
-        let r = build_resource(&res, &meta, &g, off).unwrap();
+        let path = hash(&[("g", "1500"), ("inv", "1500")]);
+        let r = build_resource(&res, &path, &meta, &g, off).unwrap();
         assert_eq!(r.vary, vec!["accept-encoding".to_owned()]);
         let e = r.variant(&VariantKey("gzip".into())).unwrap();
         assert_eq!(e.tag.opaque, "T");
@@ -283,22 +326,30 @@ mod tests {
         );
         // A newer epoch un-trusts it.
         let meta2 = hash(&[("epoch", "3000")]);
-        let r = build_resource(&res, &meta2, &g, off).unwrap();
+        let r = build_resource(&res, &path, &meta2, &g, off).unwrap();
         assert_eq!(r.variants[0].1.validated_at, None);
         // No epoch at all (evicted meta): nothing is trusted.
-        let r = build_resource(&res, &RawHash::new(), &g, off).unwrap();
+        let r = build_resource(&res, &path, &RawHash::new(), &g, off).unwrap();
         assert_eq!(r.variants[0].1.validated_at, None);
         // A watched glob invalidated after the validation un-trusts it; an
         // unwatched one does not.
         let meta3 = hash(&[("epoch", "1000"), ("g|/api/**", "2500"), ("g|/x", "9999")]);
-        let r = build_resource(&res, &meta3, &g, off).unwrap();
+        let r = build_resource(&res, &path, &meta3, &g, off).unwrap();
         assert_eq!(r.variants[0].1.validated_at, None);
-        let r = build_resource(&res, &meta3, &[], off).unwrap();
+        let r = build_resource(&res, &path, &meta3, &[], off).unwrap();
         assert!(r.variants[0].1.validated_at.is_some());
-        // The resource's own invalidation after the validation.
-        let mut res2 = res.clone();
-        res2.insert("inv".into(), "2000".into());
-        let r = build_resource(&res2, &meta, &[], off).unwrap();
+        // The path invalidated after the validation (a new generation), by
+        // any user under any Host: not trusted.
+        let newer = hash(&[("g", "2100"), ("inv", "2100")]);
+        let r = build_resource(&res, &newer, &meta, &[], off).unwrap();
+        assert_eq!(r.variants[0].1.validated_at, None);
+        // The path hash evicted: a missing generation matches nothing.
+        let r = build_resource(&res, &RawHash::new(), &meta, &[], off).unwrap();
+        assert_eq!(r.variants[0].1.validated_at, None);
+        // A validation from before path generations existed: not trusted.
+        let mut old = res.clone();
+        old.remove("p|gzip");
+        let r = build_resource(&old, &path, &meta, &[], off).unwrap();
         assert_eq!(r.variants[0].1.validated_at, None);
     }
 
@@ -306,7 +357,8 @@ mod tests {
     fn missing_resource_is_none() {
         assert!(
             build_resource(
-                &hash(&[("inv", "5")]),
+                &hash(&[("lmx", "5")]),
+                &RawHash::new(),
                 &RawHash::new(),
                 &[],
                 ClockOffset::default()

@@ -1,17 +1,18 @@
 -- record: the app produced ARGV[3] for variant ARGV[2] of resource KEYS[1].
--- KEYS: 1 resource hash, 2 meta hash, 3 clock
+-- KEYS: 1 resource hash, 2 meta hash, 3 clock, 4 path hash
 -- ARGV: 1 vary (joined), 2 variant, 3 tag, 4 trust ('1'/'0'), 5 ttl ms,
 --       6 meta ttl ms, 7 max variants, 8 guard us, 9 '1' when the watched
 --       globs are unknown (then any glob invalidation counts), 10.. globs
 -- Returns { last_modified_secs, validated_stamp|false, epoch|false,
---           resource hash (flat), meta hash (flat) } so the caller can
+--           resource hash (flat), meta hash (flat), path hash (flat) } so
+--           the caller can
 --           cache the state (kept only if no write follows: see cache.rs).
-local r, meta, clock = KEYS[1], KEYS[2], KEYS[3]
+local r, meta, clock, path = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local vary, v, tag = ARGV[1], ARGV[2], ARGV[3]
 local trust = ARGV[4] == '1'
 local ttl, meta_ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 local max_variants, guard = tonumber(ARGV[7]), tonumber(ARGV[8])
-local ft, fm, fa, fe = 't|' .. v, 'm|' .. v, 'a|' .. v, 'e|' .. v
+local ft, fm, fa, fe, fp = 't|' .. v, 'm|' .. v, 'a|' .. v, 'e|' .. v, 'p|' .. v
 
 local cur = redis.call('HMGET', r, 'vary', ft, fm, 'lmx')
 local changed = false
@@ -19,10 +20,9 @@ if cur[1] ~= vary then
   if cur[1] then
     -- The secondary key changed: variants keyed by the old names mean
     -- nothing now. Keep what orders time for the resource.
-    local keep = redis.call('HMGET', r, 'lmx', 'inv')
+    local keep = redis.call('HGET', r, 'lmx')
     redis.call('DEL', r)
-    if keep[1] then redis.call('HSET', r, 'lmx', keep[1]) end
-    if keep[2] then redis.call('HSET', r, 'inv', keep[2]) end
+    if keep then redis.call('HSET', r, 'lmx', keep) end
     cur[2] = false
     cur[3] = false
   end
@@ -42,12 +42,12 @@ else
   if now <= lmx then now = lmx + 1 end
   lm = string.format('%d', now)
   redis.call('HSET', r, ft, tag, fm, lm, 'lmx', lm)
-  redis.call('HDEL', r, fa, fe)
+  redis.call('HDEL', r, fa, fe, fp)
   changed = true
-  if redis.call('HLEN', r) > 4 * max_variants + 3 then
+  if redis.call('HLEN', r) > 5 * max_variants + 2 then
     for _, f in ipairs(redis.call('HKEYS', r)) do
       local p = string.sub(f, 1, 2)
-      if (p == 't|' or p == 'm|' or p == 'a|' or p == 'e|') and string.sub(f, 3) ~= v then
+      if (p == 't|' or p == 'm|' or p == 'a|' or p == 'e|' or p == 'p|') and string.sub(f, 3) ~= v then
         redis.call('HDEL', r, f)
       end
     end
@@ -59,10 +59,10 @@ if trust then
   local now = tonumber(now_us())
   -- A GET that overlapped a write may have read the old representation:
   -- refuse to trust anything recorded shortly after an invalidation of the
-  -- resource or of a watched glob (the guard covers the app's latency).
+  -- path or of a watched glob (the guard covers the app's latency).
   local recent = false
-  local inv = redis.call('HGET', r, 'inv')
-  if inv and now - tonumber(inv) < guard then recent = true end
+  local pg = redis.call('HMGET', path, 'g', 'inv')
+  if pg[2] and now - tonumber(pg[2]) < guard then recent = true end
   local marks = {}
   if ARGV[9] == '1' then
     marks[1] = 'gl'
@@ -84,7 +84,18 @@ if trust then
     elseif redis.call('PTTL', meta) < meta_ttl / 2 then
       redis.call('PEXPIRE', meta, meta_ttl)
     end
-    redis.call('HSET', r, fa, s, fe, epoch)
+    -- The path's generation: a validation stays trusted only while it is
+    -- current. A path never invalidated (or whose hash was evicted) gets a
+    -- fresh one, newer than any an older validation can carry.
+    local g = pg[1]
+    if not g then
+      g = s
+      redis.call('HSET', path, 'g', g)
+      redis.call('PEXPIRE', path, meta_ttl)
+    elseif redis.call('PTTL', path) < meta_ttl / 2 then
+      redis.call('PEXPIRE', path, meta_ttl)
+    end
+    redis.call('HSET', r, fa, s, fe, epoch, fp, g)
     va, ve = s, epoch
     changed = true
   end
@@ -93,4 +104,5 @@ end
 if changed or redis.call('PTTL', r) < ttl / 2 then
   redis.call('PEXPIRE', r, ttl)
 end
-return { lm, va, ve, redis.call('HGETALL', r), redis.call('HGETALL', meta) }
+return { lm, va, ve, redis.call('HGETALL', r), redis.call('HGETALL', meta),
+         redis.call('HGETALL', path) }

@@ -5,12 +5,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::{PushInfo, PushKind, RedisError, Value};
 
 use super::conn::{self, Conn, SCRIPTS};
 use super::{Inner, Live, Shared};
+use crate::backoff::Backoff;
 use crate::store::redis::cache::Hit;
 use crate::store::redis::model::KeyKind;
 
@@ -77,7 +78,7 @@ impl From<RedisError> for SetupError {
 }
 
 async fn run(inner: Arc<Inner>) {
-    let mut backoff = inner.opts.backoff_min;
+    let mut backoff = Backoff::new(inner.opts.backoff_min, inner.opts.backoff_max);
     let mut state: Option<State> = None;
     loop {
         let budget = inner.opts.connect_timeout + inner.opts.op_timeout * 4;
@@ -92,7 +93,7 @@ async fn run(inner: Arc<Inner>) {
                     client_cache = tracking,
                     "redis store connected"
                 );
-                backoff = inner.opts.backoff_min;
+                backoff.reset();
                 inner.shared.down.notified().await;
                 *inner.live.write().unwrap_or_else(|e| e.into_inner()) = None;
                 inner.metrics.up.set(0);
@@ -131,25 +132,15 @@ async fn run(inner: Arc<Inner>) {
                     state = Some(now);
                 }
                 // Wrong credentials will not fix themselves quickly.
-                let cap = if now == State::Auth {
-                    inner.opts.backoff_max
+                let delay = if now == State::Auth {
+                    backoff.max_delay()
                 } else {
-                    backoff
+                    backoff.next_delay()
                 };
-                tokio::time::sleep(jitter(cap)).await;
-                backoff = (backoff * 2).min(inner.opts.backoff_max);
+                tokio::time::sleep(delay).await;
             }
         }
     }
-}
-
-/// 50–100 % of `d`, so replicas do not reconnect in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    d / 2 + d.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
 /// Handle a push from connection `id` (runs on the connection's reader,
@@ -168,6 +159,7 @@ fn on_push(shared: &Shared, id: u64, info: PushInfo) {
                         KeyKind::Resource(r) => {
                             shared.cache.invalidate(Hit::Resource(r.to_owned()))
                         }
+                        KeyKind::Path(p) => shared.cache.invalidate(Hit::Path(p.to_owned())),
                         KeyKind::Meta => shared.cache.invalidate(Hit::Meta),
                         KeyKind::Other => {}
                     }
@@ -208,6 +200,7 @@ async fn connect_once(inner: &Arc<Inner>) -> Result<bool, SetupError> {
         conn::load_scripts(&mut c).await?;
     }
     measure_offset(inner, &mut c).await?;
+    note_run_id(inner, &mut c).await?;
     loop {
         if inner.pending_bump.swap(false, Ordering::SeqCst)
             && let Err(e) = bump_epoch(inner, &mut c).await
@@ -260,6 +253,44 @@ async fn measure_offset(inner: &Inner, c: &mut Conn) -> Result<(), RedisError> {
     Ok(())
 }
 
+/// A Redis whose run id changed since our last connection was restarted or
+/// failed over: whatever it lost (invalidations not yet persisted or
+/// replicated) may have trusted validations standing, so bump the epoch
+/// before serving from it.
+async fn note_run_id(inner: &Inner, c: &mut Conn) -> Result<(), RedisError> {
+    if !matches!(c, Conn::Single(_)) {
+        // A cluster has one run id per node; its failovers are the
+        // cluster's own business (and its replicas' acknowledgements).
+        return Ok(());
+    }
+    let info: String = redis::cmd("INFO").arg("server").query_async(c).await?;
+    let Some(run_id) = run_id_of(&info) else {
+        return Ok(());
+    };
+    let mut known = inner.run_id.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(before) = known.as_deref()
+        && before != run_id
+    {
+        tracing::warn!(
+            url = %inner.url,
+            before,
+            now = run_id,
+            "redis store was restarted or failed over (new run id): bumping the epoch"
+        );
+        inner.pending_bump.store(true, Ordering::SeqCst);
+    }
+    *known = Some(run_id.to_owned());
+    Ok(())
+}
+
+/// The `run_id` field of `INFO server`.
+fn run_id_of(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+}
+
 async fn bump_epoch(inner: &Inner, c: &mut Conn) -> Result<(), RedisError> {
     let meta_ttl = u64::try_from(inner.opts.meta_ttl.as_millis()).unwrap_or(u64::MAX);
     let keys = &inner.shared.keys;
@@ -274,7 +305,20 @@ async fn bump_epoch(inner: &Inner, c: &mut Conn) -> Result<(), RedisError> {
     tracing::warn!(
         url = %inner.url,
         %epoch,
-        "redis store epoch bumped: a write was forwarded while its invalidation could not be stored, so no earlier validation is trusted"
+        "redis store epoch bumped: an invalidation may be lost (a write's invalidation failed, or the store restarted), so no earlier validation is trusted"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_id_of;
+
+    #[test]
+    fn run_id_is_read_from_info() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:abc123\r\ntcp_port:6379\r\n";
+        assert_eq!(run_id_of(info), Some("abc123"));
+        assert_eq!(run_id_of("# Server\r\nrun_id:\r\n"), None);
+        assert_eq!(run_id_of(""), None);
+    }
 }

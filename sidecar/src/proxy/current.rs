@@ -1,0 +1,173 @@
+//! The current representation: the one step the read path and a write's
+//! precondition check share. What the store trusts for this request's read
+//! key ([`Context::known`]), what the app serves now ([`Context::fetch`]),
+//! and recording a freshly hashed tag ([`Context::record`]).
+//!
+//! Callers differ only in what a store failure means: a read degrades to
+//! content-derived validators, a conditional write fails closed (503).
+
+use bytes::Bytes;
+use http::header::{ETAG, LAST_MODIFIED};
+use http::request::Parts;
+use http::{HeaderMap, StatusCode, response};
+
+use super::body::{Body, Buffered, boxed, buffer_and_tag};
+use super::error::ProxyError;
+use super::hop::strip_hop_by_hop;
+use super::{Context, Exchange, is_fresh, untaggable};
+use crate::date::parse_http_date;
+use crate::key::{VaryNames, variant_key, vary_names};
+use crate::policy::Mode;
+use crate::precondition::Validators;
+use crate::store::{Entry, StoreError, VariantKey};
+use crate::tag::EntityTag;
+
+/// What the store knows about the request's variant (Trust routes only).
+pub(super) enum Known {
+    /// A validation younger than `maxAge`, not invalidated since.
+    Fresh {
+        entry: Entry,
+        /// The resource's `Vary` names (a trusted 304 repeats them).
+        vary: Vec<String>,
+    },
+    /// Known, but too old or invalidated.
+    Stale,
+    /// Nothing known (or not a Trust route).
+    Unknown,
+}
+
+/// The app's answer to a GET of the current representation.
+pub(super) enum Fetched {
+    /// A 200 the sidecar hashed: head (hop-by-hop fields removed), body, tag
+    /// and the secondary key it is recorded under.
+    Tagged {
+        head: response::Parts,
+        body: Bytes,
+        tag: EntityTag,
+        vary: Vec<String>,
+        variant: VariantKey,
+    },
+    /// Anything the sidecar does not tag (see [`untaggable`]), streaming.
+    Untagged {
+        head: response::Parts,
+        body: Body,
+        reason: &'static str,
+    },
+}
+
+impl Context {
+    /// The store's view of the request's variant. Only Trust routes ask.
+    pub(super) async fn known(&self, ex: &Exchange) -> Result<Known, StoreError> {
+        if ex.route.mode != Mode::Trust {
+            return Ok(Known::Unknown);
+        }
+        let _timer = self.metrics.store_op("lookup");
+        let found = self
+            .store
+            .lookup(&ex.key, &ex.watched)
+            .await
+            .inspect_err(|e| self.store_failed("lookup", e))?;
+        let Some(resource) = found else {
+            return Ok(Known::Unknown);
+        };
+        let variant = variant_key(&resource.vary, &ex.parts.headers);
+        let Some(entry) = resource.variant(&variant) else {
+            return Ok(Known::Unknown);
+        };
+        if !is_fresh(entry, ex.route.max_age) {
+            return Ok(Known::Stale);
+        }
+        Ok(Known::Fresh {
+            entry: entry.clone(),
+            vary: resource.vary,
+        })
+    }
+
+    /// GET the current representation from the app (conditionals and
+    /// `Range` dropped, as `parts` would see it) and hash it if it can be
+    /// tagged.
+    pub(super) async fn fetch(&self, ex: &Exchange, parts: &Parts) -> Result<Fetched, ProxyError> {
+        let response = self.upstream.get_current(parts, ex.lane.as_ref()).await?;
+        let (mut head, body) = response.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        if let Some(reason) = untaggable(&head.status, &head.headers) {
+            return Ok(Fetched::Untagged {
+                head,
+                body: boxed(body),
+                reason,
+            });
+        }
+        let deadline = tokio::time::Instant::now() + self.upstream.timeout();
+        let max = ex.policy.max_body_bytes();
+        match buffer_and_tag(&head.headers, body, max, deadline).await? {
+            Buffered::TooLarge(body) => Ok(Fetched::Untagged {
+                head,
+                body,
+                reason: "too-large",
+            }),
+            Buffered::Complete { body, tag } => {
+                let vary = match vary_names(&head.headers) {
+                    VaryNames::Names(names) => names,
+                    VaryNames::Any => Vec::new(), // excluded by `untaggable`
+                };
+                let variant = variant_key(&vary, &parts.headers);
+                Ok(Fetched::Tagged {
+                    head,
+                    body,
+                    tag,
+                    vary,
+                    variant,
+                })
+            }
+        }
+    }
+
+    /// Record a freshly hashed tag (and, on a Trust route, the validation):
+    /// the shared validators every replica hands out for it.
+    pub(super) async fn record(
+        &self,
+        ex: &Exchange,
+        vary: &[String],
+        variant: &VariantKey,
+        tag: &EntityTag,
+    ) -> Result<Validators, StoreError> {
+        let trust = ex.route.mode == Mode::Trust;
+        let _timer = self.metrics.store_op("record");
+        let entry = self
+            .store
+            .record(&ex.key, vary, variant, tag, trust)
+            .await
+            .inspect_err(|e| self.store_failed("record", e))?;
+        Ok(Validators {
+            tag: entry.tag,
+            last_modified: Some(entry.last_modified),
+        })
+    }
+}
+
+/// Whether a response says `Cache-Control: no-store`.
+pub(super) fn is_no_store(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-store"))
+        })
+}
+
+/// The app's own validators of a `no-store` 200: such an API keeps its
+/// optimistic concurrency (its `ETag` is what clients send back in
+/// `If-Match`), and the sidecar never tags, records or Trust-answers it.
+/// `None` when the app sent no usable `ETag`.
+pub(super) fn app_validators(status: StatusCode, headers: &HeaderMap) -> Option<Validators> {
+    if status != StatusCode::OK || !is_no_store(headers) {
+        return None;
+    }
+    let tag = EntityTag::parse(headers.get(ETAG)?.as_bytes()).ok()?;
+    let last_modified = headers
+        .get(LAST_MODIFIED)
+        .and_then(|v| parse_http_date(v.as_bytes()));
+    Some(Validators { tag, last_modified })
+}
