@@ -109,6 +109,9 @@ pub struct ProxyOptions {
     pub max_header_bytes: usize,
     /// Secret keying the credential hash in store keys.
     pub credential_secret: Vec<u8>,
+    /// A write lock's lease; `None`: [`ProxyOptions::lock_lease`]'s default.
+    /// Renewed every third of it while the write is in flight.
+    pub lock_lease: Option<Duration>,
 }
 
 impl ProxyOptions {
@@ -122,13 +125,17 @@ impl ProxyOptions {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 128 * 1024,
             credential_secret: random_secret(),
+            lock_lease: None,
         }
     }
 
-    /// How long a write lock is leased: long enough for the internal GET and
-    /// the write itself, short enough that a crashed holder frees it soon.
+    /// How long a write lock is leased: by default long enough for the
+    /// internal GET and the write itself, short enough that a crashed
+    /// holder frees it soon. Renewal keeps a longer write (a slow upload)
+    /// covered.
     pub fn lock_lease(&self) -> Duration {
-        self.upstream_timeout * 2 + Duration::from_secs(5)
+        self.lock_lease
+            .unwrap_or(self.upstream_timeout * 2 + Duration::from_secs(5))
     }
 }
 
@@ -179,6 +186,7 @@ impl Cli {
                 header_read_timeout: self.header_read_timeout,
                 max_header_bytes: 128 * 1024,
                 credential_secret,
+                lock_lease: None,
             },
             redis: self.redis,
             redis_ca_file: self.redis_ca_file,

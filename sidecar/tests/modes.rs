@@ -4,6 +4,8 @@
 //! replicas, untagged pass-through (no-store, bodies over maxBodyBytes,
 //! streamed without buffering).
 
+#[path = "support/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,7 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sametag_sidecar::store::memory::MemoryStore;
+use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
 use sametag_sidecar::store::{ResourceKey, Store};
 use support::{App, Sidecar, body, get, resource_app, resource_app_with_delay, send};
 
@@ -313,6 +316,58 @@ async fn busy_lock_answers_503_with_retry_after() {
     store.unlock(&held).await.unwrap();
     let r = send(sidecar.addr, "PUT", "/doc", &[("if-match", &tag)], "v2").await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+/// A write slower than the lock's lease keeps its lock (renewed while in
+/// flight): a second writer through another replica waits, then loses with
+/// 412, instead of taking the expired lock, judging against the state the
+/// slow write has not committed yet, and winning too. Both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_slower_than_its_lease_keeps_the_lock() {
+    let redis = redis_server::RedisServer::start();
+    let shared = RedisStore::connect(&redis.url(), "lease", RedisOptions::default()).unwrap();
+    assert!(shared.wait_up(Duration::from_secs(5)).await);
+    for store in [
+        Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+        Arc::new(shared) as Arc<dyn Store>,
+    ] {
+        let state = Arc::new(Mutex::new(Some("v1".to_owned())));
+        let app = resource_app_with_delay(state.clone(), "a", Duration::from_millis(1200)).await;
+        let short_lease = |c: &mut sametag_sidecar::ServerConfig| {
+            c.options.lock_lease = Some(Duration::from_millis(300));
+            c.options.lock_wait = Duration::from_secs(5);
+        };
+        let one = Sidecar::start_with(app.addr, "", store.clone(), short_lease).await;
+        let two = Sidecar::start_with(app.addr, "", store.clone(), short_lease).await;
+        let tag = get(one.addr, "/doc", &[]).await.etag();
+        let (a1, a2) = (one.addr, two.addr);
+        let (t1, t2) = (tag.clone(), tag.clone());
+        let slow = tokio::spawn(async move {
+            send(
+                a1,
+                "PUT",
+                "/doc",
+                &[("if-match", &t1), ("authorization", "Bearer alice")],
+                "alice",
+            )
+            .await
+        });
+        // Well past the original lease, while the slow write is in flight.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let second = send(
+            a2,
+            "PUT",
+            "/doc",
+            &[("if-match", &t2), ("host", "shop.example")],
+            "bob",
+        )
+        .await;
+        let first = slow.await.unwrap();
+        assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+        assert_eq!(second.status, StatusCode::PRECONDITION_FAILED);
+        assert_eq!(state.lock().unwrap().as_deref(), Some("alice"));
+        assert_eq!(one.metrics.lock_leases_lost(), 0);
+    }
 }
 
 #[tokio::test]

@@ -646,3 +646,88 @@ async fn sentinel_urls_reach_the_master() {
     assert!(master.keys().iter().all(|k| k.starts_with("{sentinel}:")));
     assert!(!master.keys().is_empty());
 }
+
+/// The resource, not the read key: a write by Alice under one Host name
+/// ends the trusted validations of every read key of the path (Bob's, under
+/// another Host), seen from every replica; the lock is one per path and
+/// query, whoever asks; renewal extends only the holder's lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_end_trust_for_every_read_key_of_the_path_and_lock_by_path_and_query() {
+    let redis = RedisServer::start();
+    let a = store(&redis.url(), "paths", opts()).await;
+    let b = store(&redis.url(), "paths", opts()).await;
+    let read_key = |id: &str, path: &str, query: &str| ResourceKey {
+        path: Arc::from(path),
+        id: Arc::from(id),
+        lock: Arc::from(format!("{path}?{query}")),
+    };
+    let alice = read_key("shop/doc?id=1|alice", "/doc", "id=1");
+    let bob = read_key("shop.example/doc?id=1|bob", "/doc", "id=1");
+    let bob_other_query = read_key("shop/doc?id=2|bob", "/doc", "id=2");
+    let unrelated = read_key("shop/other|bob", "/other", "");
+    for k in [&bob, &bob_other_query, &unrelated] {
+        b.record(k, &[], &V(), &tag("T"), true).await.unwrap();
+    }
+    let trusted = |s: &RedisStore, k: &ResourceKey| {
+        let (s, k) = (s.clone(), k.clone());
+        async move {
+            s.lookup(&k, &[])
+                .await
+                .unwrap()
+                .is_some_and(|r| r.variants.iter().any(|(_, e)| e.validated_at.is_some()))
+        }
+    };
+    for s in [&a, &b] {
+        assert!(trusted(s, &bob).await && trusted(s, &unrelated).await);
+    }
+    a.invalidate(&alice, &[]).await.unwrap();
+    for s in [&a, &b] {
+        assert!(
+            !trusted(s, &bob).await,
+            "Bob's trust ends with Alice's write"
+        );
+        assert!(
+            !trusted(s, &bob_other_query).await,
+            "invalidation covers every query of the path"
+        );
+        assert!(trusted(s, &unrelated).await, "other paths keep theirs");
+    }
+
+    let held = a
+        .try_lock(&alice, Duration::from_millis(400))
+        .await
+        .unwrap()
+        .expect("free");
+    assert!(
+        b.try_lock(&bob, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none(),
+        "one lock for the path and query, whatever the Host or user"
+    );
+    let other = b
+        .try_lock(&bob_other_query, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("another query is another lock");
+    b.unlock(&other).await.unwrap();
+    // Renewed past its first lease, the lock is still held.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(a.renew(&held, Duration::from_millis(400)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        b.try_lock(&bob, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Expired and taken by another: renewal reports the loss.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bobs = b
+        .try_lock(&bob, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("expired");
+    assert!(!a.renew(&held, Duration::from_secs(5)).await.unwrap());
+    b.unlock(&bobs).await.unwrap();
+}
