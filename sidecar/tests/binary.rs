@@ -260,3 +260,87 @@ async fn waits_for_a_tls_store_signed_by_a_private_ca() {
     let _ = child.wait();
     drop(restarter.join().unwrap());
 }
+
+/// A write is invalidated before it is forwarded: a sidecar SIGKILLed after
+/// the app committed the write, but before it could invalidate afterwards,
+/// leaves no replica trusting what the write changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_killed_after_the_app_committed_leaves_nothing_trusted() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
+
+    let redis = redis_server::RedisServer::start();
+    let doc = Arc::new(Mutex::new("v1".to_owned()));
+    let committed = Arc::new(AtomicBool::new(false));
+    let app = {
+        let (doc, committed) = (doc.clone(), committed.clone());
+        App::start(move |req: http::Request<Incoming>| {
+            let (doc, committed) = (doc.clone(), committed.clone());
+            async move {
+                if req.method() == http::Method::PUT {
+                    // Commit at once, answer late: the sidecar dies between.
+                    *doc.lock().unwrap() = "v2".to_owned();
+                    committed.store(true, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    return support::status(StatusCode::NO_CONTENT);
+                }
+                let text = doc.lock().unwrap().clone();
+                Response::builder().body(body(text)).unwrap()
+            }
+        })
+        .await
+    };
+    let dir = std::env::temp_dir().join(format!("sametag-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, "mode: Trust\nmaxAge: 60s\n").unwrap();
+
+    // Replica B, in-process, trusts the document.
+    let store = RedisStore::connect(&redis.url(), "sametag", RedisOptions::default()).unwrap();
+    assert!(store.wait_up(Duration::from_secs(5)).await);
+    let b = support::Sidecar::start(app.addr, "mode: Trust\nmaxAge: 60s\n", Arc::new(store)).await;
+    let host = ("host", "shop");
+    let tag = get(b.addr, "/doc", &[host]).await.etag();
+    let r = get(b.addr, "/doc", &[host, ("if-none-match", &tag)]).await;
+    assert_eq!(
+        r.header("cache-status"),
+        "sametag; hit",
+        "trusted before the write"
+    );
+
+    // Replica A, a real process, forwards a write and is killed mid-write.
+    let mut a = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--upstream", &app.addr.to_string(), "--redis", &redis.url()])
+        .args(["--policy", policy.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let a_addr = started_on(&mut a).await;
+    let write = tokio::spawn(async move {
+        support::send(a_addr, "PUT", "/doc", &[("host", "shop.example")], "v2").await
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !committed.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the write never reached the app");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.kill().unwrap(); // SIGKILL
+    let _ = a.wait();
+    write.abort();
+
+    // B must ask the app and see the committed write.
+    let r = get(b.addr, "/doc", &[host, ("if-none-match", &tag)]).await;
+    assert_ne!(
+        r.header("cache-status"),
+        "sametag; hit",
+        "no trust outlives the write"
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "v2");
+    let _ = std::fs::remove_dir_all(&dir);
+}
