@@ -141,6 +141,7 @@ spec:
   policy:
     mode: Validate
     routes:
+    - {path: /items/trusted-*, mode: Trust, maxAge: 120s}
     - {path: /items/**, mode: Validate, requirePreconditions: false}
   sidecar: {image: sametag.local/sametag-sidecar:dev, imagePullPolicy: Never}
 `, appNS))
@@ -203,7 +204,11 @@ spec:
 		}
 	})
 
-	step(t, "4 seed scenario through the Service: one ETag, 304s, no lost update, Redis loss fails no GET", func(t *testing.T) {
+	step(t, "4 seed scenario through the Service: one ETag, 304s, no lost update, Trust, Redis loss fails no GET", func(t *testing.T) {
+		// Written first: a validation is trusted only once the write's trust
+		// guard (the sidecar's upstream timeout, 30 s) has passed.
+		put(t, c, svcURL+"/items/trusted-doc", "version 1\n")
+		trustedFrom := time.Now().Add(31 * time.Second)
 		put(t, c, svcURL+"/items/page", strings.Repeat("the same page on every replica\n", 64))
 		tag := get(t, c, svcURL+"/items/page", "", 200).Header.Get("ETag")
 		if tag == "" {
@@ -220,10 +225,12 @@ spec:
 			t.Fatalf("traffic reached %d of 3 replicas: %v", len(seen), seen)
 		}
 
-		// Concurrent read-modify-write with If-Match: no increment is lost.
+		// Concurrent read-modify-write with If-Match, as users with their own
+		// credentials under two names of the Service: no increment is lost,
+		// and the writers really met (412s).
 		put(t, c, svcURL+"/items/counter", "0")
 		const workers, each = 6, 5
-		var done atomic.Int64
+		var done, conflicts atomic.Int64
 		var wg sync.WaitGroup
 		errs := make(chan error, workers)
 		deadline := time.Now().Add(2 * time.Minute)
@@ -231,19 +238,23 @@ spec:
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				who := writer{user: fmt.Sprintf("Bearer user-%d", w), host: hostNames[w%len(hostNames)]}
 				for n := 0; n < each; {
 					if time.Now().After(deadline) {
 						errs <- errors.New("increments did not finish in 2m")
 						return
 					}
-					ok, err := increment(c, svcURL+"/items/counter")
+					res, err := increment(c, svcURL+"/items/counter", who)
 					if err != nil {
 						errs <- err
 						return
 					}
-					if ok {
+					switch res {
+					case applied:
 						n++
 						done.Add(1)
+					case conflict:
+						conflicts.Add(1)
 					}
 				}
 			}()
@@ -257,6 +268,46 @@ spec:
 		if got, _ := strconv.Atoi(string(b)); int64(got) != done.Load() || got != workers*each {
 			t.Fatalf("lost update: counter %q after %d successful conditional writes", b, done.Load())
 		}
+		if conflicts.Load() == 0 {
+			t.Fatalf("%d concurrent writers never met (no 412): the test did not exercise the lock", workers)
+		}
+		t.Logf("%d conditional writes applied, %d lost the race with 412", done.Load(), conflicts.Load())
+
+		// Trust on real pods: revalidations answered from the store, and a
+		// write by another user under another Service name ends them on
+		// every replica.
+		time.Sleep(time.Until(trustedFrom))
+		trustedTag := get(t, c, svcURL+"/items/trusted-doc", "", 200).Header.Get("ETag")
+		hits := 0
+		for i := 0; i < 30; i++ {
+			r := get(t, c, svcURL+"/items/trusted-doc", trustedTag, 304)
+			if r.Header.Get("Cache-Status") == "sametag; hit" {
+				hits++
+			}
+		}
+		if hits < 20 {
+			t.Fatalf("Trust route: %d of 30 revalidations answered from the store, want at least 20", hits)
+		}
+		req, _ := http.NewRequest(http.MethodPut, svcURL+"/items/trusted-doc", strings.NewReader("version 2\n"))
+		req.Host = hostNames[1]
+		req.Header.Set("Authorization", "Bearer another-user")
+		req.Header.Set("If-Match", trustedTag)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			t.Fatalf("conditional write to the Trust route: %d", resp.StatusCode)
+		}
+		for i := 0; i < 15; i++ {
+			r := get(t, c, svcURL+"/items/trusted-doc", trustedTag, 200)
+			if b, _ := io.ReadAll(r.Body); string(b) != "version 2\n" {
+				t.Fatalf("after the write: body %q", b)
+			}
+		}
+		t.Logf("Trust route: %d of 30 revalidations from the store; no 304 for the old tag after another user's write", hits)
 
 		// Redis deleted mid-traffic: every GET still succeeds.
 		stop := traffic(c, svcURL+"/items/page", tag)
@@ -270,20 +321,52 @@ spec:
 		} else {
 			t.Logf("GETs while Redis restarted: %d ok, 0 failed", res.ok)
 		}
+		// Conditional writes work again on the replaced Redis (each sidecar
+		// reconnects on its own; 503s until then are retried).
+		before := counterValue(t, c, svcURL+"/items/counter")
+		written := 0
+		eventually(t, 90*time.Second, "conditional writes work on the new Redis pod", func() error {
+			for written < 5 {
+				res, err := increment(c, svcURL+"/items/counter", writer{user: "Bearer after-redis"})
+				if err != nil {
+					return err
+				}
+				if res != applied {
+					return fmt.Errorf("%d of 5 conditional writes applied so far", written)
+				}
+				written++
+			}
+			return nil
+		})
+		if got := counterValue(t, c, svcURL+"/items/counter"); got != before+written {
+			t.Fatalf("after the Redis pod was replaced: counter %d, want %d", got, before+written)
+		}
 	})
 
-	step(t, "5 rolling restarts of the app and the operator fail no request", func(t *testing.T) {
+	step(t, "5 rolling restarts of the app and the operator fail no GET and lose no write", func(t *testing.T) {
 		stop := traffic(c, svcURL+"/items/page", "")
+		before := counterValue(t, c, svcURL+"/items/counter")
+		stopWriters := writers(c, svcURL+"/items/counter")
 		e.k(t, "-n", appNS, "rollout", "restart", "deployment/demo")
 		e.rollout(t, appNS, "deployment", "demo", 4*time.Minute)
 		e.k(t, "-n", operatorNS, "rollout", "restart", "deployment/"+release)
 		e.rollout(t, operatorNS, "deployment", release, 3*time.Minute)
 		time.Sleep(5 * time.Second)
+		w := stopWriters()
 		if res := stop(); res.failed > 0 || res.ok < 20 {
 			t.Fatalf("GETs during rolling restarts: %d ok, %d failed (first: %v)", res.ok, res.failed, res.first)
 		} else {
 			t.Logf("GETs during rolling restarts of the app and the operator: %d ok, 0 failed", res.ok)
 		}
+		// A write whose answer was lost in a terminating pod may or may not
+		// have been applied; every acknowledged one must be.
+		got := counterValue(t, c, svcURL+"/items/counter")
+		if w.applied < 5 || got < before+w.applied || got > before+w.applied+w.unknown {
+			t.Fatalf("writes during rolling restarts: counter %d -> %d after %d acknowledged, %d unanswered (%d 412, first error %v)",
+				before, got, w.applied, w.unknown, w.conflicts, w.first)
+		}
+		t.Logf("writes during rolling restarts: %d acknowledged, %d 412, %d unanswered; counter %d -> %d",
+			w.applied, w.conflicts, w.unknown, before, got)
 		// The restarted operator still injects: scale up, the new pod has it.
 		e.k(t, "-n", appNS, "scale", "deployment/demo", "--replicas=4")
 		e.rollout(t, appNS, "deployment", "demo", 3*time.Minute)
@@ -372,40 +455,126 @@ func get(t *testing.T, c *http.Client, url, inm string, want int) *http.Response
 	return resp
 }
 
-// increment does one read-modify-write of a counter with If-Match; false
-// when another writer won (412), which the caller retries.
-func increment(c *http.Client, url string) (bool, error) {
-	resp, err := c.Get(url)
-	if err != nil {
-		return false, err
+// Names of the one demo Service a client may use (kube-proxy does not look
+// at Host; the sidecar must not let the spelling split a resource).
+var hostNames = []string{"", "demo.node-sametag.svc.cluster.local", "DEMO.node-sametag:80"}
+
+// writer is who sends a write: credentials and the Host name used.
+type writer struct{ user, host string }
+
+type writeResult int
+
+const (
+	applied writeResult = iota
+	conflict
+	retry
+)
+
+// increment does one read-modify-write of a counter with If-Match as `who`:
+// applied, conflict (another writer won: 412) or retry (lock busy or store
+// reconnecting: 503). Errors are transport failures or other statuses.
+func increment(c *http.Client, url string, who writer) (writeResult, error) {
+	send := func(method string, body io.Reader, ifMatch string) (*http.Response, []byte, error) {
+		req, _ := http.NewRequest(method, url, body)
+		if who.host != "" {
+			req.Host = who.host
+		}
+		if who.user != "" {
+			req.Header.Set("Authorization", who.user)
+		}
+		if ifMatch != "" {
+			req.Header.Set("If-Match", ifMatch)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return nil, nil, err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, b, nil
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	resp, b, err := send(http.MethodGet, nil, "")
+	if err != nil {
+		return retry, err
+	}
 	if resp.StatusCode != 200 {
-		return false, fmt.Errorf("GET counter: %d", resp.StatusCode)
+		return retry, fmt.Errorf("GET counter: %d", resp.StatusCode)
 	}
 	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
-		return false, fmt.Errorf("counter body %q", b)
+		return retry, fmt.Errorf("counter body %q", b)
 	}
-	req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader(strconv.Itoa(n+1)))
-	req.Header.Set("If-Match", resp.Header.Get("ETag"))
-	resp, err = c.Do(req)
+	resp, _, err = send(http.MethodPut, strings.NewReader(strconv.Itoa(n+1)), resp.Header.Get("ETag"))
 	if err != nil {
-		return false, err
+		return retry, err
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
 	switch {
 	case resp.StatusCode/100 == 2:
-		return true, nil
+		return applied, nil
 	case resp.StatusCode == http.StatusPreconditionFailed:
-		return false, nil
-	case resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusConflict:
-		time.Sleep(100 * time.Millisecond) // lock busy or store reconnecting: retry
-		return false, nil
+		return conflict, nil
+	case resp.StatusCode == http.StatusServiceUnavailable:
+		time.Sleep(100 * time.Millisecond)
+		return retry, nil
 	}
-	return false, fmt.Errorf("conditional PUT: %d", resp.StatusCode)
+	return retry, fmt.Errorf("conditional PUT: %d", resp.StatusCode)
+}
+
+// counterValue reads the counter through the Service.
+func counterValue(t *testing.T, c *http.Client, url string) int {
+	t.Helper()
+	b, _ := io.ReadAll(get(t, c, url, "", 200).Body)
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("counter body %q", b)
+	}
+	return n
+}
+
+type writersResult struct {
+	applied, conflicts, unknown int
+	first                       error
+}
+
+// writers runs two incrementing writers (different users and Host names)
+// until stopped, bounded to 10 minutes. A transport error after the PUT may
+// or may not have been applied: counted as unknown.
+func writers(c *http.Client, url string) func() writersResult {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	var mu sync.Mutex
+	var res writersResult
+	var wg sync.WaitGroup
+	for w := 0; w < 2; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			who := writer{user: fmt.Sprintf("Bearer restart-%d", w), host: hostNames[w+1]}
+			for ctx.Err() == nil {
+				r, err := increment(c, url, who)
+				mu.Lock()
+				switch {
+				case err != nil:
+					res.unknown++
+					if res.first == nil {
+						res.first = err
+					}
+				case r == applied:
+					res.applied++
+				case r == conflict:
+					res.conflicts++
+				}
+				mu.Unlock()
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
+	}
+	return func() writersResult {
+		cancel()
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return res
+	}
 }
 
 type trafficResult struct {
