@@ -12,6 +12,22 @@ local vary, v, tag = ARGV[1], ARGV[2], ARGV[3]
 local trust = ARGV[4] == '1'
 local ttl, meta_ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 local max_variants, guard = tonumber(ARGV[7]), tonumber(ARGV[8])
+-- Field `field` of hash `key`, set to `value` if absent. The hash is kept
+-- alive for `ttl`, refreshed only past half of it: every write to a tracked
+-- key pushes an invalidation to every replica's cache.
+local function get_or_set(key, field, value, ttl)
+  local cur = redis.call('HGET', key, field)
+  if not cur then
+    redis.call('HSET', key, field, value)
+    redis.call('PEXPIRE', key, ttl)
+    return value
+  end
+  if redis.call('PTTL', key) < ttl / 2 then
+    redis.call('PEXPIRE', key, ttl)
+  end
+  return cur
+end
+
 local ft, fm, fa, fe, fp = 't|' .. v, 'm|' .. v, 'a|' .. v, 'e|' .. v, 'p|' .. v
 
 local cur = redis.call('HMGET', r, 'vary', ft, fm, 'lmx')
@@ -61,8 +77,8 @@ if trust then
   -- refuse to trust anything recorded shortly after an invalidation of the
   -- path or of a watched glob (the guard covers the app's latency).
   local recent = false
-  local pg = redis.call('HMGET', path, 'g', 'inv')
-  if pg[2] and now - tonumber(pg[2]) < guard then recent = true end
+  local inv = redis.call('HGET', path, 'inv')
+  if inv and now - tonumber(inv) < guard then recent = true end
   local marks = {}
   if ARGV[9] == '1' then
     marks[1] = 'gl'
@@ -75,26 +91,12 @@ if trust then
     if g and now - tonumber(g) < guard then recent = true end
   end
   if not recent then
-    local epoch = redis.call('HGET', meta, 'epoch')
     local s = stamp(clock, meta_ttl)
-    if not epoch then
-      epoch = s
-      redis.call('HSET', meta, 'epoch', epoch)
-      redis.call('PEXPIRE', meta, meta_ttl)
-    elseif redis.call('PTTL', meta) < meta_ttl / 2 then
-      redis.call('PEXPIRE', meta, meta_ttl)
-    end
+    local epoch = get_or_set(meta, 'epoch', s, meta_ttl)
     -- The path's generation: a validation stays trusted only while it is
     -- current. A path never invalidated (or whose hash was evicted) gets a
     -- fresh one, newer than any an older validation can carry.
-    local g = pg[1]
-    if not g then
-      g = s
-      redis.call('HSET', path, 'g', g)
-      redis.call('PEXPIRE', path, meta_ttl)
-    elseif redis.call('PTTL', path) < meta_ttl / 2 then
-      redis.call('PEXPIRE', path, meta_ttl)
-    end
+    local g = get_or_set(path, 'g', s, meta_ttl)
     redis.call('HSET', r, fa, s, fe, epoch, fp, g)
     va, ve = s, epoch
     changed = true
