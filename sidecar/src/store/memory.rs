@@ -199,6 +199,10 @@ impl Store for MemoryStore {
         let seq = inner.seq;
         let now = SystemTime::now();
         let clock = Instant::now();
+        // A validation inside the guard is stored but not reported trusted,
+        // exactly as `lookup` (and the Redis store) would report it.
+        let (barrier, barrier_at) = inner.barrier(&resource.path, &[]);
+        let guard = self.limits.trust_guard;
         let state = inner
             .resources
             .entry(resource.id.clone())
@@ -237,7 +241,12 @@ impl Store for MemoryStore {
         let out = Entry {
             tag: entry.tag.clone(),
             last_modified,
-            validated_at: entry.validated.map(|(at, _, _)| at),
+            validated_at: entry
+                .validated
+                .filter(|(_, seq, clock)| {
+                    *seq > barrier && barrier_at.is_none_or(|b| *clock >= b + guard)
+                })
+                .map(|(at, _, _)| at),
         };
         state.newest_last_modified = state.newest_last_modified.max(last_modified);
         inner.touch(&resource.id);
