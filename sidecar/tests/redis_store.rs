@@ -430,13 +430,18 @@ async fn outage_fails_fast_then_bumps_the_epoch_on_reconnect() {
     let a = store(&redis.url(), "outage", opts()).await;
     let b = store(&redis.url(), "outage", opts()).await;
     let k = key("/o");
+    // A second resource, validated before the outage and never written.
+    let other = key("/o2");
     a.record(&k, &[], &V(), &tag("O"), true).await.unwrap();
+    b.record(&other, &[], &V(), &tag("P"), true).await.unwrap();
     assert!(
         b.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
             .1
             .validated_at
             .is_some()
     );
+    // Redis persists what it holds (both validations) before it dies.
+    redis.save();
 
     redis.kill();
     // Every call fails quickly and says Unavailable; health follows.
@@ -466,36 +471,52 @@ async fn outage_fails_fast_then_bumps_the_epoch_on_reconnect() {
     }
     assert_eq!(a.health(), StoreHealth::Down);
 
-    // Redis comes back on the same port (empty: no persistence); both
-    // reconnect on their own and find a new run id (a restart), so both
-    // bump the epoch once; A's lost invalidation rides on the same bump
-    // (the next test covers a Redis that kept its data and its run id).
+    // Redis comes back on the same port with its data (both validations
+    // included) and a new run id (a restart); both reconnect on their own
+    // and bump the epoch once; A's lost invalidation rides on the same bump.
     redis.restart();
+    assert!(redis.dbsize() > 0, "redis kept its data");
     assert!(a.wait_up(Duration::from_secs(5)).await);
     assert!(b.wait_up(Duration::from_secs(5)).await);
     assert_eq!(a.metrics().epoch_bumps.get(), 1);
     assert_eq!(b.metrics().epoch_bumps.get(), 1);
-    // Nothing trusted until a fresh validation.
-    assert!(b.lookup(&k, &[]).await.unwrap().is_none());
+    // Nothing trusted until a fresh validation: not the resource whose
+    // invalidation was lost, and not the one nobody wrote, though Redis
+    // still holds both tags.
+    for (k, t) in [(&other, "P"), (&k, "O")] {
+        for s in [&a, &b] {
+            let r = s.lookup(k, &[]).await.unwrap().expect("data kept");
+            let e = r.variant(&V()).unwrap();
+            assert_eq!(e.tag, tag(t));
+            assert_eq!(
+                e.validated_at, None,
+                "{} untrusted after the outage",
+                k.path
+            );
+        }
+    }
     let e = b.record(&k, &[], &V(), &tag("O"), true).await.unwrap();
     assert!(e.validated_at.is_some());
-    assert!(
-        a.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
-            .1
-            .validated_at
-            .is_some()
-    );
+    assert_trust_soon(&a, &k, &[], true, "A sees B's fresh validation").await;
+    assert_untrusted_now(&a, &other, &[], "still untrusted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epoch_bump_untrusts_validations_that_survived_the_outage() {
-    // Redis keeps its data; A's invalidation times out while Redis is
-    // paused (as during a network partition), so A bumps on reconnect.
+    // Redis keeps its data (the same process throughout); A's invalidation
+    // times out while Redis is paused (as during a network partition), so
+    // A bumps on reconnect.
     let redis = RedisServer::start();
+    let run_id = redis.run_id();
     let a = store(&redis.url(), "epoch", opts()).await;
     let b = store(&redis.url(), "epoch", opts()).await;
     let k = key("/e");
+    // Validated before the partition and never written: only the epoch can
+    // end its trust.
+    let other = key("/never-written");
     b.record(&k, &[], &V(), &tag("E"), true).await.unwrap();
+    b.record(&other, &[], &V(), &tag("N"), true).await.unwrap();
+    assert_trust_soon(&a, &other, &[], true, "A sees B's validation").await;
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(1500)
@@ -509,20 +530,60 @@ async fn epoch_bump_untrusts_validations_that_survived_the_outage() {
     );
     assert!(a.wait_up(Duration::from_secs(5)).await);
     assert!(a.metrics().epoch_bumps.get() >= 1);
-    // B's validation from before is no longer trusted, by anyone.
+    assert_eq!(redis.run_id(), run_id, "the same Redis, with its data");
+    // B's validations from before are no longer trusted, by anyone: the
+    // never-written resource included, whose tag Redis still holds.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(
-        b.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
-            .1
-            .validated_at,
-        None
-    );
-    assert_eq!(
-        a.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
-            .1
-            .validated_at,
-        None
-    );
+    for s in [&a, &b] {
+        for (k, t) in [(&other, "N"), (&k, "E")] {
+            let r = s.lookup(k, &[]).await.unwrap().expect("data kept");
+            let e = r.variant(&V()).unwrap();
+            assert_eq!(e.tag, tag(t));
+            assert_eq!(e.validated_at, None, "{} untrusted after the bump", k.path);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_with_its_data_ends_trust() {
+    // No write during the restart, no lost invalidation: but invalidations
+    // the old process acknowledged after its last save (or a failover's
+    // replication lag) may be gone, so a new run id ends every trust.
+    let mut redis = RedisServer::start();
+    let a = store(&redis.url(), "runid", opts()).await;
+    let b = store(&redis.url(), "runid", opts()).await;
+    let k = key("/r");
+    a.record(&k, &[], &V(), &tag("R"), true).await.unwrap();
+    assert_trust_soon(&b, &k, &[], true, "B sees A's validation").await;
+    let run_id = redis.run_id();
+    redis.restart_keeping_data();
+    assert_ne!(redis.run_id(), run_id, "a new process");
+    assert!(redis.dbsize() > 0, "redis kept its data");
+    // Both notice the restart (their connections broke) and reconnect.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    loop {
+        seen.clear();
+        for s in [&a, &b] {
+            seen.push(
+                s.lookup(&k, &[]).await.map(|r| {
+                    r.and_then(|r| r.variant(&V()).map(|e| (e.tag.clone(), e.validated_at)))
+                }),
+            );
+        }
+        if seen.iter().all(|r| r.is_ok()) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (s, r) in ["A", "B"].iter().zip(&seen) {
+        let (t, validated_at) = r.as_ref().expect("reconnected").clone().expect("data kept");
+        assert_eq!(t, tag("R"));
+        assert_eq!(
+            validated_at, None,
+            "{s}: a validation from before the restart is not trusted"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
