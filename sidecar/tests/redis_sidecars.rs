@@ -668,6 +668,53 @@ async fn redis_outage_fails_no_get_and_trust_resumes_only_after_revalidation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_with_its_data_ends_trust() {
+    // No write and no lost invalidation: Redis restarts (a new run id) and
+    // loads its dump, validations included. Invalidations the old process
+    // acknowledged after its last save (or a failover's replication lag)
+    // could be missing, so nothing validated before is trusted.
+    let mut f = fleet(StoreKind::Redis, 3).await;
+    let c = client();
+    let doc = trusted_everywhere(&c, &f, "/trust/doc").await;
+    let other = trusted_everywhere(&c, &f, "/trust/other").await;
+    let run_id = f.redis().run_id();
+    f.store.redis_mut().restart_keeping_data();
+    assert_ne!(f.redis().run_id(), run_id);
+    assert!(f.redis().dbsize() > 0, "redis kept its data");
+    // Every replica's connections broke; let them reconnect.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for s in &f.stores {
+        assert!(s.wait_up(Duration::from_secs(5)).await);
+    }
+    // The first conditional GET of each resource after the restart asks the
+    // app (a 304 all the same: the content did not change).
+    let mut trusted = Vec::new();
+    for (i, (path, tag)) in [("/trust/doc", &doc), ("/trust/other", &other)]
+        .into_iter()
+        .enumerate()
+    {
+        let hits = f.backend.hits.load(Ordering::SeqCst);
+        let (status, h, _) = send(
+            &c,
+            Method::GET,
+            f.sidecars[i + 1],
+            path,
+            &[("if-none-match", tag)],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        if f.backend.hits.load(Ordering::SeqCst) == hits {
+            trusted.push(format!("{path}: {}", header(&h, "cache-status")));
+        }
+    }
+    assert!(
+        trusted.is_empty(),
+        "trusted after the restart without the app: {trusted:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_degrades_reads_and_refuses_conditional_writes() {
     let redis = RedisServer::with_password("right");
     let backend = Arc::new(Backend::default());
