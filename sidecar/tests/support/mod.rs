@@ -7,6 +7,7 @@
 
 pub mod fleet;
 pub mod redis_server;
+pub mod store_checks;
 
 #[allow(unused_imports)]
 pub use fleet::*;
