@@ -2,8 +2,6 @@
 //! drains in-flight requests before the process exits, and the store flags
 //! (a private CA, waiting for the store at start-up) take effect.
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -13,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
-use support::{App, body, get};
+use support::{App, body, get, redis_server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sametag-sidecar");
 

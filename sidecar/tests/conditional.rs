@@ -1,16 +1,15 @@
 //! RFC 9110 §13.1–13.2 end to end through a real sidecar in front of a real
 //! app: each precondition alone, the combinations where order matters, the
-//! 304 header set, HEAD, Range/If-Range, Vary keys and credential isolation.
+//! 304 header set, HEAD, Range/If-Range, Vary keys and credential isolation
+//! (the key tests once per store: `in_memory::`, `in_redis::`).
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
-use sametag_sidecar::store::memory::MemoryStore;
-use support::{App, Got, Sidecar, body, get, send};
+use support::{App, Got, SharedStore, Sidecar, StoreKind, body, get, send};
 
 const BODY: &str = "hello, conditional world";
 
@@ -398,10 +397,10 @@ async fn personal_app() -> App {
     .await
 }
 
-#[tokio::test]
-async fn credentials_never_share_tag_state() {
+async fn credentials_never_share_tag_state(kind: StoreKind) {
+    let shared = SharedStore::new(kind);
     let app = personal_app().await;
-    let sidecar = Sidecar::start(app.addr, TRUST, Arc::new(MemoryStore::new())).await;
+    let sidecar = Sidecar::start(app.addr, TRUST, shared.replica().await).await;
     let alice = [("authorization", "Bearer alice")];
     let a = get(sidecar.addr, "/inbox", &alice).await;
     // Alice revalidates: answered from the store, the app is not asked.
@@ -434,11 +433,11 @@ async fn credentials_never_share_tag_state() {
     assert_eq!(app.hits(), hits + 1);
 }
 
-#[tokio::test]
-async fn shared_routes_use_one_key_for_all_users() {
+async fn shared_routes_use_one_key_for_all_users(kind: StoreKind) {
+    let shared = SharedStore::new(kind);
     let app = App::fixed("public page", "\"x\"").await;
     let policy = "mode: Trust\nmaxAge: 60s\nroutes:\n  - path: /public/**\n    mode: Trust\n    maxAge: 60s\n    shared: true\n";
-    let sidecar = Sidecar::start(app.addr, policy, Arc::new(MemoryStore::new())).await;
+    let sidecar = Sidecar::start(app.addr, policy, shared.replica().await).await;
     let a = get(sidecar.addr, "/public/p", &[("cookie", "session=a")]).await;
     let hits = app.hits();
     let r = get(
@@ -451,10 +450,10 @@ async fn shared_routes_use_one_key_for_all_users() {
     assert_eq!(app.hits(), hits);
 }
 
-#[tokio::test]
-async fn equivalent_spellings_share_one_key() {
+async fn equivalent_spellings_share_one_key(kind: StoreKind) {
+    let shared = SharedStore::new(kind);
     let app = App::fixed("page", "\"x\"").await;
-    let sidecar = Sidecar::start(app.addr, TRUST, Arc::new(MemoryStore::new())).await;
+    let sidecar = Sidecar::start(app.addr, TRUST, shared.replica().await).await;
     let a = get(sidecar.addr, "/~user/page", &[("host", "Example.COM:80")]).await;
     let hits = app.hits();
     let r = get(
@@ -473,4 +472,10 @@ async fn equivalent_spellings_share_one_key() {
     )
     .await;
     assert_eq!(app.hits(), hits + 1, "a different resource: {:?}", r.status);
+}
+
+support::over_stores! {
+    credentials_never_share_tag_state,
+    shared_routes_use_one_key_for_all_users,
+    equivalent_spellings_share_one_key,
 }

@@ -438,15 +438,36 @@ async fn store_down_reads_degrade_and_conditional_writes_fail_closed() {
     .await;
     // Reads never fail: the tag is still content-derived (the same on every
     // replica), Last-Modified is the app's, and a match is still a 304.
+    // The tag a replica whose store is up gives the same bytes.
+    let healthy = Sidecar::start(app.addr, policy, Arc::new(MemoryStore::new())).await;
+    let up_tag = get(healthy.addr, "/doc", &[]).await.etag();
     let r = get(sidecar.addr, "/doc", &[]).await;
     assert_eq!(r.status, StatusCode::OK);
     let tag = r.etag();
+    assert_eq!(
+        tag, up_tag,
+        "the degraded tag is the one the store would hold"
+    );
     assert_eq!(r.header("last-modified"), "Tue, 01 Jan 2019 00:00:00 GMT");
     assert!(r.header("cache-status").contains("store-unavailable"));
     let r = get(sidecar.addr, "/doc", &[("if-none-match", &tag)]).await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert!(r.header("cache-status").contains("store-unavailable"));
     let head = send(sidecar.addr, "HEAD", "/doc", &[], "").await;
     assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.etag(), tag);
+    // All of them took the degraded path: the app answered, nothing came
+    // from the store.
+    let m = &sidecar.metrics;
+    assert_eq!(
+        m.requests_with(&http::Method::GET, Outcome::trusted_not_modified),
+        0
+    );
+    assert_eq!(
+        m.requests_with(&http::Method::GET, Outcome::not_modified),
+        1
+    );
+    assert_eq!(app.hits(), 1 + 3, "one for the healthy replica, three here");
     // A conditional write cannot be serialised: 503 with Retry-After.
     let r = send(sidecar.addr, "PUT", "/doc", &[("if-match", &tag)], "v2").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -2,10 +2,9 @@
 //! the store (and never after a write), conditional writes (412, 428, lock
 //! contention across replicas, 503 when the lock stays busy), agreement of N
 //! replicas, untagged pass-through (no-store, bodies over maxBodyBytes,
-//! streamed without buffering).
+//! streamed without buffering). The tests whose outcome rests on the store
+//! run once per store (`in_memory::`, `in_redis::`).
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
 mod support;
 
 use std::sync::{Arc, Mutex};
@@ -16,9 +15,10 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sametag_sidecar::store::memory::MemoryStore;
-use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
 use sametag_sidecar::store::{ResourceKey, Store};
-use support::{App, Sidecar, body, get, resource_app, resource_app_with_delay, send};
+use support::{
+    App, SharedStore, Sidecar, StoreKind, body, get, resource_app, resource_app_with_delay, send,
+};
 
 #[tokio::test]
 async fn bypass_leaves_validators_and_conditionals_to_the_app() {
@@ -67,11 +67,11 @@ routes:
     maxAge: 300ms
 ";
 
-#[tokio::test]
-async fn trust_answers_from_the_store_without_the_app() {
+async fn trust_answers_from_the_store_without_the_app(kind: StoreKind) {
+    let shared = SharedStore::new(kind);
     let state = Arc::new(Mutex::new(Some("item one".to_owned())));
     let app = resource_app(state, "a").await;
-    let sidecar = Sidecar::start(app.addr, TRUST, Arc::new(MemoryStore::new())).await;
+    let sidecar = Sidecar::start(app.addr, TRUST, shared.replica().await).await;
     let first = get(sidecar.addr, "/api/items/1", &[]).await;
     assert_eq!(app.hits(), 1);
     for _ in 0..5 {
@@ -101,14 +101,13 @@ async fn trust_answers_from_the_store_without_the_app() {
     assert_eq!(app.hits(), 2);
 }
 
-#[tokio::test]
-async fn trust_never_after_a_write_through_any_replica() {
+async fn trust_never_after_a_write_through_any_replica(kind: StoreKind) {
     let state = Arc::new(Mutex::new(Some("v1".to_owned())));
-    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+    let shared = SharedStore::new(kind);
     let app_a = resource_app(state.clone(), "a").await;
     let app_b = resource_app(state.clone(), "b").await;
-    let a = Sidecar::start(app_a.addr, TRUST, store.clone()).await;
-    let b = Sidecar::start(app_b.addr, TRUST, store.clone()).await;
+    let a = Sidecar::start(app_a.addr, TRUST, shared.replica().await).await;
+    let b = Sidecar::start(app_b.addr, TRUST, shared.replica().await).await;
 
     let v1 = get(a.addr, "/api/items/1", &[H]).await;
     let list = get(a.addr, "/api/items", &[H]).await;
@@ -138,10 +137,10 @@ async fn trust_never_after_a_write_through_any_replica() {
     assert_ne!(r.header("cache-status"), "sametag; hit");
 }
 
-#[tokio::test]
-async fn trust_expires_after_max_age() {
+async fn trust_expires_after_max_age(kind: StoreKind) {
+    let shared = SharedStore::new(kind);
     let app = App::fixed("short lived", "\"x\"").await;
-    let sidecar = Sidecar::start(app.addr, TRUST, Arc::new(MemoryStore::new())).await;
+    let sidecar = Sidecar::start(app.addr, TRUST, shared.replica().await).await;
     let first = get(sidecar.addr, "/short/a", &[]).await;
     let r = get(
         sidecar.addr,
@@ -244,15 +243,14 @@ async fn require_preconditions_answers_428() {
     assert_eq!(r.status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn concurrent_conditional_writers_across_replicas_one_wins() {
+async fn concurrent_conditional_writers_across_replicas_one_wins(kind: StoreKind) {
     let state = Arc::new(Mutex::new(Some("v1".to_owned())));
-    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+    let shared = SharedStore::new(kind);
     let slow = Duration::from_millis(200);
     let app_a = resource_app_with_delay(state.clone(), "a", slow).await;
     let app_b = resource_app_with_delay(state.clone(), "b", slow).await;
-    let a = Sidecar::start(app_a.addr, "", store.clone()).await;
-    let b = Sidecar::start(app_b.addr, "", store.clone()).await;
+    let a = Sidecar::start(app_a.addr, "", shared.replica().await).await;
+    let b = Sidecar::start(app_b.addr, "", shared.replica().await).await;
     let tag = get(a.addr, "/doc", &[H]).await.etag();
     assert_eq!(get(b.addr, "/doc", &[H]).await.etag(), tag, "agreement");
 
@@ -321,58 +319,49 @@ async fn busy_lock_answers_503_with_retry_after() {
 /// A write slower than the lock's lease keeps its lock (renewed while in
 /// flight): a second writer through another replica waits, then loses with
 /// 412, instead of taking the expired lock, judging against the state the
-/// slow write has not committed yet, and winning too. Both stores.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_slower_than_its_lease_keeps_the_lock() {
-    let redis = redis_server::RedisServer::start();
-    let shared = RedisStore::connect(&redis.url(), "lease", RedisOptions::default()).unwrap();
-    assert!(shared.wait_up(Duration::from_secs(5)).await);
-    for store in [
-        Arc::new(MemoryStore::new()) as Arc<dyn Store>,
-        Arc::new(shared) as Arc<dyn Store>,
-    ] {
-        let state = Arc::new(Mutex::new(Some("v1".to_owned())));
-        let app = resource_app_with_delay(state.clone(), "a", Duration::from_millis(1200)).await;
-        let short_lease = |c: &mut sametag_sidecar::ServerConfig| {
-            c.options.lock_lease = Some(Duration::from_millis(300));
-            c.options.lock_wait = Duration::from_secs(5);
-        };
-        let one = Sidecar::start_with(app.addr, "", store.clone(), short_lease).await;
-        let two = Sidecar::start_with(app.addr, "", store.clone(), short_lease).await;
-        let tag = get(one.addr, "/doc", &[]).await.etag();
-        let (a1, a2) = (one.addr, two.addr);
-        let (t1, t2) = (tag.clone(), tag.clone());
-        let slow = tokio::spawn(async move {
-            send(
-                a1,
-                "PUT",
-                "/doc",
-                &[("if-match", &t1), ("authorization", "Bearer alice")],
-                "alice",
-            )
-            .await
-        });
-        // Well past the original lease, while the slow write is in flight.
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let second = send(
-            a2,
+/// slow write has not committed yet, and winning too.
+async fn a_write_slower_than_its_lease_keeps_the_lock(kind: StoreKind) {
+    let shared = SharedStore::new(kind);
+    let state = Arc::new(Mutex::new(Some("v1".to_owned())));
+    let app = resource_app_with_delay(state.clone(), "a", Duration::from_millis(1200)).await;
+    let short_lease = |c: &mut sametag_sidecar::ServerConfig| {
+        c.options.lock_lease = Some(Duration::from_millis(300));
+        c.options.lock_wait = Duration::from_secs(5);
+    };
+    let one = Sidecar::start_with(app.addr, "", shared.replica().await, short_lease).await;
+    let two = Sidecar::start_with(app.addr, "", shared.replica().await, short_lease).await;
+    let tag = get(one.addr, "/doc", &[]).await.etag();
+    let (a1, a2) = (one.addr, two.addr);
+    let (t1, t2) = (tag.clone(), tag.clone());
+    let slow = tokio::spawn(async move {
+        send(
+            a1,
             "PUT",
             "/doc",
-            &[("if-match", &t2), ("host", "shop.example")],
-            "bob",
+            &[("if-match", &t1), ("authorization", "Bearer alice")],
+            "alice",
         )
-        .await;
-        let first = slow.await.unwrap();
-        assert_eq!(first.status, StatusCode::OK, "{}", first.text());
-        assert_eq!(second.status, StatusCode::PRECONDITION_FAILED);
-        assert_eq!(state.lock().unwrap().as_deref(), Some("alice"));
-        assert_eq!(one.metrics.lock_leases_lost(), 0);
-    }
+        .await
+    });
+    // Well past the original lease, while the slow write is in flight.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let second = send(
+        a2,
+        "PUT",
+        "/doc",
+        &[("if-match", &t2), ("host", "shop.example")],
+        "bob",
+    )
+    .await;
+    let first = slow.await.unwrap();
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(second.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(state.lock().unwrap().as_deref(), Some("alice"));
+    assert_eq!(one.metrics.lock_leases_lost(), 0);
 }
 
-#[tokio::test]
-async fn replicas_agree_on_etag_and_last_modified() {
-    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+async fn replicas_agree_on_etag_and_last_modified(kind: StoreKind) {
+    let shared = SharedStore::new(kind);
     let tags = ["\"nginx-5f1a-1c\"", "W/\"apache-77-1c\"", "\"random-9\""];
     let mut sidecars = Vec::new();
     let mut apps = Vec::new();
@@ -389,7 +378,7 @@ async fn replicas_agree_on_etag_and_last_modified() {
                 .unwrap()
         })
         .await;
-        sidecars.push(Sidecar::start(app.addr, "", store.clone()).await);
+        sidecars.push(Sidecar::start(app.addr, "", shared.replica().await).await);
         apps.push(app);
     }
     let mut seen = Vec::new();
@@ -609,13 +598,14 @@ async fn declared_large_bodies_are_not_read_before_forwarding() {
     r.etag();
 }
 
-#[tokio::test]
-async fn a_client_leaving_mid_write_neither_loses_the_invalidation_nor_keeps_the_lock() {
+async fn a_client_leaving_mid_write_neither_loses_the_invalidation_nor_keeps_the_lock(
+    kind: StoreKind,
+) {
     let state = Arc::new(Mutex::new(Some("v1".to_owned())));
     let app = resource_app_with_delay(state.clone(), "a", Duration::from_millis(300)).await;
     let policy = "mode: Trust\nmaxAge: 60s\n";
-    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
-    let sidecar = Sidecar::start_with(app.addr, policy, store, |c| {
+    let shared = SharedStore::new(kind);
+    let sidecar = Sidecar::start_with(app.addr, policy, shared.replica().await, |c| {
         c.options.lock_wait = Duration::from_millis(100);
     })
     .await;
@@ -644,4 +634,14 @@ async fn a_client_leaving_mid_write_neither_loses_the_invalidation_nor_keeps_the
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+support::over_stores! {
+    trust_answers_from_the_store_without_the_app,
+    trust_never_after_a_write_through_any_replica,
+    trust_expires_after_max_age,
+    concurrent_conditional_writers_across_replicas_one_wins,
+    replicas_agree_on_etag_and_last_modified,
+    a_client_leaving_mid_write_neither_loses_the_invalidation_nor_keeps_the_lock,
+    a_write_slower_than_its_lease_keeps_the_lock,
 }

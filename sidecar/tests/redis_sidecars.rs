@@ -1,11 +1,11 @@
-//! Several in-process sidecars sharing one real `redis-server`, in front of
-//! app replicas that mint their own, disagreeing validators: agreement, no
-//! stale 304 in Trust, no lost update, outage behaviour, and the
-//! client-side cache (zero Redis commands for hot tags). Prints the
-//! measured Redis round trips per request.
+//! Several in-process sidecars sharing one store, in front of app replicas
+//! that mint their own, disagreeing validators: agreement, no stale 304 in
+//! Trust and no lost update, over both stores (one `Arc<MemoryStore>`
+//! shared in-process, or a real `redis-server`); and, for Redis, outage
+//! behaviour and the client-side cache (zero Redis commands for hot tags).
+//! Prints the measured Redis round trips per request.
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
+mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,11 +21,13 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use redis_server::RedisServer;
+use sametag_sidecar::metrics::{Metrics, Outcome};
 use sametag_sidecar::policy::{Policy, PolicyHandle};
-use sametag_sidecar::store::Store;
 use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
+use sametag_sidecar::store::{Store, StoreHealth};
 use sametag_sidecar::{Server, ServerConfig};
+use support::redis_server::RedisServer;
+use support::{SharedStore, StoreKind};
 
 const POLICY: &str = "\
 mode: Validate
@@ -77,6 +79,7 @@ async fn app(
     let path = parts.uri.path();
     let resp = match (parts.method.clone(), path) {
         (Method::GET | Method::HEAD, "/doc" | "/trust/doc") => ok(b.doc.lock().unwrap().clone()),
+        (Method::GET | Method::HEAD, "/trust/other") => ok("never written".to_owned()),
         (Method::PUT, "/doc" | "/trust/doc") => {
             *b.doc.lock().unwrap() = text;
             no_content()
@@ -132,7 +135,7 @@ fn store_opts() -> RedisOptions {
     }
 }
 
-async fn sidecar(app: SocketAddr, store: Arc<dyn Store>) -> SocketAddr {
+async fn sidecar(app: SocketAddr, store: Arc<dyn Store>) -> (SocketAddr, Arc<Metrics>) {
     let mut cfg = ServerConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         app.to_string().parse().unwrap(),
@@ -141,34 +144,54 @@ async fn sidecar(app: SocketAddr, store: Arc<dyn Store>) -> SocketAddr {
     cfg.options.upstream_timeout = Duration::from_secs(5);
     cfg.options.lock_wait = Duration::from_secs(5);
     cfg.policy = PolicyHandle::new(Policy::from_yaml(POLICY).unwrap());
+    let metrics = cfg.metrics.clone();
     let server = Server::bind(cfg, store).await.unwrap();
     let addr = server.local_addr();
     tokio::spawn(server.run(std::future::pending::<()>()));
-    addr
+    (addr, metrics)
 }
 
 struct Fleet {
     backend: Arc<Backend>,
     sidecars: Vec<SocketAddr>,
+    /// Each sidecar's metrics and store handle.
+    metrics: Vec<Arc<Metrics>>,
+    replicas: Vec<Arc<dyn Store>>,
+    /// The shared store; for Redis its server and every replica's handle.
+    store: SharedStore,
     stores: Vec<RedisStore>,
 }
 
-async fn fleet(url: &str, n: u64) -> Fleet {
+async fn fleet(kind: StoreKind, n: u64) -> Fleet {
     let backend = Arc::new(Backend::default());
     *backend.doc.lock().unwrap() = "the same bytes on every replica".into();
+    // The same guard for both kinds (see `store_opts`).
+    let store = SharedStore::with_guard(kind, store_opts().trust_guard);
     let mut sidecars = Vec::new();
-    let mut stores = Vec::new();
+    let mut metrics = Vec::new();
+    let mut replicas = Vec::new();
     for i in 0..n {
         let app = serve_app(i, backend.clone()).await;
-        let store = RedisStore::connect(url, "fleet", store_opts()).unwrap();
-        assert!(store.wait_up(Duration::from_secs(5)).await);
-        sidecars.push(sidecar(app, Arc::new(store.clone())).await);
-        stores.push(store);
+        let replica = store.replica().await;
+        let (addr, m) = sidecar(app, replica.clone()).await;
+        sidecars.push(addr);
+        metrics.push(m);
+        replicas.push(replica);
     }
+    let stores = store.redis_handles();
     Fleet {
         backend,
         sidecars,
+        metrics,
+        replicas,
+        store,
         stores,
+    }
+}
+
+impl Fleet {
+    fn redis(&self) -> &RedisServer {
+        self.store.redis.as_ref().expect("a Redis fleet")
     }
 }
 
@@ -218,10 +241,8 @@ fn total(stores: &[RedisStore], f: fn(&RedisStore) -> u64) -> u64 {
     stores.iter().map(f).sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_agree_and_revalidate_each_others_tags() {
-    let redis = RedisServer::start();
-    let f = fleet(&redis.url(), 3).await;
+async fn replicas_agree_and_revalidate_each_others_tags(kind: StoreKind) {
+    let f = fleet(kind, 3).await;
     let c = client();
     let mut seen = Vec::new();
     for s in &f.sidecars {
@@ -260,10 +281,8 @@ async fn replicas_agree_and_revalidate_each_others_tags() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_stale_304_in_trust_after_a_write_through_another_replica() {
-    let redis = RedisServer::start();
-    let f = fleet(&redis.url(), 3).await;
+async fn no_stale_304_in_trust_after_a_write_through_another_replica(kind: StoreKind) {
+    let f = fleet(kind, 3).await;
     let c = client();
     for round in 0..5 {
         let (_, h, _) = send(&c, Method::GET, f.sidecars[0], "/trust/doc", &[], "").await;
@@ -340,10 +359,8 @@ async fn no_stale_304_in_trust_after_a_write_through_another_replica() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conditional_writes_through_three_replicas_lose_no_update() {
-    let redis = RedisServer::start();
-    let f = fleet(&redis.url(), 3).await;
+async fn conditional_writes_through_three_replicas_lose_no_update(kind: StoreKind) {
+    let f = fleet(kind, 3).await;
     let c = client();
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -398,38 +415,78 @@ async fn conditional_writes_through_three_replicas_lose_no_update() {
     );
 }
 
+/// `path`'s current tag, trusted on every replica (each conditional GET
+/// answered from the store).
+async fn trusted_everywhere(c: &Http, f: &Fleet, path: &str) -> String {
+    let (_, h, _) = send(c, Method::GET, f.sidecars[0], path, &[], "").await;
+    let tag = header(&h, "etag");
+    for s in &f.sidecars {
+        let mut answers = Vec::new();
+        for _ in 0..5 {
+            let (status, h, _) =
+                send(c, Method::GET, *s, path, &[("if-none-match", &tag)], "").await;
+            assert_eq!(status, StatusCode::NOT_MODIFIED);
+            answers.push(header(&h, "cache-status"));
+            if answers.last().is_some_and(|a| a == "sametag; hit") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            answers.last().map(String::as_str),
+            Some("sametag; hit"),
+            "{path} trusted on {s}: {answers:?}"
+        );
+    }
+    tag
+}
+
+/// A counter's value in a sidecar's metrics text (0 when absent).
+fn metric(m: &Metrics, store: &dyn Store, line_prefix: &str) -> u64 {
+    m.encode(store)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+const LOOKUP_ERRORS: &str = "sametag_store_errors_total{op=\"lookup\"} ";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_fails_no_get_and_trust_resumes_only_after_revalidation() {
-    let mut redis = RedisServer::start();
-    let f = fleet(&redis.url(), 3).await;
+    let mut f = fleet(StoreKind::Redis, 3).await;
     let c = client();
-    let (_, h, _) = send(&c, Method::GET, f.sidecars[0], "/trust/doc", &[], "").await;
-    let tag = header(&h, "etag");
-    send(
-        &c,
-        Method::GET,
-        f.sidecars[0],
-        "/trust/doc",
-        &[("if-none-match", &tag)],
-        "",
-    )
-    .await;
+    let tag = trusted_everywhere(&c, &f, "/trust/doc").await;
+    // Validated before the outage and never written: only the epoch can end
+    // its trust.
+    let other = trusted_everywhere(&c, &f, "/trust/other").await;
+    // Redis persists both validations: it comes back with its data.
+    f.store.redis_mut().save();
 
-    // Bounded GET load through all three while Redis is killed.
+    // Bounded GET load through all three while Redis is killed. The content
+    // never changes, so every conditional GET is a 304 and every plain GET
+    // carries the pre-outage tag, store or no store.
     let load = {
         let (c, sidecars, tag) = (c.clone(), f.sidecars.clone(), tag.clone());
         tokio::spawn(async move {
-            let mut bad = 0;
+            let mut bad = Vec::new();
             for i in 0..300 {
                 let cond: &[(&str, &str)] = if i % 2 == 0 {
                     &[("if-none-match", &tag)]
                 } else {
                     &[]
                 };
-                let (status, _, _) =
+                let (status, h, _) =
                     send(&c, Method::GET, sidecars[i % 3], "/trust/doc", cond, "").await;
-                if !(status == StatusCode::OK || status == StatusCode::NOT_MODIFIED) {
-                    bad += 1;
+                let want = if cond.is_empty() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::NOT_MODIFIED
+                };
+                if status != want || header(&h, "etag") != tag {
+                    bad.push(format!("{i}: {status} {:?}", header(&h, "etag")));
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -437,8 +494,72 @@ async fn redis_outage_fails_no_get_and_trust_resumes_only_after_revalidation() {
         })
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
-    redis.kill();
-    assert_eq!(load.await.unwrap(), 0, "no GET failed during the outage");
+    f.store.redis_mut().kill();
+    let bad = load.await.unwrap();
+    assert!(bad.is_empty(), "GETs during the outage: {bad:?}");
+
+    // Once every replica knows the store is down, reads take the degraded
+    // path (Validate against the app, content-derived tags): the same tag
+    // as before the outage, never a 304 from the store.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while f.stores.iter().any(|s| s.health() != StoreHealth::Down) {
+        assert!(Instant::now() < deadline, "replicas notice the outage");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let count = |outcome| -> u64 {
+        f.metrics
+            .iter()
+            .map(|m| m.requests_with(&Method::GET, outcome))
+            .sum()
+    };
+    let lookup_errors = |f: &Fleet| -> u64 {
+        f.metrics
+            .iter()
+            .zip(&f.replicas)
+            .map(|(m, s)| metric(m, s.as_ref(), LOOKUP_ERRORS))
+            .sum()
+    };
+    let (trusted0, validated0, errors0) = (
+        count(Outcome::trusted_not_modified),
+        count(Outcome::not_modified),
+        lookup_errors(&f),
+    );
+    let hits0 = f.backend.hits.load(Ordering::SeqCst);
+    let degraded = 30;
+    for i in 0..degraded {
+        let (status, h, _) = send(
+            &c,
+            Method::GET,
+            f.sidecars[i % 3],
+            "/trust/doc",
+            &[("if-none-match", &tag)],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        assert_eq!(
+            header(&h, "etag"),
+            tag,
+            "the degraded tag is the pre-outage one"
+        );
+        let cache_status = header(&h, "cache-status");
+        assert!(cache_status.contains("store-unavailable"), "{cache_status}");
+    }
+    assert_eq!(
+        count(Outcome::trusted_not_modified),
+        trusted0,
+        "no 304 from the store"
+    );
+    assert_eq!(count(Outcome::not_modified), validated0 + degraded as u64);
+    assert_eq!(
+        f.backend.hits.load(Ordering::SeqCst),
+        hits0 + degraded as u64,
+        "every degraded read asked the app"
+    );
+    assert!(
+        lookup_errors(&f) >= errors0 + degraded as u64,
+        "each degraded read counted its failed lookup"
+    );
 
     // Conditional writes fail closed.
     for s in &f.sidecars {
@@ -474,7 +595,9 @@ async fn redis_outage_fails_no_get_and_trust_resumes_only_after_revalidation() {
     .await;
     assert!(status.is_success());
 
-    redis.restart();
+    // Back with its data: both validations are in Redis again.
+    f.store.redis_mut().restart();
+    assert!(f.redis().dbsize() > 0, "redis kept its data");
     for s in &f.stores {
         assert!(s.wait_up(Duration::from_secs(5)).await);
     }
@@ -502,7 +625,27 @@ async fn redis_outage_fails_no_get_and_trust_resumes_only_after_revalidation() {
     );
     let fresh = header(&h, "etag");
     assert_ne!(fresh, tag);
+    // ...nor the resource nobody wrote: its unchanged tag is a 304, but
+    // from the app (which validates it afresh).
+    let hits = f.backend.hits.load(Ordering::SeqCst);
+    let (status, h, _) = send(
+        &c,
+        Method::GET,
+        f.sidecars[1],
+        "/trust/other",
+        &[("if-none-match", &other)],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert_ne!(
+        header(&h, "cache-status"),
+        "sametag; hit",
+        "a never-written resource validated before the outage is not trusted"
+    );
+    assert_eq!(f.backend.hits.load(Ordering::SeqCst), hits + 1);
     // ...and only after it is Trust back, on every replica.
+    let hits = f.backend.hits.load(Ordering::SeqCst);
     let mut statuses = Vec::new();
     for s in &f.sidecars {
         let (status, h, _) = send(
@@ -519,8 +662,55 @@ async fn redis_outage_fails_no_get_and_trust_resumes_only_after_revalidation() {
     }
     assert_eq!(
         f.backend.hits.load(Ordering::SeqCst),
-        hits + 1,
+        hits,
         "trusted again: {statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_with_its_data_ends_trust() {
+    // No write and no lost invalidation: Redis restarts (a new run id) and
+    // loads its dump, validations included. Invalidations the old process
+    // acknowledged after its last save (or a failover's replication lag)
+    // could be missing, so nothing validated before is trusted.
+    let mut f = fleet(StoreKind::Redis, 3).await;
+    let c = client();
+    let doc = trusted_everywhere(&c, &f, "/trust/doc").await;
+    let other = trusted_everywhere(&c, &f, "/trust/other").await;
+    let run_id = f.redis().run_id();
+    f.store.redis_mut().restart_keeping_data();
+    assert_ne!(f.redis().run_id(), run_id);
+    assert!(f.redis().dbsize() > 0, "redis kept its data");
+    // Every replica's connections broke; let them reconnect.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for s in &f.stores {
+        assert!(s.wait_up(Duration::from_secs(5)).await);
+    }
+    // The first conditional GET of each resource after the restart asks the
+    // app (a 304 all the same: the content did not change).
+    let mut trusted = Vec::new();
+    for (i, (path, tag)) in [("/trust/doc", &doc), ("/trust/other", &other)]
+        .into_iter()
+        .enumerate()
+    {
+        let hits = f.backend.hits.load(Ordering::SeqCst);
+        let (status, h, _) = send(
+            &c,
+            Method::GET,
+            f.sidecars[i + 1],
+            path,
+            &[("if-none-match", tag)],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        if f.backend.hits.load(Ordering::SeqCst) == hits {
+            trusted.push(format!("{path}: {}", header(&h, "cache-status")));
+        }
+    }
+    assert!(
+        trusted.is_empty(),
+        "trusted after the restart without the app: {trusted:?}"
     );
 }
 
@@ -531,7 +721,7 @@ async fn wrong_password_degrades_reads_and_refuses_conditional_writes() {
     *backend.doc.lock().unwrap() = "doc".into();
     let app = serve_app(0, backend.clone()).await;
     let store = RedisStore::connect(&redis.url_with_password("wrong"), "pw", store_opts()).unwrap();
-    let s = sidecar(app, Arc::new(store.clone())).await;
+    let (s, _) = sidecar(app, Arc::new(store.clone())).await;
     let c = client();
     let (status, h, _) = send(&c, Method::GET, s, "/doc", &[], "").await;
     assert_eq!(status, StatusCode::OK);
@@ -546,8 +736,8 @@ async fn wrong_password_degrades_reads_and_refuses_conditional_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_tags_cost_no_redis_commands_and_round_trips_stay_low() {
-    let redis = RedisServer::start();
-    let f = fleet(&redis.url(), 3).await;
+    let f = fleet(StoreKind::Redis, 3).await;
+    let redis = f.redis();
     let c = client();
     let (_, h, _) = send(&c, Method::GET, f.sidecars[0], "/trust/doc", &[], "").await;
     let tag = header(&h, "etag");
@@ -669,4 +859,10 @@ async fn hot_tags_cost_no_redis_commands_and_round_trips_stay_low() {
         avg <= 1.0,
         "at most one round trip per request on average: {avg}"
     );
+}
+
+support::over_stores! {
+    replicas_agree_and_revalidate_each_others_tags,
+    no_stale_304_in_trust_after_a_write_through_another_replica,
+    conditional_writes_through_three_replicas_lose_no_update,
 }

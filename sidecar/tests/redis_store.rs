@@ -1,32 +1,17 @@
-//! The Redis store against real `redis-server`s: the Lua scripts' atomicity,
-//! agreement between replicas (one store handle per replica), locks,
-//! TTLs and key layout, isolation, client-side caching and outages.
+//! The Redis store against real `redis-server`s: key layout and TTLs,
+//! isolation, client-side caching, outages and restarts, TLS, Cluster and
+//! Sentinel. The contract both stores share (Last-Modified, trust,
+//! invalidation, the guard, locks) is in `stores.rs`.
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
+mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use redis_server::{RedisConfig, RedisServer};
 use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
-use sametag_sidecar::store::{ResourceKey, Store, StoreError, StoreHealth, VariantKey};
-use sametag_sidecar::tag::EntityTag;
-
-fn key(path: &str) -> ResourceKey {
-    ResourceKey {
-        path: Arc::from(path),
-        id: Arc::from(format!("example.test{path}")),
-        lock: Arc::from(path),
-    }
-}
-
-fn tag(s: &str) -> EntityTag {
-    EntityTag {
-        weak: false,
-        opaque: s.to_owned(),
-    }
-}
+use sametag_sidecar::store::{Store, StoreError, StoreHealth, VariantKey};
+use support::redis_server::{self, RedisConfig, RedisServer};
+use support::store_checks::{V, assert_trust_soon, assert_untrusted_now, key, tag};
 
 fn opts() -> RedisOptions {
     RedisOptions {
@@ -48,229 +33,6 @@ async fn store(url: &str, prefix: &str, o: RedisOptions) -> RedisStore {
         "store connects to {url}"
     );
     s
-}
-
-const V: fn() -> VariantKey = VariantKey::default;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_modified_is_set_once_under_concurrency_and_strictly_increases() {
-    let redis = RedisServer::start();
-    let replicas = [
-        store(&redis.url(), "lm", opts()).await,
-        store(&redis.url(), "lm", opts()).await,
-        store(&redis.url(), "lm", opts()).await,
-    ];
-    let k = key("/doc");
-    let mut tasks = Vec::new();
-    for i in 0..30 {
-        let s = replicas[i % 3].clone();
-        let k = k.clone();
-        tasks.push(tokio::spawn(async move {
-            s.record(&k, &[], &V(), &tag("A"), i % 2 == 0)
-                .await
-                .unwrap()
-        }));
-    }
-    let mut dates = Vec::new();
-    for t in tasks {
-        dates.push(t.await.unwrap().last_modified);
-    }
-    assert!(
-        dates.iter().all(|d| *d == dates[0]),
-        "one shared Last-Modified: {dates:?}"
-    );
-    // Every replica reads the same one.
-    for s in &replicas {
-        let r = s.lookup(&k, &[]).await.unwrap().unwrap();
-        assert_eq!(r.variant(&V()).unwrap().last_modified, dates[0]);
-    }
-    // Tag changes within the same second still move the date forward.
-    let mut last = dates[0];
-    for (i, t) in ["B", "C", "D"].iter().enumerate() {
-        let e = replicas[i % 3]
-            .record(&k, &[], &V(), &tag(t), false)
-            .await
-            .unwrap();
-        assert!(e.last_modified > last, "strictly increasing");
-        last = e.last_modified;
-    }
-    // The date comes from Redis, not far from now.
-    let skew = SystemTime::now()
-        .duration_since(dates[0])
-        .unwrap_or_default();
-    assert!(skew < Duration::from_secs(5));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trust_is_shared_and_invalidation_is_seen_at_once() {
-    let redis = RedisServer::start();
-    let a = store(&redis.url(), "trust", opts()).await;
-    let b = store(&redis.url(), "trust", opts()).await;
-    let k = key("/api/items/1");
-    let watched: Vec<Arc<str>> = vec!["/api/items/**".into()];
-    assert!(b.lookup(&k, &watched).await.unwrap().is_none());
-    let e = a.record(&k, &[], &V(), &tag("T1"), true).await.unwrap();
-    assert!(e.validated_at.is_some());
-    // B sees A's validation (and caches it) once A's push has emptied the
-    // "nothing here" B cached above.
-    assert_trust_soon(&b, &k, &watched, true, "B sees A's validation").await;
-    for _ in 0..3 {
-        let r = b.lookup(&k, &watched).await.unwrap().unwrap();
-        let v = r.variant(&V()).unwrap();
-        assert_eq!(v.tag, tag("T1"));
-        let age = SystemTime::now()
-            .duration_since(v.validated_at.unwrap())
-            .unwrap_or_default();
-        assert!(
-            age < Duration::from_secs(2),
-            "validated_at is recent in local time: {age:?}"
-        );
-    }
-    // A write through A: B's very next lookup is untrusted (Redis pushed
-    // the invalidation to B before answering A, and B's barrier PING is
-    // answered after that push).
-    a.invalidate(&k, &[]).await.unwrap();
-    assert_untrusted_now(&b, &k, &watched, "no trust after invalidate").await;
-    // Revalidated, then a write elsewhere that invalidates a watched glob.
-    a.record(&k, &[], &V(), &tag("T1"), true).await.unwrap();
-    assert_trust_soon(&b, &k, &watched, true, "B sees the new validation").await;
-    a.invalidate(&key("/api/items"), &["/api/items/**".into()])
-        .await
-        .unwrap();
-    assert_untrusted_now(&b, &k, &watched, "glob invalidation un-trusts").await;
-    // A glob this path does not watch does not matter.
-    a.record(&k, &[], &V(), &tag("T1"), true).await.unwrap();
-    a.invalidate(&key("/other"), &["/other/**".into()])
-        .await
-        .unwrap();
-    assert_trust_soon(&b, &k, &watched, true, "B sees the new validation").await;
-    // A new tag drops the old validation.
-    a.record(&k, &[], &V(), &tag("T2"), false).await.unwrap();
-    // A tag change (unlike an invalidation) is not waited for: B hears of
-    // it through its push a moment later.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let r = b.lookup(&k, &watched).await.unwrap().unwrap();
-    assert_eq!(r.variants[0].1.tag, tag("T2"));
-    assert_eq!(r.variants[0].1.validated_at, None);
-}
-
-/// B's very next lookup of `k` carries no validation.
-async fn assert_untrusted_now(b: &RedisStore, k: &ResourceKey, watched: &[Arc<str>], what: &str) {
-    let r = b.lookup(k, watched).await.unwrap().unwrap();
-    assert_eq!(r.variant(&V()).unwrap().validated_at, None, "{what}");
-}
-
-/// Within 500 ms, B's lookup of `k` is trusted (`trusted`) or not. Trust is
-/// never late to end (see [`assert_untrusted_now`]), but a validation A just
-/// recorded reaches B only once B's reader has applied A's push: until then
-/// B may answer "not trusted" from its cache, which is safe.
-async fn assert_trust_soon(
-    b: &RedisStore,
-    k: &ResourceKey,
-    watched: &[Arc<str>],
-    trusted: bool,
-    what: &str,
-) {
-    let deadline = Instant::now() + Duration::from_millis(500);
-    loop {
-        // "Nothing known" (a cached miss not yet emptied) is "not trusted".
-        let found = b.lookup(k, watched).await.unwrap();
-        let validated = found.and_then(|r| r.variant(&V()).and_then(|e| e.validated_at));
-        if validated.is_some() == trusted {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: not so after 500 ms");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trust_guard_refuses_validations_right_after_a_write() {
-    let redis = RedisServer::start();
-    let o = RedisOptions {
-        trust_guard: Duration::from_millis(400),
-        ..opts()
-    };
-    let a = store(&redis.url(), "guard", o.clone()).await;
-    let k = key("/g");
-    a.lookup(&k, &[]).await.unwrap();
-    a.invalidate(&k, &[]).await.unwrap();
-    // A GET that overlapped the write might have read the old state.
-    let e = a.record(&k, &[], &V(), &tag("X"), true).await.unwrap();
-    assert_eq!(e.validated_at, None);
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    let e = a.record(&k, &[], &V(), &tag("X"), true).await.unwrap();
-    assert!(e.validated_at.is_some());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn locks_are_exclusive_fenced_and_leased() {
-    let redis = RedisServer::start();
-    let a = store(&redis.url(), "locks", opts()).await;
-    let b = store(&redis.url(), "locks", opts()).await;
-    let k = key("/counter");
-    let l1 = a
-        .try_lock(&k, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("free lock");
-    assert!(
-        b.try_lock(&k, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .is_none(),
-        "exclusive"
-    );
-    // Only the holder's token releases.
-    let fake = sametag_sidecar::store::WriteLock {
-        resource: k.clone(),
-        token: l1.token + 1,
-    };
-    b.unlock(&fake).await.unwrap();
-    assert!(
-        b.try_lock(&k, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    a.unlock(&l1).await.unwrap();
-    let l2 = b
-        .try_lock(&k, Duration::from_millis(150))
-        .await
-        .unwrap()
-        .expect("released");
-    assert!(l2.token > l1.token, "fencing tokens increase");
-    // B "crashes": its lease ends and A gets the lock with a newer token.
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let l3 = a
-        .try_lock(&k, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("lease expired");
-    assert!(l3.token > l2.token);
-    // The late holder's unlock does not release the new holder's lock.
-    b.unlock(&l2).await.unwrap();
-    assert!(
-        b.try_lock(&k, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    // Many contenders at once: exactly one wins.
-    a.unlock(&l3).await.unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..20 {
-        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let k = k.clone();
-        tasks.push(tokio::spawn(async move {
-            s.try_lock(&k, Duration::from_secs(5)).await.unwrap()
-        }));
-    }
-    let mut winners = 0;
-    for t in tasks {
-        winners += usize::from(t.await.unwrap().is_some());
-    }
-    assert_eq!(winners, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,13 +192,18 @@ async fn outage_fails_fast_then_bumps_the_epoch_on_reconnect() {
     let a = store(&redis.url(), "outage", opts()).await;
     let b = store(&redis.url(), "outage", opts()).await;
     let k = key("/o");
+    // A second resource, validated before the outage and never written.
+    let other = key("/o2");
     a.record(&k, &[], &V(), &tag("O"), true).await.unwrap();
+    b.record(&other, &[], &V(), &tag("P"), true).await.unwrap();
     assert!(
         b.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
             .1
             .validated_at
             .is_some()
     );
+    // Redis persists what it holds (both validations) before it dies.
+    redis.save();
 
     redis.kill();
     // Every call fails quickly and says Unavailable; health follows.
@@ -466,36 +233,52 @@ async fn outage_fails_fast_then_bumps_the_epoch_on_reconnect() {
     }
     assert_eq!(a.health(), StoreHealth::Down);
 
-    // Redis comes back on the same port (empty: no persistence); both
-    // reconnect on their own and find a new run id (a restart), so both
-    // bump the epoch once; A's lost invalidation rides on the same bump
-    // (the next test covers a Redis that kept its data and its run id).
+    // Redis comes back on the same port with its data (both validations
+    // included) and a new run id (a restart); both reconnect on their own
+    // and bump the epoch once; A's lost invalidation rides on the same bump.
     redis.restart();
+    assert!(redis.dbsize() > 0, "redis kept its data");
     assert!(a.wait_up(Duration::from_secs(5)).await);
     assert!(b.wait_up(Duration::from_secs(5)).await);
     assert_eq!(a.metrics().epoch_bumps.get(), 1);
     assert_eq!(b.metrics().epoch_bumps.get(), 1);
-    // Nothing trusted until a fresh validation.
-    assert!(b.lookup(&k, &[]).await.unwrap().is_none());
+    // Nothing trusted until a fresh validation: not the resource whose
+    // invalidation was lost, and not the one nobody wrote, though Redis
+    // still holds both tags.
+    for (k, t) in [(&other, "P"), (&k, "O")] {
+        for s in [&a, &b] {
+            let r = s.lookup(k, &[]).await.unwrap().expect("data kept");
+            let e = r.variant(&V()).unwrap();
+            assert_eq!(e.tag, tag(t));
+            assert_eq!(
+                e.validated_at, None,
+                "{} untrusted after the outage",
+                k.path
+            );
+        }
+    }
     let e = b.record(&k, &[], &V(), &tag("O"), true).await.unwrap();
     assert!(e.validated_at.is_some());
-    assert!(
-        a.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
-            .1
-            .validated_at
-            .is_some()
-    );
+    assert_trust_soon(&a, &k, &[], true, "A sees B's fresh validation").await;
+    assert_untrusted_now(&a, &other, &[], "still untrusted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epoch_bump_untrusts_validations_that_survived_the_outage() {
-    // Redis keeps its data; A's invalidation times out while Redis is
-    // paused (as during a network partition), so A bumps on reconnect.
+    // Redis keeps its data (the same process throughout); A's invalidation
+    // times out while Redis is paused (as during a network partition), so
+    // A bumps on reconnect.
     let redis = RedisServer::start();
+    let run_id = redis.run_id();
     let a = store(&redis.url(), "epoch", opts()).await;
     let b = store(&redis.url(), "epoch", opts()).await;
     let k = key("/e");
+    // Validated before the partition and never written: only the epoch can
+    // end its trust.
+    let other = key("/never-written");
     b.record(&k, &[], &V(), &tag("E"), true).await.unwrap();
+    b.record(&other, &[], &V(), &tag("N"), true).await.unwrap();
+    assert_trust_soon(&a, &other, &[], true, "A sees B's validation").await;
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(1500)
@@ -509,20 +292,60 @@ async fn epoch_bump_untrusts_validations_that_survived_the_outage() {
     );
     assert!(a.wait_up(Duration::from_secs(5)).await);
     assert!(a.metrics().epoch_bumps.get() >= 1);
-    // B's validation from before is no longer trusted, by anyone.
+    assert_eq!(redis.run_id(), run_id, "the same Redis, with its data");
+    // B's validations from before are no longer trusted, by anyone: the
+    // never-written resource included, whose tag Redis still holds.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(
-        b.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
-            .1
-            .validated_at,
-        None
-    );
-    assert_eq!(
-        a.lookup(&k, &[]).await.unwrap().unwrap().variants[0]
-            .1
-            .validated_at,
-        None
-    );
+    for s in [&a, &b] {
+        for (k, t) in [(&other, "N"), (&k, "E")] {
+            let r = s.lookup(k, &[]).await.unwrap().expect("data kept");
+            let e = r.variant(&V()).unwrap();
+            assert_eq!(e.tag, tag(t));
+            assert_eq!(e.validated_at, None, "{} untrusted after the bump", k.path);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_with_its_data_ends_trust() {
+    // No write during the restart, no lost invalidation: but invalidations
+    // the old process acknowledged after its last save (or a failover's
+    // replication lag) may be gone, so a new run id ends every trust.
+    let mut redis = RedisServer::start();
+    let a = store(&redis.url(), "runid", opts()).await;
+    let b = store(&redis.url(), "runid", opts()).await;
+    let k = key("/r");
+    a.record(&k, &[], &V(), &tag("R"), true).await.unwrap();
+    assert_trust_soon(&b, &k, &[], true, "B sees A's validation").await;
+    let run_id = redis.run_id();
+    redis.restart_keeping_data();
+    assert_ne!(redis.run_id(), run_id, "a new process");
+    assert!(redis.dbsize() > 0, "redis kept its data");
+    // Both notice the restart (their connections broke) and reconnect.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    loop {
+        seen.clear();
+        for s in [&a, &b] {
+            seen.push(
+                s.lookup(&k, &[]).await.map(|r| {
+                    r.and_then(|r| r.variant(&V()).map(|e| (e.tag.clone(), e.validated_at)))
+                }),
+            );
+        }
+        if seen.iter().all(|r| r.is_ok()) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (s, r) in ["A", "B"].iter().zip(&seen) {
+        let (t, validated_at) = r.as_ref().expect("reconnected").clone().expect("data kept");
+        assert_eq!(t, tag("R"));
+        assert_eq!(
+            validated_at, None,
+            "{s}: a validation from before the restart is not trusted"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,89 +468,4 @@ async fn sentinel_urls_reach_the_master() {
     );
     assert!(master.keys().iter().all(|k| k.starts_with("{sentinel}:")));
     assert!(!master.keys().is_empty());
-}
-
-/// The resource, not the read key: a write by Alice under one Host name
-/// ends the trusted validations of every read key of the path (Bob's, under
-/// another Host), seen from every replica; the lock is one per path and
-/// query, whoever asks; renewal extends only the holder's lease.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_end_trust_for_every_read_key_of_the_path_and_lock_by_path_and_query() {
-    let redis = RedisServer::start();
-    let a = store(&redis.url(), "paths", opts()).await;
-    let b = store(&redis.url(), "paths", opts()).await;
-    let read_key = |id: &str, path: &str, query: &str| ResourceKey {
-        path: Arc::from(path),
-        id: Arc::from(id),
-        lock: Arc::from(format!("{path}?{query}")),
-    };
-    let alice = read_key("shop/doc?id=1|alice", "/doc", "id=1");
-    let bob = read_key("shop.example/doc?id=1|bob", "/doc", "id=1");
-    let bob_other_query = read_key("shop/doc?id=2|bob", "/doc", "id=2");
-    let unrelated = read_key("shop/other|bob", "/other", "");
-    for k in [&bob, &bob_other_query, &unrelated] {
-        b.record(k, &[], &V(), &tag("T"), true).await.unwrap();
-    }
-    let trusted = |s: &RedisStore, k: &ResourceKey| {
-        let (s, k) = (s.clone(), k.clone());
-        async move {
-            s.lookup(&k, &[])
-                .await
-                .unwrap()
-                .is_some_and(|r| r.variants.iter().any(|(_, e)| e.validated_at.is_some()))
-        }
-    };
-    for s in [&a, &b] {
-        assert!(trusted(s, &bob).await && trusted(s, &unrelated).await);
-    }
-    a.invalidate(&alice, &[]).await.unwrap();
-    for s in [&a, &b] {
-        assert!(
-            !trusted(s, &bob).await,
-            "Bob's trust ends with Alice's write"
-        );
-        assert!(
-            !trusted(s, &bob_other_query).await,
-            "invalidation covers every query of the path"
-        );
-        assert!(trusted(s, &unrelated).await, "other paths keep theirs");
-    }
-
-    let held = a
-        .try_lock(&alice, Duration::from_millis(400))
-        .await
-        .unwrap()
-        .expect("free");
-    assert!(
-        b.try_lock(&bob, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .is_none(),
-        "one lock for the path and query, whatever the Host or user"
-    );
-    let other = b
-        .try_lock(&bob_other_query, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("another query is another lock");
-    b.unlock(&other).await.unwrap();
-    // Renewed past its first lease, the lock is still held.
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(a.renew(&held, Duration::from_millis(400)).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(
-        b.try_lock(&bob, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    // Expired and taken by another: renewal reports the loss.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let bobs = b
-        .try_lock(&bob, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("expired");
-    assert!(!a.renew(&held, Duration::from_secs(5)).await.unwrap());
-    b.unlock(&bobs).await.unwrap();
 }

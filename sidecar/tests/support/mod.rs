@@ -1,7 +1,16 @@
 //! Shared support for the sidecar's integration tests: small hyper apps on
 //! loopback port 0 (counting their hits and recording what they saw), sidecars
-//! run in-process on port 0, and an HTTP client (HTTP/1.1, h2c, raw bytes).
+//! run in-process on port 0, and an HTTP client (HTTP/1.1, h2c, raw bytes);
+//! real `redis-server`s ([`redis_server`]) and fleets of replicas sharing a
+//! store of either kind ([`fleet`]).
 #![allow(dead_code)]
+
+pub mod fleet;
+pub mod redis_server;
+pub mod store_checks;
+
+#[allow(unused_imports)]
+pub use fleet::*;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -246,10 +246,43 @@ impl RedisServer {
         }
     }
 
-    /// Start again on the same port (empty: no persistence).
+    /// Start again on the same port: empty, unless [`RedisServer::save`]
+    /// wrote a dump since, which the new process loads (a restart of a Redis
+    /// with persistence: the same data under a new run id).
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// `SAVE`: persist the data set to the server's dump file, so the next
+    /// [`RedisServer::restart`] keeps it.
+    pub fn save(&self) {
+        let _: () = redis::cmd("SAVE").query(&mut self.admin()).expect("SAVE");
+    }
+
+    /// Persist, kill and start again: a Redis restarted with its data.
+    pub fn restart_keeping_data(&mut self) {
+        self.save();
+        self.restart();
+    }
+
+    /// The server's `run_id` (new with every process).
+    pub fn run_id(&self) -> String {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut self.admin())
+            .expect("INFO server");
+        info.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+            .expect("run_id in INFO server")
+    }
+
+    /// How many keys the server holds (`DBSIZE`).
+    pub fn dbsize(&self) -> u64 {
+        redis::cmd("DBSIZE")
+            .query(&mut self.admin())
+            .expect("DBSIZE")
     }
 
     /// Calls per command from `INFO commandstats` (e.g. `"evalsha" -> 12`).
