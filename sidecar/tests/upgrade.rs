@@ -78,7 +78,10 @@ fn field(head: &str, name: &str) -> Option<String> {
 async fn websocket_reaches_the_app_in_origin_form_with_the_clients_host() {
     let (app, heads) = raw_websocket_app().await;
     let sidecar = Sidecar::validate(app).await;
-    for (user, host) in [("alice", "chat.example"), ("bob", "chat.chat.svc.cluster.local")] {
+    for (user, host) in [
+        ("alice", "chat.example"),
+        ("bob", "chat.chat.svc.cluster.local"),
+    ] {
         let mut stream = TcpStream::connect(sidecar.addr).await.unwrap();
         let handshake = format!(
             "GET /ws?room=1 HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {user}\r\n\
@@ -112,10 +115,16 @@ async fn websocket_reaches_the_app_in_origin_form_with_the_clients_host() {
             "{head}"
         );
         assert!(field(&head, "sec-websocket-key").is_some());
-        assert_eq!(field(&head, "x-forwarded-for").as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            field(&head, "x-forwarded-for").as_deref(),
+            Some("127.0.0.1")
+        );
 
         // A masked text frame and some binary: bytes both ways, untouched.
-        for msg in [&b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"[..], b"\x00\xff\r\n\r\n"] {
+        for msg in [
+            &b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"[..],
+            b"\x00\xff\r\n\r\n",
+        ] {
             stream.write_all(msg).await.unwrap();
             let mut echo = vec![0u8; msg.len()];
             tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut echo))
@@ -176,7 +185,11 @@ async fn a_write_asking_to_upgrade_is_judged_locked_and_invalidates() {
     let (head, _) = exchange(sidecar.addr, &put("\"stale\"", "v2")).await;
     assert!(head.starts_with("HTTP/1.1 412"), "{head}");
     assert_eq!(state.lock().unwrap().as_deref(), Some("v1"));
-    assert_eq!(app.last_method(), http::Method::GET, "only the internal GET");
+    assert_eq!(
+        app.last_method(),
+        http::Method::GET,
+        "only the internal GET"
+    );
 
     // The right If-Match: a normal write (no 101), without the upgrade
     // fields, that ends the trusted 304 for the old tag.

@@ -133,7 +133,10 @@ mod tests {
     fn content_ranges() {
         assert_eq!(parse("bytes 0-499/1234"), Some((0, 499, 1234, false)));
         assert_eq!(parse("bytes 0-1233/1234"), Some((0, 1233, 1234, true)));
-        assert_eq!(parse("bytes 1000-1999/9999"), Some((1000, 1999, 9999, false)));
+        assert_eq!(
+            parse("bytes 1000-1999/9999"),
+            Some((1000, 1999, 9999, false))
+        );
         assert_eq!(parse("bytes 0-499/*"), None);
         assert_eq!(parse("bytes */1234"), None);
         assert_eq!(parse("bytes 5-4/10"), None);

@@ -85,7 +85,9 @@ pub async fn tunnel(
     let client_upgrade = parts
         .extensions
         .remove::<OnUpgrade>()
-        .ok_or(ProxyError::BadRequest("upgrade on a connection that cannot"))?;
+        .ok_or(ProxyError::BadRequest(
+            "upgrade on a connection that cannot",
+        ))?;
     let mut out = upstream.request(&parts, boxed(body), Rewrite::AS_IS)?;
     // The hop-by-hop pass removed these; this hop asks for them again, in
     // their one canonical spelling.
@@ -148,15 +150,39 @@ mod tests {
 
     #[test]
     fn only_a_websocket_get_is_tunnelled() {
-        let ws = [("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")];
-        assert_eq!(classify(&parts("GET", Version::HTTP_11, &ws)), Kind::WebSocket);
-        assert_eq!(classify(&parts("PUT", Version::HTTP_11, &ws)), Kind::Refused);
-        assert_eq!(classify(&parts("POST", Version::HTTP_11, &ws)), Kind::Refused);
-        assert_eq!(classify(&parts("GET", Version::HTTP_10, &ws)), Kind::Refused);
-        let h2c = [("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")];
-        assert_eq!(classify(&parts("GET", Version::HTTP_11, &h2c)), Kind::Refused);
+        let ws = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
+        assert_eq!(
+            classify(&parts("GET", Version::HTTP_11, &ws)),
+            Kind::WebSocket
+        );
+        assert_eq!(
+            classify(&parts("PUT", Version::HTTP_11, &ws)),
+            Kind::Refused
+        );
+        assert_eq!(
+            classify(&parts("POST", Version::HTTP_11, &ws)),
+            Kind::Refused
+        );
+        assert_eq!(
+            classify(&parts("GET", Version::HTTP_10, &ws)),
+            Kind::Refused
+        );
+        let h2c = [
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ];
+        assert_eq!(
+            classify(&parts("GET", Version::HTTP_11, &h2c)),
+            Kind::Refused
+        );
         let both = [("connection", "upgrade"), ("upgrade", "h2c, websocket")];
-        assert_eq!(classify(&parts("GET", Version::HTTP_11, &both)), Kind::Refused);
+        assert_eq!(
+            classify(&parts("GET", Version::HTTP_11, &both)),
+            Kind::Refused
+        );
         let no_connection = [("upgrade", "websocket")];
         assert_eq!(
             classify(&parts("GET", Version::HTTP_11, &no_connection)),
