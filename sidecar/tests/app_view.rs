@@ -144,6 +144,65 @@ async fn the_app_learns_the_client_address_on_every_kind_of_request() {
     );
 }
 
+/// Read one response (head and `Content-Length` body) from `stream`.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.unwrap();
+    head
+}
+
+#[tokio::test]
+async fn concurrent_clients_each_get_their_own_address() {
+    // Upstream connections move between client connections (a lane's
+    // connection returns to the idle stack): the address must travel with
+    // each request, not with the connection to the app.
+    let (app, log) = recording_app().await;
+    let sidecar = Sidecar::validate(app.addr).await;
+    let clients = (2..18).map(|i| {
+        let to = sidecar.addr;
+        tokio::spawn(async move {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket
+                .bind(format!("127.0.0.{i}:0").parse().unwrap())
+                .unwrap();
+            let mut stream = socket.connect(to).await.unwrap();
+            for j in 0..5 {
+                let request = format!("GET /c/{i}/{j} HTTP/1.1\r\nHost: shop\r\n\r\n");
+                stream.write_all(request.as_bytes()).await.unwrap();
+                let head = tokio::time::timeout(Duration::from_secs(5), read_response(&mut stream))
+                    .await
+                    .expect("a response within 5s");
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            }
+        })
+    });
+    for client in clients.collect::<Vec<_>>() {
+        client.await.unwrap();
+    }
+    let seen = take(&log);
+    assert_eq!(seen.len(), 16 * 5);
+    for (_, path, xff, _) in seen {
+        let client = path.split('/').nth(2).unwrap();
+        assert_eq!(xff, format!("127.0.0.{client}"), "{path}");
+    }
+}
+
 #[tokio::test]
 async fn forwarded_headers_can_be_turned_off() {
     let (app, log) = recording_app().await;
