@@ -78,13 +78,17 @@ fn field(head: &str, name: &str) -> Option<String> {
 async fn websocket_reaches_the_app_in_origin_form_with_the_clients_host() {
     let (app, heads) = raw_websocket_app().await;
     let sidecar = Sidecar::validate(app).await;
-    for (user, host) in [
-        ("alice", "chat.example"),
-        ("bob", "chat.chat.svc.cluster.local"),
+    // Two users, two names of the Service; an absolute-form target and a
+    // dot segment reach the app as the origin-form path the sidecar judged.
+    for (user, host, target) in [
+        ("alice", "chat.example", "/ws?room=1"),
+        ("bob", "chat.chat.svc.cluster.local", "/ws?room=1"),
+        ("carol", "chat.example", "http://chat.example/ws?room=1"),
+        ("dave", "chat.example", "/lobby/../ws?room=1"),
     ] {
         let mut stream = TcpStream::connect(sidecar.addr).await.unwrap();
         let handshake = format!(
-            "GET /ws?room=1 HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {user}\r\n\
+            "GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {user}\r\n\
              Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
