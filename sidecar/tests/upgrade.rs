@@ -3,6 +3,8 @@
 //! `Upgrade` (a write asking to switch, `h2c`) is served as a plain request,
 //! judged, locked and invalidating like any other.
 
+#[path = "support/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use std::net::SocketAddr;
@@ -11,7 +13,9 @@ use std::time::Duration;
 
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
+use sametag_sidecar::store::Store;
 use sametag_sidecar::store::memory::MemoryStore;
+use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
 use support::{App, Sidecar, body, get, resource_app};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -160,65 +164,70 @@ async fn read_response(stream: &mut TcpStream) -> (String, String) {
 
 const TRUST: &str = "mode: Trust\nmaxAge: 60s\n";
 
-#[tokio::test]
+/// Two replicas (an app and a sidecar each) on one store, with both stores:
+/// a `PUT` asking to upgrade, through replica b under another Host name, is
+/// judged (412 without reaching the app), locked, and ends replica a's
+/// trusted 304s like any write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_asking_to_upgrade_is_judged_locked_and_invalidates() {
-    let state = Arc::new(Mutex::new(Some("v1".to_owned())));
-    let app = resource_app(state.clone(), "a").await;
-    let store = Arc::new(MemoryStore::new());
-    let sidecar = Sidecar::start(app.addr, TRUST, store).await;
-    let alice = ("authorization", "Bearer alice");
-    let v1 = get(sidecar.addr, "/doc?lang=en", &[alice]).await;
-    let tag = v1.etag();
-    let hit = get(
-        sidecar.addr,
-        "/doc?lang=en",
-        &[alice, ("if-none-match", &tag)],
-    )
-    .await;
-    assert_eq!(hit.header("cache-status"), "sametag; hit");
-
-    // A wrong If-Match: 412 from the sidecar; the PUT never reaches the app.
-    let put = |if_match: &str, text: &str| {
-        format!(
-            "PUT /doc?lang=en HTTP/1.1\r\nHost: shop\r\nAuthorization: Bearer alice\r\n\
-             Connection: Upgrade\r\nUpgrade: websocket\r\nIf-Match: {if_match}\r\n\
-             Content-Length: {}\r\n\r\n{text}",
-            text.len()
-        )
+    let redis = redis_server::RedisServer::start();
+    let options = RedisOptions {
+        trust_guard: Duration::from_millis(200),
+        ..RedisOptions::default()
     };
-    let (head, _) = exchange(sidecar.addr, &put("\"stale\"", "v2")).await;
-    assert!(head.starts_with("HTTP/1.1 412"), "{head}");
-    assert_eq!(state.lock().unwrap().as_deref(), Some("v1"));
-    assert_eq!(
-        app.last_method(),
-        http::Method::GET,
-        "only the internal GET"
-    );
+    let shared = RedisStore::connect(&redis.url(), "upgrade", options).unwrap();
+    assert!(shared.wait_up(Duration::from_secs(5)).await);
+    for store in [
+        Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+        Arc::new(shared) as Arc<dyn Store>,
+    ] {
+        let state = Arc::new(Mutex::new(Some("v1".to_owned())));
+        let app_a = resource_app(state.clone(), "a").await;
+        let app_b = resource_app(state.clone(), "b").await;
+        let a = Sidecar::start(app_a.addr, TRUST, store.clone()).await;
+        let b = Sidecar::start(app_b.addr, TRUST, store.clone()).await;
+        let alice = [("authorization", "Bearer alice"), ("host", "shop")];
+        let tag = get(a.addr, "/doc?lang=en", &alice).await.etag();
+        let cond = [alice[0], alice[1], ("if-none-match", tag.as_str())];
+        let hit = get(a.addr, "/doc?lang=en", &cond).await;
+        assert_eq!(hit.header("cache-status"), "sametag; hit");
 
-    // The right If-Match: a normal write (no 101), without the upgrade
-    // fields, that ends the trusted 304 for the old tag.
-    let (head, _) = exchange(sidecar.addr, &put(&tag, "v2")).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert_eq!(field(&head, "upgrade"), None, "{head}");
-    assert_eq!(state.lock().unwrap().as_deref(), Some("v2"));
-    let seen = app.last_headers();
-    assert_eq!(app.last_method(), http::Method::PUT);
-    assert!(seen.get("upgrade").is_none(), "{seen:?}");
-    assert!(seen.get("connection").is_none(), "{seen:?}");
-    let r = get(
-        sidecar.addr,
-        "/doc?lang=en",
-        &[alice, ("if-none-match", &tag)],
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "no stale 304 after the write");
-    assert_eq!(r.text(), "v2");
+        let put = |user: &str, if_match: &str, text: &str| {
+            format!(
+                "PUT /doc?lang=en HTTP/1.1\r\nHost: shop.example\r\nAuthorization: Bearer {user}\r\n\
+                 Connection: Upgrade\r\nUpgrade: websocket\r\nIf-Match: {if_match}\r\n\
+                 Content-Length: {}\r\n\r\n{text}",
+                text.len()
+            )
+        };
+        // A wrong If-Match: 412 from the sidecar; the PUT never reaches the
+        // app (only the internal GET that judged it).
+        let (head, _) = exchange(b.addr, &put("alice", "\"stale\"", "v2")).await;
+        assert!(head.starts_with("HTTP/1.1 412"), "{head}");
+        assert_eq!(state.lock().unwrap().as_deref(), Some("v1"));
+        assert_eq!(app_b.last_method(), http::Method::GET);
 
-    // A second writer still holding v1's tag loses, as any write would.
-    let bob = put(&tag, "v3").replace("Bearer alice", "Bearer bob");
-    let (head, _) = exchange(sidecar.addr, &bob).await;
-    assert!(head.starts_with("HTTP/1.1 412"), "{head}");
-    assert_eq!(state.lock().unwrap().as_deref(), Some("v2"));
+        // The right If-Match: a normal write (no 101), without the upgrade
+        // fields, that ends the trusted 304 for the old tag on replica a.
+        let (head, _) = exchange(b.addr, &put("alice", &tag, "v2")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(field(&head, "upgrade"), None, "{head}");
+        assert_eq!(state.lock().unwrap().as_deref(), Some("v2"));
+        let seen = app_b.last_headers();
+        assert_eq!(app_b.last_method(), http::Method::PUT);
+        assert!(seen.get("upgrade").is_none(), "{seen:?}");
+        assert!(seen.get("connection").is_none(), "{seen:?}");
+        let r = get(a.addr, "/doc?lang=en", &cond).await;
+        assert_eq!(r.status, StatusCode::OK, "no stale 304 after the write");
+        assert_eq!(r.text(), "v2");
+
+        // A second writer still holding v1's tag loses, as any write would.
+        let (head, _) = exchange(a.addr, &put("bob", &tag, "v3")).await;
+        assert!(head.starts_with("HTTP/1.1 412"), "{head}");
+        assert_eq!(state.lock().unwrap().as_deref(), Some("v2"));
+        a.shutdown().await;
+        b.shutdown().await;
+    }
 }
 
 #[tokio::test]
