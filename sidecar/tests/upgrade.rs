@@ -3,8 +3,6 @@
 //! `Upgrade` (a write asking to switch, `h2c`) is served as a plain request,
 //! judged, locked and invalidating like any other.
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
 mod support;
 
 use std::net::SocketAddr;
@@ -170,7 +168,7 @@ const TRUST: &str = "mode: Trust\nmaxAge: 60s\n";
 /// trusted 304s like any write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_asking_to_upgrade_is_judged_locked_and_invalidates() {
-    let redis = redis_server::RedisServer::start();
+    let redis = support::redis_server::RedisServer::start();
     let options = RedisOptions {
         trust_guard: Duration::from_millis(200),
         ..RedisOptions::default()
