@@ -89,6 +89,12 @@ pub struct Cli {
     /// How often the policy file is checked for changes.
     #[arg(long, env = "SAMETAG_POLICY_RELOAD", default_value = "2s", value_parser = parse_duration)]
     pub policy_reload: Duration,
+
+    /// Tell the app who asked: append the client's address to
+    /// X-Forwarded-For and set X-Forwarded-Proto (if absent) on every
+    /// request it sees. `--forwarded-headers=false` leaves both untouched.
+    #[arg(long, env = "SAMETAG_FORWARDED_HEADERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub forwarded_headers: bool,
 }
 
 /// What the proxy itself needs, independent of where its store and policy
@@ -112,6 +118,9 @@ pub struct ProxyOptions {
     /// A write lock's lease; `None`: [`ProxyOptions::lock_lease`]'s default.
     /// Renewed every third of it while the write is in flight.
     pub lock_lease: Option<Duration>,
+    /// Append the client's address to `X-Forwarded-For` (and set
+    /// `X-Forwarded-Proto` if absent) on what the app sees.
+    pub forwarded_headers: bool,
 }
 
 impl ProxyOptions {
@@ -126,6 +135,7 @@ impl ProxyOptions {
             max_header_bytes: 128 * 1024,
             credential_secret: random_secret(),
             lock_lease: None,
+            forwarded_headers: true,
         }
     }
 
@@ -187,6 +197,7 @@ impl Cli {
                 max_header_bytes: 128 * 1024,
                 credential_secret,
                 lock_lease: None,
+                forwarded_headers: self.forwarded_headers,
             },
             redis: self.redis,
             redis_ca_file: self.redis_ca_file,
@@ -270,6 +281,10 @@ mod tests {
         assert_eq!(cli.admin.to_string(), "0.0.0.0:9901");
         assert_eq!(cli.upstream_timeout, Duration::from_secs(30));
         assert!(Cli::try_parse_from(["sametag-sidecar", "--upstream", "nohost"]).is_err());
+        assert!(cli.forwarded_headers);
+        let off = Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=false"]).unwrap();
+        assert!(!off.into_config().proxy.forwarded_headers);
+        assert!(Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=maybe"]).is_err());
     }
 
     #[test]

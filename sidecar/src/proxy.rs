@@ -16,6 +16,7 @@ mod error;
 mod forward;
 mod hop;
 mod lane;
+mod range;
 mod read;
 mod respond;
 mod server;
@@ -24,6 +25,7 @@ mod write;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -38,8 +40,7 @@ pub use error::ProxyError;
 pub use server::{ServeError, Server, ServerConfig};
 
 use self::body::full;
-use self::forward::Upstream;
-use self::hop::is_upgrade;
+use self::forward::{ClientAddr, Upstream};
 pub use self::lane::Lane;
 use self::respond::set_validators;
 use crate::config::ProxyOptions;
@@ -65,11 +66,14 @@ pub struct Context {
 }
 
 /// The hyper service: a cheap handle on the shared [`Context`] and on the
-/// client connection's upstream [`Lane`].
+/// client connection's upstream [`Lane`] and address.
 #[derive(Clone)]
 pub struct Proxy {
     ctx: Arc<Context>,
     lane: Lane,
+    /// The client connection's peer (none for the template [`Proxy::new`]
+    /// returns).
+    peer: Option<SocketAddr>,
 }
 
 /// One request in flight: what every step after the key needs.
@@ -108,7 +112,11 @@ impl Proxy {
         policy: PolicyHandle,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let upstream = Upstream::new(options.upstream.clone(), options.upstream_timeout);
+        let upstream = Upstream::new(
+            options.upstream.clone(),
+            options.upstream_timeout,
+            options.forwarded_headers,
+        );
         let lane = upstream.lane();
         Self {
             ctx: Arc::new(Context {
@@ -119,15 +127,17 @@ impl Proxy {
                 upstream,
             }),
             lane,
+            peer: None,
         }
     }
 
-    /// The service for one new client connection: same context, its own
-    /// upstream lane.
-    pub fn for_connection(&self) -> Self {
+    /// The service for one new client connection from `peer`: same context,
+    /// its own upstream lane; the app learns `peer` (`X-Forwarded-For`).
+    pub fn for_connection(&self, peer: SocketAddr) -> Self {
         Self {
             ctx: self.ctx.clone(),
             lane: self.ctx.upstream.lane(),
+            peer: Some(peer),
         }
     }
 
@@ -142,8 +152,11 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let ctx = self.ctx.clone();
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(ClientAddr(peer));
+        }
         // HTTP/2 multiplexes requests on one connection: those use the pool.
         let lane = (req.version() != http::Version::HTTP_2).then(|| self.lane.clone());
         Box::pin(async move { Ok(ctx.handle(req, lane).await) })
@@ -181,11 +194,6 @@ impl Context {
 
     /// The table of contents of a request.
     async fn dispatch(&self, req: Request<Incoming>, lane: Option<Lane>) -> Answer {
-        // Upgrades (WebSocket) are handed through untouched.
-        if is_upgrade(req.version(), req.headers()) {
-            let response = upgrade::pass_through(&self.upstream, req).await?;
-            return Ok((response, Outcome::upgrade));
-        }
         let (parts, body) = req.into_parts();
         check_host(&parts)?;
 
@@ -195,6 +203,18 @@ impl Context {
         let mut parts = parts;
         let target = CanonicalTarget::of(&parts);
         canonicalise_target(&mut parts, &target)?;
+
+        // Upgrades: a WebSocket GET is tunnelled (to what was judged); any
+        // other `Upgrade` is dropped and the request served like any other,
+        // so a write asking to switch protocols is still judged and locked.
+        match upgrade::classify(&parts) {
+            upgrade::Kind::WebSocket => {
+                let response = upgrade::tunnel(&self.upstream, parts, body).await?;
+                return Ok((response, Outcome::upgrade));
+            }
+            upgrade::Kind::Refused => upgrade::refuse(&mut parts.headers),
+            upgrade::Kind::None => {}
+        }
         let route = policy.route(&target.path).clone();
         if route.mode == Mode::Bypass {
             return self.bypass(parts, body, &policy, &route, lane).await;
@@ -251,6 +271,9 @@ fn is_fresh(entry: &Entry, max_age: Duration) -> bool {
 
 /// Why a read response cannot be tagged, if it cannot.
 fn untaggable(status: &StatusCode, headers: &HeaderMap) -> Option<&'static str> {
+    if *status == StatusCode::PARTIAL_CONTENT {
+        return Some("partial");
+    }
     if *status != StatusCode::OK {
         return Some("status");
     }

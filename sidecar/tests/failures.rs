@@ -254,8 +254,8 @@ async fn hop_by_hop_headers_stay_on_their_hop() {
 }
 
 #[tokio::test]
-async fn upgrades_pass_through_untouched() {
-    // The app switches to a line-echo protocol.
+async fn websocket_upgrades_are_spliced() {
+    // The app switches to WebSocket and echoes bytes.
     let app = App::start(|mut req: http::Request<Incoming>| async move {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -275,7 +275,7 @@ async fn upgrades_pass_through_untouched() {
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("connection", "upgrade")
-            .header("upgrade", "echo")
+            .header("upgrade", "websocket")
             .body(body(""))
             .unwrap()
     })
@@ -284,7 +284,7 @@ async fn upgrades_pass_through_untouched() {
     let mut stream = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
     stream
         .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         )
         .await
@@ -297,9 +297,9 @@ async fn upgrades_pass_through_untouched() {
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
     let seen = app.last_headers();
-    assert_eq!(seen.get("upgrade").unwrap(), "echo");
+    assert_eq!(seen.get("upgrade").unwrap(), "websocket");
     assert!(seen.get("sec-websocket-key").is_some());
     for msg in [&b"hello"[..], b"binary \x00\xff bytes"] {
         stream.write_all(msg).await.unwrap();

@@ -83,11 +83,11 @@ impl Context {
         })
     }
 
-    /// GET the current representation from the app (conditionals and
-    /// `Range` dropped, as `parts` would see it) and hash it if it can be
-    /// tagged.
+    /// GET the current representation from the app (conditionals dropped,
+    /// `Range` too unless the app may answer it: `range.rs`), as `parts`
+    /// would see it, and hash it if it can be tagged.
     pub(super) async fn fetch(&self, ex: &Exchange, parts: &Parts) -> Result<Fetched, ProxyError> {
-        let response = self.upstream.get_current(parts, ex.lane.as_ref()).await?;
+        let response = self.current_or_part(ex, parts).await?;
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         if let Some(reason) = untaggable(&head.status, &head.headers) {

@@ -3,6 +3,7 @@
 //! keep-alive pool (HTTP/2 clients), and mapping transport failures to
 //! [`ProxyError`].
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::HOST;
@@ -16,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::body::{Body, empty};
 use super::error::ProxyError;
-use super::hop::{add_via, strip_hop_by_hop};
+use super::hop::{add_forwarded, add_via, strip_hop_by_hop};
 use super::lane::{IdleConnections, Lane};
 use crate::precondition::CONDITIONAL_HEADERS;
 
@@ -29,7 +30,17 @@ pub struct Upstream {
     idle: IdleConnections,
     authority: Authority,
     timeout: Duration,
+    /// Append the client to `X-Forwarded-For` (`--forwarded-headers`).
+    forwarded_headers: bool,
 }
+
+/// The address of the client connection a request arrived on, put in the
+/// request's extensions by the connection's service; `Upstream::request`
+/// names it to the app in `X-Forwarded-For`. Extensions travel with the
+/// request's `Parts`, so every request built from them (a read, a write's
+/// internal GET, the write, a bypass, an upgrade) carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
 
 /// How the request the app sees differs from the client's.
 #[derive(Clone, Debug)]
@@ -37,6 +48,9 @@ pub struct Rewrite {
     /// Drop `If-*` (and `Range`): the sidecar evaluates them itself and must
     /// see the whole current representation to tag it.
     pub strip_conditionals: bool,
+    /// With `strip_conditionals`, keep `Range`: an unconditional ranged GET
+    /// the app may answer with its own 206 (`range.rs`).
+    pub keep_range: bool,
     /// Send this method instead (HEAD goes out as GET so the body can be
     /// hashed; a write's precondition check uses an internal GET).
     pub method: Option<Method>,
@@ -46,23 +60,33 @@ impl Rewrite {
     /// The client's request as it is (bypass, upgrades).
     pub const AS_IS: Rewrite = Rewrite {
         strip_conditionals: false,
+        keep_range: true,
         method: None,
     };
     /// A write the sidecar has already judged: its preconditions stay here.
     pub const JUDGED: Rewrite = Rewrite {
         strip_conditionals: true,
+        keep_range: false,
         method: None,
     };
     /// A plain GET of the current representation, to hash it.
     pub const CURRENT: Rewrite = Rewrite {
         strip_conditionals: true,
+        keep_range: false,
+        method: Some(Method::GET),
+    };
+    /// An unconditional ranged GET, `Range` kept for the app to honour.
+    pub const RANGED: Rewrite = Rewrite {
+        strip_conditionals: true,
+        keep_range: true,
         method: Some(Method::GET),
     };
 }
 
 impl Upstream {
-    /// A pool to `authority`, answering within `timeout`.
-    pub fn new(authority: Authority, timeout: Duration) -> Self {
+    /// A pool to `authority`, answering within `timeout`; with
+    /// `forwarded_headers` the app learns each request's client address.
+    pub fn new(authority: Authority, timeout: Duration, forwarded_headers: bool) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
@@ -76,6 +100,7 @@ impl Upstream {
             idle: IdleConnections::default(),
             authority,
             timeout,
+            forwarded_headers,
         }
     }
 
@@ -144,7 +169,9 @@ impl Upstream {
             for name in CONDITIONAL_HEADERS.iter() {
                 headers.remove(name);
             }
-            headers.remove(http::header::RANGE);
+            if !rewrite.keep_range {
+                headers.remove(http::header::RANGE);
+            }
         }
         // HTTP/2 carries the host in :authority; the app speaks HTTP/1.1 and
         // needs it as Host. An HTTP/1.0 request may have none at all: the
@@ -156,6 +183,10 @@ impl Upstream {
             headers.insert(HOST, host);
         }
         add_via(&mut headers, parts.version);
+        if self.forwarded_headers {
+            let peer = parts.extensions.get::<ClientAddr>().map(|c| c.0.ip());
+            add_forwarded(&mut headers, peer);
+        }
         let path = parts
             .uri
             .path_and_query()

@@ -1,7 +1,16 @@
-//! Hop-by-hop header handling (RFC 9110 §7.6.1) and the `Via` header.
+//! Hop-by-hop header handling (RFC 9110 §7.6.1), and the headers a proxy
+//! adds about itself and its client: `Via`, `X-Forwarded-For`,
+//! `X-Forwarded-Proto`.
+
+use std::net::IpAddr;
 
 use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA};
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
+
+/// `X-Forwarded-For`: the addresses a request came through, client first.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`: the scheme the original client used.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Remove every header meant for one connection only: those named by
 /// `Connection`, `Connection` itself, `Keep-Alive`, `TE`, `Trailer`,
@@ -53,6 +62,34 @@ pub fn add_via(headers: &mut HeaderMap, version: Version) {
     headers.append(VIA, HeaderValue::from_static(value));
 }
 
+/// Tell the app who asked: append `peer` to `X-Forwarded-For` (one field,
+/// after whatever list earlier proxies built, as nginx's
+/// `$proxy_add_x_forwarded_for` does) and set `X-Forwarded-Proto: http`
+/// unless a proxy in front (where TLS ends) already said which scheme the
+/// client used. What the client itself claimed is kept: only the app knows
+/// how many hops in front of it to trust.
+pub fn add_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>) {
+    if let Some(peer) = peer {
+        // An IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d.
+        let peer = peer.to_canonical().to_string();
+        let mut list: Vec<u8> = Vec::new();
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            let value = value.as_bytes().trim_ascii();
+            if !value.is_empty() {
+                list.extend_from_slice(value);
+                list.extend_from_slice(b", ");
+            }
+        }
+        list.extend_from_slice(peer.as_bytes());
+        if let Ok(value) = HeaderValue::from_bytes(&list) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +113,37 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_headers_append_the_peer() {
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, Some("10.0.0.7".parse().unwrap()));
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.7");
+        assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), "http");
+
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.1"));
+        h.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static(" 198.51.100.2, 192.0.2.3 "),
+        );
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        add_forwarded(&mut h, Some("::ffff:10.0.0.7".parse().unwrap()));
+        assert_eq!(
+            h.get(&X_FORWARDED_FOR).unwrap(),
+            "203.0.113.1, 198.51.100.2, 192.0.2.3, 10.0.0.7"
+        );
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), "https");
+
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "2001:db8::1");
+        // No known peer (a request not from a socket): nothing invented.
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, None);
+        assert!(h.get(&X_FORWARDED_FOR).is_none());
     }
 
     #[test]

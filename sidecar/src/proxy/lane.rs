@@ -114,15 +114,8 @@ impl Lane {
             Some(mut sender) => sender.ready().await.ok().map(|()| sender),
             None => None,
         };
-        // On its own connection a request goes out in origin form
-        // (`GET /path HTTP/1.1`); the absolute URI only told the pool where.
         let mut req = req;
-        let origin_form = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .map_or_else(|| Uri::from_static("/"), Uri::from);
-        *req.uri_mut() = origin_form;
+        into_origin_form(&mut req);
         loop {
             let retry_allowed = reused.is_some();
             let mut sender = match reused.take() {
@@ -160,17 +153,23 @@ impl Drop for LaneInner {
     }
 }
 
-/// A new HTTP/1.1 connection to the app, driven by its own task.
+/// Send `req` in origin form (`GET /path?q HTTP/1.1`), as a request on a
+/// connection of its own must go: the absolute URI `Upstream::request`
+/// builds only tells the shared pool where to connect, and apps that route
+/// on the raw target (Node's `http`, Python's `http.server`) answer 404 to
+/// an absolute one. `Host` already holds the client's authority.
+pub(super) fn into_origin_form<B>(req: &mut Request<B>) {
+    let origin_form = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from);
+    *req.uri_mut() = origin_form;
+}
+
+/// A new keep-alive HTTP/1.1 connection to the app, driven by its own task.
 async fn connect(authority: &Authority, timeout: Duration) -> Result<Sender, ProxyError> {
-    let refused = |e: std::io::Error| ProxyError::UpstreamConnect(e.into());
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(authority.as_str())).await {
-        Ok(connected) => connected.map_err(refused)?,
-        Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
-    };
-    stream.set_nodelay(true).map_err(refused)?;
-    let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ProxyError::UpstreamConnect(e.into()))?;
+    let (mut sender, connection) = handshake(authority, timeout).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -181,4 +180,40 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Sender, Pro
         .await
         .map_err(|e| ProxyError::UpstreamConnect(e.into()))?;
     Ok(sender)
+}
+
+/// A new HTTP/1.1 connection to the app for one request that may switch
+/// protocols (a WebSocket handshake); never pooled.
+pub(super) async fn connect_upgradable(
+    authority: &Authority,
+    timeout: Duration,
+) -> Result<Sender, ProxyError> {
+    let (mut sender, connection) = handshake(authority, timeout).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "upgraded upstream connection ended with an error");
+        }
+    });
+    sender
+        .ready()
+        .await
+        .map_err(|e| ProxyError::UpstreamConnect(e.into()))?;
+    Ok(sender)
+}
+
+/// Connect (within `timeout`) and shake hands; the caller drives the
+/// connection.
+async fn handshake(
+    authority: &Authority,
+    timeout: Duration,
+) -> Result<(Sender, http1::Connection<TokioIo<TcpStream>, Body>), ProxyError> {
+    let refused = |e: std::io::Error| ProxyError::UpstreamConnect(e.into());
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(authority.as_str())).await {
+        Ok(connected) => connected.map_err(refused)?,
+        Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
+    };
+    stream.set_nodelay(true).map_err(refused)?;
+    http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ProxyError::UpstreamConnect(e.into()))
 }

@@ -42,8 +42,9 @@ impl Context {
             }
         }
 
-        // Fetch: conditionals and Range stripped, HEAD sent as GET (the body
-        // is needed to hash; it is dropped below).
+        // Fetch: conditionals stripped, HEAD sent as GET (the body is needed
+        // to hash; it is dropped below); Range kept only when the app may
+        // answer it itself (`range.rs`).
         let (mut rparts, body, tag, vary, variant) = match self.fetch(ex, &ex.parts).await? {
             Fetched::Untagged {
                 head: h,
@@ -113,11 +114,14 @@ impl Context {
     }
 
     /// A read whose response the sidecar does not tag: the app's status and
-    /// body go through. Its own `ETag` does not (it would disagree across
-    /// replicas), except on a `no-store` 200, whose validators are the app's
-    /// own by design: the sidecar judges the client's conditions against
-    /// them and never Trust-answers them. A 404/410 still answers `If-Match`
-    /// (no representation).
+    /// body go through. Its own `ETag` and `Last-Modified` do not (they would
+    /// disagree across replicas, and a client revalidating with them through
+    /// another replica would never match), except on a `no-store` 200, whose
+    /// validators are the app's own by design: the sidecar judges the
+    /// client's conditions against them and never Trust-answers them. A 206
+    /// loses them too: it is a part of a representation too large to tag
+    /// (`range.rs`), and a later `If-Range` is judged only against canonical
+    /// tags. A 404/410 still answers `If-Match` (no representation).
     fn pass_through_read(
         &self,
         ex: &Exchange,
@@ -149,8 +153,9 @@ impl Context {
                 _ => {}
             }
         }
-        if app.is_none() && exists {
+        if app.is_none() {
             rparts.headers.remove(ETAG);
+            rparts.headers.remove(LAST_MODIFIED);
         }
         cache_status(
             &mut rparts.headers,

@@ -137,7 +137,7 @@ impl Server {
                     let _ = stream.set_nodelay(true);
                     let conn = self
                         .builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), self.proxy.for_connection())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), self.proxy.for_connection(peer))
                         .into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
