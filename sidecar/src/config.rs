@@ -139,10 +139,16 @@ impl ProxyOptions {
         }
     }
 
+    /// How long a forwarded write is waited for after its client got 504
+    /// (ten upstream timeouts): until then its lock is held (renewed) and
+    /// its second invalidation waits, because the app may still commit it.
+    pub fn write_hold_limit(&self) -> Duration {
+        self.upstream_timeout * 10
+    }
+
     /// How long a write lock is leased: by default long enough for the
     /// internal GET and the write itself, short enough that a crashed
-    /// holder frees it soon. Renewal keeps a longer write (a slow upload)
-    /// covered.
+    /// holder frees it soon. Renewal keeps a longer write covered.
     pub fn lock_lease(&self) -> Duration {
         self.lock_lease
             .unwrap_or(self.upstream_timeout * 2 + Duration::from_secs(5))

@@ -360,6 +360,47 @@ async fn a_write_slower_than_its_lease_keeps_the_lock(kind: StoreKind) {
     assert_eq!(one.metrics.lock_leases_lost(), 0);
 }
 
+/// A write the client stopped waiting for (504 at the upstream timeout) may
+/// still be committed by the app: its lock is held until the app answers,
+/// so a second writer through another replica waits and then loses with
+/// 412 instead of winning on the state the slow write is about to replace.
+async fn a_write_answered_504_keeps_its_lock_until_the_app_answers(kind: StoreKind) {
+    let shared = SharedStore::new(kind);
+    let state = Arc::new(Mutex::new(Some("v1".to_owned())));
+    let app = resource_app_with_delay(state.clone(), "a", Duration::from_millis(1200)).await;
+    let impatient = |c: &mut sametag_sidecar::ServerConfig| {
+        c.options.upstream_timeout = Duration::from_millis(300);
+        c.options.lock_wait = Duration::from_secs(5);
+    };
+    let one = Sidecar::start_with(app.addr, "", shared.replica().await, impatient).await;
+    let two = Sidecar::start_with(app.addr, "", shared.replica().await, impatient).await;
+    let tag = get(one.addr, "/doc", &[]).await.etag();
+    let first = send(
+        one.addr,
+        "PUT",
+        "/doc",
+        &[("if-match", &tag), ("cookie", "u=alice")],
+        "alice",
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::GATEWAY_TIMEOUT);
+    let second = send(
+        two.addr,
+        "PUT",
+        "/doc",
+        &[("if-match", &tag), ("host", "shop.example")],
+        "bob",
+    )
+    .await;
+    assert_eq!(
+        second.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        second.text()
+    );
+    assert_eq!(state.lock().unwrap().as_deref(), Some("alice"));
+}
+
 async fn replicas_agree_on_etag_and_last_modified(kind: StoreKind) {
     let shared = SharedStore::new(kind);
     let tags = ["\"nginx-5f1a-1c\"", "W/\"apache-77-1c\"", "\"random-9\""];
@@ -644,4 +685,5 @@ support::over_stores! {
     replicas_agree_on_etag_and_last_modified,
     a_client_leaving_mid_write_neither_loses_the_invalidation_nor_keeps_the_lock,
     a_write_slower_than_its_lease_keeps_the_lock,
+    a_write_answered_504_keeps_its_lock_until_the_app_answers,
 }

@@ -138,6 +138,17 @@ impl Upstream {
         lane: Option<&Lane>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        self.send_within(lane, req, self.timeout).await
+    }
+
+    /// [`Upstream::send`] waiting up to `limit` for the response head
+    /// instead of the upstream timeout (a write's own task).
+    pub async fn send_within(
+        &self,
+        lane: Option<&Lane>,
+        req: Request<Body>,
+        limit: Duration,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let exchange = async {
             match lane {
                 Some(lane) => lane.send(&self.authority, self.timeout, req).await,
@@ -150,8 +161,8 @@ impl Upstream {
                 }),
             }
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
+        match tokio::time::timeout(limit, exchange).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
             Ok(answer) => answer,
         }
     }

@@ -131,8 +131,16 @@ impl Context {
         let upstream = self.upstream.clone();
         let store = self.store.clone();
         let metrics = self.metrics.clone();
-        let task = tokio::spawn(async move {
-            let sent = upstream.send(lane.as_ref(), request).await;
+        let hold_limit = self.options.write_hold_limit();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            // Not cut at the upstream timeout: a write the client stopped
+            // waiting for (504) may still be committed by the app, so the
+            // lock stays held (renewed) and the second invalidation waits
+            // until the app has answered, or the hold limit gives up on it.
+            let sent = upstream
+                .send_within(lane.as_ref(), request, hold_limit)
+                .await;
             let refused = matches!(&sent, Ok(r) if r.status().is_client_error());
             if let Some(inv) = invalidation.filter(|_| !refused) {
                 let _timer = metrics.store_op("invalidate");
@@ -146,10 +154,18 @@ impl Context {
             if let Some(guard) = guard {
                 guard.release().await;
             }
-            sent
+            // The client may have been answered 504 already: then this
+            // response is dropped here.
+            let _ = answer.send(sent);
         });
-        task.await
-            .map_err(|e| ProxyError::UpstreamProtocol(e.into()))?
+        let timeout = self.upstream.timeout();
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(Ok(sent)) => sent,
+            Ok(Err(_)) => Err(ProxyError::UpstreamProtocol(
+                "the write's task ended".into(),
+            )),
+            Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
+        }
     }
 
     /// One invalidation, timed and counted.
