@@ -25,6 +25,7 @@ pub async fn with_sametag(kind: Kind, policy: Option<&str>) -> Cluster {
         sametag: Some(SametagSpec {
             redis: true,
             policy: policy.map(str::to_owned),
+            ..SametagSpec::default()
         }),
     })
     .await
