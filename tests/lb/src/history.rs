@@ -191,6 +191,8 @@ pub struct Report {
     pub checks: u64,
     /// Violations by kind.
     pub violations: BTreeMap<Violation, u64>,
+    /// Violations by the phase of the operation concerned.
+    pub violations_by_phase: BTreeMap<String, BTreeMap<Violation, u64>>,
     /// The first few violations of each kind, described.
     pub examples: Vec<String>,
     /// Per phase: operations and write statuses.
@@ -216,7 +218,13 @@ impl Report {
         self.by_kind.get(&(kind, Some(status))).copied().unwrap_or(0)
     }
 
-    fn flag(&mut self, v: Violation, detail: impl FnOnce() -> String) {
+    fn flag(&mut self, v: Violation, phase: &str, detail: impl FnOnce() -> String) {
+        *self
+            .violations_by_phase
+            .entry(phase.to_owned())
+            .or_default()
+            .entry(v)
+            .or_default() += 1;
         let n = self.violations.entry(v).or_default();
         *n += 1;
         if *n <= MAX_EXAMPLES {
@@ -252,6 +260,9 @@ impl Report {
             self.violation_count(),
             self.violations
         ));
+        for (phase, v) in &self.violations_by_phase {
+            s.push_str(&format!("\n    in phase {phase}: {v:?}"));
+        }
         for e in &self.examples {
             s.push_str(&format!("\n    {e}"));
         }
@@ -296,8 +307,8 @@ pub fn check(
             OpKind::Read | OpKind::CondRead => match op.status {
                 Some(200) => {}
                 Some(304) if op.kind == OpKind::CondRead => {}
-                Some(304) => r.flag(Violation::UnconditionalNotModified, || op.to_string()),
-                _ => r.flag(Violation::FailedGet, || op.to_string()),
+                Some(304) => r.flag(Violation::UnconditionalNotModified, &op.phase, || op.to_string()),
+                _ => r.flag(Violation::FailedGet, &op.phase, || op.to_string()),
             },
             OpKind::Write => {
                 let applied = op
@@ -310,7 +321,7 @@ pub fn check(
                         r.acknowledged += 1;
                         r.checks += 1;
                         if applied != 1 {
-                            r.flag(Violation::AcknowledgedNotExactlyOnce, || {
+                            r.flag(Violation::AcknowledgedNotExactlyOnce, &op.phase, || {
                                 format!("applied {applied} times: {op}")
                             });
                         } else if let (Some(v), Some(a)) = (
@@ -318,7 +329,7 @@ pub fn check(
                             op.req.as_deref().and_then(|q| applied_by_req.get(q)),
                         ) && a[0].version != Some(v)
                         {
-                            r.flag(Violation::AcknowledgedVersionMismatch, || {
+                            r.flag(Violation::AcknowledgedVersionMismatch, &op.phase, || {
                                 format!("log says v{:?}: {op}", a[0].version)
                             });
                         }
@@ -334,7 +345,7 @@ pub fn check(
                             r.unknown_applied += 1;
                         }
                         if !write_fault_allowed(op) {
-                            r.flag(Violation::UnexpectedWriteStatus, || {
+                            r.flag(Violation::UnexpectedWriteStatus, &op.phase, || {
                                 format!("{other:?} outside a fault: {op}")
                             });
                         }
@@ -356,18 +367,17 @@ pub fn check(
             r.checks += 1;
             let expected = i as u64 + 1;
             if a.version != Some(expected) {
-                r.flag(Violation::VersionSequence, || {
+                r.flag(Violation::VersionSequence, "log", || {
                     format!("{doc}: log entry {i} has version {:?}, expected {expected}", a.version)
                 });
             }
             if let (Some(base), Some(v)) = (a.base, a.version)
                 && base + 1 != v
             {
-                let ack = ops
-                    .iter()
-                    .find(|o| o.req.is_some() && o.req == a.req)
-                    .map_or("not in history".to_owned(), |o| o.to_string());
-                r.flag(Violation::AppliedOnStaleBase, || {
+                let by = ops.iter().find(|o| o.req.is_some() && o.req == a.req);
+                let phase = by.map_or("log", |o| o.phase.as_str());
+                let ack = by.map_or("not in history".to_owned(), |o| o.to_string());
+                r.flag(Violation::AppliedOnStaleBase, phase, || {
                     format!(
                         "{doc} v{v} applied on base v{base} (overwrote v{}..v{}): {ack}",
                         base + 1,
@@ -381,7 +391,7 @@ pub fn check(
         r.checks += 1;
         let n = per_doc.get(doc.as_str()).map_or(0, Vec::len) as u64;
         if *fin != n {
-            r.flag(Violation::VersionSequence, || {
+            r.flag(Violation::VersionSequence, "log", || {
                 format!("{doc}: final version {fin} but {n} writes applied")
             });
         }
@@ -393,7 +403,7 @@ pub fn check(
         let Some(base) = op.version_sent else { continue };
         r.checks += 1;
         if let Some(first) = bases.insert((&op.doc, base), op) {
-            r.flag(Violation::SameBaseTwice, || {
+            r.flag(Violation::SameBaseTwice, &op.phase, || {
                 format!("both based on v{base}:\n      {first}\n      {op}")
             });
         }
@@ -437,14 +447,14 @@ pub fn check(
             } else {
                 Violation::Stale200
             };
-            r.flag(kind, || {
+            r.flag(kind, &op.phase, || {
                 format!("v{v} but v{newer} was acknowledged before:\n      {op}\n      ack: {by}")
             });
         } else if version == "304"
             && let Some((newer, by)) = k.newest_before(&k.read, op.start)
             && v < newer
         {
-            r.flag(Violation::Stale304AfterNewerRead, || {
+            r.flag(Violation::Stale304AfterNewerRead, &op.phase, || {
                 format!("v{v} but v{newer} had been read before:\n      {op}\n      read: {by}")
             });
         }

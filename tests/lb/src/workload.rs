@@ -313,6 +313,7 @@ pub struct Worker {
     rec: Arc<Recorder>,
     rng: fastrand::Rng,
     steady_host: Option<&'static str>,
+    hosts: &'static [&'static str],
 }
 
 impl Worker {
@@ -336,7 +337,14 @@ impl Worker {
             rec,
             rng: fastrand::Rng::with_seed(0x5a3e_7a90 + id as u64),
             steady_host: None,
+            hosts: HOSTS,
         }
+    }
+
+    /// Pick Host names from `hosts` instead of [`HOSTS`].
+    pub fn hosts(mut self, hosts: &'static [&'static str]) -> Self {
+        self.hosts = hosts;
+        self
     }
 
     /// Always this Host, and always conditional once a tag is known (a
@@ -367,7 +375,7 @@ impl Worker {
 
     fn host(&mut self) -> &'static str {
         self.steady_host
-            .unwrap_or_else(|| HOSTS[self.rng.usize(0..HOSTS.len())])
+            .unwrap_or_else(|| self.hosts[self.rng.usize(0..self.hosts.len())])
     }
 
     /// A GET: conditional (`If-None-Match` with the last tag) when a tag is

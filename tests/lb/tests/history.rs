@@ -15,6 +15,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use sametag_lb_e2e::app::applied_log;
 use sametag_lb_e2e::cluster::{Cluster, ClusterSpec, Kind, SametagSpec};
 use sametag_lb_e2e::history::{OpKind, Proto, Report, check};
 use sametag_lb_e2e::sidecar::metric_sum;
-use sametag_lb_e2e::workload::{Control, Doc, Recorder, Worker, docs, initial_doc, users, version_of};
+use sametag_lb_e2e::workload::{self, Control, Recorder, User, Worker, docs, initial_doc, version_of};
 use support::{REPLICAS, TRUST_DOCS};
 
 /// The sidecars' upstream timeout, trust guard and lease base.
@@ -58,18 +59,42 @@ async fn bed(links: bool) -> Cluster {
     c
 }
 
+/// `SAMETAG_HISTORY_ONE_IDENTITY=1`: every client anonymous under one Host
+/// name. A diagnostic: it takes resource identity (users, Host spellings)
+/// out of the picture, so what remains is what the faults alone cause.
+fn one_identity() -> bool {
+    std::env::var("SAMETAG_HISTORY_ONE_IDENTITY").is_ok_and(|v| v == "1")
+}
+
+/// The users clients run as (see [`one_identity`]).
+fn users() -> Vec<User> {
+    let all = workload::users();
+    if one_identity() {
+        all.into_iter().filter(|u| u.headers.is_empty()).collect()
+    } else {
+        all
+    }
+}
+
+/// A client of the balancer (see [`one_identity`] for its Host names).
+fn worker(id: usize, user: User, addr: SocketAddr, proto: Proto, rec: &Arc<Recorder>) -> Worker {
+    let w = Worker::new(id, user, addr, proto, docs(), rec.clone());
+    if one_identity() { w.hosts(&["shop"]) } else { w }
+}
+
 /// Workers `0..n`: users in turn, HTTP/1.1 and h2c alternating.
-fn workers(c: &Cluster, rec: &Arc<Recorder>, docs: &[Doc]) -> Vec<Worker> {
+fn workers(c: &Cluster, rec: &Arc<Recorder>) -> Vec<Worker> {
     let users = users();
     (0..WORKERS)
         .map(|i| {
-            let (proto, addr) = if (i + i / users.len()) % 2 == 0 {
+            let (proto, addr) = if i % 2 == 0 {
                 (Proto::H1, c.lb.addr)
             } else {
                 (Proto::H2, c.lb.h2_addr)
             };
-            let user = users[i % users.len()].clone();
-            Worker::new(i, user, addr, proto, docs.to_vec(), rec.clone())
+            // Every user on both protocols once there are enough workers.
+            let user = users[(i + i / 2) % users.len()].clone();
+            worker(i, user, addr, proto, rec)
         })
         .collect()
 }
@@ -102,6 +127,29 @@ async fn requests_with(c: &Cluster, labels: &[&str]) -> f64 {
     n
 }
 
+/// Wait until every sidecar reports its store up (`sametag_store_up`).
+async fn wait_store_up(c: &Cluster, limit: Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let mut up = 0;
+        for s in &c.sidecars {
+            if let Ok(text) = s.metrics(&c.http).await
+                && metric_sum(&text, |n| n == "sametag_store_up") >= 1.0
+            {
+                up += 1;
+            }
+        }
+        if up == c.sidecars.len() {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "sidecars did not reconnect to Redis within {limit:?} ({up} up)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn print_and_check(name: &str, r: &Report) {
     println!("history {name}: {}", r.summary());
     println!(
@@ -118,10 +166,9 @@ fn print_and_check(name: &str, r: &Report) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_without_faults_has_no_lost_update_and_no_stale_304() {
     let c = bed(false).await;
-    let docs = docs();
     let rec = Recorder::new("clean");
     let ctl = Control::new(SLOT);
-    let tasks: Vec<_> = workers(&c, &rec, &docs)
+    let tasks: Vec<_> = workers(&c, &rec)
         .into_iter()
         .map(|w| tokio::spawn(w.run(ctl.clone())))
         .collect();
@@ -167,30 +214,15 @@ async fn history_under_faults_has_no_lost_update_and_no_stale_304() {
     let docs = docs();
     let rec = Recorder::new("warm");
     let ctl = Control::new(SLOT);
-    let tasks: Vec<_> = workers(&c, &rec, &docs)
+    let tasks: Vec<_> = workers(&c, &rec)
         .into_iter()
         .map(|w| tokio::spawn(w.run(ctl.clone())))
         .collect();
     // A client that was away: it keeps the tags it saw at the snapshot.
     let users = users();
-    let mut laggard = Worker::new(
-        90,
-        users[0].clone(),
-        c.lb.addr,
-        Proto::H1,
-        docs.clone(),
-        rec.clone(),
-    )
-    .steady("shop");
+    let mut laggard = worker(90, users[0].clone(), c.lb.addr, Proto::H1, &rec).steady("shop");
     // Sends the slow and the doomed writes straight to one sidecar.
-    let mut injector = Worker::new(
-        91,
-        users[1].clone(),
-        c.lb.addr,
-        Proto::H1,
-        docs.clone(),
-        rec.clone(),
-    );
+    let mut injector = worker(91, users[users.len() - 1].clone(), c.lb.addr, Proto::H1, &rec);
     // Write failures are allowed (and counted) in these windows only.
     let mut windows: Vec<(Duration, Duration)> = Vec::new();
     let pause = |d: Duration| tokio::time::sleep(d);
@@ -227,6 +259,8 @@ async fn history_under_faults_has_no_lost_update_and_no_stale_304() {
     assert_ne!(run_id, new_run_id);
     rec.set_phase("redis-back");
     windows.push((down, rec.now() + secs(6)));
+    // The laggard comes back once every sidecar has reconnected.
+    wait_store_up(&c, secs(10)).await;
     for _ in 0..4 {
         for d in 0..docs.len() {
             laggard.revalidate(d).await;
@@ -294,6 +328,11 @@ async fn history_under_faults_has_no_lost_update_and_no_stale_304() {
     }
 
     let ops = rec.ops();
+    if std::env::var("SAMETAG_HISTORY_DUMP").is_ok() {
+        for o in &ops {
+            println!("op {o}");
+        }
+    }
     let log = applied_log(&c.data_dir).expect("applied log");
     let in_window = |start: Duration, end: Duration| {
         windows.iter().any(|(a, b)| end >= *a && start <= *b)
