@@ -290,14 +290,9 @@ async fn put_doc(state: Arc<State>, req: Request<Incoming>, name: &str) -> Respo
 fn commit(state: &State, name: &str, body: &[u8]) -> std::io::Result<Option<u64>> {
     let data = &state.cfg.data_dir;
     let dir = data.join("docs");
-    let lock = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(data.join("db.lock"))?;
     // Across replica processes: the read of the current version, the write
-    // and the log line are one step. Released when `lock` is dropped.
-    lock.lock()?;
+    // and the log line are one step. Released when `_lock` is dropped.
+    let _lock = DirLock::acquire(data.join("db.lock"))?;
     let mut tracked = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::Object(m)) if m.contains_key("req") => Some(m),
         _ => None,
@@ -346,6 +341,52 @@ fn commit(state: &State, name: &str, body: &[u8]) -> std::io::Result<Option<u64>
         .open(data.join(APPLIED_LOG))?
         .write_all(&line)?;
     Ok(entry.version)
+}
+
+/// A lock shared by the replica processes: a file created exclusively
+/// (`O_EXCL`), removed on drop. It is held for a few file operations only,
+/// so one older than [`DirLock::STALE`] was left by a replica killed while
+/// holding it, and is broken.
+struct DirLock(PathBuf);
+
+impl DirLock {
+    const STALE: Duration = Duration::from_secs(1);
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn acquire(path: PathBuf) -> std::io::Result<Self> {
+        let deadline = std::time::Instant::now() + Self::WAIT;
+        loop {
+            match std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(_) => return Ok(DirLock(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let stale = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > Self::STALE);
+                    if stale {
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(std::io::Error::other("database lock busy"));
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn simple(status: StatusCode, text: &str) -> Response<Full<Bytes>> {

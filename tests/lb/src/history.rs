@@ -215,7 +215,10 @@ impl Report {
 
     /// Operations of `kind` answered `status`.
     pub fn status_count(&self, kind: OpKind, status: u16) -> u64 {
-        self.by_kind.get(&(kind, Some(status))).copied().unwrap_or(0)
+        self.by_kind
+            .get(&(kind, Some(status)))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn flag(&mut self, v: Violation, phase: &str, detail: impl FnOnce() -> String) {
@@ -307,7 +310,9 @@ pub fn check(
             OpKind::Read | OpKind::CondRead => match op.status {
                 Some(200) => {}
                 Some(304) if op.kind == OpKind::CondRead => {}
-                Some(304) => r.flag(Violation::UnconditionalNotModified, &op.phase, || op.to_string()),
+                Some(304) => r.flag(Violation::UnconditionalNotModified, &op.phase, || {
+                    op.to_string()
+                }),
                 _ => r.flag(Violation::FailedGet, &op.phase, || op.to_string()),
             },
             OpKind::Write => {
@@ -368,7 +373,10 @@ pub fn check(
             let expected = i as u64 + 1;
             if a.version != Some(expected) {
                 r.flag(Violation::VersionSequence, "log", || {
-                    format!("{doc}: log entry {i} has version {:?}, expected {expected}", a.version)
+                    format!(
+                        "{doc}: log entry {i} has version {:?}, expected {expected}",
+                        a.version
+                    )
                 });
             }
             if let (Some(base), Some(v)) = (a.base, a.version)
@@ -400,7 +408,9 @@ pub fn check(
     // No two acknowledged writes based on the same version.
     let mut bases: HashMap<(&str, u64), &Op> = HashMap::new();
     for op in ops.iter().filter(|o| o.acknowledged()) {
-        let Some(base) = op.version_sent else { continue };
+        let Some(base) = op.version_sent else {
+            continue;
+        };
         r.checks += 1;
         if let Some(first) = bases.insert((&op.doc, base), op) {
             r.flag(Violation::SameBaseTwice, &op.phase, || {
@@ -600,7 +610,12 @@ mod tests {
         let ops = vec![write("a", 0, 0, 3, 200), write("b", 1, 4, 5, 200)];
         let log = [applied("b", 1, 1), applied("b", 2, 1)];
         let r = check(&ops, &log, &finals(2), |_| false);
-        assert_eq!(r.count(Violation::AcknowledgedNotExactlyOnce), 2, "{}", r.summary());
+        assert_eq!(
+            r.count(Violation::AcknowledgedNotExactlyOnce),
+            2,
+            "{}",
+            r.summary()
+        );
     }
 
     #[test]
@@ -625,7 +640,12 @@ mod tests {
             },
         ];
         let r = check(&ops, &[applied("a", 1, 0)], &finals(1), |_| false);
-        assert_eq!(r.count(Violation::Stale304AfterAckedWrite), 1, "{}", r.summary());
+        assert_eq!(
+            r.count(Violation::Stale304AfterAckedWrite),
+            1,
+            "{}",
+            r.summary()
+        );
         assert_eq!(r.violation_count(), 1);
     }
 
@@ -645,7 +665,12 @@ mod tests {
             },
         ];
         let r = check(&ops, &[applied("a", 1, 0)], &finals(1), |_| true);
-        assert_eq!(r.count(Violation::Stale304AfterNewerRead), 1, "{}", r.summary());
+        assert_eq!(
+            r.count(Violation::Stale304AfterNewerRead),
+            1,
+            "{}",
+            r.summary()
+        );
         assert_eq!(r.unknown_applied, 1);
     }
 

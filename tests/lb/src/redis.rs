@@ -100,7 +100,9 @@ impl Redis {
             req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
         let run = async {
-            let mut s = tokio::net::TcpStream::connect(self.addr).await.map_err(io)?;
+            let mut s = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(io)?;
             s.write_all(req.as_bytes()).await.map_err(io)?;
             let mut r = BufReader::new(s);
             let mut line = String::new();

@@ -133,7 +133,10 @@ impl Recorder {
 
     /// A fresh request id for a write.
     pub fn req_id(&self, worker: usize) -> String {
-        format!("w{worker}-{}", self.next_req.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "w{worker}-{}",
+            self.next_req.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     fn push(&self, op: Op) {
@@ -191,17 +194,18 @@ impl Wire {
                     Sender::H1(s)
                 }
                 Proto::H2 => {
-                    let (s, conn) =
-                        hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                            .await
-                            .map_err(|e| format!("h2 handshake: {e}"))?;
+                    let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .map_err(|e| format!("h2 handshake: {e}"))?;
                     tokio::spawn(conn);
                     Sender::H2(s)
                 }
             };
             self.sender = Some(sender);
         }
-        self.sender.as_mut().ok_or_else(|| "no connection".to_owned())
+        self.sender
+            .as_mut()
+            .ok_or_else(|| "no connection".to_owned())
     }
 
     /// One exchange; the connection is dropped after any error.
@@ -214,12 +218,9 @@ impl Wire {
         body: Bytes,
     ) -> Result<Reply, String> {
         let limit = self.timeout;
-        let res = tokio::time::timeout(
-            limit,
-            self.send_inner(method, host, target, headers, body),
-        )
-        .await
-        .unwrap_or_else(|_| Err(format!("no response within {limit:?}")));
+        let res = tokio::time::timeout(limit, self.send_inner(method, host, target, headers, body))
+            .await
+            .unwrap_or_else(|_| Err(format!("no response within {limit:?}")));
         if res.is_err() {
             self.sender = None;
         }
@@ -395,7 +396,15 @@ impl Worker {
         let host = self.host();
         let target = self.docs[doc].target.clone();
         let (mut op, reply) = self
-            .exchange(doc, kind, host, Method::GET, &target, &headers, Bytes::new())
+            .exchange(
+                doc,
+                kind,
+                host,
+                Method::GET,
+                &target,
+                &headers,
+                Bytes::new(),
+            )
             .await;
         if kind == OpKind::CondRead {
             op.etag_sent = seen.tag.clone();

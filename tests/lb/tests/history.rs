@@ -24,13 +24,15 @@ use sametag_lb_e2e::app::applied_log;
 use sametag_lb_e2e::cluster::{Cluster, ClusterSpec, Kind, SametagSpec};
 use sametag_lb_e2e::history::{OpKind, Proto, Report, check};
 use sametag_lb_e2e::sidecar::metric_sum;
-use sametag_lb_e2e::workload::{self, Control, Recorder, User, Worker, docs, initial_doc, version_of};
+use sametag_lb_e2e::workload::{
+    self, Control, Recorder, User, Worker, docs, initial_doc, version_of,
+};
 use support::{REPLICAS, TRUST_DOCS};
 
 /// The sidecars' upstream timeout, trust guard and lease base.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(1);
 /// The lock lease the sidecar derives from it (`ProxyOptions::lock_lease`).
-const LOCK_LEASE: Duration = Duration::from_secs(2 * 1 + 5);
+const LOCK_LEASE: Duration = Duration::from_secs(UPSTREAM_TIMEOUT.as_secs() * 2 + 5);
 /// One write round; a document is written every `SLOT × 3`, past the guard.
 const SLOT: Duration = Duration::from_millis(700);
 /// Concurrent clients.
@@ -79,7 +81,11 @@ fn users() -> Vec<User> {
 /// A client of the balancer (see [`one_identity`] for its Host names).
 fn worker(id: usize, user: User, addr: SocketAddr, proto: Proto, rec: &Arc<Recorder>) -> Worker {
     let w = Worker::new(id, user, addr, proto, docs(), rec.clone());
-    if one_identity() { w.hosts(&["shop"]) } else { w }
+    if one_identity() {
+        w.hosts(&["shop"])
+    } else {
+        w
+    }
 }
 
 /// Workers `0..n`: users in turn, HTTP/1.1 and h2c alternating.
@@ -222,7 +228,13 @@ async fn history_under_faults_has_no_lost_update_and_no_stale_304() {
     let users = users();
     let mut laggard = worker(90, users[0].clone(), c.lb.addr, Proto::H1, &rec).steady("shop");
     // Sends the slow and the doomed writes straight to one sidecar.
-    let mut injector = worker(91, users[users.len() - 1].clone(), c.lb.addr, Proto::H1, &rec);
+    let mut injector = worker(
+        91,
+        users[users.len() - 1].clone(),
+        c.lb.addr,
+        Proto::H1,
+        &rec,
+    );
     // Write failures are allowed (and counted) in these windows only.
     let mut windows: Vec<(Duration, Duration)> = Vec::new();
     let pause = |d: Duration| tokio::time::sleep(d);
@@ -241,7 +253,13 @@ async fn history_under_faults_has_no_lost_update_and_no_stale_304() {
         }
     }
     c.redis.as_ref().expect("redis").save().await.expect("SAVE");
-    let run_id = c.redis.as_ref().expect("redis").run_id().await.expect("run id");
+    let run_id = c
+        .redis
+        .as_ref()
+        .expect("redis")
+        .run_id()
+        .await
+        .expect("run id");
     rec.set_phase("redis-writes");
     ctl.writes.store(true, Ordering::SeqCst);
     pause(SLOT * 4).await;
@@ -255,7 +273,13 @@ async fn history_under_faults_has_no_lost_update_and_no_stale_304() {
         .restart()
         .await
         .expect("redis restart");
-    let new_run_id = c.redis.as_ref().expect("redis").run_id().await.expect("run id");
+    let new_run_id = c
+        .redis
+        .as_ref()
+        .expect("redis")
+        .run_id()
+        .await
+        .expect("run id");
     assert_ne!(run_id, new_run_id);
     rec.set_phase("redis-back");
     windows.push((down, rec.now() + secs(6)));
@@ -288,9 +312,7 @@ async fn history_under_faults_has_no_lost_update_and_no_stale_304() {
     let s0 = c.sidecars[0].listen;
     let doomed = tokio::spawn(async move {
         let delay = [("x-app-delay-ms".to_owned(), "600".to_owned())];
-        injector
-            .write_direct(0, s0, "s0", &delay, secs(5))
-            .await;
+        injector.write_direct(0, s0, "s0", &delay, secs(5)).await;
         injector
     });
     pause(ms(300)).await;
@@ -334,12 +356,14 @@ async fn history_under_faults_has_no_lost_update_and_no_stale_304() {
         }
     }
     let log = applied_log(&c.data_dir).expect("applied log");
-    let in_window = |start: Duration, end: Duration| {
-        windows.iter().any(|(a, b)| end >= *a && start <= *b)
-    };
+    let in_window =
+        |start: Duration, end: Duration| windows.iter().any(|(a, b)| end >= *a && start <= *b);
     let r = check(&ops, &log, &finals(&c), |op| in_window(op.start, op.end));
     print_and_check("faults", &r);
-    println!("fault windows: {windows:?}; link s1 (relayed, refused): {:?}", c.links[1].counts());
+    println!(
+        "fault windows: {windows:?}; link s1 (relayed, refused): {:?}",
+        c.links[1].counts()
+    );
     println!(
         "sidecars (since their last start): GET upstream errors {}, store_unavailable {}",
         requests_with(&c, &["GET", "upstream_"]).await,

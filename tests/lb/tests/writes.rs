@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sametag_lb_e2e::client::Http;
 use sametag_lb_e2e::cluster::Kind;
-use support::{TRUST_DOCS, bare, check_applied, read_counter, run_writers, with_sametag, with_sametag_args};
+use support::{
+    TRUST_DOCS, bare, check_applied, read_counter, run_writers, with_sametag, with_sametag_args,
+};
 
 const WRITERS: usize = 6;
 const PER_WRITER: u64 = 15;
@@ -60,8 +62,15 @@ async fn concurrent_if_match_updates_lose_nothing() {
             "acknowledged writes not applied exactly once: {:?}",
             applied.not_exactly_once
         );
-        assert!(applied.stale_base.is_empty(), "lost updates: {:?}", applied.stale_base);
-        assert_eq!(applied.applied, s.successes, "writes applied but not acknowledged");
+        assert!(
+            applied.stale_base.is_empty(),
+            "lost updates: {:?}",
+            applied.stale_base
+        );
+        assert_eq!(
+            applied.applied, s.successes,
+            "writes applied but not acknowledged"
+        );
         assert_eq!(
             counter, s.successes,
             "every successful write counted exactly once: {s:?}"
@@ -94,7 +103,9 @@ async fn app_gets(http: &Http, c: &sametag_lb_e2e::cluster::Cluster) -> u64 {
 const GUARD: Duration = Duration::from_secs(1);
 
 fn is_hit(r: &sametag_lb_e2e::client::Reply) -> bool {
-    r.status == 304 && r.header("cache-status").is_some_and(|c| c.contains("sametag; hit"))
+    r.status == 304
+        && r.header("cache-status")
+            .is_some_and(|c| c.contains("sametag; hit"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,8 +119,8 @@ pub async fn increment_worker(
         // `req` makes it a tracked write in the app's applied-write log;
         // `base` is the counter (= the document's version) it was read at.
         let req = format!("w{id}-{seq}");
-        let body =
-            serde_json::json!({ "counter": n + 1, "writer": id, "req": req, "base": n }).to_string();
+        let body = serde_json::json!({ "counter": n + 1, "writer": id, "req": req, "base": n })
+            .to_string();
         match http
             .put(
                 &url,
