@@ -72,14 +72,33 @@ impl Redis {
         wait_listening(self.addr, &mut self.proc, Duration::from_secs(10)).await
     }
 
-    /// Write a snapshot (`SAVE`) that the next start loads.
+    /// Write a snapshot that the next start loads: `BGSAVE` (the server
+    /// keeps answering; a blocking `SAVE` would stall every client past its
+    /// timeout), then wait until it is on disk.
     pub async fn save(&self) -> Result<()> {
-        let reply = self.command(&["SAVE"]).await?;
-        if reply == "OK" {
-            Ok(())
-        } else {
-            Err(self.error(format!("SAVE answered {reply}")))
+        let before = self.command(&["LASTSAVE"]).await?;
+        let reply = self.command(&["BGSAVE"]).await?;
+        if !reply.starts_with("Background saving") {
+            return Err(self.error(format!("BGSAVE answered {reply}")));
         }
+        let start = std::time::Instant::now();
+        let mut seen_running = false;
+        while start.elapsed() < Duration::from_secs(10) {
+            let info = self.command(&["INFO", "persistence"]).await?;
+            let running = info.contains("rdb_bgsave_in_progress:1");
+            seen_running |= running;
+            // LASTSAVE has one-second resolution: a save that finished
+            // before the first poll shows only there.
+            if !running && (seen_running || self.command(&["LASTSAVE"]).await? != before) {
+                return if info.contains("rdb_last_bgsave_status:ok") {
+                    Ok(())
+                } else {
+                    Err(self.error("BGSAVE failed".into()))
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(self.error("BGSAVE did not finish within 10s".into()))
     }
 
     /// `INFO server`'s `run_id` (changes with every start).
