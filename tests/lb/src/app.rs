@@ -4,13 +4,24 @@
 //! start time), like real apps behind a balancer. It answers If-None-Match
 //! against its own tag, ignores If-Match, and supports PUT.
 //!
+//! Writes behave like a database's: each PUT commits under an exclusive lock
+//! on the shared directory (one writer at a time across all replica
+//! processes), on its own task (a caller that goes away does not abort it),
+//! and is appended to an applied-write log (`applied.jsonl`) that tests read
+//! to check every acknowledged write landed exactly once. A *tracked* write,
+//! a JSON object body with a `"req"` id, is stamped with the document's next
+//! `"version"` (the previous one + 1) and answered `200 {"version": n}`.
+//! Header `x-app-delay-ms: N` on a PUT makes the app take N ms before it
+//! commits (a slow app).
+//!
 //! Routes: `GET /` health; `GET|PUT /docs/NAME`; `GET /bytes/N` (N bytes, for
 //! the benchmark); `GET /__stats` (counters, `no-store`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,6 +36,43 @@ use tokio::net::TcpListener;
 
 /// Largest PUT body and `/bytes/N` size the app accepts.
 const MAX_BODY: usize = 16 << 20;
+
+/// Longest `x-app-delay-ms` honoured.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// The applied-write log in the shared data directory (JSON lines).
+pub const APPLIED_LOG: &str = "applied.jsonl";
+
+/// One write the app applied, as logged.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Applied {
+    /// Document name.
+    pub doc: String,
+    /// The version stamped (tracked writes only).
+    pub version: Option<u64>,
+    /// The version the writer said it read (`"base"` in its body), if any.
+    pub base: Option<u64>,
+    /// The writer's id (`"writer"` in its body), if any.
+    pub writer: Option<serde_json::Value>,
+    /// The request id (`"req"` in its body), if any.
+    pub req: Option<String>,
+    /// The replica that applied it.
+    pub replica: String,
+}
+
+/// Every write applied so far to the documents under `data_dir`, in commit
+/// order (lines that do not parse are skipped: none are expected).
+pub fn applied_log(data_dir: &Path) -> std::io::Result<Vec<Applied>> {
+    let text = match std::fs::read_to_string(data_dir.join(APPLIED_LOG)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
 
 /// How one replica is configured.
 #[derive(Clone, Debug)]
@@ -118,7 +166,7 @@ async fn handle(
                 get_doc(&state, &req, name)
             } else if m == Method::PUT {
                 state.puts.fetch_add(1, Ordering::Relaxed);
-                put_doc(&state, req, name).await
+                put_doc(state.clone(), req, name).await
             } else {
                 simple(StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD or PUT\n")
             }
@@ -199,23 +247,145 @@ fn represent(
         .unwrap_or_else(|_| simple(StatusCode::INTERNAL_SERVER_ERROR, "response\n"))
 }
 
-async fn put_doc(state: &State, req: Request<Incoming>, name: &str) -> Response<Full<Bytes>> {
+async fn put_doc(state: Arc<State>, req: Request<Incoming>, name: &str) -> Response<Full<Bytes>> {
+    let delay = req
+        .headers()
+        .get("x-app-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms).min(MAX_DELAY));
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return simple(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
     };
-    let dir = state.cfg.data_dir.join("docs");
-    // Write then rename: a reader on another replica sees the old or the new
-    // document, never half of one.
-    let tmp = dir.join(format!(".{name}.{:x}.{}", state.nonce, fastrand::u64(..)));
-    let res = std::fs::write(&tmp, &body).and_then(|_| std::fs::rename(&tmp, dir.join(name)));
-    match res {
-        Ok(()) => {
+    let name = name.to_owned();
+    // A transaction in flight commits even if the caller hangs up: the
+    // sidecar being killed mid-write must not undo (or half-do) the write.
+    let commit = tokio::spawn(async move {
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        tokio::task::spawn_blocking(move || commit(&state, &name, &body)).await
+    });
+    match commit.await {
+        Ok(Ok(Ok(Some(version)))) => {
+            let mut r = simple(StatusCode::OK, &format!("{{\"version\":{version}}}"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Ok(Ok(Ok(None))) => {
             let mut r = simple(StatusCode::NO_CONTENT, "");
             *r.body_mut() = Full::new(Bytes::new());
             r
         }
-        Err(_) => simple(StatusCode::INTERNAL_SERVER_ERROR, "write failed\n"),
+        _ => simple(StatusCode::INTERNAL_SERVER_ERROR, "write failed\n"),
+    }
+}
+
+/// Apply one PUT under the shared lock; the stamped version for a tracked
+/// write.
+fn commit(state: &State, name: &str, body: &[u8]) -> std::io::Result<Option<u64>> {
+    let data = &state.cfg.data_dir;
+    let dir = data.join("docs");
+    // Across replica processes: the read of the current version, the write
+    // and the log line are one step. Released when `_lock` is dropped.
+    let _lock = DirLock::acquire(data.join("db.lock"))?;
+    let mut tracked = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(m)) if m.contains_key("req") => Some(m),
+        _ => None,
+    };
+    let field = |m: &serde_json::Map<String, serde_json::Value>, k: &str| m.get(k).cloned();
+    let mut entry = Applied {
+        doc: name.to_owned(),
+        version: None,
+        base: None,
+        writer: None,
+        req: None,
+        replica: state.cfg.replica.clone(),
+    };
+    let bytes = match tracked.as_mut() {
+        Some(m) => {
+            let previous = std::fs::read(dir.join(name))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64))
+                .unwrap_or(0);
+            let version = previous + 1;
+            m.insert("version".into(), version.into());
+            entry.version = Some(version);
+            entry.base = m.get("base").and_then(serde_json::Value::as_u64);
+            entry.writer = field(m, "writer");
+            entry.req = m.get("req").and_then(|v| v.as_str()).map(str::to_owned);
+            serde_json::to_vec(m).map_err(std::io::Error::other)?
+        }
+        None => {
+            if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(body) {
+                entry.writer = field(&m, "writer");
+            }
+            body.to_vec()
+        }
+    };
+    // Write then rename: a reader on another replica sees the old or the new
+    // document, never half of one.
+    let tmp = dir.join(format!(".{name}.{:x}.{}", state.nonce, fastrand::u64(..)));
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(data.join(APPLIED_LOG))?
+        .write_all(&line)?;
+    Ok(entry.version)
+}
+
+/// A lock shared by the replica processes: a file created exclusively
+/// (`O_EXCL`), removed on drop. It is held for a few file operations only,
+/// so one older than [`DirLock::STALE`] was left by a replica killed while
+/// holding it, and is broken.
+struct DirLock(PathBuf);
+
+impl DirLock {
+    const STALE: Duration = Duration::from_secs(1);
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn acquire(path: PathBuf) -> std::io::Result<Self> {
+        let deadline = std::time::Instant::now() + Self::WAIT;
+        loop {
+            match std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(_) => return Ok(DirLock(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let stale = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > Self::STALE);
+                    if stale {
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(std::io::Error::other("database lock busy"));
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -10,6 +10,7 @@ use tempfile::TempDir;
 
 use crate::client::Http;
 use crate::haproxy::Haproxy;
+use crate::link::Link;
 use crate::net::{free_addr, wait_listening};
 use crate::nginx::{self, Nginx, Role};
 use crate::proc::{Proc, Spec};
@@ -33,6 +34,11 @@ pub struct SametagSpec {
     pub redis: bool,
     /// Policy YAML for every sidecar (`None`: Validate everywhere).
     pub policy: Option<String>,
+    /// Each sidecar reaches Redis through its own [`Link`], so a test can
+    /// cut one sidecar's store connection.
+    pub links: bool,
+    /// More sidecar flags (e.g. `--upstream-timeout 1s`).
+    pub sidecar_args: Vec<String>,
 }
 
 /// What to start.
@@ -88,6 +94,8 @@ pub struct Cluster {
     pub apps: Vec<AppReplica>,
     /// The shared Redis, if any.
     pub redis: Option<Redis>,
+    /// Each sidecar's relay to Redis (with `SametagSpec::links`), index = replica.
+    pub links: Vec<Link>,
     /// Each nginx replica's document root.
     pub site_roots: Vec<PathBuf>,
     /// The app's shared document directory.
@@ -133,6 +141,7 @@ impl Cluster {
             }
         }
         let mut redis = None;
+        let mut links = Vec::new();
         let mut sidecars = Vec::new();
         let mut lb_targets = backends.clone();
         if let Some(st) = &spec.sametag {
@@ -147,13 +156,19 @@ impl Cluster {
                 }
                 None => None,
             };
-            let opts = SidecarOpts {
+            let mut opts = SidecarOpts {
                 redis: redis.as_ref().map(Redis::url),
                 policy,
                 prefix: "lbtest:".into(),
+                extra_args: st.sidecar_args.clone(),
             };
             lb_targets.clear();
             for (i, b) in backends.iter().enumerate() {
+                if let (true, Some(r)) = (st.links, &redis) {
+                    let link = Link::start(r.addr).await?;
+                    opts.redis = Some(link.url());
+                    links.push(link);
+                }
                 let s = Sidecar::start(&base, &format!("s{i}"), *b, &opts).await?;
                 lb_targets.push(s.listen);
                 sidecars.push(s);
@@ -167,6 +182,7 @@ impl Cluster {
             nginx,
             apps,
             redis,
+            links,
             site_roots,
             data_dir,
             http: Http::default(),

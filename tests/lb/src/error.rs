@@ -38,6 +38,14 @@ pub enum HarnessError {
         /// What went wrong.
         reason: String,
     },
+    /// A Redis administration command failed.
+    #[error("redis at {addr}: {reason}")]
+    Redis {
+        /// The server.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Building the sidecar binary failed.
     #[error("building sametag-sidecar failed: {0}")]
     Build(String),

@@ -13,8 +13,11 @@ use crate::{HarnessError, Result, tools};
 /// A running HAProxy.
 #[derive(Debug)]
 pub struct Haproxy {
-    /// The frontend clients use.
+    /// The frontend clients use (HTTP/1.1).
     pub addr: SocketAddr,
+    /// A second frontend for HTTP/2 with prior knowledge (h2c), balancing
+    /// over the same servers, also spoken to in h2c.
+    pub h2_addr: SocketAddr,
     /// The process.
     pub proc: Proc,
 }
@@ -25,8 +28,9 @@ impl Haproxy {
     pub async fn start(dir: &Path, servers: &[SocketAddr]) -> Result<Self> {
         let bin = tools::require("haproxy")?;
         let addr = free_addr()?;
+        let h2_addr = free_addr()?;
         let conf_path = dir.join("haproxy.cfg");
-        std::fs::write(&conf_path, config(addr, servers))
+        std::fs::write(&conf_path, config(addr, h2_addr, servers))
             .map_err(|e| HarnessError::io("write haproxy.cfg", e))?;
         let spec = Spec {
             name: "haproxy".into(),
@@ -41,7 +45,12 @@ impl Haproxy {
         };
         let mut proc = Proc::start(spec)?;
         wait_listening(addr, &mut proc, Duration::from_secs(10)).await?;
-        Ok(Haproxy { addr, proc })
+        wait_listening(h2_addr, &mut proc, Duration::from_secs(10)).await?;
+        Ok(Haproxy {
+            addr,
+            h2_addr,
+            proc,
+        })
     }
 
     /// The base URL of the frontend.
@@ -61,7 +70,9 @@ impl Haproxy {
 ///   caught by a replica dying or restarting are retried on another one.
 ///   HAProxy only replays requests it may (idempotent methods, whole request
 ///   buffered), like a real deployment.
-fn config(addr: SocketAddr, servers: &[SocketAddr]) -> String {
+/// - `fe_h2`/`be_h2`: the same servers over h2c end to end (`proto h2` on
+///   both sides), so HTTP/2 clients reach the sidecars in HTTP/2.
+fn config(addr: SocketAddr, h2_addr: SocketAddr, servers: &[SocketAddr]) -> String {
     let mut s = format!(
         "global\n  maxconn 4096\n\
          defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
@@ -74,6 +85,13 @@ fn config(addr: SocketAddr, servers: &[SocketAddr]) -> String {
     );
     for (i, srv) in servers.iter().enumerate() {
         s.push_str(&format!("  server s{i} {srv} check\n"));
+    }
+    s.push_str(&format!(
+        "frontend fe_h2\n  bind {h2_addr} proto h2\n  default_backend be_h2\n\
+         backend be_h2\n  balance roundrobin\n  http-response set-header X-LB-Server %s\n"
+    ));
+    for (i, srv) in servers.iter().enumerate() {
+        s.push_str(&format!("  server s{i} {srv} check proto h2\n"));
     }
     s
 }

@@ -10,6 +10,8 @@ pub mod client;
 pub mod cluster;
 pub mod error;
 pub mod haproxy;
+pub mod history;
+pub mod link;
 pub mod net;
 pub mod nginx;
 pub mod proc;
@@ -18,6 +20,7 @@ pub mod results;
 pub mod scenario;
 pub mod sidecar;
 pub mod tools;
+pub mod workload;
 pub mod wrk;
 
 pub use error::{HarnessError, Result};

@@ -197,6 +197,8 @@ pub struct SidecarOpts {
     pub policy: Option<PathBuf>,
     /// Key namespace in Redis.
     pub prefix: String,
+    /// More flags, appended as given (e.g. `--upstream-timeout 1s`).
+    pub extra_args: Vec<String>,
 }
 
 /// A running sidecar.
@@ -239,6 +241,7 @@ impl Sidecar {
         if let Some(p) = &opts.policy {
             args.extend(["--policy".into(), p.to_string_lossy().into_owned()]);
         }
+        args.extend(opts.extra_args.iter().cloned());
         let log_level = std::env::var("SAMETAG_LB_SIDECAR_LOG").unwrap_or_else(|_| "warn".into());
         let spec = Spec {
             name: format!("sidecar {name}"),

@@ -115,6 +115,7 @@ impl Bed {
             redis: redis.then(|| format!("redis://{}", redis_addr(&dir))),
             policy: policy.map(Path::to_path_buf),
             prefix: prefix.into(),
+            extra_args: Vec::new(),
         };
         std::fs::write(dir.join("redis.addr"), redis.addr.to_string())
             .map_err(|e| HarnessError::io("addr", e))?;
@@ -443,6 +444,7 @@ async fn seed_scenario(kind: Kind, rounds: usize) -> Result<Scenario> {
         Some(SametagSpec {
             redis: true,
             policy: None,
+            ..SametagSpec::default()
         }),
     ] {
         let c = Cluster::start(&ClusterSpec {

@@ -19,12 +19,19 @@ pub async fn bare(kind: Kind) -> Cluster {
 
 /// A bed with a sidecar per replica sharing one real Redis.
 pub async fn with_sametag(kind: Kind, policy: Option<&str>) -> Cluster {
+    with_sametag_args(kind, policy, &[]).await
+}
+
+/// The same, with more sidecar flags.
+pub async fn with_sametag_args(kind: Kind, policy: Option<&str>, args: &[&str]) -> Cluster {
     Cluster::start(&ClusterSpec {
         kind,
         replicas: REPLICAS,
         sametag: Some(SametagSpec {
             redis: true,
             policy: policy.map(str::to_owned),
+            sidecar_args: args.iter().map(|a| (*a).to_owned()).collect(),
+            ..SametagSpec::default()
         }),
     })
     .await
@@ -35,7 +42,7 @@ pub async fn with_sametag(kind: Kind, policy: Option<&str>) -> Cluster {
 pub const TRUST_DOCS: &str =
     "mode: Validate\nroutes:\n  - path: /docs/**\n    mode: Trust\n    maxAge: 60s\n";
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -56,6 +63,8 @@ pub struct WriteStats {
     pub other: BTreeMap<u16, u64>,
     /// Writes that failed at the transport level (outcome unknown).
     pub transport_errors: u64,
+    /// Request ids of the writes answered 2xx.
+    pub acked: Vec<String>,
 }
 
 impl WriteStats {
@@ -66,6 +75,7 @@ impl WriteStats {
         self.unavailable += o.unavailable;
         self.failed_gets += o.failed_gets;
         self.transport_errors += o.transport_errors;
+        self.acked.extend(o.acked.iter().cloned());
         for (k, v) in &o.other {
             *self.other.entry(*k).or_default() += v;
         }
@@ -106,7 +116,11 @@ pub async fn increment_worker(
             continue;
         };
         seq += 1;
-        let body = serde_json::json!({ "counter": n + 1, "writer": id, "seq": seq }).to_string();
+        // `req` makes it a tracked write in the app's applied-write log;
+        // `base` is the counter (= the document's version) it was read at.
+        let req = format!("w{id}-{seq}");
+        let body = serde_json::json!({ "counter": n + 1, "writer": id, "req": req, "base": n })
+            .to_string();
         match http
             .put(
                 &url,
@@ -115,8 +129,13 @@ pub async fn increment_worker(
             )
             .await
         {
-            Ok(w) if w.status.is_success() => s.successes += 1,
+            Ok(w) if w.status.is_success() => {
+                s.successes += 1;
+                s.acked.push(req);
+            }
             Ok(w) if w.status == 412 => s.conflicts += 1,
+            // Counted, not retried silently: a test that expects none
+            // asserts `unavailable == 0`.
             Ok(w) if w.status == 503 => {
                 s.unavailable += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -160,4 +179,41 @@ pub async fn read_counter(http: &Http, url: &str) -> u64 {
     let r = http.get(url, &[]).await.expect("read counter");
     assert_eq!(r.status, 200);
     counter_of(&r.body).expect("counter in document")
+}
+
+/// What the app's applied-write log says about one document's tracked writes.
+#[derive(Debug, Default)]
+pub struct AppliedCheck {
+    /// Writes the app applied.
+    pub applied: u64,
+    /// Acknowledged writes not applied exactly once (id, times applied).
+    pub not_exactly_once: Vec<(String, usize)>,
+    /// Applied writes whose base was not the version they replaced (a lost
+    /// update: something written in between was overwritten).
+    pub stale_base: Vec<String>,
+}
+
+/// Check `doc`'s applied-write log against the acknowledged request ids.
+pub fn check_applied(c: &Cluster, doc: &str, acked: &[String]) -> AppliedCheck {
+    let log = sametag_lb_e2e::app::applied_log(&c.data_dir).expect("applied log");
+    let mut out = AppliedCheck::default();
+    let mut times: HashMap<&str, usize> = HashMap::new();
+    for a in log.iter().filter(|a| a.doc == doc && a.version.is_some()) {
+        out.applied += 1;
+        if let Some(r) = a.req.as_deref() {
+            *times.entry(r).or_default() += 1;
+        }
+        if let (Some(base), Some(v)) = (a.base, a.version)
+            && base + 1 != v
+        {
+            out.stale_base.push(format!("{a:?}"));
+        }
+    }
+    for r in acked {
+        let n = times.get(r.as_str()).copied().unwrap_or(0);
+        if n != 1 {
+            out.not_exactly_once.push((r.clone(), n));
+        }
+    }
+    out
 }
