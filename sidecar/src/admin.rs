@@ -6,17 +6,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::time::Duration;
+
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::accept::{Acceptor, ConnectionLimits};
 use crate::metrics::Metrics;
-use crate::proxy::Body;
+use crate::proxy::{Body, plain};
 use crate::store::{Store, StoreHealth};
 
 /// What the admin endpoints report on.
@@ -34,24 +34,24 @@ impl Admin {
     /// Answer one admin request.
     pub fn respond(&self, req: &Request<Incoming>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
         }
         match req.uri().path() {
-            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/healthz" => plain(StatusCode::OK, "ok\n"),
             "/readyz" => {
                 let store = match self.store.health() {
                     StoreHealth::Up => "store up",
                     StoreHealth::Down => "store down (reads degrade, conditional writes get 503)",
                 };
                 if self.ready.load(Ordering::Acquire) {
-                    text(StatusCode::OK, format!("ready; {store}\n"))
+                    plain(StatusCode::OK, format!("ready; {store}\n"))
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 }
             }
             "/metrics" => match self.metrics.encode(self.store.as_ref()) {
                 Ok(body) => {
-                    let mut response = text(StatusCode::OK, body);
+                    let mut response = plain(StatusCode::OK, body);
                     response.headers_mut().insert(
                         CONTENT_TYPE,
                         HeaderValue::from_static(
@@ -60,52 +60,37 @@ impl Admin {
                     );
                     response
                 }
-                Err(_) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "encoding failed\n".into(),
-                ),
+                Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
             },
-            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+            _ => plain(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
 
-    /// Serve on `listener` until `shutdown` completes.
+    /// Serve on `listener` until `shutdown` completes, with the default
+    /// connection limits ([`ConnectionLimits::admin`]).
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    };
-                    let admin = self.clone();
-                    let service = service_fn(move |req| {
-                        let response = admin.respond(&req);
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                }
-                () = &mut shutdown => break,
-            }
-        }
-        drop(listener);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+        let limits = ConnectionLimits::admin(Duration::from_secs(10), Duration::from_secs(300));
+        self.serve_with(listener, limits, shutdown).await;
     }
-}
 
-fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut response = Response::new(crate::proxy::full_body(body.into()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    /// Serve on `listener` with `limits` until `shutdown` completes.
+    pub async fn serve_with(
+        self,
+        listener: TcpListener,
+        limits: ConnectionLimits,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let acceptor = Acceptor {
+            listener,
+            name: "admin",
+            limits,
+            metrics: self.metrics.clone(),
+            drain_timeout: Duration::from_secs(5),
+        };
+        let make = move |_peer| {
+            let admin = self.clone();
+            service_fn(move |req| std::future::ready(Ok::<_, Infallible>(admin.respond(&req))))
+        };
+        acceptor.run(make, shutdown).await;
+    }
 }

@@ -82,9 +82,35 @@ pub struct Cli {
     #[arg(long, env = "SAMETAG_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// How long a client may take to send a request's header section.
+    /// How long a client may take to send a request's header section; a
+    /// connection that sends no complete request head (nothing, half an
+    /// HTTP/2 preface, half a header section) within it is closed.
     #[arg(long, env = "SAMETAG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+
+    /// How long a client may take to send a whole request body; past it the
+    /// request fails with 408 and the app's request is aborted. Keep it
+    /// under --upstream-timeout, which also runs while the body streams.
+    #[arg(long, env = "SAMETAG_BODY_READ_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// A client connection with no request in flight for this long is
+    /// closed (HTTP/2: GOAWAY). Keep it above the load balancer's own idle
+    /// timeout, so the balancer, not the sidecar, ends idle connections.
+    #[arg(long, env = "SAMETAG_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Client connections open at once; more are closed as soon as accepted
+    /// (counted in sametag_connections_refused_total).
+    #[arg(long, env = "SAMETAG_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Memory for response bodies held to be tagged, over all requests
+    /// (8Mi, 64Mi, 1Gi or bytes). A response that does not fit streams
+    /// through untagged. The default is half the 128Mi limit the operator
+    /// gives the sidecar: the rest is connection buffers and the store.
+    #[arg(long, env = "SAMETAG_TAG_BUFFER_BUDGET", default_value = "64Mi", value_parser = parse_size)]
+    pub tag_buffer_budget: u64,
 
     /// How often the policy file is checked for changes.
     #[arg(long, env = "SAMETAG_POLICY_RELOAD", default_value = "2s", value_parser = parse_duration)]
@@ -113,6 +139,14 @@ pub struct ProxyOptions {
     pub header_read_timeout: Duration,
     /// Largest request header section accepted; larger ones get 431.
     pub max_header_bytes: usize,
+    /// Limit for a client's whole request body to arrive (then 408).
+    pub body_read_timeout: Duration,
+    /// Client connections with no request in flight this long are closed.
+    pub idle_timeout: Duration,
+    /// Client connections open at once.
+    pub max_connections: usize,
+    /// Bytes of response bodies held for tagging, over all requests.
+    pub tag_buffer_budget: u64,
     /// Secret keying the credential hash in store keys.
     pub credential_secret: Vec<u8>,
     /// A write lock's lease; `None`: [`ProxyOptions::lock_lease`]'s default.
@@ -133,6 +167,10 @@ impl ProxyOptions {
             lock_wait: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 128 * 1024,
+            body_read_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 10_000,
+            tag_buffer_budget: 64 << 20,
             credential_secret: random_secret(),
             lock_lease: None,
             forwarded_headers: true,
@@ -201,6 +239,10 @@ impl Cli {
                 lock_wait: self.lock_wait,
                 header_read_timeout: self.header_read_timeout,
                 max_header_bytes: 128 * 1024,
+                body_read_timeout: self.body_read_timeout,
+                idle_timeout: self.idle_timeout,
+                max_connections: self.max_connections as usize,
+                tag_buffer_budget: self.tag_buffer_budget,
                 credential_secret,
                 lock_lease: None,
                 forwarded_headers: self.forwarded_headers,
@@ -265,6 +307,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::policy::parse_duration(s.trim())
 }
 
+/// Sizes read like the policy file's `maxBodyBytes`: `64Mi`, `512Ki`, bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::policy::parse_quantity(s.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +333,15 @@ mod tests {
         assert_eq!(cli.upstream.as_str(), "127.0.0.1:8081");
         assert_eq!(cli.admin.to_string(), "0.0.0.0:9901");
         assert_eq!(cli.upstream_timeout, Duration::from_secs(30));
+        let options = cli.into_config().proxy;
+        let defaults = ProxyOptions::new(options.upstream.clone());
+        assert_eq!(options.tag_buffer_budget, 64 << 20);
+        assert_eq!(options.tag_buffer_budget, defaults.tag_buffer_budget);
+        assert_eq!(options.max_connections, defaults.max_connections);
+        assert_eq!(options.idle_timeout, defaults.idle_timeout);
+        assert_eq!(options.body_read_timeout, defaults.body_read_timeout);
+        assert!(Cli::try_parse_from(["sametag-sidecar", "--max-connections", "0"]).is_err());
+        assert!(Cli::try_parse_from(["sametag-sidecar", "--tag-buffer-budget", "lots"]).is_err());
         assert!(Cli::try_parse_from(["sametag-sidecar", "--upstream", "nohost"]).is_err());
         assert!(cli.forwarded_headers);
         let off = Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=false"]).unwrap();

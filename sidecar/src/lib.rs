@@ -24,6 +24,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod backoff;
 pub mod config;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
+use sametag_sidecar::accept::ConnectionLimits;
 use sametag_sidecar::admin::Admin;
 use sametag_sidecar::config::{Cli, Config};
 use sametag_sidecar::metrics::Metrics;
@@ -154,7 +155,7 @@ async fn run(config: Config) -> ExitCode {
     };
     tracing::info!(
         listen = %server.local_addr(),
-        admin = %config.admin,
+        admin = %admin_listener.local_addr().unwrap_or(config.admin),
         upstream = %config.proxy.upstream,
         store = if config.redis.is_some() { "redis" } else { "memory" },
         "sametag sidecar started"
@@ -171,10 +172,13 @@ async fn run(config: Config) -> ExitCode {
         let _ = stop_tx.send(true);
     };
     let admin_stop = stop_rx.clone();
+    // The admin port gets the proxy's timeouts and a small cap of its own.
+    let admin_limits =
+        ConnectionLimits::admin(config.proxy.header_read_timeout, config.proxy.idle_timeout);
     tokio::join!(
         signals,
         server.run(stopped(stop_rx)),
-        admin.serve(admin_listener, stopped(admin_stop)),
+        admin.serve_with(admin_listener, admin_limits, stopped(admin_stop)),
     );
     tracing::info!("stopped");
     ExitCode::SUCCESS

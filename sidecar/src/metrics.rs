@@ -44,6 +44,8 @@ pub enum Outcome {
     store_unavailable,
     /// The request itself was unusable: 400.
     bad_request,
+    /// The client's request body did not arrive in time: 408.
+    request_timeout,
 }
 
 /// The method label: a fixed set, so a client cannot grow the label space.
@@ -91,6 +93,17 @@ struct KindLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
 /// Every metric the sidecar exports, registered in one registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -102,6 +115,11 @@ pub struct Metrics {
     upstream_errors: Family<KindLabels, Counter>,
     store_up: Gauge,
     lock_leases_lost: Counter,
+    tag_buffer_bytes: Gauge,
+    tag_buffer_refusals: Counter,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_refused: Family<ListenerLabels, Counter>,
+    connections_closed: Family<ClosedLabels, Counter>,
 }
 
 fn store_histogram() -> Histogram {
@@ -162,8 +180,43 @@ impl Metrics {
             "Write locks whose lease could not be renewed while the write was still in flight",
             lock_leases_lost.clone(),
         );
+        let tag_buffer_bytes = Gauge::default();
+        registry.register(
+            "sametag_tag_buffer_bytes",
+            "Bytes of response bodies held in memory to be tagged (bounded by --tag-buffer-budget)",
+            tag_buffer_bytes.clone(),
+        );
+        let tag_buffer_refusals = Counter::default();
+        registry.register(
+            "sametag_tag_buffer_refusals",
+            "Responses sent untagged because the tag-buffer budget was spent",
+            tag_buffer_refusals.clone(),
+        );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "sametag_connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "sametag_connections_refused",
+            "Client connections closed at once because the connection cap was reached",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::<ClosedLabels, Counter>::default();
+        registry.register(
+            "sametag_connections_timed_out",
+            "Client connections the sidecar closed: no request in time (first-request) or idle",
+            connections_closed.clone(),
+        );
         Self {
             registry,
+            tag_buffer_bytes,
+            tag_buffer_refusals,
+            connections_open,
+            connections_refused,
+            connections_closed,
             requests,
             bytes_saved,
             store_latency,
@@ -209,6 +262,36 @@ impl Metrics {
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// The tag-buffer gauge and refusal counter (handles on the same
+    /// values), for the budget that moves them.
+    pub fn tag_buffer(&self) -> (Gauge, Counter) {
+        (
+            self.tag_buffer_bytes.clone(),
+            self.tag_buffer_refusals.clone(),
+        )
+    }
+
+    /// The open-connections gauge of `listener` (`proxy`, `admin`).
+    pub fn connections_open(&self, listener: &'static str) -> Gauge {
+        self.connections_open
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
+    }
+
+    /// A connection refused at the cap.
+    pub fn connection_refused(&self, listener: &'static str) {
+        self.connections_refused
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+    }
+
+    /// A connection closed for `reason` (`first-request`, `idle`).
+    pub fn connection_timed_out(&self, listener: &'static str, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ClosedLabels { listener, reason })
             .inc();
     }
 

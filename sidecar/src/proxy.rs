@@ -11,6 +11,7 @@
 //! conditional writes they are `StoreUnavailable` → 503 + `Retry-After`.
 
 mod body;
+mod budget;
 mod current;
 mod error;
 mod forward;
@@ -37,9 +38,10 @@ use hyper::body::Incoming;
 
 pub use body::{Body, BoxError};
 pub use error::ProxyError;
+pub use respond::plain;
 pub use server::{ServeError, Server, ServerConfig};
 
-use self::body::full;
+use self::budget::TagBudget;
 use self::forward::{ClientAddr, Upstream};
 pub use self::lane::Lane;
 use self::respond::set_validators;
@@ -63,6 +65,8 @@ pub struct Context {
     metrics: Arc<Metrics>,
     /// The app's keep-alive pool.
     upstream: Upstream,
+    /// Memory for response bodies held to be tagged, over all requests.
+    budget: TagBudget,
 }
 
 /// The hyper service: a cheap handle on the shared [`Context`] and on the
@@ -116,8 +120,10 @@ impl Proxy {
             options.upstream.clone(),
             options.upstream_timeout,
             options.forwarded_headers,
-        );
+        )
+        .with_body_timeout(options.body_read_timeout);
         let lane = upstream.lane();
+        let budget = TagBudget::new(options.tag_buffer_budget, &metrics);
         Self {
             ctx: Arc::new(Context {
                 options,
@@ -125,6 +131,7 @@ impl Proxy {
                 policy,
                 metrics,
                 upstream,
+                budget,
             }),
             lane,
             peer: None,
@@ -334,9 +341,4 @@ fn check_host(parts: &Parts) -> Result<(), ProxyError> {
 fn with_validators(mut response: Response<Body>, validators: &Validators) -> Response<Body> {
     set_validators(response.headers_mut(), validators);
     response
-}
-
-/// A body of known bytes (for other servers in this crate).
-pub fn full_body(bytes: bytes::Bytes) -> Body {
-    full(bytes)
 }

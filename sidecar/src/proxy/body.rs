@@ -2,17 +2,20 @@
 //! bounded buffer that hashes a body while reading it.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::time::Instant;
 
-use super::error::ProxyError;
+use super::budget::{Reservation, TagBudget};
+use super::error::{ProxyError, RequestBodyTimeout};
 use crate::tag::{EntityTag, TagHasher};
 
 /// Errors inside bodies (the app's connection failing mid-stream).
@@ -44,20 +47,55 @@ where
 
 /// A response body after the tagging step.
 pub enum Buffered {
-    /// The whole body, within the bound, and its canonical tag.
+    /// The whole body, within the bound, and its canonical tag. The bytes
+    /// hold their share of the [`TagBudget`] until the last clone is dropped.
     Complete { body: Bytes, tag: EntityTag },
     /// Over the bound: the prefix already read followed by the rest, streamed
     /// untagged. Never holds more than the bound in memory.
     TooLarge(Body),
+    /// The global tag-buffer budget could not hold it: the prefix already
+    /// read followed by the rest, streamed untagged.
+    OverBudget(Body),
+}
+
+/// What [`buffer_and_tag`] keeps of a body.
+#[derive(Clone, Copy)]
+pub enum Keep<'a> {
+    /// The bytes, to send them, within the global budget.
+    Body(&'a TagBudget),
+    /// Only the tag (a write's precondition check): one frame at a time is
+    /// in memory, so no budget is needed and none can run out.
+    TagOnly,
 }
 
 /// Read `body` while hashing it with the representation metadata in
-/// `headers`, up to `max` bytes and until `deadline`. A declared
-/// `Content-Length` over the bound skips buffering entirely.
+/// `headers`, up to `max` bytes and until `deadline`, keeping it as `keep`
+/// says. A declared `Content-Length` over the bound skips buffering
+/// entirely; one the budget cannot hold reserves nothing.
 pub async fn buffer_and_tag<B>(
+    headers: &HeaderMap,
+    body: B,
+    max: u64,
+    keep: Keep<'_>,
+    deadline: Instant,
+) -> Result<Buffered, ProxyError>
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let budget = match keep {
+        Keep::Body(budget) => Some(budget),
+        Keep::TagOnly => None,
+    };
+    read_and_tag(headers, body, max, budget, deadline).await
+}
+
+/// [`buffer_and_tag`]: the bytes are kept only with a budget.
+async fn read_and_tag<B>(
     headers: &HeaderMap,
     mut body: B,
     max: u64,
+    budget: Option<&TagBudget>,
     deadline: Instant,
 ) -> Result<Buffered, ProxyError>
 where
@@ -71,8 +109,16 @@ where
     if declared.is_some_and(|len| len > max) {
         return Ok(Buffered::TooLarge(boxed(body)));
     }
+    let mut reservation = budget.map(TagBudget::reservation);
+    let mut buf: Vec<u8> = Vec::new();
+    if let (Some(len), Some(reserved)) = (declared, reservation.as_mut()) {
+        if !reserved.grow_to(len) {
+            budget.inspect(|b| b.refused());
+            return Ok(Buffered::OverBudget(boxed(body)));
+        }
+        buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    }
     let mut hasher = TagHasher::from_headers(headers);
-    let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut len: u64 = 0;
     // One timer for the whole body, not one per frame.
     let expired = tokio::time::sleep_until(deadline);
@@ -95,29 +141,51 @@ where
         };
         len += data.len() as u64;
         hasher.update(&data);
-        chunks.push_back(data);
-        if len > max {
-            return Ok(Buffered::TooLarge(boxed(Prefixed {
-                prefix: chunks,
-                rest: body,
-            })));
-        }
-    }
-    let body = match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop_front().unwrap_or_default(),
-        _ => {
-            let mut joined = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
-            for chunk in chunks {
-                joined.extend_from_slice(&chunk);
+        let Some(reserved) = reservation.as_mut() else {
+            if len > max {
+                return Ok(Buffered::TooLarge(boxed(body)));
             }
-            joined.freeze()
+            continue;
+        };
+        if len > max {
+            return Ok(Buffered::TooLarge(prefixed(buf, reserved, data, body)));
         }
+        // Copied into one buffer as it arrives (never chunks and a joined
+        // copy at once); its capacity is what the budget holds.
+        let needed = buf.len() + data.len();
+        if needed > buf.capacity() {
+            let capacity = needed
+                .max(buf.capacity() * 2)
+                .min(usize::try_from(max).unwrap_or(usize::MAX));
+            if !reserved.grow_to(capacity as u64) {
+                budget.inspect(|b| b.refused());
+                return Ok(Buffered::OverBudget(prefixed(buf, reserved, data, body)));
+            }
+            buf.reserve_exact(capacity - buf.len());
+        }
+        buf.extend_from_slice(&data);
+    }
+    let body = match reservation {
+        Some(reserved) => reserved.freeze(buf),
+        None => Bytes::new(),
     };
     Ok(Buffered::Complete {
         body,
         tag: hasher.finish(),
     })
+}
+
+/// What was buffered (still holding its reservation), the frame in hand,
+/// then the rest of `body`.
+fn prefixed<B>(buf: Vec<u8>, reserved: &mut Reservation, data: Bytes, body: B) -> Body
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let empty = reserved.budget().reservation();
+    let held = std::mem::replace(reserved, empty);
+    let prefix = VecDeque::from([held.freeze(buf), data]);
+    boxed(Prefixed { prefix, rest: body })
 }
 
 /// Chunks already read, then the rest of the original body.
@@ -156,5 +224,51 @@ where
             hint.set_upper(upper + buffered);
         }
         hint
+    }
+}
+
+/// A client's request body that must have arrived by a deadline. Past it
+/// the body fails with [`RequestBodyTimeout`], which aborts the request to
+/// the app and becomes a 408 (`ProxyError::blame_client`).
+pub fn with_deadline(body: Body, limit: Duration) -> Body {
+    if body.is_end_stream() {
+        return body;
+    }
+    boxed(Deadline {
+        body,
+        expired: Box::pin(tokio::time::sleep(limit)),
+        limit,
+    })
+}
+
+struct Deadline {
+    body: Body,
+    expired: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
+impl HttpBody for Deadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match self.expired.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(RequestBodyTimeout(self.limit))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -11,7 +11,7 @@ use http::header::{ETAG, LAST_MODIFIED};
 use http::request::Parts;
 use http::{HeaderMap, StatusCode, response};
 
-use super::body::{Body, Buffered, boxed, buffer_and_tag};
+use super::body::{Body, Buffered, Keep, boxed, buffer_and_tag};
 use super::error::ProxyError;
 use super::hop::strip_hop_by_hop;
 use super::{Context, Exchange, is_fresh, untaggable};
@@ -38,8 +38,9 @@ pub(super) enum Known {
 
 /// The app's answer to a GET of the current representation.
 pub(super) enum Fetched {
-    /// A 200 the sidecar hashed: head (hop-by-hop fields removed), body, tag
-    /// and the secondary key it is recorded under.
+    /// A 200 the sidecar hashed: head (hop-by-hop fields removed), body
+    /// (empty from [`Context::fetch_tag`]), tag and the secondary key it is
+    /// recorded under.
     Tagged {
         head: response::Parts,
         body: Bytes,
@@ -85,8 +86,31 @@ impl Context {
 
     /// GET the current representation from the app (conditionals dropped,
     /// `Range` too unless the app may answer it: `range.rs`), as `parts`
-    /// would see it, and hash it if it can be tagged.
+    /// would see it, and hash it if it can be tagged, keeping the body within
+    /// the tag-buffer budget (past it: untagged, `over-budget`).
     pub(super) async fn fetch(&self, ex: &Exchange, parts: &Parts) -> Result<Fetched, ProxyError> {
+        self.fetch_keeping(ex, parts, Keep::Body(&self.budget))
+            .await
+    }
+
+    /// [`Context::fetch`] for its tag alone (a write's precondition check):
+    /// the body is hashed and dropped as it arrives (`Tagged` holds none),
+    /// so the tag-buffer budget is never needed and a write is never judged
+    /// against "untagged" because other responses were using memory.
+    pub(super) async fn fetch_tag(
+        &self,
+        ex: &Exchange,
+        parts: &Parts,
+    ) -> Result<Fetched, ProxyError> {
+        self.fetch_keeping(ex, parts, Keep::TagOnly).await
+    }
+
+    async fn fetch_keeping(
+        &self,
+        ex: &Exchange,
+        parts: &Parts,
+        keep: Keep<'_>,
+    ) -> Result<Fetched, ProxyError> {
         let response = self.current_or_part(ex, parts).await?;
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
@@ -99,11 +123,16 @@ impl Context {
         }
         let deadline = tokio::time::Instant::now() + self.upstream.timeout();
         let max = ex.policy.max_body_bytes();
-        match buffer_and_tag(&head.headers, body, max, deadline).await? {
+        match buffer_and_tag(&head.headers, body, max, keep, deadline).await? {
             Buffered::TooLarge(body) => Ok(Fetched::Untagged {
                 head,
                 body,
                 reason: "too-large",
+            }),
+            Buffered::OverBudget(body) => Ok(Fetched::Untagged {
+                head,
+                body,
+                reason: "over-budget",
             }),
             Buffered::Complete { body, tag } => {
                 let vary = match vary_names(&head.headers) {

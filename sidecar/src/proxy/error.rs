@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONNECTION, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
-use super::body::{Body, BoxError, full};
+use super::body::{Body, BoxError};
+use super::respond::plain;
 use crate::metrics::Outcome;
 use crate::store::StoreError;
 
@@ -34,6 +35,9 @@ pub enum ProxyError {
     /// Another writer held the resource's lock for longer than we wait.
     #[error("another write to this resource is in progress")]
     LockBusy,
+    /// The client's request body did not arrive in time (`--body-read-timeout`).
+    #[error("the request body did not arrive within {0:?}")]
+    RequestBodyTimeout(Duration),
     /// The request cannot be proxied (e.g. a target that is no URL).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -49,6 +53,7 @@ impl ProxyError {
             Self::UpstreamTimeout(_) | Self::UpstreamBodyTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::StoreUnavailable(_) | Self::LockBusy => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -61,6 +66,7 @@ impl ProxyError {
             Self::UpstreamTimeout(_) | Self::UpstreamBodyTimeout => Outcome::upstream_timeout,
             Self::StoreUnavailable(_) | Self::LockBusy => Outcome::store_unavailable,
             Self::BadRequest(_) => Outcome::bad_request,
+            Self::RequestBodyTimeout(_) => Outcome::request_timeout,
         }
     }
 
@@ -75,21 +81,42 @@ impl ProxyError {
         }
     }
 
-    /// A short plain-text response; 503s carry `Retry-After`.
+    /// A failure sending to the app that was the client's own body running
+    /// out of time is the client's: 408, not 502.
+    pub fn blame_client(self) -> Self {
+        if let Self::UpstreamConnect(e) | Self::UpstreamProtocol(e) = &self {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+            while let Some(err) = cause {
+                if let Some(timeout) = err.downcast_ref::<RequestBodyTimeout>() {
+                    return Self::RequestBodyTimeout(timeout.0);
+                }
+                cause = err.source();
+            }
+        }
+        self
+    }
+
+    /// A short plain-text response; 503s carry `Retry-After`; a 408 closes
+    /// the connection (the rest of the body is never read).
     pub fn into_response(self, retry_after: Duration) -> Response<Body> {
         let status = self.status();
-        let mut response = Response::new(full(format!("{self}\n")));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        let mut response = plain(status, format!("{self}\n"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             let secs = retry_after.as_secs().max(1);
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(secs));
         }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
+
+/// The error a request body wrapped by `body::with_deadline` fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct RequestBodyTimeout(pub Duration);

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::body::{Body, empty};
+use super::body::{Body, empty, with_deadline};
 use super::error::ProxyError;
 use super::hop::{add_forwarded, add_via, strip_hop_by_hop};
 use super::lane::{IdleConnections, Lane};
@@ -32,6 +32,8 @@ pub struct Upstream {
     timeout: Duration,
     /// Append the client to `X-Forwarded-For` (`--forwarded-headers`).
     forwarded_headers: bool,
+    /// How long a client's request body may take to arrive.
+    body_timeout: Duration,
 }
 
 /// The address of the client connection a request arrived on, put in the
@@ -101,7 +103,15 @@ impl Upstream {
             authority,
             timeout,
             forwarded_headers,
+            body_timeout: timeout,
         }
+    }
+
+    /// Fail a client's request body (and the request with 408) that has not
+    /// arrived within `limit`.
+    pub fn with_body_timeout(mut self, limit: Duration) -> Self {
+        self.body_timeout = limit;
+        self
     }
 
     /// The app's `host:port`.
@@ -163,7 +173,7 @@ impl Upstream {
         };
         match tokio::time::timeout(limit, exchange).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
-            Ok(answer) => answer,
+            Ok(answer) => answer.map_err(ProxyError::blame_client),
         }
     }
 
@@ -209,7 +219,7 @@ impl Upstream {
             .path_and_query(path)
             .build()
             .map_err(|_| ProxyError::BadRequest("request target is not a URL"))?;
-        let mut req = Request::new(body);
+        let mut req = Request::new(with_deadline(body, self.body_timeout));
         *req.method_mut() = rewrite.method.unwrap_or_else(|| parts.method.clone());
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;

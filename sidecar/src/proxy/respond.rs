@@ -84,9 +84,10 @@ pub fn not_modified(source: &HeaderMap, validators: &Validators) -> Response<Bod
     response
 }
 
-/// A short plain-text response.
-pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(full(Bytes::from_static(text.as_bytes())));
+/// A short plain-text response (the proxy's own answers, errors, and the
+/// admin endpoints).
+pub fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(text));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,

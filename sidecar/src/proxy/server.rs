@@ -1,5 +1,5 @@
-//! Running a proxy on a socket: accept, serve HTTP/1.1 and h2c with the
-//! request limits, and drain in-flight requests on shutdown.
+//! Running a proxy on a socket: bind, then serve HTTP/1.1 and h2c through
+//! the shared accept loop (`crate::accept`: connection cap, timeouts, drain).
 //!
 //! This is the library's entry point for running sidecars in-process (the
 //! binary, the demo and the tests all use it).
@@ -10,19 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::Proxy;
+use crate::accept::{Acceptor, ConnectionLimits};
 use crate::config::ProxyOptions;
 use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
 use crate::store::Store;
-
-/// hyper refuses a read buffer smaller than this.
-const MIN_BUF_SIZE: usize = 8192;
 
 /// What a [`Server`] needs besides its store.
 #[derive(Clone, Debug)]
@@ -69,7 +64,8 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     proxy: Proxy,
-    builder: auto::Builder<TokioExecutor>,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
     drain_timeout: Duration,
 }
 
@@ -83,26 +79,20 @@ impl Server {
         let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
 
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        let max_header = config.options.max_header_bytes.max(MIN_BUF_SIZE);
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            // A slow client must send its header section in time...
-            .header_read_timeout(config.options.header_read_timeout)
-            // ...and cannot make us buffer more than this of it (431 past it).
-            .max_buf_size(max_header);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX));
-
+        let limits = ConnectionLimits {
+            max_connections: config.options.max_connections,
+            header_read_timeout: config.options.header_read_timeout,
+            idle_timeout: config.options.idle_timeout,
+            max_header_bytes: config.options.max_header_bytes,
+        };
+        let metrics = config.metrics.clone();
         let proxy = Proxy::new(config.options, store, config.policy, config.metrics);
         Ok(Server {
             listener,
             local_addr,
             proxy,
-            builder,
+            limits,
+            metrics,
             drain_timeout: config.drain_timeout,
         })
     }
@@ -120,42 +110,16 @@ impl Server {
     /// Serve until `shutdown` completes, then stop accepting and wait (up to
     /// the drain timeout) for in-flight requests to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(pair) => pair,
-                        Err(e) => {
-                            // Out of descriptors and the like: back off, go on.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let conn = self
-                        .builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), self.proxy.for_connection(peer))
-                        .into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                () = &mut shutdown => break,
-            }
-        }
-        drop(self.listener);
-        tracing::info!("draining in-flight requests");
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("drained"),
-            () = tokio::time::sleep(self.drain_timeout) => {
-                tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; closing the remaining connections");
-            }
-        }
+        let acceptor = Acceptor {
+            listener: self.listener,
+            name: "proxy",
+            limits: self.limits,
+            metrics: self.metrics,
+            drain_timeout: self.drain_timeout,
+        };
+        let proxy = self.proxy;
+        acceptor
+            .run(move |peer| proxy.for_connection(peer), shutdown)
+            .await;
     }
 }

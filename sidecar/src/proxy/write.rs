@@ -200,7 +200,7 @@ impl Context {
         ] {
             parts.headers.remove(name);
         }
-        match self.fetch(ex, &parts).await? {
+        match self.fetch_tag(ex, &parts).await? {
             Fetched::Tagged {
                 tag, vary, variant, ..
             } => {

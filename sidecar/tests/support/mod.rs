@@ -400,6 +400,11 @@ pub fn slow_body(n: usize, size: usize, gap: Duration) -> Body {
     ChannelBody(rx).boxed_unsync()
 }
 
+/// A body of whatever is sent on `rx`, ending when the sender is dropped.
+pub fn channel_body(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
+    ChannelBody(rx).boxed_unsync()
+}
+
 struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
 
 impl http_body::Body for ChannelBody {

@@ -1,0 +1,395 @@
+//! Connection hygiene on real sockets: silent sockets, half an HTTP/2
+//! preface and half a header section are closed within the header-read
+//! timeout (proxy and admin ports) while the process stays small; idle
+//! connections are closed; a trickling request body gets 408 and its
+//! upstream request is aborted; the connection cap refuses the next one.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sametag_sidecar::proxy::Body;
+use sametag_sidecar::store::memory::MemoryStore;
+use support::{App, Sidecar, body, get, raw_status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sametag-sidecar");
+
+/// The first bytes of an HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A sidecar binary, killed when dropped.
+struct Binary {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Binary {
+    /// Start the binary in front of `upstream` with extra `args`, and wait
+    /// for its start line.
+    fn start(upstream: SocketAddr, args: &[&str]) -> Binary {
+        let mut child = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--upstream", &upstream.to_string()])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run the binary");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            let v: serde_json::Value = serde_json::from_str(&line.unwrap()).expect("JSON logs");
+            if v["fields"]["message"] == "sametag sidecar started" {
+                let addr = v["fields"]["listen"].as_str().unwrap().parse().unwrap();
+                let admin = v["fields"]["admin"].as_str().unwrap().parse().unwrap();
+                // Keep draining so the child never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines {});
+                return Binary { child, addr, admin };
+            }
+        }
+        panic!("no start line");
+    }
+
+    /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
+    fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
+    }
+
+    /// The value of one metric line on the admin port (0 when absent).
+    async fn metric(&self, line_prefix: &str) -> f64 {
+        let text = get(self.admin, "/metrics", &[]).await.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Soft limit on open files, raised to the hard limit when lower than
+/// `want` (children inherit it).
+fn ensure_fd_limit(want: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    if soft.parse::<u64>().is_ok_and(|s| s >= want) {
+        return;
+    }
+    let pid = std::process::id().to_string();
+    let ok = Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "open-file limit {soft} < {want} and prlimit could not raise it"
+    );
+}
+
+/// Read until the peer closes (EOF or reset); `true` if it did by `deadline`.
+async fn closed_by(mut stream: TcpStream, deadline: tokio::time::Instant) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // An answer (408 to half a header section, h2 SETTINGS/GOAWAY)
+            // is fine; the close must follow.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_partial_connections_are_closed_within_the_header_timeout() {
+    ensure_fd_limit(4096);
+    let app = App::fixed("doc", "\"app\"").await;
+    let sidecar = Binary::start(app.addr, &["--header-read-timeout", "500ms"]);
+    let rss_before = sidecar.memory_kib("VmRSS");
+
+    // 1,000 silent sockets, 100 that stop inside the HTTP/2 preface, 100
+    // after a whole preface, 100 inside an HTTP/1.1 header section; and a
+    // few of each on the admin port.
+    let mut sockets = Vec::new();
+    let kinds: [(&[u8], usize); 4] = [
+        (b"", 1000),
+        (&H2_PREFACE[..10], 100),
+        (H2_PREFACE, 100),
+        (b"GET /doc HTTP/1.1\r\nHost: a\r\nX-Half: ", 100),
+    ];
+    for (bytes, count) in kinds {
+        for i in 0..count {
+            let target = if i < 5 { sidecar.admin } else { sidecar.addr };
+            let mut stream = TcpStream::connect(target).await.unwrap();
+            stream.write_all(bytes).await.unwrap();
+            sockets.push(stream);
+        }
+    }
+    let opened = Instant::now();
+    let rss_loaded = sidecar.memory_kib("VmRSS");
+
+    // All closed by the server: the timeout is 500 ms; allow 10 times that
+    // on a busy machine (before the fix, none ever was).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let total = sockets.len();
+    let waits: Vec<_> = sockets
+        .into_iter()
+        .map(|s| tokio::spawn(closed_by(s, deadline)))
+        .collect();
+    let mut open = 0;
+    for wait in waits {
+        if !wait.await.unwrap() {
+            open += 1;
+        }
+    }
+    assert_eq!(
+        open,
+        0,
+        "{open} of {total} connections still open {:?} after connecting",
+        opened.elapsed()
+    );
+    let timed_out = sidecar
+        .metric("sametag_connections_timed_out_total{listener=\"proxy\",reason=\"first-request\"}")
+        .await;
+    assert!(timed_out >= 1200.0, "{timed_out}");
+
+    // Bounded memory: the process, not only its sockets.
+    let peak = sidecar.memory_kib("VmHWM");
+    eprintln!(
+        "RSS before {rss_before} KiB, with {total} connections {rss_loaded} KiB, peak {peak} KiB"
+    );
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+
+    // And it still serves.
+    assert_eq!(get(sidecar.addr, "/doc", &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_http1_and_http2() {
+    let app = App::fixed("doc", "\"app\"").await;
+    let sidecar = Sidecar::start_with(app.addr, "", Arc::new(MemoryStore::new()), |c| {
+        c.options.header_read_timeout = Duration::from_millis(300);
+        c.options.idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+
+    // HTTP/2: one request, then nothing; the server ends the connection
+    // (GOAWAY) and the client's connection task finishes.
+    let stream = TcpStream::connect(sidecar.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake::<_, _, Body>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let h2_conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/doc", sidecar.addr))
+        .body(body(""))
+        .unwrap();
+    let response = h2.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let _ = response.into_body().collect().await.unwrap();
+    // A live connection is not idle: a second request 300 ms later works.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let req = Request::get(format!("http://{}/doc", sidecar.addr))
+        .body(body(""))
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(5), h2_conn).await;
+    assert!(ended.is_ok(), "idle HTTP/2 connection still open after 5s");
+
+    // HTTP/1.1 keep-alive: one request, then nothing.
+    let mut stream = TcpStream::connect(sidecar.addr).await.unwrap();
+    stream
+        .write_all(b"GET /doc HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    assert!(
+        closed_by(stream, deadline).await,
+        "idle HTTP/1.1 connection"
+    );
+    let closed = sidecar
+        .metrics
+        .encode(&MemoryStore::new())
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("sametag_connections_timed_out_total{listener=\"proxy\""))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    assert!(
+        closed.iter().any(|l| l.contains("reason=\"idle\"")),
+        "{closed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_trickling_request_body_gets_408_and_the_app_request_is_aborted() {
+    // The app reads the whole body before answering, like most apps.
+    let body_failed = Arc::new(AtomicUsize::new(0));
+    let failed = body_failed.clone();
+    let app = App::start(move |req: Request<Incoming>| {
+        let failed = failed.clone();
+        async move {
+            match req.into_body().collect().await {
+                Ok(b) => Response::new(body(b.to_bytes())),
+                Err(_) => {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    Response::new(body("unreachable"))
+                }
+            }
+        }
+    })
+    .await;
+    let sidecar = Sidecar::start_with(app.addr, "", Arc::new(MemoryStore::new()), |c| {
+        c.options.body_read_timeout = Duration::from_millis(500);
+        c.options.upstream_timeout = Duration::from_secs(10);
+    })
+    .await;
+
+    // HTTP/1.1: 10 of 100 promised bytes, then silence.
+    for target in ["/doc", "/doc?If-Match"] {
+        let mut stream = TcpStream::connect(sidecar.addr).await.unwrap();
+        let conditional = if target.ends_with("If-Match") {
+            "If-Match: *\r\n"
+        } else {
+            ""
+        };
+        stream
+            .write_all(
+                format!(
+                    "PUT {target} HTTP/1.1\r\nHost: a\r\n{conditional}Content-Length: 100\r\n\r\n0123456789"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(read.is_ok(), "connection still open after 8s: {text}");
+        assert_eq!(raw_status(&text), 408, "{target}: {text}");
+        assert!(started.elapsed() < Duration::from_secs(8));
+    }
+
+    // HTTP/2: a stream whose body stalls gets 408 on that stream.
+    let stream = TcpStream::connect(sidecar.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake::<_, _, Body>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    tx.send(Bytes::from_static(b"0123456789")).await.unwrap();
+    let req = Request::put(format!("http://{}/doc", sidecar.addr))
+        .body(support::channel_body(rx))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(8), h2.send_request(req))
+        .await
+        .expect("an answer within 8s")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    drop(tx);
+
+    // Each app request saw its body fail: the sidecar aborted it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while body_failed.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(body_failed.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        sidecar.metrics.requests_with(
+            &http::Method::PUT,
+            sametag_sidecar::metrics::Outcome::request_timeout
+        ),
+        3
+    );
+}
+
+#[tokio::test]
+async fn the_connection_cap_refuses_the_next_connection() {
+    let app = App::fixed("doc", "\"app\"").await;
+    let sidecar = Sidecar::start_with(app.addr, "", Arc::new(MemoryStore::new()), |c| {
+        c.options.max_connections = 4;
+    })
+    .await;
+    // Four kept-alive connections, each having been served.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(sidecar.addr).await.unwrap();
+        stream
+            .write_all(b"GET /doc HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+    // The fifth is closed at once, without an answer.
+    let mut fifth = TcpStream::connect(sidecar.addr).await.unwrap();
+    let _ = fifth
+        .write_all(b"GET /doc HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), fifth.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the fifth connection was kept open");
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    let refused = sidecar
+        .metrics
+        .encode(&MemoryStore::new())
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sametag_connections_refused_total{listener=\"proxy\"} ")
+                .map(str::to_owned)
+        });
+    assert_eq!(refused.as_deref(), Some("1"));
+
+    // One closes: a new connection is served again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut stream = TcpStream::connect(sidecar.addr).await.unwrap();
+        let _ = stream
+            .write_all(b"GET /doc HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+        if out.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
