@@ -6,9 +6,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,98 +17,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sametag_sidecar::proxy::Body;
 use sametag_sidecar::store::memory::MemoryStore;
-use support::{App, Sidecar, body, get, raw_status};
+use support::{App, Binary, Sidecar, body, ensure_fd_limit, get, raw_status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sametag-sidecar");
-
 /// The first bytes of an HTTP/2 connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// A sidecar binary, killed when dropped.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Binary {
-    /// Start the binary in front of `upstream` with extra `args`, and wait
-    /// for its start line.
-    fn start(upstream: SocketAddr, args: &[&str]) -> Binary {
-        let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(["--upstream", &upstream.to_string()])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run the binary");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            let v: serde_json::Value = serde_json::from_str(&line.unwrap()).expect("JSON logs");
-            if v["fields"]["message"] == "sametag sidecar started" {
-                let addr = v["fields"]["listen"].as_str().unwrap().parse().unwrap();
-                let admin = v["fields"]["admin"].as_str().unwrap().parse().unwrap();
-                // Keep draining so the child never blocks on a full pipe.
-                std::thread::spawn(move || for _ in lines {});
-                return Binary { child, addr, admin };
-            }
-        }
-        panic!("no start line");
-    }
-
-    /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
-    fn memory_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in {status}"))
-    }
-
-    /// The value of one metric line on the admin port (0 when absent).
-    async fn metric(&self, line_prefix: &str) -> f64 {
-        let text = get(self.admin, "/metrics", &[]).await.text();
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Soft limit on open files, raised to the hard limit when lower than
-/// `want` (children inherit it).
-fn ensure_fd_limit(want: u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    let (soft, hard) = (fields[3], fields[4]);
-    if soft.parse::<u64>().is_ok_and(|s| s >= want) {
-        return;
-    }
-    let pid = std::process::id().to_string();
-    let ok = Command::new("prlimit")
-        .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "open-file limit {soft} < {want} and prlimit could not raise it"
-    );
-}
 
 /// Read until the peer closes (EOF or reset); `true` if it did by `deadline`.
 async fn closed_by(mut stream: TcpStream, deadline: tokio::time::Instant) -> bool {

@@ -157,11 +157,13 @@ where
             let capacity = needed
                 .max(buf.capacity() * 2)
                 .min(usize::try_from(max).unwrap_or(usize::MAX));
-            if !reserved.grow_to(capacity as u64) {
+            // Growing copies into a new allocation: both exist for a moment.
+            if !reserved.grow_to((capacity + buf.capacity()) as u64) {
                 budget.inspect(|b| b.refused());
                 return Ok(Buffered::OverBudget(prefixed(buf, reserved, data, body)));
             }
             buf.reserve_exact(capacity - buf.len());
+            reserved.shrink_to(buf.capacity() as u64);
         }
         buf.extend_from_slice(&data);
     }

@@ -90,6 +90,17 @@ impl Reservation {
         true
     }
 
+    /// Give back all but `total` bytes.
+    pub fn shrink_to(&mut self, total: u64) {
+        let Some(less) = self.amount.checked_sub(total).filter(|l| *l > 0) else {
+            return;
+        };
+        let inner = &self.budget.0;
+        inner.used.fetch_sub(less, Ordering::AcqRel);
+        inner.in_use.dec_by(i64::try_from(less).unwrap_or(i64::MAX));
+        self.amount = total;
+    }
+
     /// The budget this draws on.
     pub fn budget(&self) -> &TagBudget {
         &self.budget

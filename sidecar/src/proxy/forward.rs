@@ -96,6 +96,7 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
+            .http1_max_buf_size(super::lane::UPSTREAM_BUF)
             .build(connector);
         Self {
             client,

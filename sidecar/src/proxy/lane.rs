@@ -27,6 +27,12 @@ use super::error::ProxyError;
 /// Most idle upstream connections kept for client connections to come.
 const MAX_IDLE: usize = 64;
 
+/// The most an upstream connection buffers of the app's response (hyper's
+/// default is ~400 KiB). A streamed body moves through in pieces this big;
+/// with many responses streaming at once, hyper's default alone would
+/// take a large share of the sidecar's memory limit.
+pub const UPSTREAM_BUF: usize = 64 * 1024;
+
 type Sender = SendRequest<Body>;
 
 /// Upstream connections not used by any client connection right now.
@@ -213,7 +219,9 @@ async fn handshake(
         Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
     };
     stream.set_nodelay(true).map_err(refused)?;
-    http1::handshake(TokioIo::new(stream))
+    http1::Builder::new()
+        .max_buf_size(UPSTREAM_BUF)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ProxyError::UpstreamConnect(e.into()))
 }

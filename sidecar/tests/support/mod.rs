@@ -13,6 +13,8 @@ pub mod store_checks;
 pub use fleet::*;
 
 use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -420,3 +422,93 @@ impl http_body::Body for ChannelBody {
             .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
     }
 }
+
+/// The sidecar binary this package builds.
+pub const BIN: &str = env!("CARGO_BIN_EXE_sametag-sidecar");
+
+/// A sidecar binary, killed when dropped.
+pub struct Binary {
+    pub child: Child,
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// The admin port.
+    pub admin: SocketAddr,
+}
+
+impl Binary {
+    /// Start the binary in front of `upstream` with extra `args`, and wait
+    /// for its start line.
+    pub fn start(upstream: SocketAddr, args: &[&str]) -> Binary {
+        let mut child = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--upstream", &upstream.to_string()])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run the binary");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            let v: serde_json::Value = serde_json::from_str(&line.unwrap()).expect("JSON logs");
+            if v["fields"]["message"] == "sametag sidecar started" {
+                let addr = v["fields"]["listen"].as_str().unwrap().parse().unwrap();
+                let admin = v["fields"]["admin"].as_str().unwrap().parse().unwrap();
+                // Keep draining so the child never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines {});
+                return Binary { child, addr, admin };
+            }
+        }
+        panic!("no start line");
+    }
+
+    /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
+    }
+
+    /// The value of one metric line on the admin port (0 when absent).
+    pub async fn metric(&self, line_prefix: &str) -> f64 {
+        let text = get(self.admin, "/metrics", &[]).await.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Soft limit on open files, raised to the hard limit when lower than
+/// `want` (children inherit it).
+pub fn ensure_fd_limit(want: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    if soft.parse::<u64>().is_ok_and(|s| s >= want) {
+        return;
+    }
+    let pid = std::process::id().to_string();
+    let ok = Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "open-file limit {soft} < {want} and prlimit could not raise it"
+    );
+}
+

@@ -12,6 +12,8 @@ fn reservations_are_bounded_and_released_with_the_last_slice() {
     assert!(!b.grow_to(41), "60 + 41 > 100");
     assert!(b.grow_to(40));
     assert_eq!(budget.in_use(), 100);
+    b.shrink_to(10);
+    assert_eq!(budget.in_use(), 70);
     drop(b);
     assert_eq!(budget.in_use(), 60);
     let bytes = a.freeze(vec![7; 60]);
