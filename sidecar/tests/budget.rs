@@ -149,11 +149,10 @@ async fn http1_64_connections_of_7_mib_stay_under_the_memory_limit() {
         .map(|i| {
             tokio::spawn(async move {
                 let stream = TcpStream::connect(addr).await.unwrap();
-                let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, Body>(
-                    TokioIo::new(stream),
-                )
-                .await
-                .unwrap();
+                let (mut tx, conn) =
+                    hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
+                        .await
+                        .unwrap();
                 tokio::spawn(conn);
                 let path = if i % 2 == 0 { "/cl" } else { "/chunked" };
                 let req = Request::get(path)
@@ -183,10 +182,12 @@ async fn http2_one_connection_64_streams_of_7_mib_stay_under_the_memory_limit() 
     let app = big_app().await;
     let sidecar = Binary::start(app.addr, &[]);
     let stream = TcpStream::connect(sidecar.addr).await.unwrap();
-    let (h2, conn) =
-        hyper::client::conn::http2::handshake::<_, _, Body>(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
+    let (h2, conn) = hyper::client::conn::http2::handshake::<_, _, Body>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
     tokio::spawn(conn);
     let tasks: Vec<_> = (0..CONCURRENT)
         .map(|i| {

@@ -13,11 +13,11 @@ pub mod store_checks;
 pub use fleet::*;
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -449,17 +449,28 @@ impl Binary {
             .spawn()
             .expect("run the binary");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            let v: serde_json::Value = serde_json::from_str(&line.unwrap()).expect("JSON logs");
+        let mut started = None;
+        for line in lines.by_ref().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if v["fields"]["message"] == "sametag sidecar started" {
-                let addr = v["fields"]["listen"].as_str().unwrap().parse().unwrap();
-                let admin = v["fields"]["admin"].as_str().unwrap().parse().unwrap();
-                // Keep draining so the child never blocks on a full pipe.
-                std::thread::spawn(move || for _ in lines {});
-                return Binary { child, addr, admin };
+                started = Some((v["fields"]["listen"].clone(), v["fields"]["admin"].clone()));
+                break;
             }
         }
-        panic!("no start line");
+        // Keep draining so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let addrs = started.and_then(|(listen, admin)| {
+            Some((
+                listen.as_str()?.parse().ok()?,
+                admin.as_str()?.parse().ok()?,
+            ))
+        });
+        let Some((addr, admin)) = addrs else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no start line with both addresses");
+        };
+        Binary { child, addr, admin }
     }
 
     /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
@@ -511,4 +522,3 @@ pub fn ensure_fd_limit(want: u64) {
         "open-file limit {soft} < {want} and prlimit could not raise it"
     );
 }
-
