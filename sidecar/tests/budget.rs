@@ -2,7 +2,8 @@
 //! responses over 64 HTTP/1.1 connections, and over one HTTP/2 connection
 //! with 64 streams, all arrive whole while the sidecar process's peak RSS
 //! stays under the 128 MiB the operator gives it; the budget is all given
-//! back afterwards.
+//! back afterwards. A write's precondition check needs no budget, so a
+//! spent budget never turns a right `If-Match` into a 412.
 
 mod support;
 
@@ -214,4 +215,56 @@ async fn http2_one_connection_64_streams_of_7_mib_stay_under_the_memory_limit() 
     let (tagged, over) = tally(results);
     assert!(tagged > 0, "tagging still happens within the budget");
     assert_bounded(&sidecar, "HTTP/2", tagged, over).await;
+}
+
+#[tokio::test]
+async fn a_write_is_judged_on_its_real_tag_while_the_budget_is_spent() {
+    use std::sync::{Arc, Mutex};
+
+    use sametag_sidecar::store::memory::MemoryStore;
+    use support::{Sidecar, get, resource_app, send};
+
+    let state = Arc::new(Mutex::new(Some("version 1".to_owned())));
+    let app = resource_app(state.clone(), "a").await;
+    let store = Arc::new(MemoryStore::new());
+    let roomy = Sidecar::start(app.addr, "", store.clone()).await;
+    // A replica whose budget is spent: it cannot hold even this body.
+    let starved = Sidecar::start_with(app.addr, "", store, |c| {
+        c.options.tag_buffer_budget = 4;
+    })
+    .await;
+
+    let tag = get(roomy.addr, "/doc", &[]).await.etag();
+    let untagged = get(starved.addr, "/doc", &[]).await;
+    assert_eq!(untagged.text(), "version 1");
+    assert!(
+        untagged
+            .header("cache-status")
+            .contains("detail=over-budget"),
+        "{:?}",
+        untagged.headers
+    );
+    assert_eq!(untagged.header("etag"), "");
+
+    // The write's precondition check hashes without holding the body, so
+    // it needs no budget: the right tag wins, a wrong one still loses.
+    let wrong = send(
+        starved.addr,
+        "PUT",
+        "/doc",
+        &[("if-match", "\"nope\"")],
+        "x",
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::PRECONDITION_FAILED);
+    let right = send(
+        starved.addr,
+        "PUT",
+        "/doc",
+        &[("if-match", &tag)],
+        "version 2",
+    )
+    .await;
+    assert_eq!(right.status, StatusCode::OK, "{}", right.text());
+    assert_eq!(state.lock().unwrap().as_deref(), Some("version 2"));
 }
