@@ -14,7 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
@@ -50,8 +51,8 @@ const H2_MAX_STREAMS: u32 = 128;
 pub struct ConnectionLimits {
     /// Connections open at once; more are closed as soon as accepted.
     pub max_connections: usize,
-    /// A connection's first request head (and, over HTTP/1.1, every
-    /// request head) must arrive within this.
+    /// A connection's first request head must arrive within this; over
+    /// HTTP/1.1, so must every later head once its first byte has.
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed
     /// (HTTP/2 with GOAWAY).
@@ -82,9 +83,12 @@ impl ConnectionLimits {
         builder
             .http1()
             .timer(TokioTimer::new())
-            // A slow client must send each header section in time...
-            .header_read_timeout(self.header_read_timeout)
-            // ...and cannot make us buffer more than this of it.
+            // hyper's header timer also runs while a keep-alive connection
+            // waits for its next request, which would close every idle
+            // HTTP/1.1 connection after the header timeout, well before a
+            // load balancer's own idle timeout. The watch below times heads.
+            .header_read_timeout(None)
+            // A client cannot make us buffer more than this of a head.
             .max_buf_size(max_header);
         builder
             .http2()
@@ -169,8 +173,12 @@ impl Acceptor {
                 inner: make(peer),
                 activity: activity.clone(),
             };
+            let io = Metered {
+                io: stream,
+                activity: service.activity.clone(),
+            };
             let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .into_owned();
             let watch = Watch {
                 name,
@@ -202,7 +210,7 @@ impl Acceptor {
 }
 
 /// The hyper connection type the accept loop drives.
-type Conn<S> = auto::UpgradeableConnection<'static, TokioIo<TcpStream>, Tracked<S>, TokioExecutor>;
+type Conn<S> = auto::UpgradeableConnection<'static, TokioIo<Metered>, Tracked<S>, TokioExecutor>;
 
 /// What a connection's task watches besides the connection itself.
 struct Watch {
@@ -238,8 +246,8 @@ impl Watch {
                 }
                 why = &mut expired, if grace.is_none() => {
                     self.metrics.connection_timed_out(self.name, why.label());
-                    if why == Expired::FirstRequest {
-                        // Nothing was asked: nothing to finish.
+                    if why != Expired::Idle {
+                        // Nothing (whole) was asked: nothing to finish.
                         return;
                     }
                     conn.as_mut().graceful_shutdown();
@@ -266,6 +274,8 @@ impl Watch {
 enum Expired {
     /// No request head within the header-read timeout of accepting it.
     FirstRequest,
+    /// Part of a later HTTP/1.1 request head, and not the rest in time.
+    Header,
     /// No request in flight for the idle timeout.
     Idle,
 }
@@ -274,6 +284,7 @@ impl Expired {
     fn label(self) -> &'static str {
         match self {
             Expired::FirstRequest => "first-request",
+            Expired::Header => "header",
             Expired::Idle => "idle",
         }
     }
@@ -288,38 +299,72 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Woken when `in_flight` drops to zero.
     quiet: Notify,
+    /// Bytes read from the client so far.
+    read: AtomicU64,
+    /// `read` when the last response finished: bytes past it are the next
+    /// request's head.
+    read_when_quiet: AtomicU64,
+    /// The connection speaks HTTP/1.x (known from its first request).
+    http1: AtomicBool,
 }
 
 impl Activity {
-    fn begin(self: &Arc<Self>) -> InFlight {
+    fn begin(self: &Arc<Self>, version: http::Version) -> InFlight {
+        if version < http::Version::HTTP_2 {
+            self.http1.store(true, Ordering::Release);
+        }
         self.started.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
     }
 
-    /// Resolves when the connection has gone `first` without any request
-    /// from the start, or later `idle` without one in flight. Idleness is
-    /// checked once per period, so an idle connection closes between
-    /// `idle` and twice that after its last response.
-    async fn expired(&self, first: Duration, idle: Duration) -> Expired {
-        let mut deadline = Instant::now() + first;
-        let mut seen = 0;
+    fn started(&self) -> u64 {
+        self.started.load(Ordering::Acquire)
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Resolves when the connection should be closed: no request head
+    /// `header` after accepting it; or later, with nothing in flight, `idle`
+    /// without a request, or (HTTP/1.1, where nothing but the next head can
+    /// arrive between requests) part of a head and not the rest within
+    /// `header`. Checked once per `header` (or `idle`, if shorter), so a
+    /// partial head is closed between one and two header timeouts after
+    /// its first byte.
+    async fn expired(&self, header: Duration, idle: Duration) -> Expired {
+        tokio::time::sleep(header).await;
+        if self.started() == 0 {
+            return Expired::FirstRequest;
+        }
         loop {
-            tokio::time::sleep_until(deadline).await;
-            let started = self.started.load(Ordering::Acquire);
-            if started == seen && self.in_flight.load(Ordering::Acquire) == 0 {
-                return if started == 0 {
-                    Expired::FirstRequest
-                } else {
-                    Expired::Idle
-                };
-            }
             // A stored wake-up from an earlier request only costs a check.
-            while self.in_flight.load(Ordering::Acquire) > 0 {
+            while self.busy() {
                 self.quiet.notified().await;
             }
-            seen = self.started.load(Ordering::Acquire);
-            deadline = Instant::now() + idle;
+            let idle_since = Instant::now();
+            let started = self.started();
+            let read = self.read_when_quiet.load(Ordering::Acquire);
+            let http1 = self.http1.load(Ordering::Acquire);
+            let step = if http1 { header.min(idle) } else { idle };
+            let mut partial_since: Option<Instant> = None;
+            loop {
+                tokio::time::sleep(step).await;
+                if self.started() != started || self.busy() {
+                    break;
+                }
+                let now = Instant::now();
+                if http1 && self.read.load(Ordering::Acquire) != read {
+                    let since = *partial_since.get_or_insert(now);
+                    if now - since >= header {
+                        return Expired::Header;
+                    }
+                }
+                if now - idle_since >= idle {
+                    return Expired::Idle;
+                }
+            }
         }
     }
 }
@@ -329,8 +374,12 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.quiet.notify_one();
+        let activity = &self.0;
+        // Read before the count drops, so the watch never sees a stale one.
+        let read = activity.read.load(Ordering::Acquire);
+        activity.read_when_quiet.store(read, Ordering::Release);
+        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            activity.quiet.notify_one();
         }
     }
 }
@@ -370,7 +419,7 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         TrackedFuture {
-            in_flight: Some(self.activity.begin()),
+            in_flight: Some(self.activity.begin(req.version())),
             inner: self.inner.call(req),
         }
     }
@@ -423,5 +472,59 @@ impl HttpBody for Guarded {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+// === impl Metered ===
+
+/// The client's socket, counting the bytes read from it (how the watch
+/// sees part of a request head arrive).
+pub struct Metered {
+    io: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        let read = (buf.filled().len() - before) as u64;
+        this.activity.read.fetch_add(read, Ordering::AcqRel);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

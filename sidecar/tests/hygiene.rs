@@ -102,17 +102,44 @@ async fn silent_and_partial_connections_are_closed_within_the_header_timeout() {
     assert_eq!(get(sidecar.addr, "/doc", &[]).await.status, StatusCode::OK);
 }
 
+/// The `sametag_connections_timed_out_total` lines of the proxy listener.
+fn timed_out(sidecar: &Sidecar) -> String {
+    sidecar
+        .metrics
+        .encode(&MemoryStore::new())
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("sametag_connections_timed_out_total{listener=\"proxy\""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One HTTP/1.1 GET on `stream`, keeping the connection; the status code.
+async fn get_on(stream: &mut TcpStream) -> u16 {
+    stream
+        .write_all(b"GET /doc HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    raw_status(&String::from_utf8_lossy(&buf[..n]))
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed_http1_and_http2() {
     let app = App::fixed("doc", "\"app\"").await;
     let sidecar = Sidecar::start_with(app.addr, "", Arc::new(MemoryStore::new()), |c| {
-        c.options.header_read_timeout = Duration::from_millis(300);
+        c.options.header_read_timeout = Duration::from_secs(1);
         c.options.idle_timeout = Duration::from_millis(500);
     })
     .await;
 
-    // HTTP/2: one request, then nothing; the server ends the connection
-    // (GOAWAY) and the client's connection task finishes.
+    // HTTP/2: requests 300 ms apart keep it open past the idle timeout;
+    // then nothing, and the server ends the connection (GOAWAY) so the
+    // client's connection task finishes.
     let stream = TcpStream::connect(sidecar.addr).await.unwrap();
     let (mut h2, conn) = hyper::client::conn::http2::handshake::<_, _, Body>(
         TokioExecutor::new(),
@@ -121,44 +148,51 @@ async fn idle_connections_are_closed_http1_and_http2() {
     .await
     .unwrap();
     let h2_conn = tokio::spawn(conn);
-    let req = Request::get(format!("http://{}/doc", sidecar.addr))
-        .body(body(""))
-        .unwrap();
-    let response = h2.send_request(req).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let _ = response.into_body().collect().await.unwrap();
-    // A live connection is not idle: a second request 300 ms later works.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let req = Request::get(format!("http://{}/doc", sidecar.addr))
-        .body(body(""))
-        .unwrap();
-    assert_eq!(h2.send_request(req).await.unwrap().status(), StatusCode::OK);
+    for _ in 0..5 {
+        let req = Request::get(format!("http://{}/doc", sidecar.addr))
+            .body(body(""))
+            .unwrap();
+        let response = h2.send_request(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let _ = response.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let ended = tokio::time::timeout(Duration::from_secs(5), h2_conn).await;
     assert!(ended.is_ok(), "idle HTTP/2 connection still open after 5s");
 
     // HTTP/1.1 keep-alive: one request, then nothing.
     let mut stream = TcpStream::connect(sidecar.addr).await.unwrap();
-    stream
-        .write_all(b"GET /doc HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    assert_eq!(get_on(&mut stream).await, 200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     assert!(
         closed_by(stream, deadline).await,
         "idle HTTP/1.1 connection"
     );
-    let closed = sidecar
-        .metrics
-        .encode(&MemoryStore::new())
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with("sametag_connections_timed_out_total{listener=\"proxy\""))
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-    assert!(
-        closed.iter().any(|l| l.contains("reason=\"idle\"")),
-        "{closed:?}"
-    );
+    let closed = timed_out(&sidecar);
+    assert!(closed.contains("reason=\"idle\"} 2"), "{closed}");
+}
+
+#[tokio::test]
+async fn http1_keep_alive_outlives_the_header_timeout_but_not_half_a_next_head() {
+    let app = App::fixed("doc", "\"app\"").await;
+    let sidecar = Sidecar::start_with(app.addr, "", Arc::new(MemoryStore::new()), |c| {
+        c.options.header_read_timeout = Duration::from_millis(300);
+        c.options.idle_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut stream = TcpStream::connect(sidecar.addr).await.unwrap();
+    assert_eq!(get_on(&mut stream).await, 200);
+    // Idle for four header timeouts: a load balancer's pooled connection
+    // must still be usable (hyper's own header timer would have closed it).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get_on(&mut stream).await, 200);
+    // Half of the next head, then silence: closed long before the idle
+    // timeout (30 s), within twice the header timeout plus slack.
+    stream.write_all(b"GET /doc HTTP/1.1\r\nHo").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    assert!(closed_by(stream, deadline).await, "half a head kept open");
+    let closed = timed_out(&sidecar);
+    assert!(closed.contains("reason=\"header\"} 1"), "{closed}");
 }
 
 #[tokio::test]
