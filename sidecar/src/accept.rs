@@ -5,10 +5,12 @@
 //! a graceful drain on shutdown.
 //!
 //! hyper-util's protocol detection reads the first bytes with no timeout,
-//! and hyper's HTTP/2 server has no idle timeout of its own; both are
-//! bounded here by watching each connection from outside: a service wrapper
-//! counts requests in flight (until their response body is finished), and
-//! the connection's task closes it when the deadline passes with none.
+//! hyper's HTTP/2 server has no idle timeout of its own, and hyper's
+//! HTTP/1.1 header timer also runs between keep-alive requests (closing
+//! idle connections a load balancer still holds). So each connection is
+//! watched from outside instead: a service wrapper counts requests in
+//! flight (until their response body is finished), the socket counts bytes
+//! read, and the connection's task closes it when a deadline passes.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -207,7 +207,7 @@ impl Metrics {
         let connections_closed = Family::<ClosedLabels, Counter>::default();
         registry.register(
             "sametag_connections_timed_out",
-            "Client connections the sidecar closed: no request in time (first-request) or idle",
+            "Client connections the sidecar closed: no request head in time (first-request), half a later HTTP/1.1 head (header), or idle",
             connections_closed.clone(),
         );
         Self {
@@ -288,7 +288,7 @@ impl Metrics {
             .inc();
     }
 
-    /// A connection closed for `reason` (`first-request`, `idle`).
+    /// A connection closed for `reason` (`first-request`, `header`, `idle`).
     pub fn connection_timed_out(&self, listener: &'static str, reason: &'static str) {
         self.connections_closed
             .get_or_create(&ClosedLabels { listener, reason })
