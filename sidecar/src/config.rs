@@ -333,6 +333,7 @@ mod tests {
         assert_eq!(cli.upstream.as_str(), "127.0.0.1:8081");
         assert_eq!(cli.admin.to_string(), "0.0.0.0:9901");
         assert_eq!(cli.upstream_timeout, Duration::from_secs(30));
+        assert!(cli.forwarded_headers);
         let options = cli.into_config().proxy;
         let defaults = ProxyOptions::new(options.upstream.clone());
         assert_eq!(options.tag_buffer_budget, 64 << 20);
@@ -343,7 +344,6 @@ mod tests {
         assert!(Cli::try_parse_from(["sametag-sidecar", "--max-connections", "0"]).is_err());
         assert!(Cli::try_parse_from(["sametag-sidecar", "--tag-buffer-budget", "lots"]).is_err());
         assert!(Cli::try_parse_from(["sametag-sidecar", "--upstream", "nohost"]).is_err());
-        assert!(cli.forwarded_headers);
         let off = Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=false"]).unwrap();
         assert!(!off.into_config().proxy.forwarded_headers);
         assert!(Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=maybe"]).is_err());
