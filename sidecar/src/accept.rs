@@ -44,6 +44,10 @@ const MIN_BUF_SIZE: usize = 8192;
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a connection closed before a whole request arrived has to
+/// finish closing (an HTTP/2 GOAWAY) before it is dropped.
+const MAX_UNASKED_GRACE: Duration = Duration::from_secs(1);
+
 /// Concurrent streams an HTTP/2 client may open (RFC 9113 §6.5.2 suggests
 /// no fewer than 100); each holds at most one upstream request.
 const H2_MAX_STREAMS: u32 = 128;
@@ -248,12 +252,17 @@ impl Watch {
                 }
                 why = &mut expired, if grace.is_none() => {
                     self.metrics.connection_timed_out(self.name, why.label());
-                    if why != Expired::Idle {
-                        // Nothing (whole) was asked: nothing to finish.
-                        return;
-                    }
+                    // Gracefully (HTTP/2: GOAWAY, so a client whose request
+                    // crossed it knows the request was not processed), but
+                    // only briefly when nothing whole was asked.
+                    let grace_period = match why {
+                        Expired::Idle => self.limits.header_read_timeout,
+                        Expired::FirstRequest | Expired::Header => {
+                            self.limits.header_read_timeout.min(MAX_UNASKED_GRACE)
+                        }
+                    };
                     conn.as_mut().graceful_shutdown();
-                    grace = Some(Box::pin(tokio::time::sleep(self.limits.header_read_timeout)));
+                    grace = Some(Box::pin(tokio::time::sleep(grace_period)));
                 }
                 changed = self.stage.changed() => {
                     let stage = if changed.is_ok() { *self.stage.borrow_and_update() } else { Stage::Closing };
