@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sametag_policy::duration::{DurationError, DurationSyntax, parse_duration_with};
 
 /// Default sidecar image injected when an ETagStore names none.
 pub const DEFAULT_SIDECAR_IMAGE: &str = "ghcr.io/sametag/sidecar:0.1.0";
@@ -152,48 +153,10 @@ pub struct RunArgs {
     pub log: String,
 }
 
-/// Parse `90s`, `15m`, `1h30m`, `30d` (units ms, s, m, h, d; a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!("invalid duration {s:?}: expected a number"));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "d" => Duration::from_secs(n.saturating_mul(86_400)),
-            other => {
-                return Err(format!(
-                    "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m, h, d)"
-                ));
-            }
-        };
-        total = total.saturating_add(d);
-    }
-    Ok(total)
+/// Parse `90s`, `15m`, `1h30m`, `30d` (units ms, s, m, h, d; a bare number
+/// is seconds): the operator flags' syntax of the one shared parser.
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    parse_duration_with(s, DurationSyntax::OPERATOR_FLAG)
 }
 
 #[cfg(test)]

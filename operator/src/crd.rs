@@ -209,6 +209,34 @@ pub struct SecretKeyRef {
 
 // === Policy ===
 
+/// A regex (RE2 and Rust `regex` alike), escaped for a CEL string literal,
+/// for the path globs the sidecar's glob parser (globset) can compile as far
+/// as a regex can tell: every `[` opens a class that closes (`[]...]` and
+/// `[!]...]` start with a literal `]`), every `{` closes (nested at most two
+/// deep), no stray `}`, no trailing `\`. What no regex can see (a reversed
+/// range such as `[z-a]`) the operator catches with the parser itself.
+macro_rules! glob_regex {
+    () => {
+        r"(?s)^(?:[^\\[{}\\\\]|\\\\.|\\[(?:[!^].|[^!^])[^\\]]*\\]|\\{(?:[^\\[{}\\\\]|\\\\.|\\[(?:[!^].|[^!^])[^\\]]*\\]|\\{(?:[^\\[{}\\\\]|\\\\.|\\[(?:[!^].|[^!^])[^\\]]*\\])*\\})*\\})*$"
+    };
+}
+
+/// The unescaped [`glob_regex!`], for tests that compare it with the parser.
+#[cfg(test)]
+pub(crate) fn glob_regex() -> String {
+    glob_regex!().replace(r"\\", r"\")
+}
+
+/// What a glob rule says when it fails.
+macro_rules! glob_message {
+    ($field:literal) => {
+        concat!(
+            $field,
+            " is not a valid glob: close every '[' with ']' and every '{' with '}' (nested at most two deep), no stray '}', no trailing '\\'"
+        )
+    };
+}
+
 /// How the sidecar treats a path.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -247,6 +275,11 @@ pub struct PolicySpec {
     pub max_age: Option<String>,
     /// Bodies larger than this stream through untagged: bytes or a quantity such as `8Mi`.
     #[serde(default = "default_max_body_bytes")]
+    // `string(self)` reads both forms of an int-or-string alike; an integer
+    // (or a string of digits) is bounded like the sidecar bounds it. A
+    // suffixed quantity over 1Gi is left to the operator's parser check.
+    #[x_kube(validation = Rule::new("string(self).matches('^0*[1-9][0-9]{0,15}(k|M|G|T|Ki|Mi|Gi|Ti)?$') && (!string(self).matches('^[0-9]+$') || int(string(self)) <= 1073741824)")
+        .message("maxBodyBytes must be a byte count from 1 to 1Gi: an integer, or a quantity such as 8Mi, 512Ki or 1M"))]
     pub max_body_bytes: IntOrString,
     /// Routes, first match wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -274,7 +307,9 @@ pub struct Route {
     #[x_kube(
         validation = Rule::new("self.startsWith('/')").message("routes[].path must start with '/'"),
         validation = Rule::new("!self.contains('***')").message("routes[].path: '***' is not a valid glob"),
-        validation = Rule::new("!self.matches('\\\\s')").message("routes[].path must not contain whitespace")
+        validation = Rule::new("!self.matches('\\\\s')").message("routes[].path must not contain whitespace"),
+        validation = Rule::new(concat!("self.matches('", glob_regex!(), "')"))
+            .message(glob_message!("routes[].path"))
     )]
     pub path: String,
     /// Mode for this route; the top-level mode when unset.
@@ -289,8 +324,12 @@ pub struct Route {
     /// Path globs that a successful write on this route also invalidates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("self.all(p, p.startsWith('/'))")
-        .message("routes[].invalidates entries must start with '/'"))]
+    #[x_kube(
+        validation = Rule::new("self.all(p, p.startsWith('/'))")
+            .message("routes[].invalidates entries must start with '/'"),
+        validation = Rule::new(concat!("self.all(p, p.matches('", glob_regex!(), "'))"))
+            .message(glob_message!("a routes[].invalidates entry"))
+    )]
     pub invalidates: Vec<InvalidateGlob>,
     /// One key for all users even when requests carry credentials.
     #[serde(default, skip_serializing_if = "is_false")]

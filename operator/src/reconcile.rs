@@ -26,7 +26,7 @@ use crate::children::{self, BuildError, FIELD_MANAGER, OWNER_LABEL, STORE_LABEL,
 use crate::crd::{ETagStore, ETagStoreStatus, ExternalRedis, ManagedRedis};
 use crate::metrics::Metrics;
 use crate::secret_watch;
-use crate::status::{self, DEGRADED, Health, READY};
+use crate::status::{self, DEGRADED, Health, INVALID_POLICY, READY};
 
 /// Everything that can fail in the operator.
 #[derive(Debug, thiserror::Error)]
@@ -230,8 +230,39 @@ async fn apply_children(
             None,
         ),
     };
-    apply(client, ns, &children::policy_config_map::desired(store)?).await?;
-    Ok(result)
+    let health = match children::policy_config_map::desired(store) {
+        Ok(cm) => {
+            apply(client, ns, &cm).await?;
+            result.0
+        }
+        // The CRD's CEL rules let it through but the sidecar would refuse it:
+        // injected sidecars would exit 2 and crash-loop. Keep what they run.
+        Err(e @ BuildError::InvalidPolicy(_)) => {
+            let kept = keep_policy_config_map(store, client, ns).await?;
+            Health::Degraded {
+                reason: INVALID_POLICY,
+                message: format!("{e}; not applied, sidecars keep {kept}"),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok((health, result.1))
+}
+
+/// Leave the policy ConfigMap as it is, or create the fallback (Validate
+/// everywhere) when there is none; says which, for the condition message.
+async fn keep_policy_config_map(
+    store: &ETagStore,
+    client: &Client,
+    ns: &str,
+) -> Result<&'static str> {
+    let name = names::policy(&store.name_any());
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    if api.get_opt(&name).await?.is_some() {
+        return Ok("the last valid policy");
+    }
+    apply(client, ns, &children::policy_config_map::fallback(store)?).await?;
+    Ok("the default policy (Validate for every path)")
 }
 
 async fn apply_managed(
@@ -436,7 +467,10 @@ async fn announce(
             "children created".into(),
         )
         .await;
-    } else if previous.and_then(|p| p.observed_generation) != new.observed_generation {
+    } else if previous.and_then(|p| p.observed_generation) != new.observed_generation
+        // An invalid spec was not applied; its Degraded event says so.
+        && health.reason() != INVALID_POLICY
+    {
         ctx.event(
             store,
             EventType::Normal,
@@ -470,7 +504,7 @@ async fn announce(
 fn health_changed(previous: Option<&ETagStoreStatus>, health: &Health) -> bool {
     previous
         .and_then(|p| p.conditions.iter().find(|c| c.type_ == DEGRADED))
-        .is_none_or(|c| c.reason != health.reason())
+        .is_none_or(|c| c.reason != health.reason() || c.message != health.message())
 }
 
 /// Run the controller until `shutdown` resolves.

@@ -358,6 +358,138 @@ async fn apply_failure_is_an_error_with_a_degraded_status() {
     drop(fake);
 }
 
+/// A store whose policy passes the CRD's CEL rules (a reversed range is a
+/// balanced class) but not the sidecar's glob parser.
+fn with_invalid_policy(mut store: ETagStore) -> ETagStore {
+    store.metadata.generation = Some(2);
+    store.spec.policy.routes = vec![crate::crd::Route {
+        path: "/items/[z-a]".into(),
+        mode: None,
+        max_age: None,
+        invalidates: vec![],
+        shared: false,
+        require_preconditions: false,
+    }];
+    store
+}
+
+const POLICY_CM: &str = "/api/v1/namespaces/shop/configmaps/cache-policy";
+
+#[tokio::test]
+async fn invalid_policy_is_degraded_and_the_config_map_is_left_alone() {
+    let (ctx, fake, _server) = context();
+    fake.lock().unwrap().ready_replicas = 1;
+    reconcile(Arc::new(fixtures::managed()), ctx.clone())
+        .await
+        .unwrap();
+    let (before, status) = {
+        let mut f = fake.lock().unwrap();
+        let before = f.objects[POLICY_CM].clone();
+        f.seen.clear();
+        (before, status_of(&f))
+    };
+    let mut store = with_invalid_policy(fixtures::managed());
+    store.status = status;
+
+    let action = reconcile(Arc::new(store.clone()), ctx.clone())
+        .await
+        .expect("an invalid policy is a status, not a reconcile error");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    {
+        let f = fake.lock().unwrap();
+        let paths: Vec<&str> = applies(&f).iter().map(|s| s.path.as_str()).collect();
+        assert!(
+            !paths.contains(&POLICY_CM),
+            "policy ConfigMap applied: {paths:?}"
+        );
+        assert!(
+            paths.contains(&"/apis/apps/v1/namespaces/shop/statefulsets/cache-redis"),
+            "the other children are still reconciled: {paths:?}"
+        );
+        assert_eq!(f.objects[POLICY_CM], before, "ConfigMap changed");
+        let st = status_of(&f).unwrap();
+        let degraded = cond(&st, "Degraded");
+        assert_eq!(degraded.status, "True");
+        assert_eq!(degraded.reason, "InvalidPolicy");
+        assert!(
+            degraded
+                .message
+                .starts_with("spec.policy: routes[0].path: ")
+                && degraded.message.contains("[z-a]")
+                && degraded
+                    .message
+                    .ends_with("sidecars keep the last valid policy"),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(cond(&st, "Ready").status, "False");
+        assert_eq!(st.observed_generation, Some(2));
+        let events: Vec<&Value> = f
+            .seen
+            .iter()
+            .filter(|s| s.method == "POST" && s.path.ends_with("/events"))
+            .map(|s| &s.body)
+            .collect();
+        assert!(
+            events.iter().any(|e| e["reason"] == "InvalidPolicy"
+                && e["type"] == "Warning"
+                && e["note"].as_str().unwrap_or_default().contains("[z-a]")),
+            "{events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| e["reason"] == "Updated"),
+            "an unapplied spec is not announced as applied: {events:?}"
+        );
+    }
+
+    // Fixed: applied, and the condition clears.
+    let mut fixed = fixtures::managed();
+    fixed.metadata.generation = Some(3);
+    fixed.spec.policy.mode = crate::crd::Mode::Trust;
+    fixed.status = status_of(&fake.lock().unwrap());
+    fake.lock().unwrap().seen.clear();
+    reconcile(Arc::new(fixed), ctx.clone()).await.unwrap();
+    let f = fake.lock().unwrap();
+    assert!(applies(&f).iter().any(|s| s.path == POLICY_CM));
+    let text = f.objects[POLICY_CM]["data"]["policy.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(text.contains("mode: Trust"), "{text}");
+    let st = status_of(&f).unwrap();
+    assert_eq!(cond(&st, "Degraded").status, "False");
+    assert_eq!(cond(&st, "Ready").status, "True");
+}
+
+#[tokio::test]
+async fn invalid_policy_on_a_new_store_writes_the_default_policy() {
+    let (ctx, fake, _server) = context();
+    reconcile(
+        Arc::new(with_invalid_policy(fixtures::external())),
+        ctx.clone(),
+    )
+    .await
+    .unwrap();
+    let f = fake.lock().unwrap();
+    let text = f.objects[POLICY_CM]["data"]["policy.yaml"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        sametag_policy::Policy::from_yaml(text).unwrap(),
+        sametag_policy::Policy::default(),
+        "{text}"
+    );
+    assert!(!text.contains("[z-a]"), "{text}");
+    let st = status_of(&f).unwrap();
+    assert_eq!(cond(&st, "Degraded").reason, "InvalidPolicy");
+    assert!(
+        cond(&st, "Degraded")
+            .message
+            .ends_with("sidecars keep the default policy (Validate for every path)"),
+        "{}",
+        cond(&st, "Degraded").message
+    );
+}
+
 #[test]
 fn backoff_is_exponential_and_bounded() {
     assert_eq!(backoff(1), Duration::from_secs(5));

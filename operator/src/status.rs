@@ -58,6 +58,9 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 /// Condition type names.
 pub const DEGRADED: &str = "Degraded";
+/// Degraded reason: `spec.policy` passed the CRD's rules but the sidecar's
+/// parser refuses it, so it was not written to the policy ConfigMap.
+pub const INVALID_POLICY: &str = "InvalidPolicy";
 
 /// The new status given `health`, the previous status and `now`.
 pub fn desired(

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use http::uri::Authority;
+use sametag_policy::duration::{DurationError, DurationSyntax, parse_duration_with};
 
 /// sametag sidecar: a reverse proxy in front of one app replica that gives
 /// every replica the same ETag and Last-Modified for the same representation,
@@ -303,8 +304,8 @@ fn parse_authority(s: &str) -> Result<Authority, String> {
 }
 
 /// Durations read like the policy file's: `500ms`, `30s`, `5m`, `1h`, `1m30s`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::policy::parse_duration(s.trim())
+fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    parse_duration_with(s, DurationSyntax::SIDECAR_FLAG)
 }
 
 /// Sizes read like the policy file's `maxBodyBytes`: `64Mi`, `512Ki`, bytes.

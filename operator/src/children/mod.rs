@@ -42,6 +42,10 @@ pub enum BuildError {
     /// The policy could not be rendered as YAML.
     #[error("cannot render the policy of {0}: {1}")]
     Policy(String, serde_yaml_ng::Error),
+    /// The sidecar's parser refuses the policy: writing it would crash-loop
+    /// every injected sidecar, so the ConfigMap is not applied.
+    #[error("spec.policy: {0}")]
+    InvalidPolicy(sametag_policy::PolicyError),
 }
 
 /// Names of the children of one store.

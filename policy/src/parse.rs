@@ -1,11 +1,12 @@
 //! Validation of a [`PolicySpec`] into a [`Policy`], and the scalar formats
-//! it uses (durations, Kubernetes byte quantities).
+//! it uses (Kubernetes byte quantities; durations are in [`super::duration`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
+use super::duration::parse_duration;
 use super::{
     DEFAULT_MAX_AGE, DEFAULT_MAX_BODY_BYTES, MAX_MAX_AGE, MAX_MAX_BODY_BYTES, Mode, Policy,
     PolicyError, PolicySpec, Route, compile_glob, glob_set, one_line,
@@ -105,7 +106,7 @@ fn max_age(field: &str, v: &Value) -> Result<Duration, PolicyError> {
             "expected a duration such as 500ms, 30s, 5m or 1h",
         ));
     };
-    let d = parse_duration(s).map_err(|e| invalid(field, e))?;
+    let d = parse_duration(s).map_err(|e| invalid(field, e.to_string()))?;
     if d.is_zero() || d > MAX_MAX_AGE {
         return Err(invalid(
             field,
@@ -134,56 +135,6 @@ fn body_bytes(v: &Value) -> Result<u64, PolicyError> {
         ));
     }
     Ok(n)
-}
-
-/// Parse a duration: one or more `<integer><unit>` with unit `ms`, `s`, `m`
-/// or `h` (`500ms`, `30s`, `1m30s`). Whole milliseconds only.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration `{s}` (expected e.g. 500ms, 30s, 5m, 1h)");
-    let b = s.as_bytes();
-    if b.is_empty() || b.len() > 64 {
-        return Err(bad());
-    }
-    let mut total: u64 = 0;
-    let mut i = 0;
-    while i < b.len() {
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        let n: u64 = s[start..i].parse().map_err(|_| bad())?;
-        let unit_ms: u64 = if b[i..].starts_with(b"ms") {
-            i += 2;
-            1
-        } else {
-            let u = match b.get(i) {
-                Some(b's') => 1_000,
-                Some(b'm') => 60_000,
-                Some(b'h') => 3_600_000,
-                _ => return Err(bad()),
-            };
-            i += 1;
-            u
-        };
-        total = n
-            .checked_mul(unit_ms)
-            .and_then(|ms| total.checked_add(ms))
-            .ok_or_else(bad)?;
-    }
-    Ok(Duration::from_millis(total))
-}
-
-/// Format a duration in the largest unit that divides it (`1h`, `90s`,
-/// `1500ms`); [`parse_duration`] reads it back.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    match ms {
-        0 => "0s".to_owned(),
-        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
-        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
-        _ if ms.is_multiple_of(1_000) => format!("{}s", ms / 1_000),
-        _ => format!("{ms}ms"),
-    }
 }
 
 /// Parse a byte count: an integer with an optional Kubernetes suffix
