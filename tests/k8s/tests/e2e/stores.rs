@@ -1,7 +1,8 @@
-//! Scenarios 2 and 3: a managed ETagStore's children, status, printer
+//! Scenarios 2, 3 and 10: a managed ETagStore's children, status, printer
 //! columns, drift repair and garbage collection; an external ETagStore's
 //! Degraded → Ready as its Secret appears and changes, within seconds (the
-//! operator watches Secrets; no waiting for a requeue).
+//! operator watches Secrets; no waiting for a requeue); a policy only the
+//! sidecar's parser refuses never reaches the policy ConfigMap.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
 use kube::api::{
@@ -329,5 +331,119 @@ pub async fn external(ctx: &Ctx) -> Result<()> {
     if !owned::<StatefulSet>(&ctx.admin, ns, &uid).await?.is_empty() {
         return Err(err("an external store must not get a StatefulSet"));
     }
+    Ok(())
+}
+
+/// Scenario 10: a policy the CRD's CEL rules accept but the sidecar's parser
+/// refuses (a reversed range in a glob) is not written: the store is
+/// Degraded/InvalidPolicy with the parser's message and a Warning Event, the
+/// policy ConfigMap keeps the last valid policy (so injected sidecars keep
+/// starting), and fixing the policy applies it and clears the condition.
+pub async fn invalid_policy(ctx: &Ctx) -> Result<()> {
+    ctx.require_operator()?;
+    let ns = "e2e-invalid-policy";
+    create_namespace(&ctx.admin, ns, &[]).await?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.admin.clone(), ns);
+    secrets
+        .create(&PostParams::default(), &password_secret("password"))
+        .await?;
+    let api = etagstores(&ctx.admin, ns);
+    let obj = etagstore(
+        "shop",
+        json!({
+            "redis": { "external": { "url": "redis://redis.shared.svc:6379/0", "secretRef": { "name": "redis-pass" } } },
+            "policy": { "mode": "Trust", "maxAge": "30s", "routes": [{ "path": "/api/items/**", "maxAge": "1m" }] }
+        }),
+    )?;
+    api.create(&PostParams::default(), &obj).await?;
+    wait_condition(&api, "shop", "Ready", "True", WAIT).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.admin.clone(), ns);
+    let policy_text = |cm: ConfigMap| {
+        cm.data
+            .and_then(|d| d.get("policy.yaml").cloned())
+            .unwrap_or_default()
+    };
+    let valid = policy_text(cms.get("shop-policy").await?);
+    sametag_policy::Policy::from_yaml(&valid).map_err(|e| {
+        err(format!(
+            "the operator wrote a policy the sidecar refuses: {e}\n{valid}"
+        ))
+    })?;
+    if !valid.contains("/api/items/**") {
+        return Err(err(format!("policy ConfigMap lacks the route:\n{valid}")));
+    }
+
+    // The apiserver accepts it (every [ closes), the sidecar would exit 2.
+    let bad = json!({ "spec": { "policy": { "routes": [{ "path": "/api/items/[z-a]", "maxAge": "1m" }] } } });
+    api.patch("shop", &PatchParams::default(), &Patch::Merge(&bad))
+        .await
+        .map_err(|e| {
+            err(format!(
+                "the CRD refused the policy this scenario needs it to accept: {e}"
+            ))
+        })?;
+    let store = wait_condition(&api, "shop", "Degraded", "True", WAIT).await?;
+    let (_, reason, message) = condition(&store, "Degraded").unwrap_or_default();
+    if reason != "InvalidPolicy"
+        || !message.starts_with("spec.policy: routes[0].path: ")
+        || !message.contains("[z-a]")
+    {
+        return Err(err(format!(
+            "Degraded must carry InvalidPolicy and the parser's message: reason {reason:?}, message {message:?}"
+        )));
+    }
+    // Let a few reconciles pass (the status write triggers one), then the
+    // ConfigMap must still hold the last valid policy.
+    tokio::time::sleep(SETTLE).await;
+    let kept = policy_text(cms.get("shop-policy").await?);
+    if kept != valid {
+        return Err(err(format!(
+            "the policy ConfigMap changed under an invalid policy:\nbefore:\n{valid}\nafter:\n{kept}"
+        )));
+    }
+    let events: Api<Event> = Api::namespaced(ctx.admin.clone(), ns);
+    wait::until("a Warning Event InvalidPolicy", WAIT, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await?;
+            let seen: Vec<String> = list
+                .items
+                .iter()
+                .map(|e| format!("{:?}/{:?}", e.type_, e.reason))
+                .collect();
+            let found = list.items.iter().any(|e| {
+                e.reason.as_deref() == Some("InvalidPolicy")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.note.as_deref().is_some_and(|n| n.contains("[z-a]"))
+            });
+            if found {
+                Ok(Some(()))
+            } else {
+                Err(err(format!("events so far: {seen:?}")))
+            }
+        }
+    })
+    .await?;
+
+    // Fixed: applied at once, the condition clears.
+    let good = json!({ "spec": { "policy": { "routes": [{ "path": "/api/v2/[a-z]*/**", "maxAge": "1m" }] } } });
+    api.patch("shop", &PatchParams::default(), &Patch::Merge(&good))
+        .await?;
+    let store = wait_condition(&api, "shop", "Degraded", "False", WAIT).await?;
+    if condition(&store, "Ready").is_none_or(|(s, _, _)| s != "True") {
+        return Err(err(format!(
+            "not Ready after the fix: {}",
+            status_summary(&store)
+        )));
+    }
+    let fixed = policy_text(cms.get("shop-policy").await?);
+    if !fixed.contains("/api/v2/[a-z]*/**") {
+        return Err(err(format!("the fixed policy was not applied:\n{fixed}")));
+    }
+    sametag_policy::Policy::from_yaml(&fixed).map_err(|e| {
+        err(format!(
+            "the operator wrote a policy the sidecar refuses: {e}\n{fixed}"
+        ))
+    })?;
     Ok(())
 }

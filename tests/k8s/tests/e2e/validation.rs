@@ -23,7 +23,9 @@ pub async fn rejected(ctx: &Ctx) -> Result<()> {
         json!({
             "redis": { "external": { "url": "rediss://redis.shared.svc:6379/0", "secretRef": { "name": "pw" } } },
             "policy": { "mode": "Trust", "maxAge": "30s",
-                        "routes": [{ "path": "/api/**", "mode": "Trust", "maxAge": "1m", "invalidates": ["/api"] }] }
+                        "maxBodyBytes": 1048576,
+                        "routes": [{ "path": "/api/**", "mode": "Trust", "maxAge": "1m", "invalidates": ["/api", "/api/{items,tags}/[!_]*"] },
+                                   { "path": "/static/{css,{js,mjs}}/[]a-z]*.{css,js}", "mode": "Validate", "invalidates": ["/static/\\{x\\}"] }] }
         }),
     )?;
     api.create(&dry, &valid)
@@ -70,6 +72,39 @@ pub async fn rejected(ctx: &Ctx) -> Result<()> {
         (
             json!({ "policy": { "mode": "Sometimes" } }),
             "Unsupported value",
+        ),
+        // Globs the sidecar's parser cannot compile, as far as a regex sees.
+        (
+            json!({ "policy": { "routes": [{ "path": "/a/[b" }] } }),
+            "routes[].path is not a valid glob",
+        ),
+        (
+            json!({ "policy": { "routes": [{ "path": "/a/{b,c" }] } }),
+            "routes[].path is not a valid glob",
+        ),
+        (
+            json!({ "policy": { "routes": [{ "path": "/a/b}" }] } }),
+            "routes[].path is not a valid glob",
+        ),
+        (
+            json!({ "policy": { "routes": [{ "path": "/a", "invalidates": ["/a/[!]"] }] } }),
+            "a routes[].invalidates entry is not a valid glob",
+        ),
+        (
+            json!({ "policy": { "maxBodyBytes": "8MB" } }),
+            "maxBodyBytes must be a byte count from 1 to 1Gi",
+        ),
+        (
+            json!({ "policy": { "maxBodyBytes": 0 } }),
+            "maxBodyBytes must be a byte count from 1 to 1Gi",
+        ),
+        (
+            json!({ "policy": { "maxBodyBytes": "2147483648" } }),
+            "maxBodyBytes must be a byte count from 1 to 1Gi",
+        ),
+        (
+            json!({ "policy": { "mode": "Trust", "maxAge": "1.5h" } }),
+            "should match",
         ),
     ];
     let mut problems = Vec::new();
