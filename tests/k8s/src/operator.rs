@@ -34,6 +34,10 @@ pub struct OperatorConfig {
     pub metrics_port: u16,
     /// Where its log goes (appended across restarts).
     pub log: PathBuf,
+    /// Its identity in the leader Lease.
+    pub identity: String,
+    /// Flags appended to [`OperatorConfig::args`] (a scenario's overrides).
+    pub extra_args: Vec<String>,
 }
 
 impl OperatorConfig {
@@ -52,6 +56,20 @@ impl OperatorConfig {
             webhook_port: free_port()?,
             metrics_port: free_port()?,
             log: scratch.join("operator.log"),
+            identity: "e2e-operator".into(),
+            extra_args: Vec::new(),
+        })
+    }
+
+    /// A second replica: same cluster identity and Lease, its own ports,
+    /// log and Lease identity.
+    pub fn replica(&self, identity: &str, scratch: &Path) -> Result<Self> {
+        Ok(Self {
+            webhook_port: free_port()?,
+            metrics_port: free_port()?,
+            log: scratch.join(format!("{identity}.log")),
+            identity: identity.into(),
+            ..self.clone()
         })
     }
 
@@ -69,7 +87,7 @@ impl OperatorConfig {
     /// the chart's replicaCount > 1, so the Lease really exists; the identity
     /// is fixed, so a restarted operator holds the Lease again at once.
     pub fn args(&self) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "run".into(),
             format!("--namespace={}", self.namespace),
             format!("--webhook-listen=127.0.0.1:{}", self.webhook_port),
@@ -80,12 +98,14 @@ impl OperatorConfig {
             format!("--metrics-listen=127.0.0.1:{}", self.metrics_port),
             "--leader-elect=true".into(),
             format!("--lease-name={}", self.lease_name()),
-            "--identity=e2e-operator".into(),
+            format!("--identity={}", self.identity),
             "--log-format=text".into(),
             "--log=info,sametag_operator=debug".into(),
             // Fast resync so status.injectedPods follows within a test.
             "--resync=5s".into(),
-        ]
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        args
     }
 }
 

@@ -123,6 +123,14 @@ async fn chart_operator_and_webhook_against_a_real_control_plane() {
         leader::released_on_sigterm(&mut ctx)
     );
     scenario!(
+        "9b leader election: a second replica takes the Lease after the leader's SIGTERM and reconciles",
+        leader::handover_on_sigterm(&mut ctx)
+    );
+    scenario!(
+        "7c certificate rotation: 30 s certificates reissued while pods keep being injected",
+        certs::rotates_while_injecting(&mut ctx)
+    );
+    scenario!(
         "8b ownership: a restarted operator adopts an unowned Secret and Lease",
         owned::adopted_after_restart(&mut ctx)
     );

@@ -27,7 +27,7 @@ fn err(msg: impl Into<String>) -> Error {
 }
 
 /// A Ready external store `web` (and its Secret) in `ns`.
-async fn store(ctx: &Ctx, ns: &str, labels: &[(&str, &str)]) -> Result<()> {
+pub(crate) async fn store(ctx: &Ctx, ns: &str, labels: &[(&str, &str)]) -> Result<()> {
     create_namespace(&ctx.admin, ns, labels).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.admin.clone(), ns);
     let secret = Secret {
@@ -77,7 +77,7 @@ fn pod(name: &str, annotations: serde_json::Value) -> Result<Pod> {
 }
 
 /// Create a pod and return what the apiserver stored (after admission).
-async fn create_pod(
+pub(crate) async fn create_pod(
     ctx: &Ctx,
     ns: &str,
     name: &str,
@@ -106,7 +106,7 @@ fn describe(pod: &Pod) -> String {
 }
 
 /// Everything the design says an injected pod carries.
-fn check_injected(pod: &Pod) -> Result<()> {
+pub(crate) fn check_injected(pod: &Pod) -> Result<()> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let side = sidecars(pod);
     let [sc] = side.as_slice() else {
