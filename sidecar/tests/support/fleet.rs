@@ -399,13 +399,7 @@ pub async fn call(
         .await
         .expect("a response within 15 s")
         .expect("a response");
-    let (parts, b) = response.into_parts();
-    let body = b.collect().await.unwrap().to_bytes();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Got::collect(response).await
 }
 
 /// One test per store: `over_stores! { a, b }` defines `in_memory::a`,

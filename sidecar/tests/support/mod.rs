@@ -281,6 +281,17 @@ pub struct Got {
 }
 
 impl Got {
+    /// Collect a response: status, headers and the whole body.
+    pub async fn collect(response: Response<Incoming>) -> Got {
+        let (parts, b) = response.into_parts();
+        let body = b.collect().await.unwrap().to_bytes();
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
     /// A header as a string ("" when absent).
     pub fn header(&self, name: &str) -> String {
         self.headers
@@ -357,13 +368,7 @@ pub async fn send_raw_values(
         .await
         .expect("response within 10s")
         .expect("a response");
-    let (parts, b) = response.into_parts();
-    let body = b.collect().await.unwrap().to_bytes();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Got::collect(response).await
 }
 
 /// Write raw bytes on a fresh connection and read until the peer closes (or

@@ -26,6 +26,22 @@ impl Haproxy {
     /// Balance over `servers` (named s0, s1, ...). Each response carries
     /// `X-LB-Server: sN` so tests can see which replica answered.
     pub async fn start(dir: &Path, servers: &[SocketAddr]) -> Result<Self> {
+        // A port free a moment ago can be taken meanwhile (an outgoing
+        // connection's ephemeral port): start again on fresh ports then.
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(dir, servers).await {
+                Err(HarnessError::NotReady { log, .. })
+                    if attempt < 5 && log.contains("Address already in use") =>
+                {
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once(dir: &Path, servers: &[SocketAddr]) -> Result<Self> {
         let bin = tools::require("haproxy")?;
         let addr = free_addr()?;
         let h2_addr = free_addr()?;
