@@ -12,9 +12,23 @@ static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// A loopback address on a port that was free a moment ago and that this
 /// process has not handed out before (tests run in parallel threads).
+///
+/// Ports come from below the kernel's ephemeral range when there is room:
+/// a port picked with `bind(:0)` is an ephemeral one, which an outgoing
+/// connection may take before the server that was meant to get it binds it.
 pub fn free_addr() -> Result<SocketAddr> {
-    for _ in 0..100 {
-        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::io("bind :0", e))?;
+    let (low, _) = ephemeral_range();
+    for attempt in 0..200u32 {
+        let candidate = if low > 12_000 && attempt < 150 {
+            let span = u32::from(low) - 10_000;
+            let pick = 10_000 + (getrandom_u32() % span);
+            u16::try_from(pick).unwrap_or(0)
+        } else {
+            0
+        };
+        let Ok(l) = TcpListener::bind(("127.0.0.1", candidate)) else {
+            continue;
+        };
         let addr = l
             .local_addr()
             .map_err(|e| HarnessError::io("local_addr", e))?;
@@ -25,8 +39,35 @@ pub fn free_addr() -> Result<SocketAddr> {
     }
     Err(HarnessError::io(
         "pick a free port",
-        std::io::Error::other("no fresh port after 100 tries"),
+        std::io::Error::other("no fresh port after 200 tries"),
     ))
+}
+
+/// The kernel's ephemeral port range (Linux), or the IANA default.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((49_152, 65_535))
+}
+
+/// A random number without a dependency: the standard library's hasher is
+/// randomly keyed per process, mixed with the time and a counter.
+fn getrandom_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u32
 }
 
 /// Wait until `addr` accepts TCP connections, or fail with the process's log.
