@@ -122,6 +122,23 @@ fn tally(results: Vec<Got>) -> (usize, usize) {
     (tagged, results.len() - tagged)
 }
 
+/// Wait for every response (all must complete, with the right bytes), then
+/// check that some were tagged and memory stayed bounded.
+async fn all_bounded(tasks: Vec<tokio::task::JoinHandle<Got>>, sidecar: &Binary, label: &str) {
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(
+            tokio::time::timeout(Duration::from_secs(120), task)
+                .await
+                .expect("all complete")
+                .unwrap(),
+        );
+    }
+    let (tagged, over) = tally(results);
+    assert!(tagged > 0, "tagging still happens within the budget");
+    assert_bounded(sidecar, label, tagged, over).await;
+}
+
 /// Peak RSS under the limit, and the budget given back once the bodies are
 /// sent (the gauge reads 0).
 async fn assert_bounded(sidecar: &Binary, what: &str, tagged: usize, over: usize) {
@@ -164,18 +181,7 @@ async fn http1_64_connections_of_7_mib_stay_under_the_memory_limit() {
             })
         })
         .collect();
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(
-            tokio::time::timeout(Duration::from_secs(120), task)
-                .await
-                .expect("all complete")
-                .unwrap(),
-        );
-    }
-    let (tagged, over) = tally(results);
-    assert!(tagged > 0, "tagging still happens within the budget");
-    assert_bounded(&sidecar, "HTTP/1.1", tagged, over).await;
+    all_bounded(tasks, &sidecar, "HTTP/1.1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,18 +209,7 @@ async fn http2_one_connection_64_streams_of_7_mib_stay_under_the_memory_limit() 
             })
         })
         .collect();
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(
-            tokio::time::timeout(Duration::from_secs(120), task)
-                .await
-                .expect("all complete")
-                .unwrap(),
-        );
-    }
-    let (tagged, over) = tally(results);
-    assert!(tagged > 0, "tagging still happens within the budget");
-    assert_bounded(&sidecar, "HTTP/2", tagged, over).await;
+    all_bounded(tasks, &sidecar, "HTTP/2").await;
 }
 
 #[tokio::test]

@@ -210,16 +210,7 @@ async fn faults_during_load_fail_no_get_and_lose_no_update() {
     // app's log says which. Acknowledged ones must be there exactly once,
     // and no applied write may have overwritten another (its base is the
     // counter value it replaced).
-    assert!(
-        applied.not_exactly_once.is_empty(),
-        "acknowledged writes not applied exactly once: {:?}",
-        applied.not_exactly_once
-    );
-    assert!(
-        applied.stale_base.is_empty(),
-        "lost updates (applied on a stale base): {:#?}",
-        applied.stale_base
-    );
+    applied.assert_no_lost_update();
     assert_eq!(
         counter, applied.applied,
         "the counter must count every applied write"

@@ -57,16 +57,7 @@ async fn concurrent_if_match_updates_lose_nothing() {
         // and every lock released after each write (also after a 412), none.
         assert_eq!(s.unavailable, 0, "unexpected 503s: {s:?}");
         assert_eq!(s.successes, planned, "every planned write must complete");
-        assert!(
-            applied.not_exactly_once.is_empty(),
-            "acknowledged writes not applied exactly once: {:?}",
-            applied.not_exactly_once
-        );
-        assert!(
-            applied.stale_base.is_empty(),
-            "lost updates: {:?}",
-            applied.stale_base
-        );
+        applied.assert_no_lost_update();
         assert_eq!(
             applied.applied, s.successes,
             "writes applied but not acknowledged"

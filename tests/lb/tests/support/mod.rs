@@ -193,6 +193,23 @@ pub struct AppliedCheck {
     pub stale_base: Vec<String>,
 }
 
+impl AppliedCheck {
+    /// No lost update: every acknowledged write applied exactly once, and
+    /// none applied on a stale base.
+    pub fn assert_no_lost_update(&self) {
+        assert!(
+            self.not_exactly_once.is_empty(),
+            "acknowledged writes not applied exactly once: {:?}",
+            self.not_exactly_once
+        );
+        assert!(
+            self.stale_base.is_empty(),
+            "lost updates (applied on a stale base): {:#?}",
+            self.stale_base
+        );
+    }
+}
+
 /// Check `doc`'s applied-write log against the acknowledged request ids.
 pub fn check_applied(c: &Cluster, doc: &str, acked: &[String]) -> AppliedCheck {
     let log = sametag_lb_e2e::app::applied_log(&c.data_dir).expect("applied log");
