@@ -201,13 +201,12 @@ impl Context {
 
     /// The table of contents of a request.
     async fn dispatch(&self, req: Request<Incoming>, lane: Option<Lane>) -> Answer {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         check_host(&parts)?;
 
         // Step 1, policy: the route of the canonical path, which is also
         // what the app receives (it must serve what was judged).
         let policy = self.policy.current();
-        let mut parts = parts;
         let target = CanonicalTarget::of(&parts);
         canonicalise_target(&mut parts, &target)?;
 
