@@ -26,7 +26,8 @@ use crate::tag::EntityTag;
 pub(super) enum Known {
     /// A validation younger than `maxAge`, not invalidated since.
     Fresh {
-        entry: Entry,
+        /// The store's validators for it.
+        validators: Validators,
         /// The resource's `Vary` names (a trusted 304 repeats them).
         vary: Vec<String>,
     },
@@ -79,7 +80,7 @@ impl Context {
             return Ok(Known::Stale);
         }
         Ok(Known::Fresh {
-            entry: entry.clone(),
+            validators: shared_validators(entry.clone()),
             vary: resource.vary,
         })
     }
@@ -167,10 +168,15 @@ impl Context {
             .record(&ex.key, vary, variant, tag, trust)
             .await
             .inspect_err(|e| self.store_failed("record", e))?;
-        Ok(Validators {
-            tag: entry.tag,
-            last_modified: Some(entry.last_modified),
-        })
+        Ok(shared_validators(entry))
+    }
+}
+
+/// The validators every replica hands out for a store entry.
+fn shared_validators(entry: Entry) -> Validators {
+    Validators {
+        tag: entry.tag,
+        last_modified: Some(entry.last_modified),
     }
 }
 

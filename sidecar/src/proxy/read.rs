@@ -27,11 +27,7 @@ impl Context {
         let mut stale = !ex.conditions.is_empty();
         if ex.route.mode == Mode::Trust && !ex.conditions.is_empty() {
             match self.known(ex).await {
-                Ok(Known::Fresh { entry, vary }) => {
-                    let validators = Validators {
-                        tag: entry.tag,
-                        last_modified: Some(entry.last_modified),
-                    };
+                Ok(Known::Fresh { validators, vary }) => {
                     if let Some(hit) = self.trusted_not_modified(ex, &validators, &vary) {
                         return Ok((hit, Outcome::trusted_not_modified));
                     }

@@ -182,13 +182,10 @@ impl Context {
     /// app with the writer's credentials (the read path's own step). A store
     /// failure fails the write closed.
     async fn judge(&self, ex: &Exchange) -> Result<Judge, ProxyError> {
-        if let Known::Fresh { entry, .. } =
+        if let Known::Fresh { validators, .. } =
             self.known(ex).await.map_err(ProxyError::StoreUnavailable)?
         {
-            return Ok(Judge::Sidecar(Some(Validators {
-                tag: entry.tag,
-                last_modified: Some(entry.last_modified),
-            })));
+            return Ok(Judge::Sidecar(Some(validators)));
         }
         // A GET with the write's headers, minus its body and preconditions.
         let mut parts = ex.parts.clone();
