@@ -27,6 +27,44 @@ pub enum Command {
     Crdgen,
     /// Run the controller, the mutating admission webhook and the metrics server.
     Run(Box<RunArgs>),
+    /// Invalidate paths, globs or surrogate keys in ETag stores from outside
+    /// HTTP (after a batch job or a direct database write): through the
+    /// kube-apiserver's pod proxy, one ready sidecar of each store applies
+    /// the purge to the store every replica shares, and answers once it is
+    /// acknowledged. Needs `get` on the store's `<store>-purge` Secret and
+    /// `create` on `pods/proxy`.
+    Invalidate(InvalidateArgs),
+}
+
+/// Flags of `sametag-operator invalidate`.
+#[derive(Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["paths", "keys"])))]
+pub struct InvalidateArgs {
+    /// ETagStore to purge in (repeatable); default: every store in the
+    /// namespace (or in every namespace with --all-namespaces).
+    #[arg(long = "store", value_name = "NAME")]
+    pub stores: Vec<String>,
+
+    /// Namespace of the stores (default: the kubeconfig context's).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+
+    /// Every namespace.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+
+    /// A canonical path (`/items/7`) or a glob (`/items/**`) to invalidate
+    /// for every Host, query and user (repeatable).
+    #[arg(long = "path", value_name = "PATH|GLOB")]
+    pub paths: Vec<String>,
+
+    /// A surrogate key the app put in `Surrogate-Key` (repeatable).
+    #[arg(long = "key", value_name = "KEY")]
+    pub keys: Vec<String>,
+
+    /// How long one purge request may take (e.g. `10s`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Log output format.

@@ -5,6 +5,7 @@
 pub mod children;
 pub mod config;
 pub mod crd;
+pub mod invalidate;
 pub mod metrics;
 pub mod owner;
 pub mod reconcile;

@@ -1,10 +1,11 @@
 //! `sametag-operator`: `crdgen` prints the CRD, `run` runs the controller,
-//! the admission webhook and the metrics server.
+//! the admission webhook and the metrics server, `invalidate` purges paths
+//! and surrogate keys in stores through the cluster.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use sametag_operator::config::{Cli, Command, LogFormat, RunArgs};
+use sametag_operator::config::{Cli, Command, InvalidateArgs, LogFormat, RunArgs};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -21,6 +22,28 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => run(*args),
+        Command::Invalidate(args) => invalidate(args),
+    }
+}
+
+fn invalidate(args: InvalidateArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sametag-operator: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sametag_operator::invalidate::run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("sametag-operator invalidate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

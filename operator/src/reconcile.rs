@@ -213,6 +213,18 @@ async fn apply_children(
     ns: &str,
 ) -> Result<(Health, Option<String>)> {
     let client = &ctx.client;
+    // The purge token exists for every store, managed or external.
+    let token = generated_once(
+        store,
+        ctx,
+        ns,
+        names::purge(&store.name_any()),
+        children::secret::existing_purge_token,
+        "PurgeTokenCreated",
+        "the purge token",
+    )
+    .await?;
+    apply(client, ns, &children::secret::purge_token(store, &token)?).await?;
     let result = match (store.managed(), store.spec.redis.external.as_ref()) {
         (Some(redis), _) => apply_managed(store, ctx, ns, redis).await?,
         (None, Some(external)) => {
@@ -273,30 +285,16 @@ async fn apply_managed(
 ) -> Result<(Health, Option<String>)> {
     let client = &ctx.client;
     let name = store.name_any();
-    // The password is generated once; every later apply carries the stored one.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let existing = secrets
-        .get_opt(&names::secret(&name))
-        .await?
-        .as_ref()
-        .and_then(children::secret::existing_password);
-    let password = match existing {
-        Some(p) => p,
-        None => {
-            let p = children::secret::generate_password();
-            ctx.event(
-                store,
-                EventType::Normal,
-                "PasswordCreated",
-                format!(
-                    "generated the Redis password in Secret {}",
-                    names::secret(&name)
-                ),
-            )
-            .await;
-            p
-        }
-    };
+    let password = generated_once(
+        store,
+        ctx,
+        ns,
+        names::secret(&name),
+        children::secret::existing_password,
+        "PasswordCreated",
+        "the Redis password",
+    )
+    .await?;
     apply(client, ns, &children::secret::desired(store, &password)?).await?;
     apply(client, ns, &children::redis_config::desired(store, redis)?).await?;
     let sts = apply(client, ns, &children::redis::desired(store, redis)?).await?;
@@ -326,6 +324,32 @@ async fn apply_managed(
         }
     };
     Ok((health, Some(children::service::endpoint(store))))
+}
+
+/// The value a generated Secret already holds (read by `existing`), or a
+/// fresh one, announced with an Event: generated once, then carried into
+/// every later apply so it never changes.
+async fn generated_once(
+    store: &ETagStore,
+    ctx: &Context,
+    ns: &str,
+    secret: String,
+    existing: fn(&Secret) -> Option<String>,
+    reason: &str,
+    what: &str,
+) -> Result<String> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(value) = secrets.get_opt(&secret).await?.as_ref().and_then(existing) {
+        return Ok(value);
+    }
+    ctx.event(
+        store,
+        EventType::Normal,
+        reason,
+        format!("generated {what} in Secret {secret}"),
+    )
+    .await;
+    Ok(children::secret::generate_password())
 }
 
 async fn check_external(

@@ -173,6 +173,7 @@ async fn create_applies_every_child_with_ssa_and_reports_progress() {
     assert_eq!(
         paths,
         [
+            "/api/v1/namespaces/shop/secrets/cache-purge",
             "/api/v1/namespaces/shop/secrets/cache-redis",
             "/api/v1/namespaces/shop/configmaps/cache-redis-config",
             "/apis/apps/v1/namespaces/shop/statefulsets/cache-redis",
@@ -216,14 +217,16 @@ async fn password_is_kept_and_drift_is_repaired() {
     reconcile(Arc::new(fixtures::managed()), ctx.clone())
         .await
         .unwrap();
-    let (password, sts_path) = {
+    let (password, token, sts_path) = {
         let mut f = fake.lock().unwrap();
         let p = f.objects[&format!("{BASE}/secrets/cache-redis")]["data"]["password"].clone();
+        let t = f.objects[&format!("{BASE}/secrets/cache-purge")]["data"]["token"].clone();
+        assert!(t.is_string(), "a purge token was generated");
         // Someone scales Redis by hand and edits its config.
         let sts = "/apis/apps/v1/namespaces/shop/statefulsets/cache-redis".to_owned();
         f.objects.get_mut(&sts).unwrap()["spec"]["replicas"] = json!(0);
         f.seen.clear();
-        (p, sts)
+        (p, t, sts)
     };
     reconcile(Arc::new(fixtures::managed()), ctx.clone())
         .await
@@ -237,7 +240,16 @@ async fn password_is_kept_and_drift_is_repaired() {
         f.objects[&sts_path]["spec"]["replicas"], 1,
         "drift repaired by the apply"
     );
+    assert_eq!(
+        f.objects[&format!("{BASE}/secrets/cache-purge")]["data"]["token"],
+        token
+    );
     assert!(!f.seen.iter().any(|s| s.body["reason"] == "PasswordCreated"));
+    assert!(
+        !f.seen
+            .iter()
+            .any(|s| s.body["reason"] == "PurgeTokenCreated")
+    );
 }
 
 #[tokio::test]
@@ -284,8 +296,11 @@ async fn external_without_secret_is_degraded_and_requeued() {
     let paths: Vec<&str> = applies(&f).iter().map(|s| s.path.as_str()).collect();
     assert_eq!(
         paths,
-        ["/api/v1/namespaces/shop/configmaps/cache-policy"],
-        "no Redis workload in external mode"
+        [
+            "/api/v1/namespaces/shop/secrets/cache-purge",
+            "/api/v1/namespaces/shop/configmaps/cache-policy"
+        ],
+        "no Redis workload in external mode; a purge token all the same"
     );
     let st = status_of(&f).unwrap();
     assert_eq!(cond(&st, "Degraded").status, "True");

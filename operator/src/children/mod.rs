@@ -23,6 +23,8 @@ pub const STORE_LABEL: &str = "sametag.dev/store";
 pub const OWNER_LABEL: &str = "sametag.dev/etagstore";
 /// Key of the Redis password in the password Secret.
 pub const PASSWORD_KEY: &str = "password";
+/// Key of the purge token in the purge-token Secret.
+pub const PURGE_TOKEN_KEY: &str = "token";
 /// Key of the policy file in the policy ConfigMap.
 pub const POLICY_KEY: &str = "policy.yaml";
 /// Key of the Redis configuration in its ConfigMap.
@@ -69,6 +71,10 @@ pub mod names {
     /// The NetworkPolicy in front of Redis.
     pub fn network_policy(store: &str) -> String {
         format!("{store}-redis")
+    }
+    /// The purge-token Secret (every store).
+    pub fn purge(store: &str) -> String {
+        format!("{store}-purge")
     }
     /// The sidecar policy ConfigMap.
     pub fn policy(store: &str) -> String {

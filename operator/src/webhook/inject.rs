@@ -14,13 +14,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Pod,
-    Probe, ResourceRequirements, SecretKeySelector, Volume, VolumeMount,
+    Probe, ResourceRequirements, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use crate::children::{PASSWORD_KEY, STORE_LABEL, names, redis::restricted_container};
+use crate::children::{
+    PASSWORD_KEY, PURGE_TOKEN_KEY, STORE_LABEL, names, redis::restricted_container,
+};
 use crate::crd::ETagStore;
 
 /// Annotation/label that opts a pod in (`"true"`) or out (`"false"`).
@@ -39,6 +41,10 @@ pub const SIDECAR_NAME: &str = "sametag-sidecar";
 pub const POLICY_VOLUME: &str = "sametag-policy";
 /// Where the policy is mounted.
 pub const POLICY_DIR: &str = "/etc/sametag";
+/// Volume holding the store's purge token (its `<store>-purge` Secret).
+pub const PURGE_VOLUME: &str = "sametag-purge";
+/// Where the purge token is mounted in the sidecar.
+pub const PURGE_DIR: &str = "/etc/sametag-purge";
 /// UID the sidecar runs as (distroless `nonroot`).
 pub const SIDECAR_UID: i64 = 65532;
 /// Name of the sidecar port when the app port has none.
@@ -310,6 +316,17 @@ pub fn inject(
         }),
         ..Volume::default()
     });
+    // Optional: a pod admitted before its store's first reconcile still
+    // starts (purging stays refused until the kubelet syncs the token in).
+    spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: PURGE_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names::purge(&store.name_any())),
+            optional: Some(true),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
     out.metadata
         .labels
         .get_or_insert_with(BTreeMap::new)
@@ -412,6 +429,10 @@ fn sidecar(
                 format!("{namespace}/{}", store.name_any()),
             ),
             env("SAMETAG_ADMIN", format!("0.0.0.0:{admin}")),
+            env(
+                "SAMETAG_PURGE_TOKEN_FILE",
+                format!("{PURGE_DIR}/{PURGE_TOKEN_KEY}"),
+            ),
         ]),
         ports: Some(vec![
             ContainerPort {
@@ -427,12 +448,20 @@ fn sidecar(
                 ..ContainerPort::default()
             },
         ]),
-        volume_mounts: Some(vec![VolumeMount {
-            name: POLICY_VOLUME.into(),
-            mount_path: POLICY_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: POLICY_VOLUME.into(),
+                mount_path: POLICY_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: PURGE_VOLUME.into(),
+                mount_path: PURGE_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
         startup_probe: Some(probe("/healthz", 1, 30)),
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 3)),

@@ -177,6 +177,29 @@ fn opt_in_by_annotation_injects_a_native_sidecar_and_moves_the_named_port() {
         .find(|v| v["name"] == "sametag-policy")
         .unwrap();
     assert_eq!(vol["configMap"]["name"], "cache-policy");
+    // The purge token: the store's Secret, optional (a pod admitted before
+    // the store's first reconcile still starts), mounted where the env says.
+    let purge = p["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "sametag-purge")
+        .unwrap();
+    assert_eq!(
+        purge["secret"],
+        json!({"secretName": "cache-purge", "optional": true})
+    );
+    let mount = s["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "sametag-purge")
+        .unwrap();
+    assert_eq!(mount["readOnly"], true);
+    assert_eq!(
+        env(s, "SAMETAG_PURGE_TOKEN_FILE")["value"],
+        format!("{}/token", mount["mountPath"].as_str().unwrap())
+    );
     assert_eq!(p["metadata"]["labels"]["sametag.dev/store"], "cache");
     assert_eq!(p["metadata"]["labels"]["app"], "web");
     assert_eq!(p["metadata"]["annotations"]["sametag.dev/injected"], "true");

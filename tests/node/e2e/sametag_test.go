@@ -288,6 +288,23 @@ spec:
 		if hits < 20 {
 			t.Fatalf("Trust route: %d of 30 revalidations answered from the store, want at least 20", hits)
 		}
+		// Out-of-band invalidation through the cluster (a batch job changed
+		// the data): once `sametag-operator invalidate` returns, no replica
+		// answers a revalidation from the store; the app is asked again.
+		out, err := run(t, time.Minute, "", operatorBin(e), "invalidate", "-n", appNS, "--store", "demo", "--path", "/items/trusted-*")
+		if err != nil {
+			t.Fatalf("sametag-operator invalidate: %v (output %q)", err, out)
+		}
+		if !strings.Contains(out, "ok ") {
+			t.Fatalf("sametag-operator invalidate printed %q", out)
+		}
+		for i := 0; i < 15; i++ {
+			r := get(t, c, svcURL+"/items/trusted-doc", trustedTag, 304)
+			if cs := r.Header.Get("Cache-Status"); cs == "sametag; hit" {
+				t.Fatalf("revalidation %d after the purge returned was answered from the store (%q)", i, cs)
+			}
+		}
+		t.Logf("invalidate: %s", strings.TrimSpace(out))
 		req, _ := http.NewRequest(http.MethodPut, svcURL+"/items/trusted-doc", strings.NewReader("version 2\n"))
 		req.Host = hostNames[1]
 		req.Header.Set("Authorization", "Bearer another-user")
@@ -408,6 +425,18 @@ spec:
 }
 
 // step runs one stage as a subtest and stops the whole test if it failed.
+// operatorBin is the host's sametag-operator (the CLI a user runs).
+func operatorBin(e env) string {
+	if b := os.Getenv("SAMETAG_OPERATOR_BIN"); b != "" {
+		return b
+	}
+	profile := os.Getenv("SAMETAG_NODE_PROFILE")
+	if profile == "" {
+		profile = "release"
+	}
+	return filepath.Join(e.repo, "target", profile, "sametag-operator")
+}
+
 func step(t *testing.T, name string, f func(t *testing.T)) {
 	t.Helper()
 	if !t.Run(name, f) {

@@ -67,6 +67,40 @@ fn err(msg: impl Into<String>) -> Error {
     Error::Other(msg.into())
 }
 
+/// Every store, managed or external, owns `<store>-purge` holding a random
+/// purge token (the sidecars' purge API and `sametag-operator invalidate`
+/// authenticate with it), created once: a reconcile never changes it.
+async fn purge_token(client: &kube::Client, ns: &str, store: &str, uid: &str) -> Result<String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let name = format!("{store}-purge");
+    let secret = wait::until("the purge-token Secret", WAIT, || {
+        let (secrets, name) = (secrets.clone(), name.clone());
+        async move {
+            secrets
+                .get_opt(&name)
+                .await?
+                .map(Some)
+                .ok_or_else(|| err(format!("no Secret {name}")))
+        }
+    })
+    .await?;
+    if !owned_by(&secret.metadata, uid) {
+        return Err(err(format!("{name} is not controlled by the store")));
+    }
+    let token = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("token"))
+        .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+        .unwrap_or_default();
+    if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(err(format!(
+            "{name}: token {token:?} is not a long random string"
+        )));
+    }
+    Ok(token)
+}
+
 pub async fn managed(ctx: &Ctx) -> Result<()> {
     ctx.require_operator()?;
     let ns = "e2e-managed";
@@ -97,6 +131,7 @@ pub async fn managed(ctx: &Ctx) -> Result<()> {
         }
     })
     .await?;
+    let token = purge_token(&ctx.admin, ns, "web", &uid).await?;
     // Redis config and the sidecar policy: two ConfigMaps, or one holding both.
     let cms: Api<ConfigMap> = Api::namespaced(ctx.admin.clone(), ns);
     let mut policy_cm = None;
@@ -218,6 +253,11 @@ pub async fn managed(ctx: &Ctx) -> Result<()> {
     })
     .await?;
 
+    // Reconciles since (drift repair, status writes) kept the purge token.
+    if purge_token(&ctx.admin, ns, "web", &uid).await? != token {
+        return Err(err("a reconcile changed the purge token"));
+    }
+
     // 7. Deleting the store garbage-collects every child (kube-controller-manager).
     api.delete("web", &DeleteParams::foreground()).await?;
     wait::until(
@@ -331,6 +371,7 @@ pub async fn external(ctx: &Ctx) -> Result<()> {
     if !owned::<StatefulSet>(&ctx.admin, ns, &uid).await?.is_empty() {
         return Err(err("an external store must not get a StatefulSet"));
     }
+    purge_token(&ctx.admin, ns, "ext", &uid).await?;
     Ok(())
 }
 
