@@ -2,7 +2,8 @@
 # Installs the Debian packages the test suites start for real. Idempotent:
 # does nothing when they are already there.
 set -euo pipefail
-pkgs=(redis-server redis-tools haproxy nginx-light wrk openssl)
+# chromium: the browser test (tests/lb/tests/browser.rs) runs it headless.
+pkgs=(redis-server redis-tools haproxy nginx-light wrk openssl chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -15,7 +15,8 @@
 //! commits (a slow app).
 //!
 //! Routes: `GET /` health; `GET|PUT /docs/NAME`; `GET /bytes/N` (N bytes, for
-//! the benchmark); `GET /__stats` (counters, `no-store`).
+//! the benchmark); `GET /site/...` (the web page of [`crate::site`], for the
+//! browser test); `GET /__stats` (counters, `no-store`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -157,6 +158,20 @@ async fn handle(
                 _ => simple(StatusCode::BAD_REQUEST, "bad size\n"),
             }
         }
+        (Method::GET | Method::HEAD, p) if p.starts_with("/site/") => match crate::site::find(p) {
+            Some(a) => {
+                state.gets.fetch_add(1, Ordering::Relaxed);
+                let tag = format!("\"{:x}-{:x}\"", state.nonce, content_hash(a.body));
+                represent(
+                    &state,
+                    &req,
+                    Bytes::from_static(a.body),
+                    tag,
+                    a.content_type,
+                )
+            }
+            None => simple(StatusCode::NOT_FOUND, "not found\n"),
+        },
         (m, p) if p.starts_with("/docs/") => {
             let name = &p["/docs/".len()..];
             if !valid_name(name) {
@@ -203,13 +218,18 @@ fn blob(state: &State, n: usize) -> Bytes {
 fn get_doc(state: &State, req: &Request<Incoming>, name: &str) -> Response<Full<Bytes>> {
     match std::fs::read(state.cfg.data_dir.join("docs").join(name)) {
         Ok(body) => {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            h.write(&body);
-            let tag = format!("\"{:x}-{:x}\"", state.nonce, h.finish());
+            let tag = format!("\"{:x}-{:x}\"", state.nonce, content_hash(&body));
             represent(state, req, Bytes::from(body), tag, "application/json")
         }
         Err(_) => simple(StatusCode::NOT_FOUND, "no such document\n"),
     }
+}
+
+/// The content part of the app's tags (the replica's nonce is the other).
+fn content_hash(body: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(body);
+    h.finish()
 }
 
 /// A 200 with this replica's validators, or a 304 when If-None-Match names

@@ -109,6 +109,16 @@ pub struct Cluster {
 impl Cluster {
     /// Start everything and wait until the balancer answers.
     pub async fn start(spec: &ClusterSpec) -> Result<Self> {
+        Self::launch(spec, false).await
+    }
+
+    /// The same, with HAProxy logging every request it forwards (read it
+    /// with [`Haproxy::access_log`]).
+    pub async fn start_logged(spec: &ClusterSpec) -> Result<Self> {
+        Self::launch(spec, true).await
+    }
+
+    async fn launch(spec: &ClusterSpec, access_log: bool) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("sametag-lb-")
             .tempdir()
@@ -174,7 +184,7 @@ impl Cluster {
                 sidecars.push(s);
             }
         }
-        let lb = Haproxy::start(&base, &lb_targets).await?;
+        let lb = Haproxy::start_with(&base, &lb_targets, access_log).await?;
         let c = Cluster {
             kind: spec.kind,
             lb,
@@ -232,6 +242,22 @@ impl Cluster {
             waited: start.elapsed(),
             log: self.lb.proc.log_tail(20),
         })
+    }
+
+    /// Sum over every sidecar of `sametag_requests_total` samples whose
+    /// labels contain each of `labels` (e.g. `outcome="not_modified"`).
+    pub async fn sidecar_requests(&self, labels: &[&str]) -> Result<f64> {
+        let mut n = 0.0;
+        for s in &self.sidecars {
+            let text = s.metrics(&self.http).await?;
+            let lines: String = text
+                .lines()
+                .filter(|l| labels.iter().all(|w| l.contains(w)))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            n += crate::sidecar::metric_sum(&lines, |name| name == "sametag_requests_total");
+        }
+        Ok(n)
     }
 
     /// Change a static file on every nginx copy; each copy gets its own mtime

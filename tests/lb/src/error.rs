@@ -8,7 +8,8 @@ pub enum HarnessError {
     /// A required program is not installed. The suite fails (never skips).
     #[error(
         "required program `{0}` not found in PATH, /usr/sbin or /usr/bin; \
-         install the Debian packages: apt-get install -y redis-server haproxy nginx-light wrk"
+         install the Debian packages (`bash tests/setup-packages.sh` does): \
+         apt-get install -y --no-install-recommends redis-server haproxy nginx-light wrk chromium"
     )]
     MissingTool(String),
     /// A file or process operation failed.
@@ -45,6 +46,15 @@ pub enum HarnessError {
         addr: String,
         /// What went wrong.
         reason: String,
+    },
+    /// The browser failed to load a page (exit status, timeout, no
+    /// screenshot), with what it printed.
+    #[error("chromium: {reason}; its last output lines:\n{output}")]
+    Browser {
+        /// What went wrong.
+        reason: String,
+        /// The tail of its stderr.
+        output: String,
     },
     /// Building the sidecar binary failed.
     #[error("building sametag-sidecar failed: {0}")]

@@ -1,11 +1,12 @@
 //! Harness for sametag's load-balancer tier: real nginx, HAProxy,
 //! redis-server and the real `sametag-sidecar` binary, started on free
-//! loopback ports in a temp dir, plus a small dynamic JSON app and a browser
-//! that revalidates. The end-to-end tests (`tests/`) and the benchmark
+//! loopback ports in a temp dir, plus a small dynamic JSON app, a browser
+//! that revalidates, and headless Chromium for the real-browser test. The end-to-end tests (`tests/`) and the benchmark
 //! (`sametag-bench`) are both built on it.
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod chromium;
 pub mod client;
 pub mod cluster;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod redis;
 pub mod results;
 pub mod scenario;
 pub mod sidecar;
+pub mod site;
 pub mod tools;
 pub mod workload;
 pub mod wrk;

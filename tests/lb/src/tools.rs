@@ -52,5 +52,8 @@ mod tests {
         assert!(require("sh").is_ok());
         let err = require("no-such-program-sametag").unwrap_err();
         assert!(err.to_string().contains("apt-get install"));
+        // A missing browser says how to get it (the browser test fails, never skips).
+        let browser = HarnessError::MissingTool("chromium".into()).to_string();
+        assert!(browser.contains("tests/setup-packages.sh") && browser.contains(" chromium"));
     }
 }
