@@ -1,8 +1,14 @@
 //! The admin server: `/healthz` (the process serves), `/readyz` (the proxy
-//! listens and is not draining) and `/metrics` (Prometheus text).
+//! listens and is not draining), `/metrics` (Prometheus text) and
+//! `POST /purge` (`purge.rs`).
+
+mod purge;
+
+pub use purge::PURGE_TOKEN;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -28,9 +34,21 @@ pub struct Admin {
     pub store: Arc<dyn Store>,
     /// Set once the proxy listens; cleared when it starts draining.
     pub ready: Arc<AtomicBool>,
+    /// The file holding the purge token (re-read on every purge); `None`:
+    /// `POST /purge` is disabled (403).
+    pub purge_token_file: Option<PathBuf>,
 }
 
 impl Admin {
+    /// Answer one admin request: `/purge` (async: it waits for the store),
+    /// everything else at once.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() == "/purge" {
+            return purge::purge(self, req).await;
+        }
+        self.respond(&req)
+    }
+
     /// Answer one admin request.
     pub fn respond(&self, req: &Request<Incoming>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -89,7 +107,11 @@ impl Admin {
         };
         let make = move |_peer| {
             let admin = self.clone();
-            service_fn(move |req| std::future::ready(Ok::<_, Infallible>(admin.respond(&req))))
+            service_fn(move |req| {
+                let admin = admin.clone();
+                // The accept loop needs an `Unpin` future.
+                Box::pin(async move { Ok::<_, Infallible>(admin.handle(req).await) })
+            })
         };
         acceptor.run(make, shutdown).await;
     }

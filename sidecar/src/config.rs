@@ -49,9 +49,15 @@ pub struct Cli {
     #[arg(long, env = "SAMETAG_POLICY")]
     pub policy: Option<PathBuf>,
 
-    /// Admin server: /metrics, /healthz, /readyz.
+    /// Admin server: /metrics, /healthz, /readyz, POST /purge.
     #[arg(long, env = "SAMETAG_ADMIN", default_value = "0.0.0.0:9901")]
     pub admin: SocketAddr,
+
+    /// A file holding the token POST /purge on the admin port requires
+    /// (Authorization: Bearer or Sametag-Purge-Token), re-read on every
+    /// purge so a rotated Secret works. Absent: purge is disabled (403).
+    #[arg(long, env = "SAMETAG_PURGE_TOKEN_FILE")]
+    pub purge_token_file: Option<PathBuf>,
 
     /// Key namespace in the store (every key starts with it).
     #[arg(long, env = "SAMETAG_STORE_PREFIX", default_value = "sametag")]
@@ -201,6 +207,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin address.
     pub admin: SocketAddr,
+    /// The purge token's file; `None`: purge disabled.
+    pub purge_token_file: Option<PathBuf>,
     /// Redis URL; `None`: the embedded store.
     pub redis: Option<String>,
     /// CA bundle for `rediss://`.
@@ -230,6 +238,7 @@ impl Cli {
         Config {
             listen: self.listen,
             admin: self.admin,
+            purge_token_file: self.purge_token_file,
             policy: self.policy,
             drain_timeout: self.drain_timeout,
             policy_reload: self.policy_reload,

@@ -35,6 +35,7 @@ pub mod policy;
 pub mod precondition;
 pub mod proxy;
 pub mod store;
+pub mod surrogate;
 pub mod tag;
 
 pub use proxy::{Server, ServerConfig};

@@ -152,6 +152,7 @@ async fn run(config: Config) -> ExitCode {
         metrics,
         store,
         ready: ready.clone(),
+        purge_token_file: config.purge_token_file.clone(),
     };
     tracing::info!(
         listen = %server.local_addr(),

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::store::{Store, StoreHealth};
+use crate::store::{Purge, PurgeReport, Store, StoreHealth};
 
 /// How a request ended, as a metric label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -94,6 +94,17 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PurgeLabels {
+    kind: &'static str,
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PurgeRequestLabels {
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: &'static str,
 }
@@ -120,6 +131,11 @@ pub struct Metrics {
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
     connections_closed: Family<ClosedLabels, Counter>,
+    purges: Family<PurgeLabels, Counter>,
+    purge_requests: Family<PurgeRequestLabels, Counter>,
+    purge_refusals: Counter,
+    purge_marks: Gauge,
+    purge_floor_raises: Counter,
 }
 
 fn store_histogram() -> Histogram {
@@ -210,8 +226,43 @@ impl Metrics {
             "Client connections the sidecar closed: no request head in time (first-request), half a later HTTP/1.1 head (header), or idle",
             connections_closed.clone(),
         );
+        let purges = Family::<PurgeLabels, Counter>::default();
+        registry.register(
+            "sametag_purges",
+            "Paths, globs and surrogate keys purged through this replica, by kind and source (api: POST /purge, write: a write response's Surrogate-Key)",
+            purges.clone(),
+        );
+        let purge_requests = Family::<PurgeRequestLabels, Counter>::default();
+        registry.register(
+            "sametag_purge_requests",
+            "POST /purge requests on the admin port, by response status",
+            purge_requests.clone(),
+        );
+        let purge_refusals = Counter::default();
+        registry.register(
+            "sametag_purge_refusals",
+            "Trust lookups whose validation only a purge mark (or the purge floor) kept from a 304",
+            purge_refusals.clone(),
+        );
+        let purge_marks = Gauge::default();
+        registry.register(
+            "sametag_purge_marks",
+            "Glob and key purge marks the store held after this replica's last purge",
+            purge_marks.clone(),
+        );
+        let purge_floor_raises = Counter::default();
+        registry.register(
+            "sametag_purge_floor_raises",
+            "Purges after which the store dropped live marks over its cap and raised its floor (un-trusting every older validation)",
+            purge_floor_raises.clone(),
+        );
         Self {
             registry,
+            purges,
+            purge_requests,
+            purge_refusals,
+            purge_marks,
+            purge_floor_raises,
             tag_buffer_bytes,
             tag_buffer_refusals,
             connections_open,
@@ -313,6 +364,50 @@ impl Metrics {
     /// Write locks lost mid-write so far.
     pub fn lock_leases_lost(&self) -> u64 {
         self.lock_leases_lost.get()
+    }
+
+    /// A purge the store acknowledged.
+    pub fn purged(&self, purge: &Purge, source: &'static str, report: &PurgeReport) {
+        for (kind, n) in [
+            ("path", purge.paths.len()),
+            ("glob", purge.globs.len()),
+            ("key", purge.keys.len()),
+        ] {
+            if n > 0 {
+                self.purges
+                    .get_or_create(&PurgeLabels { kind, source })
+                    .inc_by(n as u64);
+            }
+        }
+        self.purge_marks
+            .set(i64::try_from(report.marks).unwrap_or(i64::MAX));
+        if report.floor_raised {
+            self.purge_floor_raises.inc();
+        }
+    }
+
+    /// How many `kind` items `source` purged so far.
+    pub fn purges_with(&self, kind: &'static str, source: &'static str) -> u64 {
+        self.purges
+            .get_or_create(&PurgeLabels { kind, source })
+            .get()
+    }
+
+    /// A `POST /purge` answered with `code`.
+    pub fn purge_request(&self, code: u16) {
+        self.purge_requests
+            .get_or_create(&PurgeRequestLabels { code })
+            .inc();
+    }
+
+    /// A Trust lookup that only a purge kept from a 304.
+    pub fn purge_refusal(&self) {
+        self.purge_refusals.inc();
+    }
+
+    /// Trust lookups refused by a purge so far.
+    pub fn purge_refusals(&self) -> u64 {
+        self.purge_refusals.get()
     }
 
     /// Count a failed store operation.

@@ -15,7 +15,8 @@ use sametag_sidecar::admin::Admin;
 use sametag_sidecar::metrics::Outcome;
 use sametag_sidecar::store::memory::MemoryStore;
 use sametag_sidecar::store::{
-    Entry, Resource, ResourceKey, Store, StoreError, StoreHealth, VariantKey, WriteLock,
+    Entry, Labels, Purge, PurgeReport, Resource, ResourceKey, Store, StoreError, StoreHealth,
+    VariantKey, WriteLock,
 };
 use sametag_sidecar::tag::EntityTag;
 use support::{App, Sidecar, body, get, raw, raw_status, send, send_raw_values};
@@ -358,6 +359,7 @@ async fn admin_endpoints_report_health_and_metrics() {
         metrics: sidecar.metrics.clone(),
         store,
         ready: ready.clone(),
+        purge_token_file: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -396,17 +398,21 @@ impl Store for DownStore {
     ) -> Result<Option<Resource>, StoreError> {
         Err(StoreError::Unavailable("down for the test".into()))
     }
-    async fn record(
+    async fn record_with(
         &self,
         _: &ResourceKey,
         _: &[String],
         _: &VariantKey,
         _: &EntityTag,
         _: bool,
+        _: &Labels,
     ) -> Result<Entry, StoreError> {
         Err(StoreError::Unavailable("down for the test".into()))
     }
     async fn invalidate(&self, _: &ResourceKey, _: &[Arc<str>]) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down for the test".into()))
+    }
+    async fn purge(&self, _: &Purge) -> Result<PurgeReport, StoreError> {
         Err(StoreError::Unavailable("down for the test".into()))
     }
     async fn try_lock(

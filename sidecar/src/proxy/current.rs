@@ -19,7 +19,8 @@ use crate::date::parse_http_date;
 use crate::key::{VaryNames, variant_key, vary_names};
 use crate::policy::Mode;
 use crate::precondition::Validators;
-use crate::store::{Entry, StoreError, VariantKey};
+use crate::store::{Entry, Labels, StoreError, VariantKey};
+use crate::surrogate;
 use crate::tag::EntityTag;
 
 /// What the store knows about the request's variant (Trust routes only).
@@ -39,15 +40,16 @@ pub(super) enum Known {
 
 /// The app's answer to a GET of the current representation.
 pub(super) enum Fetched {
-    /// A 200 the sidecar hashed: head (hop-by-hop fields removed), body
-    /// (empty from [`Context::fetch_tag`]), tag and the secondary key it is
-    /// recorded under.
+    /// A 200 the sidecar hashed: head (hop-by-hop fields and
+    /// `Surrogate-Key` removed), body (empty from [`Context::fetch_tag`]),
+    /// tag, the secondary key it is recorded under and its surrogate keys.
     Tagged {
         head: response::Parts,
         body: Bytes,
         tag: EntityTag,
         vary: Vec<String>,
         variant: VariantKey,
+        labels: Labels,
     },
     /// Anything the sidecar does not tag (see [`untaggable`]), streaming.
     Untagged {
@@ -77,6 +79,9 @@ impl Context {
             return Ok(Known::Unknown);
         };
         if !is_fresh(entry, ex.route.max_age) {
+            if resource.purged.contains(&variant) {
+                self.metrics.purge_refusal();
+            }
             return Ok(Known::Stale);
         }
         Ok(Known::Fresh {
@@ -115,6 +120,8 @@ impl Context {
         let response = self.current_or_part(ex, parts).await?;
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
+        // Labels for the store, never for the client (tagged or not).
+        let labels = Labels::of(surrogate::take_keys(&mut head.headers));
         if let Some(reason) = untaggable(&head.status, &head.headers) {
             return Ok(Fetched::Untagged {
                 head,
@@ -147,25 +154,28 @@ impl Context {
                     tag,
                     vary,
                     variant,
+                    labels,
                 })
             }
         }
     }
 
-    /// Record a freshly hashed tag (and, on a Trust route, the validation):
-    /// the shared validators every replica hands out for it.
+    /// Record a freshly hashed tag (and, on a Trust route, the validation
+    /// with its surrogate keys): the shared validators every replica hands
+    /// out for it.
     pub(super) async fn record(
         &self,
         ex: &Exchange,
         vary: &[String],
         variant: &VariantKey,
         tag: &EntityTag,
+        labels: &Labels,
     ) -> Result<Validators, StoreError> {
         let trust = ex.route.mode == Mode::Trust;
         let _timer = self.metrics.store_op("record");
         let entry = self
             .store
-            .record(&ex.key, vary, variant, tag, trust)
+            .record_with(&ex.key, vary, variant, tag, trust, labels)
             .await
             .inspect_err(|e| self.store_failed("record", e))?;
         Ok(shared_validators(entry))

@@ -41,7 +41,8 @@ impl Context {
         // Fetch: conditionals stripped, HEAD sent as GET (the body is needed
         // to hash; it is dropped below); Range kept only when the app may
         // answer it itself (`range.rs`).
-        let (mut rparts, body, tag, vary, variant) = match self.fetch(ex, &ex.parts).await? {
+        let (mut rparts, body, tag, vary, variant, labels) = match self.fetch(ex, &ex.parts).await?
+        {
             Fetched::Untagged {
                 head: h,
                 body,
@@ -55,14 +56,15 @@ impl Context {
                 tag,
                 vary,
                 variant,
-            } => (head, body, tag, vary, variant),
+                labels,
+            } => (head, body, tag, vary, variant, labels),
         };
         add_via(&mut rparts.headers, http::Version::HTTP_11);
 
         // Record: the shared Last-Modified (and, in Trust, the validation).
         // On a store failure the tag stays content-derived and
         // `Last-Modified` is the app's (or absent).
-        let (validators, stored) = match self.record(ex, &vary, &variant, &tag).await {
+        let (validators, stored) = match self.record(ex, &vary, &variant, &tag, &labels).await {
             Ok(validators) => (validators, true),
             Err(_) => {
                 let last_modified = rparts

@@ -5,6 +5,9 @@
 //! Invalidating before forwarding as well as after means a crash (or a
 //! lost store) between the app's commit and the second invalidation leaves
 //! nothing trusted; the second one ends validations that raced the write.
+//! A successful write's `Surrogate-Key` response header purges those keys
+//! at the same point, before the client gets the response (the header
+//! itself never reaches the client).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +33,8 @@ use crate::key::resource_key;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{Mode, Policy, Route};
 use crate::precondition::{Decision, Validators, evaluate};
-use crate::store::{ResourceKey, Store, StoreError, WriteLock};
+use crate::store::{Purge, ResourceKey, Store, StoreError, WriteLock};
+use crate::surrogate;
 
 /// Who judges a conditional write's preconditions.
 enum Judge {
@@ -138,10 +142,17 @@ impl Context {
             // waiting for (504) may still be committed by the app, so the
             // lock stays held (renewed) and the second invalidation waits
             // until the app has answered, or the hold limit gives up on it.
-            let sent = upstream
+            let mut sent = upstream
                 .send_within(lane.as_ref(), request, hold_limit)
                 .await;
             let refused = matches!(&sent, Ok(r) if r.status().is_client_error());
+            let named = match &mut sent {
+                Ok(r) => surrogate::take_keys(r.headers_mut()),
+                Err(_) => Vec::new(),
+            };
+            // Only an unsafe method that succeeded purges what it names.
+            let purges =
+                invalidation.is_some() && matches!(&sent, Ok(r) if r.status().is_success());
             if let Some(inv) = invalidation.filter(|_| !refused) {
                 let _timer = metrics.store_op("invalidate");
                 if let Err(e) = store.invalidate(&inv.key, &inv.globs).await {
@@ -149,6 +160,18 @@ impl Context {
                     // Redis store bumps its epoch on reconnect for the rest.
                     metrics.store_error("invalidate");
                     tracing::warn!(error = %e, "invalidation after a write failed");
+                }
+            }
+            if purges && !named.is_empty() {
+                let purge = Purge::keys(named);
+                let _timer = metrics.store_op("purge");
+                match store.purge(&purge).await {
+                    Ok(report) => metrics.purged(&purge, "write", &report),
+                    Err(e) => {
+                        // The Redis store bumps its epoch on reconnect.
+                        metrics.store_error("purge");
+                        tracing::warn!(error = %e, "purging a write's surrogate keys failed");
+                    }
                 }
             }
             if let Some(guard) = guard {
@@ -199,10 +222,14 @@ impl Context {
         }
         match self.fetch_tag(ex, &parts).await? {
             Fetched::Tagged {
-                tag, vary, variant, ..
+                tag,
+                vary,
+                variant,
+                labels,
+                ..
             } => {
                 let validators = self
-                    .record(ex, &vary, &variant, &tag)
+                    .record(ex, &vary, &variant, &tag, &labels)
                     .await
                     .map_err(ProxyError::StoreUnavailable)?;
                 Ok(Judge::Sidecar(Some(validators)))
@@ -294,6 +321,7 @@ impl Context {
         };
         let (mut rparts, rbody) = response.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
+        surrogate::take_keys(&mut rparts.headers);
         add_via(&mut rparts.headers, http::Version::HTTP_11);
         cache_status_static(&mut rparts.headers, "sametag; fwd=bypass");
         Ok((

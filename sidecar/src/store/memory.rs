@@ -3,8 +3,9 @@
 //! A real store, not a test double: bounded in memory (a cap on resources,
 //! least recently used evicted first, and an idle TTL), shared `Last-Modified`
 //! that strictly increases per resource when its tag changes, trusted
-//! validations, invalidation by path and by glob ordered by one monotonic
-//! sequence, and write locks with fencing tokens and leases. Several proxies in
+//! validations, invalidation by path and by glob and purges (paths, globs,
+//! surrogate keys) ordered by one monotonic sequence, and write locks with
+//! fencing tokens and leases. Several proxies in
 //! one process can share one `Arc<MemoryStore>` and agree exactly as replicas
 //! sharing Redis do.
 
@@ -14,7 +15,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{Entry, Resource, ResourceKey, Store, StoreError, StoreHealth, VariantKey, WriteLock};
+use super::{
+    Entry, KeyId, Labels, Purge, PurgeReport, Resource, ResourceKey, Store, StoreError,
+    StoreHealth, VariantKey, WriteLock,
+};
+use crate::surrogate::GlobMarks;
 use crate::tag::EntityTag;
 
 /// How much the store may hold.
@@ -24,10 +29,15 @@ pub struct MemoryLimits {
     pub max_resources: usize,
     /// Most variants kept per resource (distinct `Vary` values).
     pub max_variants: usize,
-    /// Most invalidation records kept (paths and globs). Older ones fold into
-    /// a floor: validations older than the floor are never trusted, so
-    /// forgetting an invalidation can only make the store more cautious.
+    /// Most invalidation records kept (paths, globs, purge globs and keys).
+    /// Older ones fold into a floor: validations older than the floor are
+    /// never trusted, so forgetting an invalidation can only make the store
+    /// more cautious.
     pub max_invalidations: usize,
+    /// No validation older than this is reported trusted (the longest
+    /// `maxAge` a policy may give), so records older than it and the guard
+    /// can be forgotten without a floor.
+    pub max_trust_age: Duration,
     /// A resource not looked up or recorded for this long is forgotten.
     pub idle_ttl: Duration,
     /// A validation recorded less than this after an invalidation of its
@@ -43,6 +53,7 @@ impl Default for MemoryLimits {
             max_resources: 100_000,
             max_variants: 32,
             max_invalidations: 100_000,
+            max_trust_age: sametag_policy::MAX_MAX_AGE,
             idle_ttl: Duration::from_secs(24 * 3600),
             trust_guard: Duration::from_secs(10),
         }
@@ -65,8 +76,11 @@ struct Inner {
     resources: HashMap<Arc<str>, ResourceState>,
     /// Last use (a sequence number) to resource id: the LRU order.
     lru: BTreeMap<u64, Arc<str>>,
-    /// Invalidations by canonical path and by glob, each with its sequence.
+    /// Invalidations by canonical path, glob, purge glob and key, each with
+    /// its sequence.
     invalidations: HashMap<Invalidated, (u64, Instant)>,
+    /// The purge globs held, compiled (rebuilt after a change).
+    purge_globs: Option<Arc<GlobMarks<(u64, Instant)>>>,
     /// Sequence to invalidation: oldest first, for folding into the floor.
     invalidation_order: BTreeMap<u64, Invalidated>,
     /// No validation at or below this sequence is trusted, nor one recorded
@@ -80,7 +94,36 @@ struct Inner {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Invalidated {
     Path(Arc<str>),
+    /// A policy glob (`invalidates:`), matched by name.
     Glob(Arc<str>),
+    /// A purged glob, matched against every path.
+    PurgeGlob(Arc<str>),
+    /// A purged surrogate key.
+    Key(KeyId),
+}
+
+/// The newest invalidation a validation must beat: its sequence and when.
+#[derive(Clone, Copy, Debug, Default)]
+struct Barrier {
+    seq: u64,
+    at: Option<Instant>,
+}
+
+impl Barrier {
+    fn raise(&mut self, seq: u64, at: Option<Instant>) {
+        self.seq = self.seq.max(seq);
+        self.at = self.at.max(at);
+    }
+}
+
+/// A trusted validation and the surrogate keys it was labelled with.
+#[derive(Clone, Debug)]
+struct Validation {
+    /// Wall clock, sequence and monotonic clock of the validation.
+    at: SystemTime,
+    seq: u64,
+    clock: Instant,
+    labels: Arc<[KeyId]>,
 }
 
 #[derive(Debug)]
@@ -97,9 +140,8 @@ struct ResourceState {
 struct VariantState {
     tag: EntityTag,
     last_modified: SystemTime,
-    /// When (wall clock, sequence, monotonic clock) the tag was last
-    /// validated in Trust mode.
-    validated: Option<(SystemTime, u64, Instant)>,
+    /// When the tag was last validated in Trust mode, with its labels.
+    validated: Option<Validation>,
 }
 
 #[derive(Debug)]
@@ -134,6 +176,16 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// Whether `v` beats `barrier` by the trust guard and is young enough
+    /// to be trusted at all.
+    fn trusted(&self, v: &Validation, barrier: Barrier) -> bool {
+        v.seq > barrier.seq
+            && barrier
+                .at
+                .is_none_or(|b| v.clock >= b + self.limits.trust_guard)
+            && v.clock.elapsed() <= self.limits.max_trust_age
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the maps half-updated in
         // a way that breaks an invariant we rely on, so keep serving.
@@ -152,46 +204,49 @@ impl Store for MemoryStore {
     ) -> Result<Option<Resource>, StoreError> {
         let mut inner = self.lock();
         inner.expire(&self.limits);
-        let (barrier, barrier_at) = inner.barrier(&resource.path, watched);
-        let guard = self.limits.trust_guard;
+        let (base, purged) = inner.barriers(&resource.path, watched);
         inner.touch(&resource.id);
+        let inner = &*inner;
         let Some(state) = inner.resources.get(&resource.id) else {
             return Ok(None);
         };
-        let mut variants: Vec<(VariantKey, Entry)> = state
-            .variants
-            .iter()
-            .map(|(key, v)| {
-                let validated_at = v
-                    .validated
-                    .filter(|(_, seq, clock)| {
-                        *seq > barrier && barrier_at.is_none_or(|b| *clock >= b + guard)
-                    })
-                    .map(|(at, _, _)| at);
-                (
-                    key.clone(),
-                    Entry {
-                        tag: v.tag.clone(),
-                        last_modified: v.last_modified,
-                        validated_at,
-                    },
-                )
-            })
-            .collect();
-        variants.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Some(Resource {
+        let mut out = Resource {
             vary: state.vary.clone(),
-            variants,
-        }))
+            ..Resource::default()
+        };
+        for (key, v) in &state.variants {
+            let validated_at = v.validated.as_ref().and_then(|val| {
+                if !self.trusted(val, base) {
+                    return None;
+                }
+                if !self.trusted(val, inner.with_keys(purged, &val.labels)) {
+                    out.purged.push(key.clone());
+                    return None;
+                }
+                Some(val.at)
+            });
+            out.variants.push((
+                key.clone(),
+                Entry {
+                    tag: v.tag.clone(),
+                    last_modified: v.last_modified,
+                    validated_at,
+                },
+            ));
+        }
+        out.variants.sort_by(|a, b| a.0.cmp(&b.0));
+        out.purged.sort();
+        Ok(Some(out))
     }
 
-    async fn record(
+    async fn record_with(
         &self,
         resource: &ResourceKey,
         vary: &[String],
         variant: &VariantKey,
         tag: &EntityTag,
         trust: bool,
+        labels: &Labels,
     ) -> Result<Entry, StoreError> {
         let mut inner = self.lock();
         inner.expire(&self.limits);
@@ -201,8 +256,7 @@ impl Store for MemoryStore {
         let clock = Instant::now();
         // A validation inside the guard is stored but not reported trusted,
         // exactly as `lookup` (and the Redis store) would report it.
-        let (barrier, barrier_at) = inner.barrier(&resource.path, &[]);
-        let guard = self.limits.trust_guard;
+        let (_, barrier) = inner.barriers(&resource.path, &[]);
         let state = inner
             .resources
             .entry(resource.id.clone())
@@ -235,20 +289,28 @@ impl Store for MemoryStore {
             entry.validated = None;
         }
         if trust {
-            entry.validated = Some((now, seq, clock));
+            entry.validated = match labels {
+                Labels::Keys(keys) => Some(Validation {
+                    at: now,
+                    seq,
+                    clock,
+                    labels: keys.as_slice().into(),
+                }),
+                // More labels than a purge could be matched against.
+                Labels::TooMany => None,
+            };
         }
         let last_modified = entry.last_modified;
-        let out = Entry {
-            tag: entry.tag.clone(),
-            last_modified,
-            validated_at: entry
-                .validated
-                .filter(|(_, seq, clock)| {
-                    *seq > barrier && barrier_at.is_none_or(|b| *clock >= b + guard)
-                })
-                .map(|(at, _, _)| at),
-        };
+        let validated = entry.validated.clone();
         state.newest_last_modified = state.newest_last_modified.max(last_modified);
+        let validated_at = validated
+            .filter(|v| self.trusted(v, inner.with_keys(barrier, &v.labels)))
+            .map(|v| v.at);
+        let out = Entry {
+            tag: tag.clone(),
+            last_modified,
+            validated_at,
+        };
         inner.touch(&resource.id);
         inner.evict(&self.limits);
         Ok(out)
@@ -260,15 +322,41 @@ impl Store for MemoryStore {
         globs: &[Arc<str>],
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        inner.seq += 1;
-        let seq = inner.seq;
         // By path, not by read key: a write by one user under one Host name
         // changes what every user under every Host name would see.
-        inner.mark(Invalidated::Path(resource.path.clone()), seq, &self.limits);
+        inner.mark(Invalidated::Path(resource.path.clone()), &self.limits);
         for glob in globs {
-            inner.mark(Invalidated::Glob(glob.clone()), seq, &self.limits);
+            inner.mark(Invalidated::Glob(glob.clone()), &self.limits);
         }
         Ok(())
+    }
+
+    async fn purge(&self, purge: &Purge) -> Result<PurgeReport, StoreError> {
+        let mut inner = self.lock();
+        let floor = inner.floor;
+        let marks = purge
+            .paths
+            .iter()
+            .map(|p| Invalidated::Path(p.clone()))
+            .chain(
+                purge
+                    .globs
+                    .iter()
+                    .map(|g| Invalidated::PurgeGlob(g.clone())),
+            )
+            .chain(purge.keys.iter().map(|k| Invalidated::Key(k.clone())));
+        for what in marks {
+            inner.mark(what, &self.limits);
+        }
+        let held = inner
+            .invalidations
+            .keys()
+            .filter(|w| matches!(w, Invalidated::PurgeGlob(_) | Invalidated::Key(_)))
+            .count();
+        Ok(PurgeReport {
+            marks: held as u64,
+            floor_raised: inner.floor != floor,
+        })
     }
 
     async fn try_lock(
@@ -345,38 +433,97 @@ fn next_last_modified(now: SystemTime, newest: SystemTime) -> SystemTime {
 // === impl Inner ===
 
 impl Inner {
-    /// The newest sequence a validation of `path` must beat to be trusted,
-    /// and when the newest relevant invalidation happened.
-    fn barrier(&self, path: &Arc<str>, watched: &[Arc<str>]) -> (u64, Option<Instant>) {
-        let mut barrier = (self.floor, self.floor_at);
-        let path = std::iter::once(Invalidated::Path(path.clone()));
+    /// What a validation of `path` must beat: the floor, the path, the
+    /// watched policy globs; then also the purge globs matching the path
+    /// (keys come per variant, [`Inner::with_keys`]).
+    fn barriers(&mut self, path: &Arc<str>, watched: &[Arc<str>]) -> (Barrier, Barrier) {
+        let mut base = Barrier {
+            seq: self.floor,
+            at: self.floor_at,
+        };
+        let path_mark = std::iter::once(Invalidated::Path(path.clone()));
         let globs = watched.iter().map(|g| Invalidated::Glob(g.clone()));
-        for what in path.chain(globs) {
+        for what in path_mark.chain(globs) {
             if let Some((seq, at)) = self.invalidations.get(&what) {
-                barrier.0 = barrier.0.max(*seq);
-                barrier.1 = Some(barrier.1.map_or(*at, |b| b.max(*at)));
+                base.raise(*seq, Some(*at));
+            }
+        }
+        let mut purged = base;
+        if let Some((seq, at)) = self.purge_globs().newest(path) {
+            purged.raise(seq, Some(at));
+        }
+        (base, purged)
+    }
+
+    /// `barrier` raised by the marks of a validation's surrogate keys.
+    fn with_keys(&self, mut barrier: Barrier, labels: &[KeyId]) -> Barrier {
+        for key in labels {
+            if let Some((seq, at)) = self.invalidations.get(&Invalidated::Key(key.clone())) {
+                barrier.raise(*seq, Some(*at));
             }
         }
         barrier
     }
 
-    fn mark(&mut self, what: Invalidated, seq: u64, limits: &MemoryLimits) {
-        if let Some((old, _)) = self
-            .invalidations
-            .insert(what.clone(), (seq, Instant::now()))
-        {
+    /// The purge globs held, compiled once per change.
+    fn purge_globs(&mut self) -> Arc<GlobMarks<(u64, Instant)>> {
+        if let Some(set) = &self.purge_globs {
+            return set.clone();
+        }
+        let set = Arc::new(GlobMarks::compile(self.invalidations.iter().filter_map(
+            |(what, stamp)| match what {
+                Invalidated::PurgeGlob(g) => Some((g.as_ref(), *stamp)),
+                _ => None,
+            },
+        )));
+        self.purge_globs = Some(set.clone());
+        set
+    }
+
+    /// Record an invalidation with a sequence of its own (the order map
+    /// holds one record per sequence).
+    fn mark(&mut self, what: Invalidated, limits: &MemoryLimits) {
+        self.seq += 1;
+        let seq = self.seq;
+        if matches!(what, Invalidated::PurgeGlob(_)) {
+            self.purge_globs = None;
+        }
+        let now = Instant::now();
+        if let Some((old, _)) = self.invalidations.insert(what.clone(), (seq, now)) {
             self.invalidation_order.remove(&old);
         }
         self.invalidation_order.insert(seq, what);
+        // Records older than any trusted validation can be, plus the guard,
+        // no longer matter: forget them without raising the floor.
+        let horizon = limits.max_trust_age + limits.trust_guard;
+        while let Some((_, oldest)) = self.invalidation_order.first_key_value() {
+            let stale = self
+                .invalidations
+                .get(oldest)
+                .is_none_or(|(_, at)| now.duration_since(*at) > horizon);
+            if !stale {
+                break;
+            }
+            if let Some((_, old)) = self.invalidation_order.pop_first() {
+                self.forget(&old);
+            }
+        }
         while self.invalidations.len() > limits.max_invalidations.max(1) {
             let Some((old_seq, old)) = self.invalidation_order.pop_first() else {
                 break;
             };
-            if let Some((_, at)) = self.invalidations.remove(&old) {
+            if let Some((_, at)) = self.forget(&old) {
                 self.floor_at = Some(self.floor_at.map_or(at, |f| f.max(at)));
             }
             self.floor = self.floor.max(old_seq);
         }
+    }
+
+    fn forget(&mut self, what: &Invalidated) -> Option<(u64, Instant)> {
+        if matches!(what, Invalidated::PurgeGlob(_)) {
+            self.purge_globs = None;
+        }
+        self.invalidations.remove(what)
     }
 
     fn touch(&mut self, id: &Arc<str>) {
@@ -502,6 +649,154 @@ mod tests {
             .unwrap();
         let res = store.lookup(&k, &watched).await.unwrap().unwrap();
         assert!(res.variant(&V).unwrap().validated_at.is_none());
+    }
+
+    fn labelled(keys: &[&str]) -> Labels {
+        Labels::of(keys.iter().map(|k| KeyId::of(k.as_bytes())).collect())
+    }
+
+    async fn trusted(store: &MemoryStore, k: &ResourceKey) -> bool {
+        let res = store.lookup(k, &[]).await.unwrap().unwrap();
+        res.variant(&V).unwrap().validated_at.is_some()
+    }
+
+    #[tokio::test]
+    async fn purges_untrust_exactly_what_they_name() {
+        let store = unguarded();
+        let (a, b, c) = (
+            key("/items/1", "u"),
+            key("/items/2", "v"),
+            key("/other", ""),
+        );
+        let record = |k: ResourceKey, l: Labels| {
+            let store = &store;
+            async move {
+                store
+                    .record_with(&k, &[], &V, &tag("1"), true, &l)
+                    .await
+                    .unwrap()
+            }
+        };
+        record(a.clone(), labelled(&["item-1", "items"])).await;
+        record(b.clone(), labelled(&["item-2", "items"])).await;
+        record(c.clone(), labelled(&[])).await;
+        for k in [&a, &b, &c] {
+            assert!(trusted(&store, k).await);
+        }
+        // A key: only the variants labelled with it.
+        store
+            .purge(&Purge::keys(vec![KeyId::of(b"item-1")]))
+            .await
+            .unwrap();
+        assert!(!trusted(&store, &a).await);
+        let res = store.lookup(&a, &[]).await.unwrap().unwrap();
+        assert_eq!(res.purged, vec![V], "a refusal only the purge caused");
+        assert!(trusted(&store, &b).await && trusted(&store, &c).await);
+        // Validated again after the purge: trusted again.
+        record(a.clone(), labelled(&["item-1", "items"])).await;
+        assert!(trusted(&store, &a).await);
+        // A glob: every read key of every matching path.
+        let glob = Purge {
+            globs: vec!["/items/*".into()],
+            ..Purge::default()
+        };
+        let report = store.purge(&glob).await.unwrap();
+        assert_eq!(report.marks, 2);
+        assert!(!trusted(&store, &a).await && !trusted(&store, &b).await);
+        assert!(trusted(&store, &c).await);
+        // An exact path, under any credential scope.
+        let path = Purge {
+            paths: vec!["/other".into()],
+            ..Purge::default()
+        };
+        store.purge(&path).await.unwrap();
+        let res = store.lookup(&c, &[]).await.unwrap().unwrap();
+        assert!(res.variant(&V).unwrap().validated_at.is_none());
+    }
+
+    #[tokio::test]
+    async fn validations_within_the_guard_after_a_purge_are_not_trusted() {
+        let store = MemoryStore::with_limits(MemoryLimits {
+            trust_guard: Duration::from_millis(60),
+            ..MemoryLimits::default()
+        });
+        let k = key("/a", "");
+        store
+            .purge(&Purge::keys(vec![KeyId::of(b"k")]))
+            .await
+            .unwrap();
+        // A GET that started before the purge may record old data after it.
+        let e = store
+            .record_with(&k, &[], &V, &tag("1"), true, &labelled(&["k"]))
+            .await
+            .unwrap();
+        assert!(e.validated_at.is_none());
+        assert!(!trusted(&store, &k).await);
+        // The same guard does not hold back a variant the purge did not name.
+        store
+            .record_with(&key("/b", ""), &[], &V, &tag("1"), true, &labelled(&["j"]))
+            .await
+            .unwrap();
+        assert!(trusted(&store, &key("/b", "")).await);
+        tokio::time::sleep(Duration::from_millis(70)).await;
+        store
+            .record_with(&k, &[], &V, &tag("1"), true, &labelled(&["k"]))
+            .await
+            .unwrap();
+        assert!(trusted(&store, &k).await);
+    }
+
+    #[tokio::test]
+    async fn too_many_labels_are_never_trusted() {
+        let store = unguarded();
+        let k = key("/a", "");
+        store.record(&k, &[], &V, &tag("1"), true).await.unwrap();
+        assert!(trusted(&store, &k).await);
+        let many: Vec<String> = (0..=crate::surrogate::MAX_LABELS)
+            .map(|i| i.to_string())
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(labelled(&many), Labels::TooMany);
+        store
+            .record_with(&k, &[], &V, &tag("1"), true, &labelled(&many))
+            .await
+            .unwrap();
+        let res = store.lookup(&k, &[]).await.unwrap().unwrap();
+        assert!(res.variant(&V).unwrap().validated_at.is_none());
+    }
+
+    #[tokio::test]
+    async fn dropping_live_purge_marks_raises_the_floor_never_re_trusts() {
+        let store = MemoryStore::with_limits(MemoryLimits {
+            max_invalidations: 3,
+            trust_guard: Duration::ZERO,
+            ..MemoryLimits::default()
+        });
+        let k = key("/a", "");
+        store
+            .record_with(&k, &[], &V, &tag("1"), true, &labelled(&["k0"]))
+            .await
+            .unwrap();
+        store
+            .purge(&Purge::keys(vec![KeyId::of(b"k0")]))
+            .await
+            .unwrap();
+        assert!(!trusted(&store, &k).await);
+        let mut raised = false;
+        for i in 1..10 {
+            let key_i = KeyId::of(format!("other{i}").as_bytes());
+            let report = store.purge(&Purge::keys(vec![key_i])).await.unwrap();
+            assert!(report.marks <= 3);
+            raised |= report.floor_raised;
+        }
+        assert!(raised, "the cap dropped live marks");
+        // k0's mark is gone, but the floor still refuses the old validation.
+        assert!(!trusted(&store, &k).await);
+        store
+            .record_with(&k, &[], &V, &tag("1"), true, &labelled(&["k0"]))
+            .await
+            .unwrap();
+        assert!(trusted(&store, &k).await);
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+pub use crate::surrogate::{KeyId, Labels, Purge, PurgeReport};
 use crate::tag::EntityTag;
 
 /// The two identities of a request (DESIGN "Keys"), never confused:
@@ -65,6 +66,9 @@ pub struct Resource {
     pub vary: Vec<String>,
     /// Known variants.
     pub variants: Vec<(VariantKey, Entry)>,
+    /// Variants whose validation only a purge (a glob or key mark, or the
+    /// purge floor) keeps from being trusted: for the refusal metric.
+    pub purged: Vec<VariantKey>,
 }
 
 impl Resource {
@@ -120,8 +124,21 @@ pub trait Store: Send + Sync + 'static {
     /// The app just produced `tag` for `variant`. Atomically: keep the tag's
     /// first-seen `Last-Modified` if the tag is unchanged, else record it as
     /// new (set-if-absent across replicas). With `trust`, also mark the tag
-    /// validated now. `vary` is stored for the next lookup's secondary key.
+    /// validated now, labelled with the response's surrogate keys
+    /// (`labels`; [`Labels::TooMany`] clears the validation instead: it is
+    /// never trusted). `vary` is stored for the next lookup's secondary key.
     /// Returns the shared entry.
+    async fn record_with(
+        &self,
+        resource: &ResourceKey,
+        vary: &[String],
+        variant: &VariantKey,
+        tag: &EntityTag,
+        trust: bool,
+        labels: &Labels,
+    ) -> Result<Entry, StoreError>;
+
+    /// [`Store::record_with`] for a response without surrogate keys.
     async fn record(
         &self,
         resource: &ResourceKey,
@@ -129,7 +146,10 @@ pub trait Store: Send + Sync + 'static {
         variant: &VariantKey,
         tag: &EntityTag,
         trust: bool,
-    ) -> Result<Entry, StoreError>;
+    ) -> Result<Entry, StoreError> {
+        self.record_with(resource, vary, variant, tag, trust, &Labels::NONE)
+            .await
+    }
 
     /// A write to `resource.path` is about to be forwarded, or was: nothing
     /// validated before now for any read key of that path (any Host, query
@@ -140,6 +160,16 @@ pub trait Store: Send + Sync + 'static {
         resource: &ResourceKey,
         globs: &[Arc<str>],
     ) -> Result<(), StoreError>;
+
+    /// Invalidation from outside HTTP: every exact path gets a new
+    /// generation (as a write's invalidation), every glob and key a mark
+    /// with a fresh stamp. A validation is trusted again only if it is at
+    /// least the trust guard newer than every mark that applies to it (its
+    /// path matches the glob, its labels hold the key). Marks are bounded:
+    /// past the cap the oldest are dropped and a floor raised that
+    /// un-trusts everything older. Returns only once every replica would
+    /// see it (as [`Store::invalidate`]).
+    async fn purge(&self, purge: &Purge) -> Result<PurgeReport, StoreError>;
 
     /// Try once to take the write lock on `resource.lock` for `lease`. `None` when
     /// another holder has it (the caller retries with backoff until its own

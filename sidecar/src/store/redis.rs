@@ -33,11 +33,13 @@ use redis::RedisResult;
 use self::cache::{Cache, Cached, Hit};
 use self::conn::{Conn, SCRIPTS};
 pub use self::model::PrefixError;
-use self::model::{ClockOffset, Keys, RawHash};
+use self::model::{ClockOffset, Hashes, Keys, RawHash, TrustRules};
 pub use self::target::UrlError;
 use crate::store::{
-    Entry, Resource, ResourceKey, Store, StoreError, StoreHealth, VariantKey, WriteLock,
+    Entry, Labels, Purge, PurgeReport, Resource, ResourceKey, Store, StoreError, StoreHealth,
+    VariantKey, WriteLock,
 };
+use crate::surrogate::GlobMarks;
 use crate::tag::EntityTag;
 
 /// Tunables of the Redis store; [`Default`] suits production.
@@ -67,6 +69,17 @@ pub struct RedisOptions {
     pub cache_ttl: Duration,
     /// Most variants kept per resource (a flood of `Vary` values resets it).
     pub max_variants: u32,
+    /// Most purged globs remembered (every lookup reads them all). Past it
+    /// the oldest are dropped and the purge floor raised.
+    pub max_glob_marks: u32,
+    /// Most purged surrogate keys remembered (a lookup reads only those of
+    /// the resource's labels). Past it the oldest are dropped and the
+    /// purge floor raised.
+    pub max_key_marks: u32,
+    /// No validation older than this is trusted (the longest `maxAge` a
+    /// policy may give), so purge marks older than it and the guard are
+    /// forgotten without raising the floor.
+    pub max_trust_age: Duration,
     /// A PEM CA bundle to trust for `rediss://` instead of the system roots
     /// (a store with a private CA).
     pub tls_ca_file: Option<std::path::PathBuf>,
@@ -87,6 +100,9 @@ impl Default for RedisOptions {
             cache_capacity: 10_000,
             cache_ttl: Duration::from_secs(60),
             max_variants: 32,
+            max_glob_marks: 256,
+            max_key_marks: 100_000,
+            max_trust_age: sametag_policy::MAX_MAX_AGE,
             tls_ca_file: None,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
@@ -183,6 +199,8 @@ pub(crate) struct Inner {
     /// The watched globs each resource was last looked up with, so a
     /// trusted record can apply the guard to exactly those globs.
     watched: Mutex<HashMap<String, (Globs, Instant)>>,
+    /// The purge globs last compiled, by their `(glob, stamp)` list.
+    purge_globs: Mutex<Option<(Vec<(String, u64)>, Arc<GlobMarks<u64>>)>>,
 }
 
 /// The Redis [`Store`]. Cheap to clone; the supervisor stops when the last
@@ -252,6 +270,7 @@ impl RedisStore {
             down_reason: Mutex::new(String::new()),
             metrics: RedisMetrics::default(),
             watched: Mutex::new(HashMap::new()),
+            purge_globs: Mutex::new(None),
         });
         let guard = supervisor::spawn(inner.clone());
         Ok(Self {
@@ -401,9 +420,8 @@ impl Inner {
     /// the write's reply. Waiting (briefly, bounded) until our own push has
     /// arrived means every other replica's push is in its socket too, so
     /// a client told "done" by this replica finds the others invalidated.
-    async fn await_own_push(&self, ticket: cache::Ticket, path_id: &str) {
+    async fn await_own_push(&self, ticket: cache::Ticket, hit: Hit) {
         let cache = &self.shared.cache;
-        let hit = Hit::Path(path_id.to_owned());
         let deadline =
             tokio::time::Instant::now() + self.opts.op_timeout.min(Duration::from_millis(100));
         loop {
@@ -429,6 +447,59 @@ impl Inner {
             }
         }
         w.insert(id.to_owned(), (watched.into(), Instant::now()));
+    }
+
+    /// Build what a lookup reports from the hashes it read.
+    fn build(&self, c: &Cached, resource: &ResourceKey, watched: &[Arc<str>]) -> Option<Resource> {
+        let hashes = Hashes {
+            res: &c.res,
+            path: &c.path,
+            meta: &c.meta,
+            purge: &c.purge,
+            keys: &c.labels,
+        };
+        let globs = self.purge_globs(&c.purge);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        let now_us = i128::try_from(now).unwrap_or(i128::MAX)
+            + i128::from(self.offset().server_minus_local_us);
+        let rules = TrustRules {
+            guard_us: u64::try_from(self.opts.trust_guard.as_micros()).unwrap_or(u64::MAX),
+            max_age_us: u64::try_from(self.opts.max_trust_age.as_micros()).unwrap_or(u64::MAX),
+            now_us: u64::try_from(now_us.max(0)).unwrap_or(u64::MAX),
+        };
+        model::build_resource(
+            hashes,
+            &resource.path,
+            watched,
+            &globs,
+            rules,
+            self.offset(),
+        )
+    }
+
+    /// The purge globs of a purge hash, compiled once per change.
+    fn purge_globs(&self, purge: &RawHash) -> Arc<GlobMarks<u64>> {
+        let marks = model::glob_marks(purge);
+        if marks.is_empty() {
+            return Arc::new(GlobMarks::empty());
+        }
+        let mut cached = self.purge_globs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((list, set)) = &*cached
+            && list.len() == marks.len()
+            && list
+                .iter()
+                .zip(&marks)
+                .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+        {
+            return set.clone();
+        }
+        let set = Arc::new(GlobMarks::compile(marks.iter().copied()));
+        let list = marks.iter().map(|(g, s)| ((*g).to_owned(), *s)).collect();
+        *cached = Some((list, set.clone()));
+        set
     }
 
     fn watched_of(&self, id: &str) -> Option<Globs> {
@@ -469,8 +540,7 @@ impl Store for RedisStore {
         inner.remember_watched(&resource.id, watched);
         let cache = &inner.shared.cache;
         let path_id = model::path_id(&resource.path);
-        let build =
-            |c: &Cached| model::build_resource(&c.res, &c.path, &c.meta, watched, inner.offset());
+        let build = |c: &Cached| inner.build(c, resource, watched);
         if let Some(cached) = cache.get(&resource.id, &path_id) {
             let found = build(&cached);
             let trusted = found
@@ -499,27 +569,28 @@ impl Store for RedisStore {
         }
         let ticket = cache.ticket();
         let keys = &inner.shared.keys;
-        let (rk, mk, pk) = (
+        let (rk, mk, pk, xk, kk) = (
             keys.resource(&resource.id),
             keys.meta(),
             keys.path(&path_id),
+            keys.purge(),
+            keys.key_marks(),
         );
-        let (res, meta, path): (Vec<String>, Vec<String>, Vec<String>) = inner
+        type Reply = (
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+        );
+        let (res, meta, path, purge, labels): Reply = inner
             .run(false, |mut c| async move {
-                SCRIPTS
-                    .lookup
-                    .key(rk)
-                    .key(mk)
-                    .key(pk)
-                    .invoke_async(&mut c)
-                    .await
+                let mut inv = SCRIPTS.lookup.key(rk);
+                inv.key(mk).key(pk).key(xk).key(kk);
+                inv.invoke_async(&mut c).await
             })
             .await?;
-        let read = Cached {
-            res: Arc::new(model::pairs(res)),
-            path: Arc::new(model::pairs(path)),
-            meta: Arc::new(model::pairs(meta)),
-        };
+        let read = Cached::from_flat(res, meta, path, purge, labels);
         let found = build(&read);
         if let Some(t) = ticket {
             cache.insert(t, &resource.id, &path_id, read);
@@ -527,15 +598,24 @@ impl Store for RedisStore {
         Ok(found)
     }
 
-    async fn record(
+    async fn record_with(
         &self,
         resource: &ResourceKey,
         vary: &[String],
         variant: &VariantKey,
         tag: &EntityTag,
         trust: bool,
+        labels: &Labels,
     ) -> Result<Entry, StoreError> {
         let inner = &self.inner;
+        let labels = match labels {
+            Labels::Keys(ids) => ids
+                .iter()
+                .map(|id| id.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            Labels::TooMany => "*".to_owned(),
+        };
         let (vary, tag_s) = (model::encode_vary(vary), model::encode_tag(tag));
         let path_id = model::path_id(&resource.path);
         if !trust
@@ -551,11 +631,13 @@ impl Store for RedisStore {
             });
         }
         let keys = &inner.shared.keys;
-        let (rk, mk, ck, pk) = (
+        let (rk, mk, ck, pk, xk, kk) = (
             keys.resource(&resource.id),
             keys.meta(),
             keys.clock(),
             keys.path(&path_id),
+            keys.purge(),
+            keys.key_marks(),
         );
         let globs = inner.watched_of(&resource.id);
         let o = &inner.opts;
@@ -573,17 +655,20 @@ impl Store for RedisStore {
             Vec<String>,
             Vec<String>,
             Vec<String>,
+            Vec<String>,
+            Vec<String>,
         );
-        let (lm, va, _ve, res, meta, path): Reply = inner
+        let (lm, va, _ve, res, meta, path, purge, label_marks): Reply = inner
             .run(false, |mut c| async move {
                 let mut inv = SCRIPTS.record.key(rk);
-                inv.key(mk).key(ck).key(pk);
+                inv.key(mk).key(ck).key(pk).key(xk).key(kk);
                 inv.arg(vary)
                     .arg(variant_s)
                     .arg(tag_s)
                     .arg(if trust { "1" } else { "0" });
                 inv.arg(ttl).arg(meta_ttl).arg(max_variants).arg(guard_us);
                 inv.arg(if globs.is_some() { "0" } else { "1" });
+                inv.arg(labels);
                 for g in globs.iter().flat_map(|g| g.iter()) {
                     inv.arg(g.as_ref());
                 }
@@ -591,11 +676,7 @@ impl Store for RedisStore {
             })
             .await?;
         if let Some(t) = ticket {
-            let read = Cached {
-                res: Arc::new(model::pairs(res)),
-                path: Arc::new(model::pairs(path)),
-                meta: Arc::new(model::pairs(meta)),
-            };
+            let read = Cached::from_flat(res, meta, path, purge, label_marks);
             inner.shared.cache.insert(t, &resource.id, &path_id, read);
         }
         let validated_at = match va {
@@ -642,10 +723,73 @@ impl Store for RedisStore {
             })
             .await?;
         if let Some(t) = ticket {
-            inner.await_own_push(t, &path_id).await;
+            inner.await_own_push(t, Hit::Path(path_id.clone())).await;
         }
         forget();
         Ok(())
+    }
+
+    async fn purge(&self, purge: &Purge) -> Result<PurgeReport, StoreError> {
+        let inner = &self.inner;
+        let cache = &inner.shared.cache;
+        let path_ids: Vec<String> = purge.paths.iter().map(|p| model::path_id(p)).collect();
+        // What this purge changes in every replica's cache; our own reads
+        // must not be served from it once this returns.
+        let mut hits: Vec<Hit> = path_ids.iter().cloned().map(Hit::Path).collect();
+        hits.push(Hit::Purge);
+        hits.push(Hit::Keys);
+        let forget = || {
+            for hit in &hits {
+                cache.invalidate(hit.clone());
+            }
+        };
+        forget();
+        let ticket = cache.ticket();
+        let keys = &inner.shared.keys;
+        let [glob_order, key_order] = keys.mark_order();
+        let o = &inner.opts;
+        let horizon =
+            u64::try_from((o.max_trust_age + o.trust_guard).as_micros()).unwrap_or(u64::MAX);
+        let mut script = SCRIPTS.purge.key(keys.meta());
+        script
+            .key(keys.clock())
+            .key(keys.purge())
+            .key(keys.key_marks())
+            .key(glob_order)
+            .key(key_order);
+        for id in &path_ids {
+            script.key(keys.path(id));
+        }
+        script
+            .arg(Inner::ms(o.meta_ttl))
+            .arg(o.max_glob_marks.max(1))
+            .arg(o.max_key_marks.max(1))
+            .arg(horizon)
+            .arg(purge.globs.len());
+        for g in &purge.globs {
+            script.arg(g.as_ref());
+        }
+        for k in &purge.keys {
+            script.arg(k.as_str());
+        }
+        // A purge that may have failed half-way bumps the epoch on reconnect,
+        // as a write's invalidation does.
+        let (_stamp, raised, held): (String, i64, i64) = inner
+            .run(
+                true,
+                |mut c| async move { script.invoke_async(&mut c).await },
+            )
+            .await?;
+        if let Some(t) = ticket {
+            // Every key the script wrote is pushed in the same event-loop
+            // step; the purge hash always changes (its stamps or TTL).
+            inner.await_own_push(t, Hit::Purge).await;
+        }
+        forget();
+        Ok(PurgeReport {
+            marks: u64::try_from(held).unwrap_or(0),
+            floor_raised: raised == 1,
+        })
     }
 
     async fn try_lock(

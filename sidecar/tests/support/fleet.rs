@@ -144,6 +144,9 @@ pub struct Db {
     pub applied: Mutex<Vec<(Method, String, String, String)>>,
     /// Every request target the app received, as sent: (method, target).
     pub seen: Mutex<Vec<(Method, String)>>,
+    /// `Surrogate-Key` values the app labels documents with (GET/HEAD), by
+    /// the same key as `docs`.
+    pub labels: Mutex<HashMap<String, String>>,
 }
 
 impl Db {
@@ -155,6 +158,14 @@ impl Db {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Arc::new(db)
+    }
+
+    /// Label document `key` with a `Surrogate-Key` value.
+    pub fn label(&self, key: &str, value: &str) {
+        self.labels
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), value.to_owned());
     }
 
     /// The current body of a document.
@@ -208,7 +219,9 @@ pub fn remove_dot_segments(path: &str) -> String {
 /// this replica's own ETag and Last-Modified, or 404 carrying them too.
 /// PUT replaces, DELETE removes, any other method (PATCH, POST, PURGE,
 /// MOVE, ...) appends ` +METHOD`. Writes take `x-delay-ms` (a header the
-/// client sends) to widen race windows.
+/// client sends) to widen race windows. GETs carry the document's
+/// `Surrogate-Key` labels ([`Db::label`]); a write echoes the client's
+/// `x-surrogate-key` as its response's `Surrogate-Key`.
 pub async fn db_app(db: Arc<Db>, instance: usize) -> App {
     App::start(move |req: Request<Incoming>| {
         let db = db.clone();
@@ -235,16 +248,24 @@ pub async fn db_app(db: Arc<Db>, instance: usize) -> App {
                 r.header("etag", format!("\"app{instance}-{what}\""))
                     .header("last-modified", httpdate::fmt_http_date(lm))
             };
+            let labels = db.labels.lock().unwrap().get(&doc).cloned();
             if parts.method == Method::GET || parts.method == Method::HEAD {
                 let found = db.doc(&doc);
+                let labelled = |r: http::response::Builder| match &labels {
+                    Some(l) => r.header("surrogate-key", l.as_str()),
+                    None => r,
+                };
                 return match found {
-                    Some(text) => own(Response::builder(), &text.len().to_string())
+                    Some(text) => labelled(own(Response::builder(), &text.len().to_string()))
                         .header("content-type", "text/plain")
                         .body(body(text))
                         .unwrap(),
-                    None => own(Response::builder().status(StatusCode::NOT_FOUND), "404")
-                        .body(body("no such document"))
-                        .unwrap(),
+                    None => labelled(own(
+                        Response::builder().status(StatusCode::NOT_FOUND),
+                        "404",
+                    ))
+                    .body(body("no such document"))
+                    .unwrap(),
                 };
             }
             let delay = parts
@@ -286,9 +307,11 @@ pub async fn db_app(db: Arc<Db>, instance: usize) -> App {
                 }
                 status
             };
-            own(Response::builder().status(status), "write")
-                .body(body(Bytes::new()))
-                .unwrap()
+            let mut response = own(Response::builder().status(status), "write");
+            if let Some(keys) = parts.headers.get("x-surrogate-key") {
+                response = response.header("surrogate-key", keys);
+            }
+            response.body(body(Bytes::new())).unwrap()
         }
     })
     .await

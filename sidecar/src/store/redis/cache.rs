@@ -1,4 +1,5 @@
-//! The local (client-side) cache of resource, path and meta hashes, kept exact by
+//! The local (client-side) cache of resource, path, meta and purge hashes
+//! (and each resource's label marks), kept exact by
 //! Redis' RESP3 `CLIENT TRACKING ... BCAST` invalidation pushes.
 //!
 //! Why our own cache rather than the redis crate's `cache-aio`: the store
@@ -29,22 +30,31 @@ pub(crate) enum Hit {
     Resource(String),
     Path(String),
     Meta,
+    /// The purge hash (glob marks, floor).
+    Purge,
+    /// The key-mark hash: every resource's label marks are stale.
+    Keys,
 }
 
-struct Slot {
-    hash: Arc<RawHash>,
+struct Slot<T = Arc<RawHash>> {
+    hash: T,
     until: Instant,
 }
+
+/// A resource hash and the marks of its labels, read together: one is
+/// never served with the other from a different read.
+type ResourcePair = (Arc<RawHash>, Arc<RawHash>);
 
 struct State {
     enabled: bool,
     seq: u64,
     /// Tickets older than this are refused (flush, or the log was pruned).
     floor: u64,
-    resources: HashMap<String, Slot>,
+    resources: HashMap<String, Slot<ResourcePair>>,
     /// Path hashes by path id (an empty hash caches "absent").
     paths: HashMap<String, Slot>,
     meta: Option<Slot>,
+    purge: Option<Slot>,
     /// Recent invalidations: (sequence, when, what).
     log: VecDeque<(u64, Instant, Hit)>,
 }
@@ -70,6 +80,7 @@ impl Cache {
                 resources: HashMap::new(),
                 paths: HashMap::new(),
                 meta: None,
+                purge: None,
                 log: VecDeque::new(),
             }),
             capacity,
@@ -91,8 +102,9 @@ impl Cache {
         s.enabled.then_some(Ticket(s.seq))
     }
 
-    /// The cached resource hash of read key `id`, the path hash of `path`
-    /// (an empty hash caches "absent") and meta: all three or nothing.
+    /// The cached resource hash of read key `id` (with its label marks),
+    /// the path hash of `path` (an empty hash caches "absent"), meta and
+    /// the purge hash: all or nothing.
     pub(crate) fn get(&self, id: &str, path: &str) -> Option<Cached> {
         let s = self.lock();
         if !s.enabled {
@@ -102,10 +114,13 @@ impl Cache {
         let res = s.resources.get(id).filter(|e| e.until > now)?;
         let path = s.paths.get(path).filter(|e| e.until > now)?;
         let meta = s.meta.as_ref().filter(|e| e.until > now)?;
+        let purge = s.purge.as_ref().filter(|e| e.until > now)?;
         Some(Cached {
-            res: res.hash.clone(),
+            res: res.hash.0.clone(),
             path: path.hash.clone(),
             meta: meta.hash.clone(),
+            purge: purge.hash.clone(),
+            labels: res.hash.1.clone(),
         })
     }
 
@@ -115,13 +130,15 @@ impl Cache {
         if !s.enabled || ticket.0 < s.floor {
             return;
         }
-        let (mut res_ok, mut path_ok, mut meta_ok) = (true, true, true);
+        let (mut res_ok, mut path_ok, mut meta_ok, mut purge_ok) = (true, true, true, true);
         for (seq, _, hit) in &s.log {
             if *seq <= ticket.0 {
                 continue;
             }
             match hit {
                 Hit::Meta => meta_ok = false,
+                Hit::Purge => purge_ok = false,
+                Hit::Keys => res_ok = false,
                 Hit::Resource(r) if r == id => res_ok = false,
                 Hit::Path(p) if p == path_id => path_ok = false,
                 Hit::Resource(_) | Hit::Path(_) => {}
@@ -134,9 +151,16 @@ impl Cache {
                 until,
             });
         }
+        if purge_ok {
+            s.purge = Some(Slot {
+                hash: read.purge,
+                until,
+            });
+        }
         let capacity = self.capacity;
         if res_ok {
-            bounded_insert(&mut s.resources, capacity, id, read.res, until);
+            let pair = (read.res, read.labels);
+            bounded_insert(&mut s.resources, capacity, id, pair, until);
         }
         if path_ok {
             bounded_insert(&mut s.paths, capacity, path_id, read.path, until);
@@ -150,6 +174,8 @@ impl Cache {
         let seq = s.seq;
         match &hit {
             Hit::Meta => s.meta = None,
+            Hit::Purge => s.purge = None,
+            Hit::Keys => s.resources.clear(),
             Hit::Resource(id) => {
                 s.resources.remove(id);
             }
@@ -180,6 +206,7 @@ impl Cache {
         s.resources.clear();
         s.paths.clear();
         s.meta = None;
+        s.purge = None;
         s.log.clear();
         s.enabled = enabled;
         self.pushed.notify_waiters();
@@ -203,21 +230,44 @@ impl Cache {
     }
 }
 
-/// The three hashes a lookup needs, as cached or just read.
+/// The hashes a lookup needs, as cached or just read.
 #[derive(Clone)]
 pub(crate) struct Cached {
     pub(crate) res: Arc<RawHash>,
     pub(crate) path: Arc<RawHash>,
     pub(crate) meta: Arc<RawHash>,
+    pub(crate) purge: Arc<RawHash>,
+    /// The key-mark hash's `e` and the marks of `res`'s labels.
+    pub(crate) labels: Arc<RawHash>,
+}
+
+impl Cached {
+    /// From a script's flat replies.
+    pub(crate) fn from_flat(
+        res: Vec<String>,
+        meta: Vec<String>,
+        path: Vec<String>,
+        purge: Vec<String>,
+        labels: Vec<String>,
+    ) -> Cached {
+        use super::model::pairs;
+        Cached {
+            res: Arc::new(pairs(res)),
+            path: Arc::new(pairs(path)),
+            meta: Arc::new(pairs(meta)),
+            purge: Arc::new(pairs(purge)),
+            labels: Arc::new(pairs(labels)),
+        }
+    }
 }
 
 /// Insert into a map of at most `capacity` slots: expired ones go first,
 /// then an arbitrary live one.
-fn bounded_insert(
-    map: &mut HashMap<String, Slot>,
+fn bounded_insert<T>(
+    map: &mut HashMap<String, Slot<T>>,
     capacity: usize,
     id: &str,
-    hash: Arc<RawHash>,
+    hash: T,
     until: Instant,
 ) {
     if map.len() >= capacity && !map.contains_key(id) {
@@ -245,6 +295,8 @@ mod tests {
             res: h(res),
             path: h("p"),
             meta: h(meta),
+            purge: h("x"),
+            labels: h("k"),
         }
     }
 
@@ -297,6 +349,22 @@ mod tests {
         let t = c.ticket().unwrap();
         c.invalidate(Hit::Meta);
         c.insert(t, "a", "P", read("x", "m2"));
+        assert!(c.get("a", "P").is_none());
+        // A purge (glob marks) or key-mark change hides every resource,
+        // and a read racing it cannot put the old marks back.
+        let t = c.ticket().unwrap();
+        c.insert(t, "a", "P", read("x", "m"));
+        assert!(c.get("a", "P").is_some());
+        let t = c.ticket().unwrap();
+        c.invalidate(Hit::Purge);
+        assert!(c.get("a", "P").is_none());
+        c.insert(t, "a", "P", read("x", "m"));
+        assert!(c.get("a", "P").is_none());
+        let t = c.ticket().unwrap();
+        c.insert(t, "a", "P", read("x", "m"));
+        c.invalidate(Hit::Keys);
+        assert!(c.get("a", "P").is_none());
+        c.insert(t, "a", "P", read("x", "m"));
         assert!(c.get("a", "P").is_none());
     }
 

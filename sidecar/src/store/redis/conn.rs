@@ -20,24 +20,32 @@ pub(crate) struct Scripts {
     pub(crate) unlock: Script,
     pub(crate) renew: Script,
     pub(crate) epoch: Script,
+    pub(crate) purge: Script,
     /// The sources, for one pipelined `SCRIPT LOAD` on connect.
     sources: Vec<String>,
 }
 
 const CLOCK: &str = include_str!("clock.lua");
+const LABELS: &str = include_str!("labels.lua");
+const PURGE_STATE: &str = include_str!("purge_state.lua");
 
 /// The scripts, compiled once per process. The writing scripts share the
-/// hybrid clock (`clock.lua`) as a prelude.
+/// hybrid clock (`clock.lua`) as a prelude; those that read label marks or
+/// keep the purge state share those functions too.
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
     let with_clock = |body: &str| format!("{CLOCK}\n{body}");
     let sources = vec![
-        include_str!("lookup.lua").to_owned(),
-        with_clock(include_str!("record.lua")),
+        format!("{LABELS}\n{}", include_str!("lookup.lua")),
+        format!(
+            "{CLOCK}\n{LABELS}\n{PURGE_STATE}\n{}",
+            include_str!("record.lua")
+        ),
         with_clock(include_str!("invalidate.lua")),
         with_clock(include_str!("lock.lua")),
         include_str!("unlock.lua").to_owned(),
         with_clock(include_str!("epoch.lua")),
         include_str!("renew.lua").to_owned(),
+        format!("{CLOCK}\n{PURGE_STATE}\n{}", include_str!("purge.lua")),
     ];
     Scripts {
         lookup: Script::new(&sources[0]),
@@ -47,6 +55,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         unlock: Script::new(&sources[4]),
         epoch: Script::new(&sources[5]),
         renew: Script::new(&sources[6]),
+        purge: Script::new(&sources[7]),
         sources,
     }
 });

@@ -9,6 +9,9 @@
 //! | `{P}:r:<read key>` | hash | `vary`, `lmx` (newest Last-Modified), and per variant `t\|v` tag, `m\|v` Last-Modified, `a\|v` validation stamp, `e\|v` epoch and `p\|v` path generation of that validation |
 //! | `{P}:p:<path id>` | hash | `g` the path's generation (a stamp, new at every invalidation of the path), `inv` its last invalidation stamp |
 //! | `{P}:m` | hash | `epoch`, `g\|<glob>` invalidation stamp per glob, `gl` newest glob invalidation |
+//! | `{P}:x` | hash | purge state: `e` the epoch it belongs to, `f` the purge floor, `x\|<glob>` stamp per purged glob |
+//! | `{P}:k` | hash | purged surrogate keys: `e` the epoch, `<key id>` stamp per key |
+//! | `{P}:z:x`, `{P}:z:k` | sorted set | the same glob and key marks by stamp, to prune the oldest (not tracked) |
 //! | `{P}:c` | string | the store's hybrid clock (fencing tokens and stamps) |
 //! | `{P}:l:<lock key>` | string | a write lock (path + query): the holder's fencing token, with the lease as TTL |
 //!
@@ -17,11 +20,19 @@
 //! generation its validation saw, and is trusted only while the path hash
 //! still holds that generation. An evicted path hash therefore un-trusts
 //! (a missing generation matches nothing), never re-trusts.
+//!
+//! A purge marks globs and keys with a fresh stamp; a validation carries
+//! its variant's labels (`k|v`, key ids, `*` for too many) and is trusted
+//! only if it is at least the guard newer than the floor and every mark
+//! that applies. The purge hashes carry the epoch they belong to: a lost
+//! hash (evicted, deleted) fails that check, so losing marks un-trusts, and
+//! the next write bumps the epoch and raises the floor.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::store::{Entry, Resource, VariantKey};
+use crate::store::{Entry, KeyId, Resource, VariantKey};
+use crate::surrogate::GlobMarks;
 use crate::tag::EntityTag;
 
 /// Names of one store's keys.
@@ -37,6 +48,10 @@ pub(crate) enum KeyKind<'a> {
     Resource(&'a str),
     Path(&'a str),
     Meta,
+    /// The purge hash (glob marks, floor).
+    Purge,
+    /// The key-mark hash.
+    Keys,
     Other,
 }
 
@@ -90,14 +105,29 @@ impl Keys {
         format!("{}:c", self.tag)
     }
 
-    /// The prefixes client-side caching tracks (BCAST): resources, paths
-    /// and meta, not locks or the clock, whose changes no cache needs to
-    /// hear about.
-    pub(crate) fn tracking_prefixes(&self) -> [String; 3] {
+    pub(crate) fn purge(&self) -> String {
+        format!("{}:x", self.tag)
+    }
+
+    pub(crate) fn key_marks(&self) -> String {
+        format!("{}:k", self.tag)
+    }
+
+    /// The glob and key marks ordered by stamp (pruning only; untracked).
+    pub(crate) fn mark_order(&self) -> [String; 2] {
+        [format!("{}:z:x", self.tag), format!("{}:z:k", self.tag)]
+    }
+
+    /// The prefixes client-side caching tracks (BCAST): resources, paths,
+    /// meta and the purge marks, not locks, the clock or the mark order,
+    /// whose changes no cache needs to hear about.
+    pub(crate) fn tracking_prefixes(&self) -> [String; 5] {
         [
             format!("{}:r:", self.tag),
             format!("{}:p:", self.tag),
             self.meta(),
+            self.purge(),
+            self.key_marks(),
         ]
     }
 
@@ -108,6 +138,10 @@ impl Keys {
         };
         if rest == ":m" {
             KeyKind::Meta
+        } else if rest == ":x" {
+            KeyKind::Purge
+        } else if rest == ":k" {
+            KeyKind::Keys
         } else if let Some(id) = rest.strip_prefix(":r:") {
             KeyKind::Resource(id)
         } else if let Some(id) = rest.strip_prefix(":p:") {
@@ -189,17 +223,59 @@ fn stamp(s: Option<&String>) -> Option<u64> {
     s.and_then(|s| s.parse().ok())
 }
 
+/// The hashes a lookup reads (in one round trip, or from the local cache).
+#[derive(Clone, Copy)]
+pub(crate) struct Hashes<'a> {
+    /// The read key's resource hash.
+    pub(crate) res: &'a RawHash,
+    /// The path hash (generation).
+    pub(crate) path: &'a RawHash,
+    /// The meta hash (epoch, policy glob marks).
+    pub(crate) meta: &'a RawHash,
+    /// The purge hash (epoch, floor, glob marks).
+    pub(crate) purge: &'a RawHash,
+    /// The key-mark hash's `e` and the marks of the resource's labels.
+    pub(crate) keys: &'a RawHash,
+}
+
+/// What decides trust besides the hashes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TrustRules {
+    /// A validation must be at least this much newer than a purge mark.
+    pub(crate) guard_us: u64,
+    /// No validation older than this is trusted (marks older than it and
+    /// the guard are pruned).
+    pub(crate) max_age_us: u64,
+    /// The server's time now (microseconds), as this replica estimates it.
+    pub(crate) now_us: u64,
+}
+
+/// The purge glob marks of a purge hash (`x|<glob>` fields).
+pub(crate) fn glob_marks(purge: &RawHash) -> Vec<(&str, u64)> {
+    let mut marks: Vec<(&str, u64)> = purge
+        .iter()
+        .filter_map(|(f, v)| Some((f.strip_prefix("x|")?, v.parse().ok()?)))
+        .collect();
+    marks.sort_unstable();
+    marks
+}
+
 /// Everything [`Store::lookup`](crate::store::Store::lookup) reports, from
-/// the raw resource, path and meta hashes. A validation is trusted only
-/// when it carries the current epoch and the path's current generation, and
-/// is newer than every watched glob's invalidation.
+/// the raw hashes. A validation is trusted only when it carries the current
+/// epoch and the path's current generation, is newer than every watched
+/// glob's invalidation and younger than the maximum age, and is at least
+/// the guard newer than the purge floor and every purge mark that applies
+/// (a glob matching `path`, a key among its labels) while the purge state
+/// belongs to the current epoch.
 pub(crate) fn build_resource(
-    res: &RawHash,
-    path: &RawHash,
-    meta: &RawHash,
+    h: Hashes<'_>,
+    path_name: &str,
     watched: &[std::sync::Arc<str>],
+    globs: &GlobMarks<u64>,
+    rules: TrustRules,
     offset: ClockOffset,
 ) -> Option<Resource> {
+    let (res, path, meta) = (h.res, h.path, h.meta);
     let vary = res.get("vary")?;
     let epoch = meta.get("epoch");
     let generation = path.get("g");
@@ -208,7 +284,16 @@ pub(crate) fn build_resource(
         .filter_map(|g| stamp(meta.get(&format!("g|{g}"))))
         .max()
         .unwrap_or(0);
-    let mut variants = Vec::new();
+    let purge_current = epoch.is_some() && h.purge.get("e") == epoch && h.keys.get("e") == epoch;
+    // The floor and the globs matching the path apply to every variant.
+    let path_purged = stamp(h.purge.get("f"))
+        .into_iter()
+        .chain(globs.newest(path_name))
+        .max();
+    let mut out = Resource {
+        vary: decode_vary(vary),
+        ..Resource::default()
+    };
     for (field, value) in res {
         let Some(v) = field.strip_prefix("t|") else {
             continue;
@@ -224,26 +309,43 @@ pub(crate) fn build_resource(
         let vp = res.get(&format!("p|{v}"));
         let trusted = match (validated, ve, epoch, vp, generation) {
             (Some(a), Some(ve), Some(epoch), Some(vp), Some(g))
-                if ve == epoch && vp == g && a > newest_mark =>
+                if ve == epoch
+                    && vp == g
+                    && a > newest_mark
+                    && rules.now_us.saturating_sub(a) <= rules.max_age_us =>
             {
                 Some(a)
             }
             _ => None,
         };
-        variants.push((
+        // Labels: missing (recorded before labels existed) or `*` (more
+        // than the bound) never trust.
+        let trusted = trusted.filter(|_| res.get(&format!("k|{v}")).is_some_and(|l| l != "*"));
+        let purged = trusted.is_some_and(|a| {
+            let labels = res.get(&format!("k|{v}")).map_or("", String::as_str);
+            let newest = labels
+                .split(' ')
+                .filter_map(KeyId::from_stored)
+                .filter_map(|id| stamp(h.keys.get(id.as_str())))
+                .chain(path_purged)
+                .max();
+            !purge_current || newest.is_some_and(|m| a < m.saturating_add(rules.guard_us))
+        });
+        if purged {
+            out.purged.push(VariantKey(v.to_owned()));
+        }
+        out.variants.push((
             VariantKey(v.to_owned()),
             Entry {
                 tag,
                 last_modified: UNIX_EPOCH + Duration::from_secs(lm),
-                validated_at: trusted.map(|a| offset.to_local(a)),
+                validated_at: trusted.filter(|_| !purged).map(|a| offset.to_local(a)),
             },
         ));
     }
-    variants.sort_by(|a, b| a.0.cmp(&b.0));
-    Some(Resource {
-        vary: decode_vary(vary),
-        variants,
-    })
+    out.variants.sort_by(|a, b| a.0.cmp(&b.0));
+    out.purged.sort();
+    Some(out)
 }
 
 #[cfg(test)]
@@ -251,6 +353,44 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    /// `build_resource` with purge state current (no marks), no guard.
+    fn build(
+        res: &RawHash,
+        path: &RawHash,
+        meta: &RawHash,
+        watched: &[Arc<str>],
+        offset: ClockOffset,
+    ) -> Option<Resource> {
+        let epoch = meta.get("epoch").cloned().unwrap_or_default();
+        let purge = hash(&[("e", &epoch)]);
+        build_purged(res, path, meta, &purge, &purge, watched, offset)
+    }
+
+    fn build_purged(
+        res: &RawHash,
+        path: &RawHash,
+        meta: &RawHash,
+        purge: &RawHash,
+        keys: &RawHash,
+        watched: &[Arc<str>],
+        offset: ClockOffset,
+    ) -> Option<Resource> {
+        let h = Hashes {
+            res,
+            path,
+            meta,
+            purge,
+            keys,
+        };
+        let globs = GlobMarks::compile(glob_marks(purge));
+        let rules = TrustRules {
+            guard_us: 100,
+            max_age_us: 1_000_000,
+            now_us: 3_000,
+        };
+        build_resource(h, "/api/items/1", watched, &globs, rules, offset)
+    }
 
     fn hash(kv: &[(&str, &str)]) -> RawHash {
         kv.iter()
@@ -307,12 +447,13 @@ mod tests {
             ("a|gzip", "2000"),
             ("e|gzip", "1000"),
             ("p|gzip", "1500"),
+            ("k|gzip", ""),
         ]);
         let g: Vec<Arc<str>> = vec!["/api/**".into()];
         let off = ClockOffset::default();
         let meta = hash(&[("epoch", "1000")]);
         let path = hash(&[("g", "1500"), ("inv", "1500")]);
-        let r = build_resource(&res, &path, &meta, &g, off).unwrap();
+        let r = build(&res, &path, &meta, &g, off).unwrap();
         assert_eq!(r.vary, vec!["accept-encoding".to_owned()]);
         let e = r.variant(&VariantKey("gzip".into())).unwrap();
         assert_eq!(e.tag.opaque, "T");
@@ -326,37 +467,93 @@ mod tests {
         );
         // A newer epoch un-trusts it.
         let meta2 = hash(&[("epoch", "3000")]);
-        let r = build_resource(&res, &path, &meta2, &g, off).unwrap();
+        let r = build(&res, &path, &meta2, &g, off).unwrap();
         assert_eq!(r.variants[0].1.validated_at, None);
         // No epoch at all (evicted meta): nothing is trusted.
-        let r = build_resource(&res, &path, &RawHash::new(), &g, off).unwrap();
+        let r = build(&res, &path, &RawHash::new(), &g, off).unwrap();
         assert_eq!(r.variants[0].1.validated_at, None);
         // A watched glob invalidated after the validation un-trusts it; an
         // unwatched one does not.
         let meta3 = hash(&[("epoch", "1000"), ("g|/api/**", "2500"), ("g|/x", "9999")]);
-        let r = build_resource(&res, &path, &meta3, &g, off).unwrap();
+        let r = build(&res, &path, &meta3, &g, off).unwrap();
         assert_eq!(r.variants[0].1.validated_at, None);
-        let r = build_resource(&res, &path, &meta3, &[], off).unwrap();
+        let r = build(&res, &path, &meta3, &[], off).unwrap();
         assert!(r.variants[0].1.validated_at.is_some());
         // The path invalidated after the validation (a new generation), by
         // any user under any Host: not trusted.
         let newer = hash(&[("g", "2100"), ("inv", "2100")]);
-        let r = build_resource(&res, &newer, &meta, &[], off).unwrap();
+        let r = build(&res, &newer, &meta, &[], off).unwrap();
         assert_eq!(r.variants[0].1.validated_at, None);
         // The path hash evicted: a missing generation matches nothing.
-        let r = build_resource(&res, &RawHash::new(), &meta, &[], off).unwrap();
+        let r = build(&res, &RawHash::new(), &meta, &[], off).unwrap();
         assert_eq!(r.variants[0].1.validated_at, None);
         // A validation from before path generations existed: not trusted.
         let mut old = res.clone();
         old.remove("p|gzip");
-        let r = build_resource(&old, &path, &meta, &[], off).unwrap();
+        let r = build(&old, &path, &meta, &[], off).unwrap();
         assert_eq!(r.variants[0].1.validated_at, None);
+    }
+
+    #[test]
+    fn purge_marks_untrust_what_they_apply_to_within_the_guard() {
+        let kid = KeyId::of(b"product-1");
+        let other = KeyId::of(b"product-2");
+        let labels = format!("{} {}", kid.as_str(), other.as_str());
+        let res = hash(&[
+            ("vary", ""),
+            ("t|", "s:T"),
+            ("m|", "1700000000"),
+            ("a|", "2000"),
+            ("e|", "1000"),
+            ("p|", "1500"),
+            ("k|", &labels),
+        ]);
+        let (meta, path) = (hash(&[("epoch", "1000")]), hash(&[("g", "1500")]));
+        let off = ClockOffset::default();
+        let trusted = |purge: &RawHash, keys: &RawHash| {
+            let r = build_purged(&res, &path, &meta, purge, keys, &[], off).unwrap();
+            let ok = r.variants[0].1.validated_at.is_some();
+            assert_eq!(ok, r.purged.is_empty(), "purged lists exactly the refusals");
+            ok
+        };
+        let e = hash(&[("e", "1000")]);
+        assert!(trusted(&e, &e));
+        // A key among the labels, marked before the validation but within
+        // the guard (100): refused; a guard older: trusted.
+        let k = |stamp: &str| hash(&[("e", "1000"), (kid.as_str(), stamp)]);
+        assert!(!trusted(&e, &k("1950")));
+        assert!(!trusted(&e, &k("2500")));
+        assert!(trusted(&e, &k("1900")));
+        // A key the variant does not carry does not matter.
+        let unrelated = hash(&[("e", "1000"), (KeyId::of(b"x").as_str(), "2500")]);
+        assert!(trusted(&e, &unrelated));
+        // A glob matching the path, or the floor.
+        assert!(!trusted(&hash(&[("e", "1000"), ("x|/api/**", "1990")]), &e));
+        assert!(trusted(
+            &hash(&[("e", "1000"), ("x|/other/**", "2500")]),
+            &e
+        ));
+        assert!(!trusted(&hash(&[("e", "1000"), ("f", "2500")]), &e));
+        // Lost purge state (a hash gone, or of another epoch): untrusted.
+        assert!(!trusted(&RawHash::new(), &e));
+        assert!(!trusted(&e, &RawHash::new()));
+        assert!(!trusted(&hash(&[("e", "999")]), &e));
+        // Too many labels, or none recorded: never trusted.
+        for l in [Some("*"), None] {
+            let mut r2 = res.clone();
+            match l {
+                Some(l) => r2.insert("k|".into(), l.into()),
+                None => r2.remove("k|"),
+            };
+            let r = build_purged(&r2, &path, &meta, &e, &e, &[], off).unwrap();
+            assert!(r.variants[0].1.validated_at.is_none());
+        }
     }
 
     #[test]
     fn missing_resource_is_none() {
         assert!(
-            build_resource(
+            build(
                 &hash(&[("lmx", "5")]),
                 &RawHash::new(),
                 &RawHash::new(),

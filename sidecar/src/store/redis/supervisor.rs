@@ -161,6 +161,8 @@ fn on_push(shared: &Shared, id: u64, info: PushInfo) {
                         }
                         KeyKind::Path(p) => shared.cache.invalidate(Hit::Path(p.to_owned())),
                         KeyKind::Meta => shared.cache.invalidate(Hit::Meta),
+                        KeyKind::Purge => shared.cache.invalidate(Hit::Purge),
+                        KeyKind::Keys => shared.cache.invalidate(Hit::Keys),
                         KeyKind::Other => {}
                     }
                 }
@@ -298,6 +300,8 @@ async fn bump_epoch(inner: &Inner, c: &mut Conn) -> Result<(), RedisError> {
         .epoch
         .key(keys.meta())
         .key(keys.clock())
+        .key(keys.purge())
+        .key(keys.key_marks())
         .arg(meta_ttl)
         .invoke_async(c)
         .await?;
