@@ -40,12 +40,15 @@ const USERS: [&[(&str, &str)]; 3] = [
 ];
 const QUERIES: [&str; 2] = ["", "?page=2"];
 
-/// Every (host, user, query) combination.
-fn combos() -> Vec<(
+/// One read key's spelling: Host, credentials, query.
+type Combo = (
     &'static str,
     &'static [(&'static str, &'static str)],
     &'static str,
-)> {
+);
+
+/// Every (host, user, query) combination.
+fn combos() -> Vec<Combo> {
     let mut out = Vec::new();
     for h in HOSTS {
         for u in USERS {
@@ -341,7 +344,7 @@ async fn a_write_response_purges_a_key_shared_by_many(kind: StoreKind) {
 async fn the_header_never_reaches_a_client(kind: StoreKind) {
     let db = Db::with(&[("/doc", "v"), ("/trust/doc", "t"), ("/bypass/doc", "b")]);
     for doc in ["/doc", "/trust/doc", "/bypass/doc", "/missing"] {
-        db.label(&doc, "k1 k2");
+        db.label(doc, "k1 k2");
     }
     let fleet = Fleet::start(kind, 2, POLICY, db).await;
     for (method, target, headers) in [

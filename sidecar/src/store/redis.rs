@@ -175,6 +175,9 @@ impl Shared {
 /// A resource's watched invalidation globs.
 type Globs = Arc<[Arc<str>]>;
 
+/// Purge globs as compiled, with the `(glob, stamp)` list they came from.
+type CompiledGlobs = (Vec<(String, u64)>, Arc<GlobMarks<u64>>);
+
 struct Live {
     id: u64,
     conn: Conn,
@@ -200,7 +203,7 @@ pub(crate) struct Inner {
     /// trusted record can apply the guard to exactly those globs.
     watched: Mutex<HashMap<String, (Globs, Instant)>>,
     /// The purge globs last compiled, by their `(glob, stamp)` list.
-    purge_globs: Mutex<Option<(Vec<(String, u64)>, Arc<GlobMarks<u64>>)>>,
+    purge_globs: Mutex<Option<CompiledGlobs>>,
 }
 
 /// The Redis [`Store`]. Cheap to clone; the supervisor stops when the last
