@@ -144,7 +144,33 @@ async fn trusted_304(
     let got = call(fleet.addr(i), Proto::H1, "GET", host, target, &headers, "").await;
     assert_eq!(got.status, StatusCode::NOT_MODIFIED, "{host}{target}");
     assert!(got.header("surrogate-key").is_empty(), "stripped");
-    got.header("cache-status") == "sametag; hit"
+    let status = got.header("cache-status");
+    if status != "sametag; hit" {
+        eprintln!("{host}{target} on replica {}: {status}", i % 3);
+    }
+    status == "sametag; hit"
+}
+
+/// A precondition: a trusted 304 within three tries. A miss re-validates;
+/// on a loaded machine a store call can time out (the read degrades), and a
+/// validation another replica just recorded reaches this replica's cache
+/// with Redis' push. (The checks after a purge are single tries: a miss
+/// there is what they assert.)
+async fn trusted_soon(
+    fleet: &Fleet,
+    i: usize,
+    host: &str,
+    user: &[(&str, &str)],
+    target: &str,
+    tag: &str,
+) -> bool {
+    for _ in 0..3 {
+        if trusted_304(fleet, i, host, user, target, tag).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// The labelled documents of the API test, each under every query.
@@ -188,15 +214,7 @@ async fn round(
             let target = format!("{path}{q}");
             let tag = &tags[n * combos.len() + c].1;
             for i in 0..3 {
-                // A validation another replica just recorded reaches this
-                // replica's cache with Redis' push; a miss re-validates.
-                let mut hit = false;
-                for _ in 0..3 {
-                    hit = trusted_304(fleet, i, host, user, &target, tag).await;
-                    if hit {
-                        break;
-                    }
-                }
+                let hit = trusted_soon(fleet, i, host, user, &target, tag).await;
                 assert!(
                     hit,
                     "before {body}: {host}{target} {user:?} trusted on replica {i}"
@@ -216,13 +234,17 @@ async fn round(
             let target = format!("{path}{q}");
             let tag = &tags[n * combos.len() + c].1;
             let i = n + c;
+            let refusals = fleet.sidecars[i % 3].metrics.purge_refusals();
             let hit = trusted_304(fleet, i, host, user, &target, tag).await;
-            assert_eq!(
-                hit,
-                !affected.contains(path),
-                "after {body}: {host}{target} {user:?} on replica {}",
-                i % 3
-            );
+            let what = format!("after {body}: {host}{target} {user:?} on replica {}", i % 3);
+            if affected.contains(path) {
+                assert!(!hit, "{what}");
+            } else if !hit {
+                // A loaded machine may time a store call out (the read
+                // degrades); a purge mark must not be why.
+                let now = fleet.sidecars[i % 3].metrics.purge_refusals();
+                assert_eq!(now, refusals, "{what}: refused by a purge");
+            }
         }
     }
 }
@@ -295,7 +317,7 @@ async fn a_write_response_purges_a_key_shared_by_many(kind: StoreKind) {
     for i in 0..200 {
         let target = format!("/trust/many/{i}");
         let tag = warm(&fleet, i, "app.example", &[], &target).await;
-        assert!(trusted_304(&fleet, i + 1, "app.example", &[], &target, &tag).await);
+        assert!(trusted_soon(&fleet, i + 1, "app.example", &[], &target, &tag).await);
         tags.push(tag);
     }
     // A write to another resource whose response names the shared key.
@@ -336,7 +358,7 @@ async fn a_write_response_purges_a_key_shared_by_many(kind: StoreKind) {
     assert_eq!(got.status, StatusCode::NOT_FOUND);
     assert!(got.header("surrogate-key").is_empty());
     assert_eq!(fleet.sidecars[1].metrics.purges_with("key", "write"), 0);
-    assert!(trusted_304(&fleet, 2, "app.example", &[], "/trust/many/0", &tags[0]).await);
+    assert!(trusted_soon(&fleet, 2, "app.example", &[], "/trust/many/0", &tags[0]).await);
 }
 
 /// `Surrogate-Key` never reaches a client: tagged, trusted, Validate,
