@@ -357,6 +357,19 @@ mod tests {
         let off = Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=false"]).unwrap();
         assert!(!off.into_config().proxy.forwarded_headers);
         assert!(Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=maybe"]).is_err());
+        assert_eq!(
+            Cli::try_parse_from(["sametag-sidecar"])
+                .unwrap()
+                .into_config()
+                .purge_token_file,
+            None
+        );
+        let purge =
+            Cli::try_parse_from(["sametag-sidecar", "--purge-token-file", "/etc/t"]).unwrap();
+        assert_eq!(
+            purge.into_config().purge_token_file,
+            Some(PathBuf::from("/etc/t"))
+        );
     }
 
     #[test]

@@ -729,3 +729,33 @@ async fn redis_mark_cap_raises_the_floor_and_the_guard_holds() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     none_trust(trusted_on(&s, &c).await, "c with too many labels");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_api_answers_503_while_the_store_is_down() {
+    let mut redis = RedisServer::start();
+    let s = replicas(&redis, "down", redis_opts()).await;
+    let token = TokenFile::new(TOKEN);
+    let (addr, metrics) = admin(Arc::new(s[0].clone()), Some(token.0.clone())).await;
+    let body = r#"{"keys": ["k"]}"#;
+    let got = post_purge(addr, &[("sametag-purge-token", TOKEN)], body).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    redis.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s[0].health() == sametag_sidecar::store::StoreHealth::Up {
+        assert!(std::time::Instant::now() < deadline, "the store notices");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = post_purge(addr, &[("sametag-purge-token", TOKEN)], body).await;
+    assert_eq!(
+        got.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        got.text()
+    );
+    assert_eq!(got.header("retry-after"), "1");
+    assert_eq!(
+        metrics.purges_with("key", "api"),
+        1,
+        "only the acknowledged one"
+    );
+}
