@@ -337,6 +337,13 @@ pub struct Route {
     /// Writes without `If-Match`/`If-Unmodified-Since` get 428.
     #[serde(default, skip_serializing_if = "is_false")]
     pub require_preconditions: bool,
+    /// Regexes (Rust `regex` syntax) whose matches the tag leaves out, for
+    /// text that changes on every render (a CSRF token, a CSP nonce); the
+    /// body sent is unchanged. The sidecar's parser checks them (Degraded
+    /// InvalidPolicy when it refuses one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub steady: Vec<SteadyPattern>,
 }
 
 /// A path glob in `invalidates`; bounded so the CEL cost stays small (the
@@ -345,6 +352,11 @@ pub struct Route {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct InvalidateGlob(#[schemars(length(min = 1, max = 128))] pub String);
+
+/// A `steady` regex; the sidecar bounds its length and compiled size.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SteadyPattern(#[schemars(length(min = 1, max = 256))] pub String);
 
 // === Sidecar ===
 

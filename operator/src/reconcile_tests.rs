@@ -384,6 +384,7 @@ fn with_invalid_policy(mut store: ETagStore) -> ETagStore {
         invalidates: vec![],
         shared: false,
         require_preconditions: false,
+        steady: vec![],
     }];
     store
 }

@@ -14,6 +14,7 @@
 
 pub mod duration;
 mod parse;
+pub mod steady;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{DurationError, DurationSyntax, format_duration, parse_duration};
 pub use parse::parse_quantity;
+pub use steady::Steady;
 
 /// Body size above which responses stream through untagged, by default.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
@@ -89,6 +91,10 @@ pub struct RouteSpec {
     /// Writes without a precondition get `428`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_preconditions: Option<bool>,
+    /// Regexes whose matches the tag leaves out (per-render noise such as
+    /// a CSRF token or a CSP nonce); the body sent is unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steady: Vec<String>,
 }
 
 /// A validated route (or the default for unmatched paths).
@@ -103,6 +109,9 @@ pub struct Route {
     pub invalidates: Vec<Arc<str>>,
     pub shared: bool,
     pub require_preconditions: bool,
+    /// The compiled `steady:` patterns, shared by every clone of the route
+    /// (compiled once per policy, never per request).
+    pub steady: Option<Arc<Steady>>,
 }
 
 /// Why a policy was rejected: one line, naming the field.
@@ -164,6 +173,7 @@ impl Default for Policy {
                     invalidates: Vec::new(),
                     shared: false,
                     require_preconditions: false,
+                    steady: None,
                 },
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 routes: Vec::new(),
@@ -211,6 +221,11 @@ impl Policy {
             // Bypass routes may not carry these (they would do nothing).
             shared: (r.mode != Mode::Bypass).then_some(r.shared),
             require_preconditions: (r.mode != Mode::Bypass).then_some(r.require_preconditions),
+            steady: r
+                .steady
+                .iter()
+                .flat_map(|s| s.patterns().iter().map(|p| p.to_string()))
+                .collect(),
         };
         PolicySpec {
             mode: Some(self.default.mode),

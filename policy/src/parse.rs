@@ -9,7 +9,7 @@ use serde_yaml_ng::Value;
 use super::duration::parse_duration;
 use super::{
     DEFAULT_MAX_AGE, DEFAULT_MAX_BODY_BYTES, MAX_MAX_AGE, MAX_MAX_BODY_BYTES, Mode, Policy,
-    PolicyError, PolicySpec, Route, compile_glob, glob_set, one_line,
+    PolicyError, PolicySpec, Route, Steady, compile_glob, glob_set, one_line, steady,
 };
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> PolicyError {
@@ -31,6 +31,7 @@ pub(super) fn compile(spec: &PolicySpec) -> Result<Policy, PolicyError> {
     };
 
     let mut routes = Vec::with_capacity(spec.routes.len());
+    let mut steady_bytes = 0;
     for (i, r) in spec.routes.iter().enumerate() {
         let at = |f: &str| format!("routes[{i}].{f}");
         compile_glob(&r.path).map_err(|e| invalid(at("path"), e))?;
@@ -49,6 +50,7 @@ pub(super) fn compile(spec: &PolicySpec) -> Result<Policy, PolicyError> {
                 ("invalidates", !r.invalidates.is_empty()),
                 ("shared", r.shared.is_some()),
                 ("requirePreconditions", r.require_preconditions.is_some()),
+                ("steady", !r.steady.is_empty()),
             ];
             if let Some((f, _)) = ignored.iter().find(|(_, set)| *set) {
                 return Err(invalid(
@@ -62,6 +64,20 @@ pub(super) fn compile(spec: &PolicySpec) -> Result<Policy, PolicyError> {
             compile_glob(g).map_err(|e| invalid(at(&format!("invalidates[{j}]")), e))?;
             invalidates.push(Arc::<str>::from(g.as_str()));
         }
+        let steady = Steady::compile(&r.steady).map_err(|e| match e.index {
+            Some(j) => invalid(at(&format!("steady[{j}]")), e.reason),
+            None => invalid(at("steady"), e.reason),
+        })?;
+        steady_bytes += steady.as_ref().map_or(0, Steady::memory_usage);
+        if steady_bytes > steady::POLICY_SIZE_LIMIT {
+            return Err(invalid(
+                at("steady"),
+                format!(
+                    "the policy's steady patterns together compile to more than {} bytes",
+                    steady::POLICY_SIZE_LIMIT
+                ),
+            ));
+        }
         routes.push(Route {
             path: Some(Arc::from(r.path.as_str())),
             mode,
@@ -69,6 +85,7 @@ pub(super) fn compile(spec: &PolicySpec) -> Result<Policy, PolicyError> {
             invalidates,
             shared: r.shared.unwrap_or(false),
             require_preconditions: r.require_preconditions.unwrap_or(false),
+            steady: steady.map(Arc::new),
         });
     }
 
@@ -90,6 +107,7 @@ pub(super) fn compile(spec: &PolicySpec) -> Result<Policy, PolicyError> {
             invalidates: Vec::new(),
             shared: false,
             require_preconditions: false,
+            steady: None,
         },
         max_body_bytes,
         routes,

@@ -271,8 +271,9 @@ fn route() -> impl Strategy<Value = RouteSpec> {
         proptest::collection::vec(glob(), 0..3),
         any::<bool>(),
         any::<bool>(),
+        proptest::collection::vec("[a-z]{1,8}=[0-9a-f]\\{1,4\\}", 0..3),
     )
-        .prop_map(|(path, mode, age, invalidates, shared, req)| {
+        .prop_map(|(path, mode, age, invalidates, shared, req, steady)| {
             let bypass = mode == Mode::Bypass;
             RouteSpec {
                 path,
@@ -281,6 +282,7 @@ fn route() -> impl Strategy<Value = RouteSpec> {
                 invalidates: if bypass { vec![] } else { invalidates },
                 shared: (!bypass).then_some(shared),
                 require_preconditions: (!bypass).then_some(req),
+                steady: if bypass { vec![] } else { steady },
             }
         })
 }
@@ -325,5 +327,218 @@ proptest! {
                 prop_assert!(first <= i);
             }
         }
+    }
+}
+
+// === steady ===
+
+#[test]
+fn steady_patterns_parse_and_round_trip() {
+    let p = Policy::from_yaml(
+        r#"
+routes:
+  - path: /app/**
+    steady: ['name="csrf_token" value="[^"]*"', 'nonce="[A-Za-z0-9+/=]+"']
+  - path: /api/**
+    mode: Trust
+"#,
+    )
+    .unwrap();
+    let steady = p.route("/app/x").steady.clone().unwrap();
+    assert_eq!(steady.patterns().len(), 2);
+    assert_eq!(&*steady.patterns()[1], r#"nonce="[A-Za-z0-9+/=]+""#);
+    assert!(p.route("/api/x").steady.is_none());
+    assert!(p.route("/other").steady.is_none());
+    let again = Policy::from_yaml(&p.to_yaml().unwrap()).unwrap();
+    assert_eq!(again, p);
+    // Without `steady:` nothing is written out.
+    assert!(!Policy::default().to_yaml().unwrap().contains("steady"));
+}
+
+#[test]
+fn steady_patterns_are_compiled_once_per_policy() {
+    let p = Policy::from_yaml("routes: [{path: /a, steady: ['tok=[0-9]+']}]").unwrap();
+    // Every request clones its route: the clones share one compiled set
+    // (and its search caches).
+    let (a, b) = (p.route("/a").clone(), p.route("/a").clone());
+    assert!(Arc::ptr_eq(
+        a.steady.as_ref().unwrap(),
+        b.steady.as_ref().unwrap()
+    ));
+    // A reload compiles anew, and an equal policy is still equal.
+    let q = Policy::from_yaml("routes: [{path: /a, steady: ['tok=[0-9]+']}]").unwrap();
+    assert!(!Arc::ptr_eq(
+        a.steady.as_ref().unwrap(),
+        q.route("/a").steady.as_ref().unwrap()
+    ));
+    assert_eq!(p, q);
+    let r = Policy::from_yaml("routes: [{path: /a, steady: ['tok=[0-9]*x']}]").unwrap();
+    assert_ne!(p, r);
+}
+
+#[test]
+fn steady_errors_are_one_clear_line() {
+    let long = format!("routes: [{{path: /a, steady: ['{}']}}]", "a".repeat(257));
+    let many = format!(
+        "routes: [{{path: /a, steady: [{}]}}]",
+        vec!["x"; 17].join(", ")
+    );
+    let cases: [(&str, &str); 6] = [
+        (
+            "routes: [{path: /a, steady: [ok, '(a']}]",
+            "routes[0].steady[1]: invalid regex `(a`: unclosed group",
+        ),
+        (
+            "routes: [{path: /a, steady: ['a*']}]",
+            "routes[0].steady[0]: `a*` can match empty text; a steady pattern must match at least one character",
+        ),
+        (
+            "routes: [{path: /a}, {path: /b, steady: ['x|']}]",
+            "routes[1].steady[0]: `x|` can match empty text; a steady pattern must match at least one character",
+        ),
+        (
+            "routes: [{path: /a, mode: Bypass, steady: [x]}]",
+            "routes[0].steady: not allowed with mode Bypass (the sidecar leaves Bypass routes to the app)",
+        ),
+        (&long, "routes[0].steady[0]: at most 256 bytes (got 257)"),
+        (&many, "routes[0].steady: at most 16 patterns (got 17)"),
+    ];
+    for (yaml, want) in cases {
+        assert_eq!(err(yaml), want, "{yaml}");
+    }
+    // Large once compiled: Unicode classes repeated.
+    let big = err(r"routes: [{path: /a, steady: ['ok', '\w{200}\w{200}']}]");
+    assert!(
+        big.starts_with("routes[0].steady[1]: compiles to more than")
+            && big.ends_with("(too large)"),
+        "{big}"
+    );
+    // Each fits alone, not all of them together.
+    let together = err(&format!(
+        "routes: [{{path: /a, steady: [{}]}}]",
+        vec![r"'\w{5}x'"; 16].join(", ")
+    ));
+    assert!(
+        together.starts_with("routes[0].steady: ") && together.contains("too large"),
+        "{together}"
+    );
+    // Nesting is bounded before anything is built.
+    let deep = err(&format!(
+        "routes: [{{path: /a, steady: ['{}x{}']}}]",
+        "(".repeat(100),
+        ")".repeat(100)
+    ));
+    assert!(
+        deep.starts_with("routes[0].steady[0]: invalid regex"),
+        "{deep}"
+    );
+    for e in [&big, &together, &deep] {
+        assert!(!e.contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn the_policy_bounds_every_routes_patterns_together() {
+    // Each route's set fits (about 0.5 MiB); 64 such routes do not.
+    let route = |i: usize| format!("{{path: /r{i}, steady: ['\\w{{10}}y{i}']}}");
+    let routes: Vec<String> = (0..64).map(route).collect();
+    let e = err(&format!("routes: [{}]", routes.join(", ")));
+    assert!(
+        e.contains("].steady: the policy's steady patterns together compile to more than"),
+        "{e}"
+    );
+}
+
+/// A pattern list as the proptests build it: some valid, some not.
+fn pattern() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => "[a-z]{1,6}=[0-9a-f]\\{1,8\\}",
+        1 => "[a-z()*+?|\\[\\]{}\\\\.^$]{0,12}",
+        1 => "\\PC{0,300}",
+    ]
+}
+
+/// What the validation must say about one pattern, decided independently:
+/// `None` when valid.
+fn expected_pattern_error(p: &str) -> Option<&'static str> {
+    if p.len() > steady::MAX_PATTERN_BYTES {
+        return Some("at most");
+    }
+    let Ok(hir) = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .nest_limit(64)
+        .build()
+        .parse(p)
+    else {
+        return Some("invalid regex");
+    };
+    if hir.properties().minimum_len() == Some(0) {
+        return Some("can match empty text");
+    }
+    None
+}
+
+proptest! {
+    // Each case compiles up to 16 regexes (slow in debug builds).
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn steady_list_validation(patterns in proptest::collection::vec(pattern(), 0..20)) {
+        let spec = PolicySpec {
+            routes: vec![RouteSpec {
+                path: "/a/**".to_owned(),
+                steady: patterns.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let got = Policy::from_spec(&spec);
+        if patterns.len() > steady::MAX_PATTERNS {
+            let e = got.unwrap_err().to_string();
+            prop_assert!(e.starts_with("routes[0].steady: at most 16 patterns"), "{}", e);
+            return Ok(());
+        }
+        let first_bad = patterns
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| expected_pattern_error(p).map(|why| (i, why)));
+        match (got, first_bad) {
+            (Ok(p), None) => {
+                let s = p.route("/a/x").steady.clone();
+                prop_assert_eq!(s.as_ref().map_or(0, |s| s.patterns().len()), patterns.len());
+                let again = Policy::from_yaml(&p.to_yaml().unwrap()).unwrap();
+                prop_assert_eq!(again, p);
+            }
+            (Err(e), Some((i, why))) => {
+                let e = e.to_string();
+                prop_assert!(e.starts_with(&format!("routes[0].steady[{i}]: ")), "{}", e);
+                prop_assert!(e.contains(why), "{} / {}", e, why);
+                prop_assert!(!e.contains('\n') && !e.contains('\r'), "{}", e);
+            }
+            // Only size limits refuse what parses (never for these sizes).
+            (Err(e), None) => prop_assert!(e.to_string().contains("too large"), "{}", e),
+            (Ok(_), Some((i, why))) => prop_assert!(false, "accepted {:?}: {}", patterns[i], why),
+        }
+    }
+
+    #[test]
+    fn steady_spans_are_ordered_disjoint_and_matching(
+        body in proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(b'='), any::<u8>()], 0..2000),
+    ) {
+        let s = Steady::compile(&["a=b+".to_owned(), "(?-u:\\xFF)".to_owned()]).unwrap().unwrap();
+        let spans = s.excluded(&body).unwrap();
+        let mut end = 0;
+        for r in &spans {
+            prop_assert!(r.start >= end && r.end > r.start && r.end <= body.len());
+            let t = &body[r.clone()];
+            prop_assert!(t == [0xFF] || (t.starts_with(b"a=b") && t[3..].iter().all(|c| *c == b'b')));
+            end = r.end;
+        }
+        // Nothing left unmatched that a pattern matches.
+        let mut rest = body.clone();
+        for r in spans.iter().rev() {
+            rest.splice(r.clone(), [0u8]);
+        }
+        prop_assert!(!rest.windows(3).any(|w| w == b"a=b") && !rest.contains(&0xFF));
     }
 }

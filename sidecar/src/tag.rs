@@ -15,6 +15,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_TYPE};
 
+use crate::policy::Steady;
+
 /// Most entity tags accepted in one list (`If-Match`, `If-None-Match`).
 /// Real clients send one, caches a handful; more is abuse or a bug.
 pub const MAX_LIST_ENTRIES: usize = 1024;
@@ -31,6 +33,10 @@ const TAG_HASH_BYTES: usize = 16;
 /// Key-derivation context: changes every derived tag if the input layout
 /// ever changes, so old and new tags never collide.
 const TAG_CONTEXT: &str = "sametag.dev 2026 representation tag v1";
+
+/// The context of tags on `steady:` routes: their input is framed
+/// differently, so no steady tag can equal a plain one.
+const STEADY_CONTEXT: &str = "sametag.dev 2026 steady representation tag v1";
 
 /// An entity tag. `opaque` excludes the quotes.
 ///
@@ -310,6 +316,9 @@ fn parse_tag_at(v: &[u8], i: usize) -> Result<(EntityTag, usize), TagError> {
 /// The tag hasher with its derive-key context absorbed once.
 static TAG_HASHER: std::sync::LazyLock<blake3::Hasher> =
     std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key(TAG_CONTEXT));
+/// The same for steady tags.
+static STEADY_HASHER: std::sync::LazyLock<blake3::Hasher> =
+    std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key(STEADY_CONTEXT));
 
 /// Incremental BLAKE3 over a representation: its metadata first, then the
 /// body chunks as they stream by. The same bytes give the same tag on every
@@ -327,8 +336,15 @@ impl TagHasher {
         content_encoding: Option<&[u8]>,
         content_language: Option<&[u8]>,
     ) -> Self {
-        let mut hasher = TAG_HASHER.clone();
-        for field in [content_type, content_encoding, content_language] {
+        Self::start(
+            &TAG_HASHER,
+            [content_type, content_encoding, content_language],
+        )
+    }
+
+    fn start(base: &blake3::Hasher, metadata: [Option<&[u8]>; 3]) -> Self {
+        let mut hasher = base.clone();
+        for field in metadata {
             // Length-prefixed so no two metadata triples feed the same bytes.
             match field {
                 None => {
@@ -373,6 +389,53 @@ impl TagHasher {
 pub fn tag_of(headers: &HeaderMap, body: &[u8]) -> EntityTag {
     let mut h = TagHasher::from_headers(headers);
     h.update(body);
+    h.finish()
+}
+
+/// The tag of a complete representation on a `steady:` route: the text the
+/// patterns match is left out, each match replaced by a marker.
+///
+/// A marker rather than nothing: removal would give `a` + token + `b` the
+/// tag of `ab` (a page that lost its token field would look unchanged).
+/// The marker is out of band, not a byte string an app could also send:
+/// the hash input is a sequence of records, `0, length, bytes` for each run
+/// of kept text and `1` for each match, so two inputs agree only if they
+/// have the same kept runs with matches in the same places. The pattern
+/// list is hashed first, under a context of its own, so a tag never
+/// outlives a change of what is left out, and never equals a plain tag.
+/// Past the match bound ([`Steady::excluded`] gives up) the plain tag of
+/// the whole body is used: correct, just not steady.
+pub fn steady_tag(headers: &HeaderMap, body: &[u8], steady: &Steady) -> EntityTag {
+    let Some(spans) = steady.excluded(body) else {
+        return tag_of(headers, body);
+    };
+    let ct = joined(headers, &CONTENT_TYPE);
+    let ce = joined(headers, &CONTENT_ENCODING);
+    let cl = joined(headers, &CONTENT_LANGUAGE);
+    let mut h = TagHasher::start(
+        &STEADY_HASHER,
+        [ct.as_deref(), ce.as_deref(), cl.as_deref()],
+    );
+    let patterns = steady.patterns();
+    h.update(&(patterns.len() as u64).to_le_bytes());
+    for p in patterns {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    let kept = |h: &mut TagHasher, run: &[u8]| {
+        if !run.is_empty() {
+            h.update(&[0]);
+            h.update(&(run.len() as u64).to_le_bytes());
+            h.update(run);
+        }
+    };
+    let mut at = 0;
+    for span in spans {
+        kept(&mut h, body.get(at..span.start).unwrap_or_default());
+        h.update(&[1]);
+        at = span.end;
+    }
+    kept(&mut h, body.get(at..).unwrap_or_default());
     h.finish()
 }
 

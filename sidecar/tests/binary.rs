@@ -49,6 +49,27 @@ fn invalid_policy_file_exits_2_with_one_line() {
     assert_eq!(code, 2, "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("surprise"), "{stderr}");
+    // A steady pattern that does not compile, or compiles too large.
+    for (pattern, says) in [
+        (
+            "'(csrf'",
+            "routes[0].steady[0]: invalid regex `(csrf`: unclosed group",
+        ),
+        (
+            r"'\w{500}\w{500}'",
+            "routes[0].steady[0]: compiles to more than",
+        ),
+    ] {
+        std::fs::write(
+            &file,
+            format!("routes: [{{path: /app/**, steady: [{pattern}]}}]\n"),
+        )
+        .unwrap();
+        let (code, stderr) = run_to_exit(&["--policy", file.to_str().unwrap()]);
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
     let (code, stderr) = run_to_exit(&["--policy", dir.join("missing.yaml").to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");

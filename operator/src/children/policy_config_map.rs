@@ -56,7 +56,7 @@ fn with_policy(store: &ETagStore, text: String) -> Result<ConfigMap, BuildError>
 mod tests {
     use super::*;
     use crate::children::fixtures;
-    use crate::crd::{InvalidateGlob, Mode, Route};
+    use crate::crd::{InvalidateGlob, Mode, Route, SteadyPattern};
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use sametag_policy::parse_duration;
 
@@ -76,6 +76,7 @@ mod tests {
                 ],
                 shared: false,
                 require_preconditions: true,
+                steady: vec![SteadyPattern(r#"nonce="[^"]+""#.into())],
             },
             Route {
                 path: "/static/*".into(),
@@ -84,6 +85,7 @@ mod tests {
                 invalidates: vec![],
                 shared: true,
                 require_preconditions: false,
+                steady: vec![],
             },
             Route {
                 path: "/raw/**".into(),
@@ -92,6 +94,7 @@ mod tests {
                 invalidates: vec![],
                 shared: false,
                 require_preconditions: false,
+                steady: vec![],
             },
         ];
         s
@@ -115,6 +118,7 @@ mod tests {
         assert_eq!(back.routes[0].path, "/api/items/**");
         assert_eq!(back.routes[0].require_preconditions, Some(true));
         assert_eq!(back.routes[1].shared, Some(true));
+        assert_eq!(back.routes[0].steady, [r#"nonce="[^"]+""#]);
         let Some(serde_yaml_ng::Value::String(age)) = &back.routes[0].max_age else {
             panic!("route maxAge lost: {text}")
         };
@@ -150,6 +154,15 @@ mod tests {
         );
         assert!(!msg.contains('\n'), "{msg}");
         assert!(matches!(e, sametag_policy::PolicyError::Invalid { .. }));
+
+        // Nor can it compile a regex: the sidecar's parser refuses it.
+        let mut bad = rich();
+        bad.spec.policy.routes[0].steady = vec![SteadyPattern("(unclosed".into())];
+        let msg = desired(&bad).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "spec.policy: routes[0].steady[0]: invalid regex `(unclosed`: unclosed group"
+        );
 
         let mut big = fixtures::managed();
         big.spec.policy.max_body_bytes = IntOrString::String("2Gi".into());

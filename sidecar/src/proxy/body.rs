@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +17,13 @@ use tokio::time::Instant;
 
 use super::budget::{Reservation, TagBudget};
 use super::error::{ProxyError, RequestBodyTimeout};
-use crate::tag::{EntityTag, TagHasher};
+use crate::policy::Steady;
+use crate::tag::{EntityTag, TagHasher, steady_tag};
+
+/// Bodies up to this size are searched for `steady:` matches on the
+/// request's own task; larger ones on the blocking pool, so a long search
+/// never stalls the other requests of a runtime thread.
+const STEADY_INLINE_BYTES: usize = 64 * 1024;
 
 /// Errors inside bodies (the app's connection failing mid-stream).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,19 +71,25 @@ pub enum Keep<'a> {
     /// The bytes, to send them, within the global budget.
     Body(&'a TagBudget),
     /// Only the tag (a write's precondition check): one frame at a time is
-    /// in memory, so no budget is needed and none can run out.
+    /// in memory, so no budget is needed and none can run out. On a
+    /// `steady:` route the whole body (at most `max`) is held to be
+    /// searched, outside the budget too: a write is judged with the tag a
+    /// read hands out, whatever other responses are using.
     TagOnly,
 }
 
 /// Read `body` while hashing it with the representation metadata in
 /// `headers`, up to `max` bytes and until `deadline`, keeping it as `keep`
 /// says. A declared `Content-Length` over the bound skips buffering
-/// entirely; one the budget cannot hold reserves nothing.
+/// entirely; one the budget cannot hold reserves nothing. With `steady`
+/// patterns the tag is taken over the whole body once it is in
+/// ([`steady_tag`]: matches can span frames).
 pub async fn buffer_and_tag<B>(
     headers: &HeaderMap,
     body: B,
     max: u64,
     keep: Keep<'_>,
+    steady: Option<&Arc<Steady>>,
     deadline: Instant,
 ) -> Result<Buffered, ProxyError>
 where
@@ -87,15 +100,17 @@ where
         Keep::Body(budget) => Some(budget),
         Keep::TagOnly => None,
     };
-    read_and_tag(headers, body, max, budget, deadline).await
+    read_and_tag(headers, body, max, budget, steady, deadline).await
 }
 
-/// [`buffer_and_tag`]: the bytes are kept only with a budget.
+/// [`buffer_and_tag`]: the bytes are kept only with a budget or `steady`
+/// patterns.
 async fn read_and_tag<B>(
     headers: &HeaderMap,
     mut body: B,
     max: u64,
     budget: Option<&TagBudget>,
+    steady: Option<&Arc<Steady>>,
     deadline: Instant,
 ) -> Result<Buffered, ProxyError>
 where
@@ -140,10 +155,15 @@ where
             continue;
         };
         len += data.len() as u64;
-        hasher.update(&data);
+        if steady.is_none() {
+            hasher.update(&data);
+        }
         let Some(reserved) = reservation.as_mut() else {
             if len > max {
                 return Ok(Buffered::TooLarge(boxed(body)));
+            }
+            if steady.is_some() {
+                buf.extend_from_slice(&data);
             }
             continue;
         };
@@ -167,14 +187,35 @@ where
         }
         buf.extend_from_slice(&data);
     }
+    let (buf, tag) = match steady {
+        None => (buf, hasher.finish()),
+        Some(steady) => tag_steady(headers, buf, steady).await?,
+    };
     let body = match reservation {
         Some(reserved) => reserved.freeze(buf),
         None => Bytes::new(),
     };
-    Ok(Buffered::Complete {
-        body,
-        tag: hasher.finish(),
+    Ok(Buffered::Complete { body, tag })
+}
+
+/// [`steady_tag`] of a whole body, on the blocking pool when it is large.
+async fn tag_steady(
+    headers: &HeaderMap,
+    buf: Vec<u8>,
+    steady: &Arc<Steady>,
+) -> Result<(Vec<u8>, EntityTag), ProxyError> {
+    if buf.len() <= STEADY_INLINE_BYTES {
+        let tag = steady_tag(headers, &buf, steady);
+        return Ok((buf, tag));
+    }
+    let (headers, steady) = (headers.clone(), steady.clone());
+    tokio::task::spawn_blocking(move || {
+        let tag = steady_tag(&headers, &buf, &steady);
+        (buf, tag)
     })
+    .await
+    // Only a panic (or a runtime shutting down) gets here.
+    .map_err(|e| ProxyError::UpstreamBody(Box::new(e)))
 }
 
 /// What was buffered (still holding its reservation), the frame in hand,

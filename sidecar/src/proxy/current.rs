@@ -102,7 +102,10 @@ impl Context {
     /// [`Context::fetch`] for its tag alone (a write's precondition check):
     /// the body is hashed and dropped as it arrives (`Tagged` holds none),
     /// so the tag-buffer budget is never needed and a write is never judged
-    /// against "untagged" because other responses were using memory.
+    /// against "untagged" because other responses were using memory. On a
+    /// `steady:` route it is held whole (within `maxBodyBytes`) and tagged
+    /// as a read tags it, so `If-Match` is judged with the tag reads hand
+    /// out.
     pub(super) async fn fetch_tag(
         &self,
         ex: &Exchange,
@@ -131,7 +134,8 @@ impl Context {
         }
         let deadline = tokio::time::Instant::now() + self.upstream.timeout();
         let max = ex.policy.max_body_bytes();
-        match buffer_and_tag(&head.headers, body, max, keep, deadline).await? {
+        let steady = ex.route.steady.as_ref();
+        match buffer_and_tag(&head.headers, body, max, keep, steady, deadline).await? {
             Buffered::TooLarge(body) => Ok(Fetched::Untagged {
                 head,
                 body,

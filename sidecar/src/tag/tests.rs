@@ -294,3 +294,88 @@ proptest! {
         }
     }
 }
+
+// === steady tags ===
+
+fn steady(patterns: &[&str]) -> std::sync::Arc<Steady> {
+    let owned: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
+    std::sync::Arc::new(Steady::compile(&owned).unwrap().unwrap())
+}
+
+fn html() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(CONTENT_TYPE, "text/html".parse().unwrap());
+    h
+}
+
+#[test]
+fn steady_tags_ignore_the_matches_only() {
+    let s = steady(&[r#"csrf" value="[0-9a-f]+""#, r#"nonce="[A-Za-z0-9]+""#]);
+    let page = |token: &str, nonce: &str, text: &str| {
+        format!(
+            r#"<form><input name="csrf" value="{token}"></form><script nonce="{nonce}">{text}</script>"#
+        )
+    };
+    let a = steady_tag(&html(), page("abc1", "N1", "hi").as_bytes(), &s);
+    let b = steady_tag(&html(), page("ffff0099", "Nx2", "hi").as_bytes(), &s);
+    assert_eq!(a, b, "per-render noise left out");
+    let c = steady_tag(&html(), page("abc1", "N1", "hello").as_bytes(), &s);
+    assert_ne!(a, c, "a real change is a new tag");
+    // Metadata still counts.
+    let mut json = HeaderMap::new();
+    json.insert(CONTENT_TYPE, "application/json".parse().unwrap());
+    assert_ne!(
+        a,
+        steady_tag(&json, page("abc1", "N1", "hi").as_bytes(), &s)
+    );
+    // Never equal to the plain tag of anything tested here.
+    assert_ne!(a, tag_of(&html(), page("abc1", "N1", "hi").as_bytes()));
+}
+
+#[test]
+fn a_match_is_a_marker_not_a_deletion() {
+    let s = steady(&["TOK[0-9]+"]);
+    let t = |body: &str| steady_tag(&HeaderMap::new(), body.as_bytes(), &s);
+    assert_eq!(t("aTOK1b"), t("aTOK22b"));
+    assert_ne!(t("aTOK1b"), t("ab"), "removing a token field is a change");
+    assert_ne!(t("aTOK1b"), t("aTOK1TOK2b"), "so is adding one");
+    assert_ne!(t("aTOK1b"), t("a\u{1}b"), "the marker is out of band");
+    assert_ne!(t("ab"), t("a\0\0\0\0\0\0\0\u{1}b"));
+    // The pattern list is part of the tag.
+    let other = steady(&["TOK[0-9]+", "zzz"]);
+    assert_ne!(t("ab"), steady_tag(&HeaderMap::new(), b"ab", &other));
+}
+
+#[test]
+fn past_the_match_bound_the_whole_body_is_tagged() {
+    let s = steady(&["x"]);
+    let body = vec![b'x'; crate::policy::steady::MAX_MATCHES + 1];
+    assert_eq!(
+        steady_tag(&HeaderMap::new(), &body, &s),
+        tag_of(&HeaderMap::new(), &body)
+    );
+}
+
+proptest! {
+    #[test]
+    fn steady_tags_depend_only_on_what_is_kept(
+        parts in proptest::collection::vec("[a-z<>= ]{0,20}", 1..6),
+        tokens_a in proptest::collection::vec("[0-9a-f]{1,16}", 6),
+        tokens_b in proptest::collection::vec("[0-9a-f]{1,16}", 6),
+    ) {
+        let s = steady(&["tok=[0-9a-f]+;"]);
+        let render = |tokens: &[String]| {
+            let mut out = String::new();
+            for (i, p) in parts.iter().enumerate() {
+                out.push_str(p);
+                out.push_str(&format!("tok={};", tokens[i]));
+            }
+            out
+        };
+        let (a, b) = (render(&tokens_a), render(&tokens_b));
+        prop_assert_eq!(
+            steady_tag(&html(), a.as_bytes(), &s),
+            steady_tag(&html(), b.as_bytes(), &s)
+        );
+    }
+}
