@@ -105,6 +105,11 @@ struct PurgeRequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: &'static str,
 }
@@ -136,6 +141,7 @@ pub struct Metrics {
     purge_refusals: Counter,
     purge_marks: Gauge,
     purge_floor_raises: Counter,
+    coalesced: Family<ResultLabels, Counter>,
 }
 
 fn store_histogram() -> Histogram {
@@ -256,6 +262,12 @@ impl Metrics {
             "Purges after which the store dropped live marks over its cap and raised its floor (un-trusting every older validation)",
             purge_floor_raises.clone(),
         );
+        let coalesced = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "sametag_coalesced_requests",
+            "Conditional reads that joined another request's revalidation: shared (answered from its fetch) or refetched (it failed or went away; fetched alone)",
+            coalesced.clone(),
+        );
         Self {
             registry,
             purges,
@@ -263,6 +275,7 @@ impl Metrics {
             purge_refusals,
             purge_marks,
             purge_floor_raises,
+            coalesced,
             tag_buffer_bytes,
             tag_buffer_refusals,
             connections_open,
@@ -314,6 +327,17 @@ impl Metrics {
         self.upstream_errors
             .get_or_create(&KindLabels { kind })
             .inc();
+    }
+
+    /// A read joined another's revalidation: `shared` when it got that
+    /// answer, `refetched` when it had to fetch alone after all.
+    pub fn coalesced(&self, result: &'static str) {
+        self.coalesced.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Reads counted by [`Metrics::coalesced`] with `result` so far.
+    pub fn coalesced_with(&self, result: &'static str) -> u64 {
+        self.coalesced.get_or_create(&ResultLabels { result }).get()
     }
 
     /// The tag-buffer gauge and refusal counter (handles on the same

@@ -12,6 +12,7 @@
 
 mod body;
 mod budget;
+mod coalesce;
 mod current;
 mod error;
 mod forward;
@@ -67,6 +68,8 @@ pub struct Context {
     upstream: Upstream,
     /// Memory for response bodies held to be tagged, over all requests.
     budget: TagBudget,
+    /// Revalidations in flight, shared by concurrent reads (`coalesce.rs`).
+    flights: coalesce::Flights,
 }
 
 /// The hyper service: a cheap handle on the shared [`Context`] and on the
@@ -132,6 +135,7 @@ impl Proxy {
                 metrics,
                 upstream,
                 budget,
+                flights: coalesce::Flights::default(),
             }),
             lane,
             peer: None,

@@ -6,6 +6,8 @@
 //! Callers differ only in what a store failure means: a read degrades to
 //! content-derived validators, a conditional write fails closed (503).
 
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use http::header::{ETAG, LAST_MODIFIED};
 use http::request::Parts;
@@ -33,7 +35,13 @@ pub(super) enum Known {
         vary: Vec<String>,
     },
     /// Known, but too old or invalidated.
-    Stale,
+    Stale {
+        /// The resource's `Vary` names (with them, the request's variant).
+        vary: Vec<String>,
+        /// When the validation that expired was made; `None` when a write
+        /// ended it (or it was never trusted).
+        validated_at: Option<SystemTime>,
+    },
     /// Nothing known (or not a Trust route).
     Unknown,
 }
@@ -79,10 +87,15 @@ impl Context {
             return Ok(Known::Unknown);
         };
         if !is_fresh(entry, ex.route.max_age) {
-            if resource.purged.contains(&variant) {
+            let purged = resource.purged.contains(&variant);
+            if purged {
                 self.metrics.purge_refusal();
             }
-            return Ok(Known::Stale);
+            return Ok(Known::Stale {
+                // A purged validation is never shared (`coalesce.rs`).
+                validated_at: entry.validated_at.filter(|_| !purged),
+                vary: resource.vary,
+            });
         }
         Ok(Known::Fresh {
             validators: shared_validators(entry.clone()),

@@ -1,11 +1,14 @@
 //! GET and HEAD: trust → fetch the current representation → record →
 //! respond.
 
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, ETAG, LAST_MODIFIED, RANGE, VARY};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::body::{Body, empty, full};
+use super::coalesce::FlightKey;
 use super::current::{Fetched, Known, app_validators};
+use super::error::ProxyError;
 use super::hop::add_via;
 use super::respond::{
     self, CACHE_STATUS, cache_status, cache_status_static, not_modified, parse_range,
@@ -16,6 +19,34 @@ use crate::date::parse_http_date;
 use crate::metrics::Outcome;
 use crate::policy::Mode;
 use crate::precondition::{Decision, Validators, evaluate};
+use crate::store::VariantKey;
+
+/// A read's current representation, after fetch and record.
+pub(super) enum Current {
+    /// Tagged and recorded, ready for the client's conditions.
+    Tagged(Box<TaggedRead>),
+    /// Not tagged (see `untaggable`): the app's answer, streaming.
+    Untagged {
+        head: http::response::Parts,
+        body: Body,
+        reason: &'static str,
+    },
+}
+
+/// A tagged 200 before the client's conditions are applied: head (the
+/// canonical validators, `Content-Length` and `Cache-Status` set), body and
+/// what the store said.
+pub(super) struct TaggedRead {
+    pub(super) rparts: http::response::Parts,
+    pub(super) body: Bytes,
+    pub(super) validators: Validators,
+    pub(super) cache_status: HeaderValue,
+    /// Whether the store recorded the tag.
+    pub(super) stored: bool,
+    /// The response's `Vary` names and the variant they select.
+    pub(super) vary: Vec<String>,
+    pub(super) variant: VariantKey,
+}
 
 impl Context {
     /// GET and HEAD: trust → fetch → record → respond.
@@ -25,6 +56,7 @@ impl Context {
         // Trust: a fresh validation answers without the app.
         // `Cache-Status: fwd=stale` when the client held a tag, else `miss`.
         let mut stale = !ex.conditions.is_empty();
+        let mut flight = None;
         if ex.route.mode == Mode::Trust && !ex.conditions.is_empty() {
             match self.known(ex).await {
                 Ok(Known::Fresh { validators, vary }) => {
@@ -32,54 +64,38 @@ impl Context {
                         return Ok((hit, Outcome::trusted_not_modified));
                     }
                 }
-                Ok(Known::Stale) => {}
+                // An expired validation: concurrent revalidations of this
+                // variant share one fetch (`coalesce.rs`).
+                Ok(Known::Stale { vary, validated_at }) => {
+                    flight = FlightKey::of(ex, &vary, validated_at);
+                }
                 // A store failure degrades to Validate (already counted).
                 Ok(Known::Unknown) | Err(_) => stale = false,
             }
         }
 
-        // Fetch: conditionals stripped, HEAD sent as GET (the body is needed
-        // to hash; it is dropped below); Range kept only when the app may
-        // answer it itself (`range.rs`).
-        let (mut rparts, body, tag, vary, variant, labels) = match self.fetch(ex, &ex.parts).await?
-        {
-            Fetched::Untagged {
+        // Fetch and record (shared with concurrent revalidations when
+        // coalesced).
+        let current = match flight {
+            Some(flight) => self.coalesced(ex, flight, stale).await?,
+            None => self.current(ex, stale).await?,
+        };
+        let TaggedRead {
+            rparts,
+            body,
+            validators,
+            cache_status: status,
+            ..
+        } = match current {
+            Current::Untagged {
                 head: h,
                 body,
                 reason,
             } => {
                 return Ok(self.pass_through_read(ex, h, body, head, reason));
             }
-            Fetched::Tagged {
-                head,
-                body,
-                tag,
-                vary,
-                variant,
-                labels,
-            } => (head, body, tag, vary, variant, labels),
+            Current::Tagged(tagged) => *tagged,
         };
-        add_via(&mut rparts.headers, http::Version::HTTP_11);
-
-        // Record: the shared Last-Modified (and, in Trust, the validation).
-        // On a store failure the tag stays content-derived and
-        // `Last-Modified` is the app's (or absent).
-        let (validators, stored) = match self.record(ex, &vary, &variant, &tag, &labels).await {
-            Ok(validators) => (validators, true),
-            Err(_) => {
-                let last_modified = rparts
-                    .headers
-                    .get(LAST_MODIFIED)
-                    .and_then(|v| parse_http_date(v.as_bytes()));
-                (Validators { tag, last_modified }, false)
-            }
-        };
-        set_validators(&mut rparts.headers, &validators);
-        rparts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let status = forwarded_status(stale, stored);
-        rparts.headers.insert(CACHE_STATUS.clone(), status.clone());
 
         // Respond: the sidecar's own precondition decision.
         match evaluate(&ex.conditions, &ex.parts.method, Some(&validators)) {
@@ -109,6 +125,57 @@ impl Context {
                 Ok((Response::from_parts(rparts, body), Outcome::tagged_200))
             }
         }
+    }
+
+    /// Fetch the current representation (conditionals stripped, HEAD sent
+    /// as GET: the body is needed to hash and dropped later; Range kept only
+    /// when the app may answer it itself, `range.rs`), and record its tag:
+    /// the shared `Last-Modified` and, in Trust, the validation. On a store
+    /// failure the tag stays content-derived and `Last-Modified` is the
+    /// app's (or absent).
+    pub(super) async fn current(&self, ex: &Exchange, stale: bool) -> Result<Current, ProxyError> {
+        let (mut rparts, body, tag, vary, variant, labels) = match self.fetch(ex, &ex.parts).await?
+        {
+            Fetched::Untagged { head, body, reason } => {
+                return Ok(Current::Untagged { head, body, reason });
+            }
+            Fetched::Tagged {
+                head,
+                body,
+                tag,
+                vary,
+                variant,
+                labels,
+            } => (head, body, tag, vary, variant, labels),
+        };
+        add_via(&mut rparts.headers, http::Version::HTTP_11);
+        let (validators, stored) = match self.record(ex, &vary, &variant, &tag, &labels).await {
+            Ok(validators) => (validators, true),
+            Err(_) => {
+                let last_modified = rparts
+                    .headers
+                    .get(LAST_MODIFIED)
+                    .and_then(|v| parse_http_date(v.as_bytes()));
+                (Validators { tag, last_modified }, false)
+            }
+        };
+        set_validators(&mut rparts.headers, &validators);
+        rparts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let cache_status = forwarded_status(stale, stored);
+        rparts
+            .headers
+            .insert(CACHE_STATUS.clone(), cache_status.clone());
+        Ok(Current::Tagged(Box::new(TaggedRead {
+            rparts,
+            body,
+            validators,
+            cache_status,
+            stored,
+            vary,
+            variant,
+        })))
     }
 
     /// A read whose response the sidecar does not tag: the app's status and
