@@ -259,8 +259,8 @@ pub enum Mode {
         .message("spec.policy.maxAge is only allowed with mode Trust (top level or on some route: it is the Trust routes' default)"),
     validation = Rule::new("!has(self.routes) || self.routes.all(r, !has(r.maxAge) || (has(r.mode) ? r.mode == 'Trust' : self.mode == 'Trust'))")
         .message("routes[].maxAge is only allowed with mode Trust (the route's mode, or spec.policy.mode when the route sets none)"),
-    validation = Rule::new("!has(self.routes) || self.routes.all(r, (has(r.mode) ? r.mode != 'Bypass' : self.mode != 'Bypass') || ((!has(r.invalidates) || size(r.invalidates) == 0) && !(has(r.shared) && r.shared) && !(has(r.requirePreconditions) && r.requirePreconditions)))")
-        .message("routes[]: invalidates, shared and requirePreconditions are not allowed with mode Bypass (the sidecar leaves Bypass routes to the app)")
+    validation = Rule::new("!has(self.routes) || self.routes.all(r, (has(r.mode) ? r.mode != 'Bypass' : self.mode != 'Bypass') || ((!has(r.invalidates) || size(r.invalidates) == 0) && !(has(r.shared) && r.shared) && !(has(r.requirePreconditions) && r.requirePreconditions) && (!has(r.compress) || size(r.compress) == 0)))")
+        .message("routes[]: invalidates, shared, requirePreconditions and compress are not allowed with mode Bypass (the sidecar leaves Bypass routes to the app)")
 )]
 pub struct PolicySpec {
     /// Mode for paths that no route matches.
@@ -344,6 +344,24 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub steady: Vec<SteadyPattern>,
+    /// Content codings the sidecar applies to tagged text responses by
+    /// `Accept-Encoding`, preferred first (e.g. `[br, zstd, gzip]`); each
+    /// coding gets its own strong tag. Empty: off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3), extend("x-kubernetes-list-type" = "set"))]
+    pub compress: Vec<Coding>,
+}
+
+/// A content coding the sidecar can apply.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Coding {
+    /// Brotli.
+    Br,
+    /// Zstandard.
+    Zstd,
+    /// gzip.
+    Gzip,
 }
 
 /// A path glob in `invalidates`; bounded so the CEL cost stays small (the

@@ -100,7 +100,7 @@ fn valid_stores_pass() {
     ))
     .unwrap();
     check(store(json!({"redis": MANAGED(), "policy": {"mode": "Trust", "maxAge": "1m30s", "routes": [
-        {"path": "/api/**", "maxAge": "10s", "invalidates": ["/api", "/api/**"], "requirePreconditions": true},
+        {"path": "/api/**", "maxAge": "10s", "invalidates": ["/api", "/api/**"], "requirePreconditions": true, "compress": ["br", "zstd", "gzip"]},
         {"path": "/raw/*", "mode": "Bypass"}
     ]}})))
     .unwrap();
@@ -172,6 +172,12 @@ fn route_paths_are_sane() {
     rejects(
         store(
             json!({"redis": MANAGED(), "policy": {"routes": [{"path": "/a", "mode": "Bypass", "shared": true}]}}),
+        ),
+        "not allowed with mode Bypass",
+    );
+    rejects(
+        store(
+            json!({"redis": MANAGED(), "policy": {"routes": [{"path": "/a", "mode": "Bypass", "compress": ["gzip"]}]}}),
         ),
         "not allowed with mode Bypass",
     );

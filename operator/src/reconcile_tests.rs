@@ -385,6 +385,7 @@ fn with_invalid_policy(mut store: ETagStore) -> ETagStore {
         shared: false,
         require_preconditions: false,
         steady: vec![],
+        compress: vec![],
     }];
     store
 }

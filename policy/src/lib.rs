@@ -51,6 +51,38 @@ pub enum Mode {
     Bypass,
 }
 
+/// A content coding the sidecar can apply to a route's responses
+/// (`compress:`), written as its HTTP token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Coding {
+    /// Brotli (RFC 7932).
+    Br,
+    /// Zstandard (RFC 8878).
+    Zstd,
+    /// gzip (RFC 1952).
+    Gzip,
+}
+
+impl Coding {
+    /// Every coding, in a fixed order.
+    pub const ALL: [Coding; 3] = [Coding::Br, Coding::Zstd, Coding::Gzip];
+
+    /// The `Content-Encoding` token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Coding::Br => "br",
+            Coding::Zstd => "zstd",
+            Coding::Gzip => "gzip",
+        }
+    }
+
+    /// The coding a policy token names (exact, lower case).
+    pub fn from_token(token: &str) -> Option<Coding> {
+        Coding::ALL.into_iter().find(|c| c.as_str() == token)
+    }
+}
+
 /// The file as written (what `serde` reads and writes).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -95,6 +127,11 @@ pub struct RouteSpec {
     /// a CSRF token or a CSP nonce); the body sent is unchanged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steady: Vec<String>,
+    /// Content codings the sidecar may apply to tagged responses, in the
+    /// server's order of preference (`[br, zstd, gzip]`); empty: none.
+    /// Strings, so an unknown coding is refused with the policy's own error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compress: Vec<String>,
 }
 
 /// A validated route (or the default for unmatched paths).
@@ -112,6 +149,8 @@ pub struct Route {
     /// The compiled `steady:` patterns, shared by every clone of the route
     /// (compiled once per policy, never per request).
     pub steady: Option<Arc<Steady>>,
+    /// Codings the sidecar may apply, preferred first; empty: off.
+    pub compress: Vec<Coding>,
 }
 
 /// Why a policy was rejected: one line, naming the field.
@@ -174,6 +213,7 @@ impl Default for Policy {
                     shared: false,
                     require_preconditions: false,
                     steady: None,
+                    compress: Vec::new(),
                 },
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 routes: Vec::new(),
@@ -226,6 +266,7 @@ impl Policy {
                 .iter()
                 .flat_map(|s| s.patterns().iter().map(|p| p.to_string()))
                 .collect(),
+            compress: r.compress.iter().map(|c| c.as_str().to_owned()).collect(),
         };
         PolicySpec {
             mode: Some(self.default.mode),

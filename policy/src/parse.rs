@@ -8,7 +8,7 @@ use serde_yaml_ng::Value;
 
 use super::duration::parse_duration;
 use super::{
-    DEFAULT_MAX_AGE, DEFAULT_MAX_BODY_BYTES, MAX_MAX_AGE, MAX_MAX_BODY_BYTES, Mode, Policy,
+    Coding, DEFAULT_MAX_AGE, DEFAULT_MAX_BODY_BYTES, MAX_MAX_AGE, MAX_MAX_BODY_BYTES, Mode, Policy,
     PolicyError, PolicySpec, Route, Steady, compile_glob, glob_set, one_line, steady,
 };
 
@@ -51,6 +51,7 @@ pub(super) fn compile(spec: &PolicySpec) -> Result<Policy, PolicyError> {
                 ("shared", r.shared.is_some()),
                 ("requirePreconditions", r.require_preconditions.is_some()),
                 ("steady", !r.steady.is_empty()),
+                ("compress", !r.compress.is_empty()),
             ];
             if let Some((f, _)) = ignored.iter().find(|(_, set)| *set) {
                 return Err(invalid(
@@ -78,6 +79,7 @@ pub(super) fn compile(spec: &PolicySpec) -> Result<Policy, PolicyError> {
                 ),
             ));
         }
+        let compress = codings(&r.compress, |j| at(&format!("compress[{j}]")))?;
         routes.push(Route {
             path: Some(Arc::from(r.path.as_str())),
             mode,
@@ -86,6 +88,7 @@ pub(super) fn compile(spec: &PolicySpec) -> Result<Policy, PolicyError> {
             shared: r.shared.unwrap_or(false),
             require_preconditions: r.require_preconditions.unwrap_or(false),
             steady: steady.map(Arc::new),
+            compress,
         });
     }
 
@@ -108,6 +111,7 @@ pub(super) fn compile(spec: &PolicySpec) -> Result<Policy, PolicyError> {
             shared: false,
             require_preconditions: false,
             steady: None,
+            compress: Vec::new(),
         },
         max_body_bytes,
         routes,
@@ -115,6 +119,24 @@ pub(super) fn compile(spec: &PolicySpec) -> Result<Policy, PolicyError> {
         watched,
         watched_set,
     })
+}
+
+/// A route's `compress` list: known codings, each at most once.
+fn codings(tokens: &[String], at: impl Fn(usize) -> String) -> Result<Vec<Coding>, PolicyError> {
+    let mut out: Vec<Coding> = Vec::with_capacity(tokens.len());
+    for (j, token) in tokens.iter().enumerate() {
+        let Some(coding) = Coding::from_token(token) else {
+            return Err(invalid(
+                at(j),
+                format!("unknown coding `{token}` (expected br, zstd or gzip)"),
+            ));
+        };
+        if out.contains(&coding) {
+            return Err(invalid(at(j), format!("`{token}` is listed twice")));
+        }
+        out.push(coding);
+    }
+    Ok(out)
 }
 
 fn max_age(field: &str, v: &Value) -> Result<Duration, PolicyError> {

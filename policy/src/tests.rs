@@ -45,6 +45,25 @@ fn the_design_example_parses() {
 }
 
 #[test]
+fn compress_lists_codings_in_preference_order() {
+    let p = Policy::from_yaml(
+        "routes:\n- {path: /api/**, compress: [br, zstd, gzip]}\n- {path: /js/*, mode: Trust, compress: [gzip]}\n- {path: /x, compress: []}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        p.route("/api/a").compress,
+        [Coding::Br, Coding::Zstd, Coding::Gzip]
+    );
+    assert_eq!(p.route("/js/app.js").compress, [Coding::Gzip]);
+    assert!(p.route("/x").compress.is_empty());
+    assert!(p.route("/elsewhere").compress.is_empty());
+    // Written back in the same order.
+    let again = Policy::from_yaml(&p.to_yaml().unwrap()).unwrap();
+    assert_eq!(again, p);
+    assert!(p.to_yaml().unwrap().contains("- br\n"));
+}
+
+#[test]
 fn first_match_wins() {
     let p = Policy::from_yaml(
         "routes:\n- {path: /a/**, mode: Bypass}\n- {path: /a/b, mode: Trust}\n- {path: /**, mode: Trust, maxAge: 5s}\n",
@@ -153,6 +172,22 @@ fn one_clear_line_per_error() {
         (
             "routes: [{path: /static/*, mode: Bypass, shared: true}]",
             "routes[0].shared: not allowed with mode Bypass (the sidecar leaves Bypass routes to the app)",
+        ),
+        (
+            "routes: [{path: /a, compress: [br, deflate]}]",
+            "routes[0].compress[1]: unknown coding `deflate` (expected br, zstd or gzip)",
+        ),
+        (
+            "routes: [{path: /a}, {path: /b, compress: [gzip, br, gzip]}]",
+            "routes[1].compress[2]: `gzip` is listed twice",
+        ),
+        (
+            "routes: [{path: /a, compress: [BR]}]",
+            "routes[0].compress[0]: unknown coding `BR` (expected br, zstd or gzip)",
+        ),
+        (
+            "routes: [{path: /a, mode: Bypass, compress: [gzip]}]",
+            "routes[0].compress: not allowed with mode Bypass (the sidecar leaves Bypass routes to the app)",
         ),
         (
             "routes: [{path: /a, mode: Bypass, invalidates: [/b]}]",
@@ -272,19 +307,27 @@ fn route() -> impl Strategy<Value = RouteSpec> {
         any::<bool>(),
         any::<bool>(),
         proptest::collection::vec("[a-z]{1,8}=[0-9a-f]\\{1,4\\}", 0..3),
+        proptest::sample::subsequence(Coding::ALL.to_vec(), 0..=3).prop_shuffle(),
     )
-        .prop_map(|(path, mode, age, invalidates, shared, req, steady)| {
-            let bypass = mode == Mode::Bypass;
-            RouteSpec {
-                path,
-                mode: Some(mode),
-                max_age: (mode == Mode::Trust).then(|| Value::String(format_duration(age))),
-                invalidates: if bypass { vec![] } else { invalidates },
-                shared: (!bypass).then_some(shared),
-                require_preconditions: (!bypass).then_some(req),
-                steady: if bypass { vec![] } else { steady },
-            }
-        })
+        .prop_map(
+            |(path, mode, age, invalidates, shared, req, steady, compress)| {
+                let bypass = mode == Mode::Bypass;
+                RouteSpec {
+                    path,
+                    mode: Some(mode),
+                    max_age: (mode == Mode::Trust).then(|| Value::String(format_duration(age))),
+                    invalidates: if bypass { vec![] } else { invalidates },
+                    shared: (!bypass).then_some(shared),
+                    require_preconditions: (!bypass).then_some(req),
+                    steady: if bypass { vec![] } else { steady },
+                    compress: if bypass {
+                        vec![]
+                    } else {
+                        compress.iter().map(|c| c.as_str().to_owned()).collect()
+                    },
+                }
+            },
+        )
 }
 
 use serde_yaml_ng::Value;

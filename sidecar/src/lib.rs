@@ -29,6 +29,7 @@ pub mod admin;
 pub mod backoff;
 pub mod config;
 pub mod date;
+pub mod encoding;
 pub mod key;
 pub mod metrics;
 pub mod policy;

@@ -110,6 +110,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodingLabels {
+    coding: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: &'static str,
 }
@@ -142,6 +147,8 @@ pub struct Metrics {
     purge_marks: Gauge,
     purge_floor_raises: Counter,
     coalesced: Family<ResultLabels, Counter>,
+    compressed: Family<CodingLabels, Counter>,
+    compression_saved: Counter,
 }
 
 fn store_histogram() -> Histogram {
@@ -268,6 +275,18 @@ impl Metrics {
             "Conditional reads that joined another request's revalidation: shared (answered from its fetch) or refetched (it failed or went away; fetched alone)",
             coalesced.clone(),
         );
+        let compressed = Family::<CodingLabels, Counter>::default();
+        registry.register(
+            "sametag_compressed_responses",
+            "Responses the sidecar compressed (routes with compress), by coding",
+            compressed.clone(),
+        );
+        let compression_saved = Counter::default();
+        registry.register(
+            "sametag_compression_bytes_saved",
+            "Body bytes not sent because the sidecar compressed the response",
+            compression_saved.clone(),
+        );
         Self {
             registry,
             purges,
@@ -276,6 +295,8 @@ impl Metrics {
             purge_marks,
             purge_floor_raises,
             coalesced,
+            compressed,
+            compression_saved,
             tag_buffer_bytes,
             tag_buffer_refusals,
             connections_open,
@@ -320,6 +341,21 @@ impl Metrics {
     /// A 304 spared the client `bytes` of body.
     pub fn saved(&self, bytes: u64) {
         self.bytes_saved.inc_by(bytes);
+    }
+
+    /// A response of `before` bytes went out as `after` bytes of `coding`.
+    pub fn compressed(&self, coding: &'static str, before: u64, after: u64) {
+        self.compressed
+            .get_or_create(&CodingLabels { coding })
+            .inc();
+        self.compression_saved.inc_by(before.saturating_sub(after));
+    }
+
+    /// Responses compressed with `coding` so far.
+    pub fn compressed_with(&self, coding: &'static str) -> u64 {
+        self.compressed
+            .get_or_create(&CodingLabels { coding })
+            .get()
     }
 
     /// Count a failure to reach or understand the app.

@@ -13,6 +13,7 @@
 mod body;
 mod budget;
 mod coalesce;
+mod compress;
 mod current;
 mod error;
 mod forward;
@@ -70,6 +71,8 @@ pub struct Context {
     budget: TagBudget,
     /// Revalidations in flight, shared by concurrent reads (`coalesce.rs`).
     flights: coalesce::Flights,
+    /// Which tags' representations may be compressed (`compress.rs`).
+    eligibility: compress::Eligibility,
 }
 
 /// The hyper service: a cheap handle on the shared [`Context`] and on the
@@ -136,6 +139,7 @@ impl Proxy {
                 upstream,
                 budget,
                 flights: coalesce::Flights::default(),
+                eligibility: compress::Eligibility::default(),
             }),
             lane,
             peer: None,

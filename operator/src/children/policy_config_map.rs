@@ -77,6 +77,7 @@ mod tests {
                 shared: false,
                 require_preconditions: true,
                 steady: vec![SteadyPattern(r#"nonce="[^"]+""#.into())],
+                compress: vec![crate::crd::Coding::Br, crate::crd::Coding::Gzip],
             },
             Route {
                 path: "/static/*".into(),
@@ -86,6 +87,7 @@ mod tests {
                 shared: true,
                 require_preconditions: false,
                 steady: vec![],
+                compress: vec![],
             },
             Route {
                 path: "/raw/**".into(),
@@ -95,6 +97,7 @@ mod tests {
                 shared: false,
                 require_preconditions: false,
                 steady: vec![],
+                compress: vec![],
             },
         ];
         s
@@ -119,6 +122,7 @@ mod tests {
         assert_eq!(back.routes[0].require_preconditions, Some(true));
         assert_eq!(back.routes[1].shared, Some(true));
         assert_eq!(back.routes[0].steady, [r#"nonce="[^"]+""#]);
+        assert_eq!(back.routes[0].compress, ["br", "gzip"], "{text}");
         let Some(serde_yaml_ng::Value::String(age)) = &back.routes[0].max_age else {
             panic!("route maxAge lost: {text}")
         };

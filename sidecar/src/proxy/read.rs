@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::body::{Body, empty, full};
 use super::coalesce::FlightKey;
+use super::compress::{Choice, vary_accept_encoding};
 use super::current::{Fetched, Known, app_validators};
 use super::error::ProxyError;
 use super::hop::add_via;
@@ -81,7 +82,7 @@ impl Context {
             None => self.current(ex, stale).await?,
         };
         let TaggedRead {
-            rparts,
+            mut rparts,
             body,
             validators,
             cache_status: status,
@@ -96,6 +97,14 @@ impl Context {
             }
             Current::Tagged(tagged) => *tagged,
         };
+        // Compress (opt-in per route, `compress.rs`): the representation
+        // this client gets, and so the tag its conditions are judged by
+        // (per request: coalesced followers may take other codings).
+        let choice = self.choose(ex, &mut rparts.headers, body.len(), &validators.tag);
+        let validators = choice.validators(validators);
+        if matches!(choice, Choice::Encode(..)) {
+            set_validators(&mut rparts.headers, &validators);
+        }
 
         // Respond: the sidecar's own precondition decision.
         match evaluate(&ex.conditions, &ex.parts.method, Some(&validators)) {
@@ -112,6 +121,11 @@ impl Context {
                 Outcome::precondition_failed,
             )),
             Decision::Proceed { ignore_range } => {
+                if let Choice::Encode(coding, reservation) = choice {
+                    // The whole encoded 200, `Range` or not.
+                    let response = self.encoded(rparts, body, coding, reservation, head).await;
+                    return Ok((response, Outcome::tagged_200));
+                }
                 let range = ex
                     .parts
                     .headers
@@ -241,7 +255,9 @@ impl Context {
         validators: &Validators,
         vary: &[String],
     ) -> Option<Response<Body>> {
-        if evaluate(&ex.conditions, &ex.parts.method, Some(validators)) != Decision::NotModified {
+        // On a compress route, the tag of the coding this request gets.
+        let validators = self.trusted_validators(ex, validators)?;
+        if evaluate(&ex.conditions, &ex.parts.method, Some(&validators)) != Decision::NotModified {
             return None;
         }
         let mut headers = HeaderMap::new();
@@ -250,7 +266,10 @@ impl Context {
         {
             headers.insert(VARY, v);
         }
-        let mut response = not_modified(&headers, validators);
+        if !ex.route.compress.is_empty() {
+            vary_accept_encoding(&mut headers);
+        }
+        let mut response = not_modified(&headers, &validators);
         add_via(response.headers_mut(), http::Version::HTTP_11);
         cache_status_static(response.headers_mut(), "sametag; hit");
         Some(response)

@@ -9,6 +9,7 @@
 //! at the same point, before the client gets the response (the header
 //! itself never reaches the client).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use super::respond::{self, cache_status_static};
 use super::{Answer, Context, Exchange, untagged_marker};
 use crate::backoff::Backoff;
 use crate::date::parse_http_date;
+use crate::encoding::conditions_as_identity;
 use crate::key::resource_key;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{Mode, Policy, Route};
@@ -68,14 +70,20 @@ impl Context {
         let guard = if conditional {
             // Released when dropped, even if the client goes away.
             let guard = self.acquire(&ex.key).await?;
+            // A tag of any coding the sidecar derived (`encoding.rs`) names
+            // the representation it was derived from.
+            let mut conditions = Cow::Borrowed(&ex.conditions);
             let current = match self.judge(ex).await? {
-                Judge::Sidecar(current) => current,
+                Judge::Sidecar(current) => {
+                    conditions = conditions_as_identity(&ex.conditions);
+                    current
+                }
                 Judge::App(current) => {
                     rewrite = Rewrite::AS_IS;
                     Some(current)
                 }
             };
-            match evaluate(&ex.conditions, &ex.parts.method, current.as_ref()) {
+            match evaluate(&conditions, &ex.parts.method, current.as_ref()) {
                 Decision::Proceed { .. } => {}
                 Decision::NotModified | Decision::PreconditionFailed => {
                     guard.release().await;
