@@ -97,13 +97,13 @@ fn eligibility_memory_is_bounded_and_keeps_recent_tags() {
     e.remember(&tag(1), true);
     assert_eq!(e.get(&tag(1)), Some(true));
     for i in 2..(3 * ELIGIBILITY_CAPACITY) {
-        e.remember(&tag(i), i % 2 == 0);
+        e.remember(&tag(i), i.is_multiple_of(2));
     }
     let g = e.0.lock().unwrap();
     assert!(g.new.len() + g.old.len() <= 2 * ELIGIBILITY_CAPACITY);
     drop(g);
     let last = 3 * ELIGIBILITY_CAPACITY - 1;
-    assert_eq!(e.get(&tag(last)), Some(last % 2 == 0));
+    assert_eq!(e.get(&tag(last)), Some(last.is_multiple_of(2)));
     assert_eq!(e.get(&tag(0)), None, "long gone");
 }
 
