@@ -27,15 +27,9 @@ fn main() -> ExitCode {
 }
 
 fn invalidate(args: InvalidateArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("sametag-operator: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    // One request per store: no need for worker threads.
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(sametag_operator::invalidate::run(args)) {
         Ok(true) => ExitCode::SUCCESS,
@@ -45,6 +39,15 @@ fn invalidate(args: InvalidateArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime `builder` makes, or `None` after saying why it could not.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .enable_all()
+        .build()
+        .inspect_err(|e| eprintln!("sametag-operator: cannot start the runtime: {e}"))
+        .ok()
 }
 
 fn run(args: RunArgs) -> ExitCode {
@@ -66,15 +69,8 @@ fn run(args: RunArgs) -> ExitCode {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("sametag-operator: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(sametag_operator::run::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
