@@ -17,7 +17,7 @@ use sametag_sidecar::metrics::Metrics;
 use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
 use sametag_sidecar::store::{KeyId, Labels, Purge, ResourceKey, Store};
 use support::fleet::call;
-use support::redis_server::RedisServer;
+use support::redis_server::{RedisServer, test_options};
 use support::store_checks::{V, key, tag};
 use support::{Db, Fleet, Got, Proto, StoreKind, over_stores};
 
@@ -506,16 +506,6 @@ over_stores! {
 
 // === The Redis store's purge state, through its Store API ===
 
-fn redis_opts() -> RedisOptions {
-    RedisOptions {
-        backoff_min: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        trust_guard: Duration::ZERO,
-        op_timeout: Duration::from_secs(1),
-        ..RedisOptions::default()
-    }
-}
-
 /// Three replicas' handles on one Redis.
 async fn replicas(redis: &RedisServer, prefix: &str, o: RedisOptions) -> Vec<RedisStore> {
     let mut out = Vec::new();
@@ -572,7 +562,7 @@ fn none_trust(found: Vec<bool>, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_losing_purge_state_never_re_trusts() {
     let redis = RedisServer::start();
-    let s = replicas(&redis, "purge", redis_opts()).await;
+    let s = replicas(&redis, "purge", test_options(Duration::ZERO)).await;
     let (a, b) = (key("/a"), key("/b"));
     record(&s[0], &a, &["ka"]).await;
     record(&s[0], &b, &["kb"]).await;
@@ -655,7 +645,7 @@ async fn redis_mark_cap_raises_the_floor_and_the_guard_holds() {
     let o = RedisOptions {
         max_key_marks: 3,
         max_glob_marks: 2,
-        ..redis_opts()
+        ..test_options(Duration::ZERO)
     };
     let s = replicas(&redis, "cap", o).await;
     let (a, b) = (key("/a"), key("/b"));
@@ -705,7 +695,7 @@ async fn redis_mark_cap_raises_the_floor_and_the_guard_holds() {
         "guard",
         RedisOptions {
             trust_guard: Duration::from_millis(300),
-            ..redis_opts()
+            ..test_options(Duration::ZERO)
         },
     )
     .await;
@@ -733,7 +723,7 @@ async fn redis_mark_cap_raises_the_floor_and_the_guard_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_api_answers_503_while_the_store_is_down() {
     let mut redis = RedisServer::start();
-    let s = replicas(&redis, "down", redis_opts()).await;
+    let s = replicas(&redis, "down", test_options(Duration::ZERO)).await;
     let token = TokenFile::new(TOKEN);
     let (addr, metrics) = admin(Arc::new(s[0].clone()), Some(token.0.clone())).await;
     let body = r#"{"keys": ["k"]}"#;

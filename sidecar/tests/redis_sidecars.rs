@@ -23,10 +23,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sametag_sidecar::metrics::{Metrics, Outcome};
 use sametag_sidecar::policy::{Policy, PolicyHandle};
-use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
+use sametag_sidecar::store::redis::RedisStore;
 use sametag_sidecar::store::{Store, StoreHealth};
 use sametag_sidecar::{Server, ServerConfig};
-use support::redis_server::RedisServer;
+use support::redis_server::{RedisServer, test_options};
 use support::{SharedStore, StoreKind};
 
 const POLICY: &str = "\
@@ -123,18 +123,6 @@ async fn serve_app(n: u64, b: Arc<Backend>) -> SocketAddr {
     addr
 }
 
-fn store_opts() -> RedisOptions {
-    RedisOptions {
-        backoff_min: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        trust_guard: Duration::from_millis(500),
-        // Tests run side by side on small machines: a slow answer must not
-        // be mistaken for an outage (outages here are real kills).
-        op_timeout: Duration::from_secs(1),
-        ..RedisOptions::default()
-    }
-}
-
 async fn sidecar(app: SocketAddr, store: Arc<dyn Store>) -> (SocketAddr, Arc<Metrics>) {
     let mut cfg = ServerConfig::new(
         "127.0.0.1:0".parse().unwrap(),
@@ -166,7 +154,7 @@ async fn fleet(kind: StoreKind, n: u64) -> Fleet {
     let backend = Arc::new(Backend::default());
     *backend.doc.lock().unwrap() = "the same bytes on every replica".into();
     // The same guard for both kinds (see `store_opts`).
-    let store = SharedStore::with_guard(kind, store_opts().trust_guard);
+    let store = SharedStore::with_guard(kind, test_options(Duration::from_millis(500)).trust_guard);
     let mut sidecars = Vec::new();
     let mut metrics = Vec::new();
     let mut replicas = Vec::new();
@@ -720,7 +708,12 @@ async fn wrong_password_degrades_reads_and_refuses_conditional_writes() {
     let backend = Arc::new(Backend::default());
     *backend.doc.lock().unwrap() = "doc".into();
     let app = serve_app(0, backend.clone()).await;
-    let store = RedisStore::connect(&redis.url_with_password("wrong"), "pw", store_opts()).unwrap();
+    let store = RedisStore::connect(
+        &redis.url_with_password("wrong"),
+        "pw",
+        test_options(Duration::from_millis(500)),
+    )
+    .unwrap();
     let (s, _) = sidecar(app, Arc::new(store.clone())).await;
     let c = client();
     let (status, h, _) = send(&c, Method::GET, s, "/doc", &[], "").await;

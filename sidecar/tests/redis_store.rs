@@ -10,21 +10,8 @@ use std::time::{Duration, Instant};
 
 use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
 use sametag_sidecar::store::{Store, StoreError, StoreHealth, VariantKey};
-use support::redis_server::{self, RedisConfig, RedisServer};
+use support::redis_server::{self, RedisConfig, RedisServer, test_options};
 use support::store_checks::{V, assert_trust_soon, assert_untrusted_now, key, tag};
-
-fn opts() -> RedisOptions {
-    RedisOptions {
-        // Short backoff so restart tests are quick; the guard is covered by
-        // its own test.
-        backoff_min: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        trust_guard: Duration::ZERO,
-        // Tests run side by side: a slow answer is not an outage here.
-        op_timeout: Duration::from_secs(1),
-        ..RedisOptions::default()
-    }
-}
 
 async fn store(url: &str, prefix: &str, o: RedisOptions) -> RedisStore {
     let s = RedisStore::connect(url, prefix, o).expect("valid url and prefix");
@@ -43,7 +30,7 @@ async fn every_key_has_a_ttl_and_one_hash_tag() {
         extra: vec!["cluster-enabled yes".into()],
         ..Default::default()
     });
-    let s = store(&redis.url(), "layout:1", opts()).await;
+    let s = store(&redis.url(), "layout:1", test_options(Duration::ZERO)).await;
     for i in 0..5 {
         let k = key(&format!("/p/{i}?q={{x}}"));
         s.record(
@@ -87,8 +74,8 @@ async fn every_key_has_a_ttl_and_one_hash_tag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_are_isolated_by_prefix_and_by_server() {
     let shared = RedisServer::start();
-    let a = store(&shared.url(), "tenant-a", opts()).await;
-    let b = store(&shared.url(), "tenant-b", opts()).await;
+    let a = store(&shared.url(), "tenant-a", test_options(Duration::ZERO)).await;
+    let b = store(&shared.url(), "tenant-b", test_options(Duration::ZERO)).await;
     let k = key("/same");
     a.record(&k, &[], &V(), &tag("A"), true).await.unwrap();
     assert!(
@@ -110,15 +97,20 @@ async fn stores_are_isolated_by_prefix_and_by_server() {
         extra: vec!["user default off".into()],
         ..Default::default()
     });
-    let s1 = store(&r1.url(), "app", opts()).await;
-    let s2 = store(&r2.url(), "app", opts()).await;
+    let s1 = store(&r1.url(), "app", test_options(Duration::ZERO)).await;
+    let s2 = store(&r2.url(), "app", test_options(Duration::ZERO)).await;
     s1.record(&k, &[], &V(), &tag("one"), false).await.unwrap();
     assert!(s2.lookup(&k, &[]).await.unwrap().is_none());
     assert!(!r1.keys().is_empty());
     assert!(r2.keys().is_empty());
 
     // The wrong password: an outage, not a crash; fast errors.
-    let wrong = RedisStore::connect(&r1.url_with_password("nope"), "app", opts()).unwrap();
+    let wrong = RedisStore::connect(
+        &r1.url_with_password("nope"),
+        "app",
+        test_options(Duration::ZERO),
+    )
+    .unwrap();
     assert!(!wrong.wait_up(Duration::from_millis(500)).await);
     assert_eq!(wrong.health(), StoreHealth::Down);
     let t0 = Instant::now();
@@ -135,8 +127,8 @@ async fn stores_are_isolated_by_prefix_and_by_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_lookups_cost_no_redis_commands_and_invalidations_still_arrive() {
     let redis = RedisServer::start();
-    let a = store(&redis.url(), "cache", opts()).await;
-    let b = store(&redis.url(), "cache", opts()).await;
+    let a = store(&redis.url(), "cache", test_options(Duration::ZERO)).await;
+    let b = store(&redis.url(), "cache", test_options(Duration::ZERO)).await;
     let k = key("/hot");
     let w: Vec<Arc<str>> = vec!["/hot/**".into()];
     a.record(&k, &[], &V(), &tag("H"), true).await.unwrap();
@@ -172,7 +164,7 @@ async fn hot_lookups_cost_no_redis_commands_and_invalidations_still_arrive() {
     );
     // Validate mode never looks up: records of an unchanged tag still
     // become local after one read-only round trip.
-    let c = store(&redis.url(), "cache", opts()).await;
+    let c = store(&redis.url(), "cache", test_options(Duration::ZERO)).await;
     let k2 = key("/validate-only");
     let trips0 = c.metrics().round_trips.get();
     for _ in 0..20 {
@@ -189,8 +181,8 @@ async fn hot_lookups_cost_no_redis_commands_and_invalidations_still_arrive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_fails_fast_then_bumps_the_epoch_on_reconnect() {
     let mut redis = RedisServer::start();
-    let a = store(&redis.url(), "outage", opts()).await;
-    let b = store(&redis.url(), "outage", opts()).await;
+    let a = store(&redis.url(), "outage", test_options(Duration::ZERO)).await;
+    let b = store(&redis.url(), "outage", test_options(Duration::ZERO)).await;
     let k = key("/o");
     // A second resource, validated before the outage and never written.
     let other = key("/o2");
@@ -270,8 +262,8 @@ async fn epoch_bump_untrusts_validations_that_survived_the_outage() {
     // A bumps on reconnect.
     let redis = RedisServer::start();
     let run_id = redis.run_id();
-    let a = store(&redis.url(), "epoch", opts()).await;
-    let b = store(&redis.url(), "epoch", opts()).await;
+    let a = store(&redis.url(), "epoch", test_options(Duration::ZERO)).await;
+    let b = store(&redis.url(), "epoch", test_options(Duration::ZERO)).await;
     let k = key("/e");
     // Validated before the partition and never written: only the epoch can
     // end its trust.
@@ -312,8 +304,8 @@ async fn a_redis_restarted_with_its_data_ends_trust() {
     // the old process acknowledged after its last save (or a failover's
     // replication lag) may be gone, so a new run id ends every trust.
     let mut redis = RedisServer::start();
-    let a = store(&redis.url(), "runid", opts()).await;
-    let b = store(&redis.url(), "runid", opts()).await;
+    let a = store(&redis.url(), "runid", test_options(Duration::ZERO)).await;
+    let b = store(&redis.url(), "runid", test_options(Duration::ZERO)).await;
     let k = key("/r");
     a.record(&k, &[], &V(), &tag("R"), true).await.unwrap();
     assert_trust_soon(&b, &k, &[], true, "B sees A's validation").await;
@@ -357,7 +349,7 @@ async fn eviction_under_maxmemory_keeps_the_store_healthy() {
         ],
         ..Default::default()
     });
-    let s = store(&redis.url(), "evict", opts()).await;
+    let s = store(&redis.url(), "evict", test_options(Duration::ZERO)).await;
     let big = "x".repeat(2000);
     for i in 0..3000 {
         let k = key(&format!("/{i}/{big}"));
@@ -371,11 +363,13 @@ async fn eviction_under_maxmemory_keeps_the_store_healthy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configuration_is_a_clear_error() {
-    assert!(RedisStore::connect("http://127.0.0.1:1", "p", opts()).is_err());
-    assert!(RedisStore::connect("redis://127.0.0.1:1", "a{b}", opts()).is_err());
-    assert!(RedisStore::connect("redis://127.0.0.1:1", "", opts()).is_err());
+    assert!(RedisStore::connect("http://127.0.0.1:1", "p", test_options(Duration::ZERO)).is_err());
+    assert!(
+        RedisStore::connect("redis://127.0.0.1:1", "a{b}", test_options(Duration::ZERO)).is_err()
+    );
+    assert!(RedisStore::connect("redis://127.0.0.1:1", "", test_options(Duration::ZERO)).is_err());
     // Nothing listening: an outage, not an error.
-    let s = RedisStore::connect("redis://127.0.0.1:1", "p", opts()).unwrap();
+    let s = RedisStore::connect("redis://127.0.0.1:1", "p", test_options(Duration::ZERO)).unwrap();
     assert!(matches!(
         s.lookup(&key("/"), &[]).await,
         Err(StoreError::Unavailable(_))
@@ -391,7 +385,7 @@ async fn rediss_with_a_private_ca_and_a_password() {
     });
     let o = RedisOptions {
         tls_ca_file: Some(redis.ca_file()),
-        ..opts()
+        ..test_options(Duration::ZERO)
     };
     assert!(redis.url().starts_with("rediss://"));
     let a = store(&redis.url(), "tls", o.clone()).await;
@@ -401,7 +395,7 @@ async fn rediss_with_a_private_ca_and_a_password() {
     let r = b.lookup(&k, &[]).await.unwrap().unwrap();
     assert!(r.variants[0].1.validated_at.is_some());
     // A certificate the system roots do not trust: an outage, not a crash.
-    let untrusted = RedisStore::connect(&redis.url(), "tls", opts()).unwrap();
+    let untrusted = RedisStore::connect(&redis.url(), "tls", test_options(Duration::ZERO)).unwrap();
     assert!(!untrusted.wait_up(Duration::from_millis(500)).await);
     assert!(matches!(
         untrusted.lookup(&k, &[]).await,
@@ -410,7 +404,7 @@ async fn rediss_with_a_private_ca_and_a_password() {
     // A missing CA file is a configuration error.
     let missing = RedisOptions {
         tls_ca_file: Some("/nonexistent/ca.pem".into()),
-        ..opts()
+        ..test_options(Duration::ZERO)
     };
     assert!(RedisStore::connect(&redis.url(), "tls", missing).is_err());
 }
@@ -418,8 +412,8 @@ async fn rediss_with_a_private_ca_and_a_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_runs_every_script_in_one_slot() {
     let (nodes, url) = redis_server::start_cluster();
-    let a = store(&url, "clustered", opts()).await;
-    let b = store(&url, "clustered", opts()).await;
+    let a = store(&url, "clustered", test_options(Duration::ZERO)).await;
+    let b = store(&url, "clustered", test_options(Duration::ZERO)).await;
     let watched: Vec<Arc<str>> = vec!["/c/**".into()];
     for i in 0..20 {
         let k = key(&format!("/c/{i}"));
@@ -456,8 +450,8 @@ async fn sentinel_urls_reach_the_master() {
         "redis+sentinel://:sentinel-pw@127.0.0.1:{}/mymaster",
         sentinel.port
     );
-    let a = store(&url, "sentinel", opts()).await;
-    let b = store(&url, "sentinel", opts()).await;
+    let a = store(&url, "sentinel", test_options(Duration::ZERO)).await;
+    let b = store(&url, "sentinel", test_options(Duration::ZERO)).await;
     let k = key("/s");
     a.record(&k, &[], &V(), &tag("S"), true).await.unwrap();
     assert!(

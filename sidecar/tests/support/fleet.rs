@@ -88,16 +88,7 @@ impl SharedStore {
 
     /// Options for one replica's Redis connection.
     pub fn redis_options(&self) -> RedisOptions {
-        RedisOptions {
-            // Quick reconnects for outage tests.
-            backoff_min: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(200),
-            trust_guard: self.trust_guard,
-            // Tests share a small machine: a slow answer is not an outage
-            // (outages here are real kills).
-            op_timeout: Duration::from_secs(1),
-            ..RedisOptions::default()
-        }
+        super::redis_server::test_options(self.trust_guard)
     }
 
     /// The store handle of one more replica: the same `Arc` for memory, a

@@ -363,6 +363,19 @@ impl Drop for RedisServer {
     }
 }
 
+/// Store options for tests: quick reconnects (outage tests kill Redis for
+/// real) and a 1 s bound on calls (tests share a small machine: a slow
+/// answer is not an outage), with the given trust guard.
+pub fn test_options(trust_guard: Duration) -> sametag_sidecar::store::redis::RedisOptions {
+    sametag_sidecar::store::redis::RedisOptions {
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        trust_guard,
+        op_timeout: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
 /// Three master nodes forming a Redis Cluster (all slots assigned, state
 /// ok), and the `redis+cluster://` URL naming them.
 pub fn start_cluster() -> (Vec<RedisServer>, String) {
