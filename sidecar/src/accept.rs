@@ -82,6 +82,12 @@ impl ConnectionLimits {
         }
     }
 
+    /// Permits for [`ConnectionLimits::max_connections`] connections, to
+    /// share between the listeners these limits apply to.
+    pub fn permits(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(self.max_connections))
+    }
+
     /// The hyper connection builder these limits configure.
     fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -119,6 +125,9 @@ pub struct Acceptor {
     pub metrics: Arc<Metrics>,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// The connection cap's permits, shared by every listener of one server
+    /// (a sidecar's workers each accept on their own socket, under one cap).
+    pub permits: Arc<Semaphore>,
 }
 
 /// Where the server is in its life, as connections see it.
@@ -147,9 +156,9 @@ impl Acceptor {
             limits,
             metrics,
             drain_timeout,
+            permits,
         } = self;
         let builder = limits.builder();
-        let permits = Arc::new(Semaphore::new(limits.max_connections));
         let open = metrics.connections_open(name);
         let (stage, stage_rx) = watch::channel(Stage::Serving);
         tokio::pin!(shutdown);

@@ -101,6 +101,7 @@ impl Admin {
         let acceptor = Acceptor {
             listener,
             name: "admin",
+            permits: limits.permits(),
             limits,
             metrics: self.metrics.clone(),
             drain_timeout: Duration::from_secs(5),

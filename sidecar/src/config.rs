@@ -128,6 +128,13 @@ pub struct Cli {
     /// request it sees. `--forwarded-headers=false` leaves both untouched.
     #[arg(long, env = "SAMETAG_FORWARDED_HEADERS", default_value_t = true, action = clap::ArgAction::Set)]
     pub forwarded_headers: bool,
+
+    /// Worker threads serving the proxy port (0: one per CPU the process may
+    /// use, cgroup limits included). Each has its own single-threaded
+    /// runtime and listening socket (SO_REUSEPORT), so a connection and its
+    /// upstream connection never change threads.
+    #[arg(long, env = "SAMETAG_WORKERS", default_value_t = 0)]
+    pub workers: usize,
 }
 
 /// What the proxy itself needs, independent of where its store and policy
@@ -225,6 +232,8 @@ pub struct Config {
     pub policy_reload: Duration,
     /// The proxy's own options.
     pub proxy: ProxyOptions,
+    /// Worker threads on the proxy port (at least 1).
+    pub workers: usize,
 }
 
 impl Cli {
@@ -261,6 +270,10 @@ impl Cli {
             redis_ca_file: self.redis_ca_file,
             store_wait: self.store_wait,
             store_prefix: self.store_prefix,
+            workers: match self.workers {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            },
         }
     }
 }

@@ -38,7 +38,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The main thread runs the admin server, the store's connection and the
+    // first proxy worker; the other workers start their own runtimes
+    // (`proxy::server`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -129,6 +132,7 @@ async fn run(config: Config) -> ExitCode {
         policy,
         metrics: metrics.clone(),
         drain_timeout: config.drain_timeout,
+        workers: config.workers,
     };
     let server = match Server::bind(server_config, store.clone()).await {
         Ok(server) => server,
@@ -158,6 +162,7 @@ async fn run(config: Config) -> ExitCode {
         listen = %server.local_addr(),
         admin = %admin_listener.local_addr().unwrap_or(config.admin),
         upstream = %config.proxy.upstream,
+        workers = config.workers,
         store = if config.redis.is_some() { "redis" } else { "memory" },
         "sametag sidecar started"
     );

@@ -65,14 +65,17 @@ pub struct Context {
     policy: PolicyHandle,
     /// Metric families.
     metrics: Arc<Metrics>,
-    /// The app's keep-alive pool.
+    /// The app's keep-alive connections: each worker has its own, so an
+    /// upstream connection is driven on the thread of the client connection
+    /// that uses it.
     upstream: Upstream,
     /// Memory for response bodies held to be tagged, over all requests.
     budget: TagBudget,
-    /// Revalidations in flight, shared by concurrent reads (`coalesce.rs`).
-    flights: coalesce::Flights,
+    /// Revalidations in flight, shared by concurrent reads of every worker
+    /// (`coalesce.rs`).
+    flights: Arc<coalesce::Flights>,
     /// Which tags' representations may be compressed (`compress.rs`).
-    eligibility: compress::Eligibility,
+    eligibility: Arc<compress::Eligibility>,
 }
 
 /// The hyper service: a cheap handle on the shared [`Context`] and on the
@@ -122,25 +125,40 @@ impl Proxy {
         policy: PolicyHandle,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let upstream = Upstream::new(
-            options.upstream.clone(),
-            options.upstream_timeout,
-            options.forwarded_headers,
-        )
-        .with_body_timeout(options.body_read_timeout);
-        let lane = upstream.lane();
         let budget = TagBudget::new(options.tag_buffer_budget, &metrics);
+        Self::with_context(Context {
+            upstream: Context::upstream_of(&options),
+            options,
+            store,
+            policy,
+            metrics,
+            budget,
+            flights: Arc::default(),
+            eligibility: Arc::default(),
+        })
+    }
+
+    /// The same proxy for another worker thread: everything shared (store,
+    /// policy, metrics, budget, flights) but the upstream connections, which
+    /// belong to the thread whose runtime drives them.
+    pub fn for_worker(&self) -> Self {
+        let ctx = &self.ctx;
+        Self::with_context(Context {
+            upstream: Context::upstream_of(&ctx.options),
+            options: ctx.options.clone(),
+            store: ctx.store.clone(),
+            policy: ctx.policy.clone(),
+            metrics: ctx.metrics.clone(),
+            budget: ctx.budget.clone(),
+            flights: ctx.flights.clone(),
+            eligibility: ctx.eligibility.clone(),
+        })
+    }
+
+    fn with_context(ctx: Context) -> Self {
+        let lane = ctx.upstream.lane();
         Self {
-            ctx: Arc::new(Context {
-                options,
-                store,
-                policy,
-                metrics,
-                upstream,
-                budget,
-                flights: coalesce::Flights::default(),
-                eligibility: compress::Eligibility::default(),
-            }),
+            ctx: Arc::new(ctx),
             lane,
             peer: None,
         }
@@ -181,6 +199,15 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 // === impl Context ===
 
 impl Context {
+    fn upstream_of(options: &ProxyOptions) -> Upstream {
+        Upstream::new(
+            options.upstream.clone(),
+            options.upstream_timeout,
+            options.forwarded_headers,
+        )
+        .with_body_timeout(options.body_read_timeout)
+    }
+
     /// Serve one request, on `lane` when given; never fails (failures are
     /// responses).
     pub async fn handle(&self, req: Request<Incoming>, lane: Option<Lane>) -> Response<Body> {

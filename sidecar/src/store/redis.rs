@@ -13,6 +13,7 @@
 //!   [`StoreError::Unavailable`] while down. A failed invalidation bumps the
 //!   store's epoch on reconnect, so nothing validated before is trusted.
 
+mod barrier;
 mod cache;
 mod conn;
 mod model;
@@ -204,6 +205,8 @@ pub(crate) struct Inner {
     watched: Mutex<HashMap<String, (Globs, Instant)>>,
     /// The purge globs last compiled, by their `(glob, stamp)` list.
     purge_globs: Mutex<Option<CompiledGlobs>>,
+    /// Coalesced `PING`s before trusted cache hits (`barrier.rs`).
+    barrier: barrier::Barrier,
 }
 
 /// The Redis [`Store`]. Cheap to clone; the supervisor stops when the last
@@ -274,6 +277,7 @@ impl RedisStore {
             metrics: RedisMetrics::default(),
             watched: Mutex::new(HashMap::new()),
             purge_globs: Mutex::new(None),
+            barrier: barrier::Barrier::default(),
         });
         let guard = supervisor::spawn(inner.clone());
         Ok(Self {
@@ -440,6 +444,27 @@ impl Inner {
         }
     }
 
+    /// Wait until every invalidation push Redis sent before now has been
+    /// applied to the local cache (`barrier.rs`).
+    async fn read_barrier(self: &Arc<Self>) -> Result<(), StoreError> {
+        self.barrier
+            .pass(|round| {
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    let answered = inner
+                        .run(false, |mut c| async move {
+                            redis::cmd("PING").query_async::<()>(&mut c).await
+                        })
+                        .await;
+                    inner
+                        .barrier
+                        .finish(round, answered.err().map(|e| e.to_string()));
+                });
+            })
+            .await
+            .map_err(|why| StoreError::Unavailable(why.to_string()))
+    }
+
     fn remember_watched(&self, id: &str, watched: &[Arc<str>]) {
         let mut w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         if w.len() >= 10_000 && !w.contains_key(id) {
@@ -555,16 +580,10 @@ impl Store for RedisStore {
                 return Ok(found);
             }
             // A write through another replica returns only after Redis has
-            // sent us its invalidation push, but our reader may not have
-            // applied it yet. A PING on the connection that carries the
-            // pushes is answered after them: once it returns, every
-            // invalidation sent before this request arrived is applied, so a
-            // cached validation is never trusted after a write elsewhere.
-            inner
-                .run(false, |mut c| async move {
-                    redis::cmd("PING").query_async::<()>(&mut c).await
-                })
-                .await?;
+            // sent us its invalidation push, which our reader may not have
+            // applied yet: pass a barrier (a PING sent after this request
+            // arrived, shared with concurrent hits) before trusting.
+            inner.read_barrier().await?;
             if let Some(cached) = cache.get(&resource.id, &path_id) {
                 inner.metrics.cache_hits.inc();
                 return Ok(build(&cached));

@@ -15,6 +15,7 @@ pub mod history;
 pub mod link;
 pub mod net;
 pub mod nginx;
+pub mod oha;
 pub mod proc;
 pub mod redis;
 pub mod results;

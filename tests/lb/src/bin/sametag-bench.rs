@@ -15,9 +15,12 @@ use sametag_lb_e2e::client::Http;
 use sametag_lb_e2e::cluster::{Cluster, ClusterSpec, Kind, SametagSpec};
 use sametag_lb_e2e::net::{free_addr, wait_listening};
 use sametag_lb_e2e::nginx::{Nginx, Role};
+use sametag_lb_e2e::oha::{self, OhaRun};
 use sametag_lb_e2e::proc::{Proc, Spec, cpu_ticks, rss_kib, with_children};
 use sametag_lb_e2e::redis::Redis;
-use sametag_lb_e2e::results::{self, Machine, Memory, Profile, Results, Reval, Run, Scenario};
+use sametag_lb_e2e::results::{
+    self, FixedRate, Machine, Memory, Mixed, Profile, Results, Reval, Run, Scenario,
+};
 use sametag_lb_e2e::scenario::{Browser, RevalStats};
 use sametag_lb_e2e::sidecar::{Sidecar, SidecarOpts, metric_sum, own_bin};
 use sametag_lb_e2e::wrk::{self, WrkRun};
@@ -261,9 +264,27 @@ struct Counters {
     redis_rt: f64,
 }
 
-async fn counters(http: &Http, s: &Sidecar) -> Counters {
-    let text = s.metrics(http).await.unwrap_or_default();
-    Counters {
+/// The sidecar's counters; a metric that is missing is an error, never a 0
+/// (a renamed metric must not turn a goal row into "met").
+async fn counters(http: &Http, s: &Sidecar, redis: bool) -> Result<Counters> {
+    let text = s.metrics(http).await?;
+    let missing = |name: &str| HarnessError::Parse {
+        tool: "sidecar /metrics".into(),
+        detail: format!("{name} is missing"),
+    };
+    let has = |name: &str| {
+        text.lines()
+            .any(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+    };
+    for name in ["sametag_requests_total"]
+        .into_iter()
+        .chain(redis.then_some("sametag_redis_round_trips_total"))
+    {
+        if !has(name) {
+            return Err(missing(name));
+        }
+    }
+    Ok(Counters {
         requests: metric_sum(&text, |n| n == "sametag_requests_total"),
         trusted: text
             .lines()
@@ -273,7 +294,7 @@ async fn counters(http: &Http, s: &Sidecar) -> Counters {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum(),
         redis_rt: metric_sum(&text, |n| n == "sametag_redis_round_trips_total"),
-    }
+    })
 }
 
 /// Sample a process's VmRSS every 100 ms until `stop`; the highest value.
@@ -336,8 +357,9 @@ impl Ctx<'_> {
         };
         wrk::run(&warm).await?;
         let sidecar = self.bed.sidecar(config);
+        let redis = config.ends_with("redis");
         let before = match sidecar {
-            Some(s) => counters(&self.http, s).await,
+            Some(s) => counters(&self.http, s, redis).await?,
             None => Counters::default(),
         };
         let server_pids = self.bed.server_pids(config);
@@ -373,10 +395,10 @@ impl Ctx<'_> {
         };
         let (mut rt, mut trusted) = (None, None);
         if let Some(s) = sidecar {
-            let after = counters(&self.http, s).await;
+            let after = counters(&self.http, s, redis).await?;
             let reqs = after.requests - before.requests;
             if reqs > 0.0 {
-                if config.ends_with("redis") {
+                if redis {
                     rt = Some((after.redis_rt - before.redis_rt) / reqs);
                 }
                 trusted = Some((after.trusted - before.trusted) / reqs);
@@ -416,12 +438,117 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// Latency of `config` at `rate` requests per second (oha).
+    async fn fixed_rate(&mut self, config: &str, rate: u64, conns: usize) -> Result<()> {
+        let url = format!("http://{}/bytes/1024", self.bed.addr(config));
+        self.progress.say(&format!(
+            "{config:<15} fixed rate {rate} req/s, {conns} conns: oha {} s",
+            self.args.duration
+        ));
+        let o = oha::run(&OhaRun {
+            url: &url,
+            rate,
+            conns,
+            duration: Duration::from_secs(self.args.duration),
+        })
+        .await?;
+        println!(
+            "           -> {} requests, {} errors, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
+            o.requests, o.errors, o.p50_ms, o.p99_ms, o.p999_ms
+        );
+        self.results.fixed_rate.push(FixedRate {
+            config: config.into(),
+            rate,
+            conns,
+            requests: o.requests,
+            errors: o.errors,
+            p50_ms: o.p50_ms,
+            p99_ms: o.p99_ms,
+            p999_ms: o.p999_ms,
+        });
+        Ok(())
+    }
+
+    /// Redis round trips per request on the mixed workload, through the
+    /// Trust sidecar on Redis.
+    async fn mixed(&mut self, script: &Path, conns: usize) -> Result<()> {
+        let s = &self.bed.trust_redis;
+        let url = format!("http://{}/bytes/1024", s.listen);
+        self.progress.say(&format!(
+            "mixed workload on trust304-redis, {conns} conns: wrk {} s",
+            self.args.duration
+        ));
+        let before = counters(&self.http, s, true).await?;
+        let w = wrk::run(&WrkRun {
+            url: &url,
+            conns,
+            threads: self.args.threads,
+            duration: Duration::from_secs(self.args.duration),
+            script: Some(script),
+        })
+        .await?;
+        let after = counters(&self.http, s, true).await?;
+        let m = Mixed {
+            mix: MIX.into(),
+            requests: after.requests - before.requests,
+            trusted: after.trusted - before.trusted,
+            redis_round_trips: after.redis_rt - before.redis_rt,
+            wrk: w,
+        };
+        println!(
+            "           -> {:.0} requests, {:.1}% trusted 304s, {:.3} Redis round trips per request, non-2xx/3xx {}, socket errors {}",
+            m.requests,
+            100.0 * m.trusted / m.requests.max(1.0),
+            m.redis_round_trips / m.requests.max(1.0),
+            m.wrk.non_2xx_3xx,
+            m.wrk.socket_errors
+        );
+        self.results.mixed = Some(m);
+        Ok(())
+    }
+}
+
 /// A wrk Lua script that revalidates with `etag`.
 fn inm_script(dir: &Path, name: &str, etag: &str) -> Result<PathBuf> {
     let p = dir.join(format!("{name}.lua"));
     let lua = format!(
         "wrk.headers[\"If-None-Match\"] = '{}'\n",
         etag.replace('\'', "")
+    );
+    std::fs::write(&p, lua).map_err(|e| HarnessError::io("write lua", e))?;
+    Ok(p)
+}
+
+/// The mixed workload's wrk script, per 20 requests: 1 write (a PUT to one
+/// of 16 documents), 2 GETs of keys no one asked for before, and 17
+/// revalidations of the hot tag `etag`.
+const MIX: &str =
+    "per 100 requests: 5 PUTs, 10 GETs of never-seen keys, 85 If-None-Match GETs of a hot tag";
+
+fn mixed_script(dir: &Path, etag: &str) -> Result<PathBuf> {
+    let p = dir.join("mixed.lua");
+    let lua = format!(
+        r#"local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+local n = 0
+function request()
+  n = n + 1
+  local k = n % 20
+  local id = tostring(tid) .. "-" .. tostring(n)
+  if k == 0 then
+    return wrk.format("PUT", "/docs/mix" .. tostring(n % 16), {{["Content-Type"] = "text/plain"}}, "v" .. id)
+  elseif k <= 2 then
+    return wrk.format("GET", "/bytes/1024?cold=" .. id)
+  else
+    return wrk.format("GET", "/bytes/1024", {{["If-None-Match"] = '{tag}'}})
+  end
+end
+"#,
+        tag = etag.replace('\'', "")
     );
     std::fs::write(&p, lua).map_err(|e| HarnessError::io("write lua", e))?;
     Ok(p)
@@ -470,12 +597,34 @@ async fn seed_scenario(kind: Kind, rounds: usize) -> Result<Scenario> {
     })
 }
 
-/// Flat perf profile of `pid` for `secs` while `load` runs.
-async fn profile(name: &str, pid: u32, dir: &Path, secs: u64, load: WrkRun<'_>) -> Result<Profile> {
+/// Configurations measured at a fixed rate.
+const FIXED_RATE_CONFIGS: [&str; 4] = ["app", "nginx", "validate-mem", "validate-redis"];
+/// Configurations profiled (nginx: every worker).
+const PROFILED: [&str; 5] = [
+    "nginx",
+    "validate-mem",
+    "validate-redis",
+    "trust304-mem",
+    "trust304-redis",
+];
+
+/// Flat perf profile of `pids` for `secs` while `load` runs.
+async fn profile(
+    name: &str,
+    pids: &[u32],
+    dir: &Path,
+    secs: u64,
+    load: WrkRun<'_>,
+) -> Result<Profile> {
     let perf = tools::require("perf")?;
-    let data = dir.join(format!("perf-{pid}.data"));
+    let data = dir.join(format!("perf-{name}.data"));
+    let pid_list = pids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let rec = tokio::process::Command::new(&perf)
-        .args(["record", "-F", "999", "-p", &pid.to_string(), "-o"])
+        .args(["record", "-F", "999", "-p", &pid_list, "-o"])
         .arg(&data)
         .args(["--", "sleep", &secs.to_string()])
         .stdout(std::process::Stdio::null())
@@ -562,8 +711,10 @@ async fn run(args: Args) -> Result<()> {
     let total = 1
         + sizes.len() * conns.len() * 4
         + conns.len() * 3
+        + FIXED_RATE_CONFIGS.len()
+        + 1
         + 2
-        + if args.no_profile { 0 } else { 2 }
+        + if args.no_profile { 0 } else { PROFILED.len() }
         + 1;
     let mut progress = Progress { step: 0, total };
     progress.say("starting app, hello, nginx proxy, redis-server and four sidecars");
@@ -634,6 +785,29 @@ async fn run(args: Args) -> Result<()> {
         }
         ctx.measure("hello", 0, c, None).await?;
     }
+    // Fixed rate: half of nginx's maximum for 1 KiB at the fewest
+    // connections, the same schedule for every configuration.
+    let c0 = *conns.first().unwrap_or(&16);
+    let nginx_max = ctx
+        .results
+        .find("nginx", 1024, c0)
+        .or_else(|| ctx.results.runs.iter().find(|r| r.config == "nginx"))
+        .map_or(0.0, |r| r.wrk.rps);
+    let rate = ((nginx_max / 2.0) as u64).max(100);
+    for config in FIXED_RATE_CONFIGS {
+        ctx.fixed_rate(config, rate, c0).await?;
+    }
+    let hot_tag = http
+        .get(
+            &format!("http://{}/bytes/1024", bed.trust_redis.listen),
+            &[],
+        )
+        .await?
+        .header("etag")
+        .unwrap_or_default()
+        .to_owned();
+    let mixed = mixed_script(&bed.dir, &hot_tag)?;
+    ctx.mixed(&mixed, *conns.last().unwrap_or(&64)).await?;
     for kind in [Kind::Static, Kind::App] {
         ctx.progress.say(&format!(
             "seed scenario ({kind:?}): 3 replicas behind HAProxy, without and with sametag"
@@ -650,23 +824,14 @@ async fn run(args: Args) -> Result<()> {
     }
     if !args.no_profile {
         let c = *conns.last().unwrap_or(&64);
-        for (name, s, path, script) in [
-            (
-                "validate-redis, 1 KiB, plain GETs",
-                &bed.validate_redis,
-                "/bytes/1024",
-                None,
-            ),
-            (
-                "trust304-redis, If-None-Match GETs",
-                &bed.trust_redis,
-                "/bytes/1024",
-                scripts.get(1).map(|s| s.1.as_path()),
-            ),
-        ] {
+        for config in PROFILED {
+            let script = scripts
+                .iter()
+                .find(|(name, _)| *name == config)
+                .map(|(_, p)| p.as_path());
             ctx.progress
-                .say(&format!("perf profile: {name}, {c} conns"));
-            let url = format!("http://{}{path}", s.listen);
+                .say(&format!("perf profile: {config}, 1 KiB, {c} conns"));
+            let url = format!("http://{}/bytes/1024", bed.addr(config));
             let load = WrkRun {
                 url: &url,
                 conns: c,
@@ -674,12 +839,14 @@ async fn run(args: Args) -> Result<()> {
                 duration: Duration::from_secs(5),
                 script,
             };
-            match s.proc.pid() {
-                Some(pid) => match profile(name, pid, &bed.dir, 4, load).await {
-                    Ok(p) => ctx.results.profiles.push(p),
-                    Err(e) => println!("           -> profile skipped: {e}"),
-                },
-                None => println!("           -> profile skipped: sidecar not running"),
+            let pids = bed.server_pids(config);
+            if pids.is_empty() {
+                println!("           -> profile skipped: {config} not running");
+                continue;
+            }
+            match profile(config, &pids, &bed.dir, 4, load).await {
+                Ok(p) => ctx.results.profiles.push(p),
+                Err(e) => println!("           -> profile skipped: {e}"),
             }
         }
     }
