@@ -1,5 +1,5 @@
 //! The ETagStore controller: `Context`, `reconcile()` and `error_policy()`
-//! side by side, the crate `Error`, and the one server-side-apply helper.
+//! side by side, and the one server-side-apply helper.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -24,62 +24,10 @@ use serde::de::DeserializeOwned;
 
 use crate::children::{self, BuildError, FIELD_MANAGER, OWNER_LABEL, STORE_LABEL, names};
 use crate::crd::{ETagStore, ETagStoreStatus, ExternalRedis, ManagedRedis};
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::secret_watch;
 use crate::status::{self, DEGRADED, Health, INVALID_POLICY, READY};
-
-/// Everything that can fail in the operator.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A Kubernetes API call failed.
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// A child object could not be built.
-    #[error(transparent)]
-    Build(#[from] BuildError),
-    /// A status or patch body could not be serialised.
-    #[error("serialize: {0}")]
-    Serialize(#[from] serde_json::Error),
-    /// The webhook's TLS material could not be made or loaded.
-    #[error("webhook TLS: {0}")]
-    Tls(String),
-    /// A server could not bind or serve.
-    #[error("{what}: {source}")]
-    Io {
-        /// Which server.
-        what: &'static str,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Leader election failed.
-    #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
-    /// An object kept changing under a conditional write.
-    #[error("conflict: {0}")]
-    Conflict(String),
-    /// A task that should run forever ended.
-    #[error("{0} ended unexpectedly")]
-    Stopped(&'static str),
-}
-
-/// Result with the crate [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Error {
-    /// Short, stable name of the variant, used as a metric label.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Kube(_) => "kube",
-            Self::Build(_) => "build",
-            Self::Serialize(_) => "serialize",
-            Self::Tls(_) => "tls",
-            Self::Io { .. } => "io",
-            Self::Lease(_) => "lease",
-            Self::Conflict(_) => "conflict",
-            Self::Stopped(_) => "stopped",
-        }
-    }
-}
 
 /// Shared state of the controller.
 pub struct Context {

@@ -1,6 +1,7 @@
 //! The webhook's certificates: a self-signed CA and a serving certificate
 //! kept in one Secret (created or reused on start, renewed before expiry),
-//! the CA patched into the MutatingWebhookConfiguration, and a rustls
+//! (the CA goes into the MutatingWebhookConfiguration through
+//! [`super::config::set_client_config`]), and a rustls
 //! certificate resolver that swaps in a renewed certificate without a restart.
 
 use std::collections::BTreeMap;
@@ -8,7 +9,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PostParams};
@@ -22,8 +22,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::error::{Error, Result};
 use crate::owner;
-use crate::reconcile::{Error, Result};
 
 /// Secret keys.
 pub const CA_CRT: &str = "ca.crt";
@@ -400,62 +400,10 @@ pub fn server_config(resolver: Arc<Resolver>) -> Arc<rustls::ServerConfig> {
     Arc::new(cfg)
 }
 
-// === webhook configuration ===
-
-/// Put `ca_pem` into every webhook's clientConfig.caBundle of `name`, and
-/// with `url` also point clientConfig at it (dropping the Service reference).
-/// Returns whether anything changed; a missing configuration is not an error
-/// (the chart may not have created it yet).
-pub async fn patch_webhook_config(
-    client: &Client,
-    name: &str,
-    ca_pem: &str,
-    url: Option<&str>,
-) -> Result<bool> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let Some(mut cfg) = api.get_opt(name).await? else {
-        tracing::warn!(
-            config = name,
-            "MutatingWebhookConfiguration not found; caBundle not patched"
-        );
-        return Ok(false);
-    };
-    if !set_client_config(&mut cfg, ca_pem, url) {
-        return Ok(false);
-    }
-    api.replace(name, &PostParams::default(), &cfg).await?;
-    tracing::info!(config = name, "webhook configuration caBundle updated");
-    Ok(true)
-}
-
-/// Set caBundle (and url) on every webhook of `cfg`; whether anything changed.
-pub fn set_client_config(
-    cfg: &mut MutatingWebhookConfiguration,
-    ca_pem: &str,
-    url: Option<&str>,
-) -> bool {
-    let mut changed = false;
-    for wh in cfg.webhooks.iter_mut().flatten() {
-        let cc = &mut wh.client_config;
-        let bundle = ByteString(ca_pem.as_bytes().to_vec());
-        if cc.ca_bundle.as_ref() != Some(&bundle) {
-            cc.ca_bundle = Some(bundle);
-            changed = true;
-        }
-        if let Some(url) = url
-            && (cc.url.as_deref() != Some(url) || cc.service.is_some())
-        {
-            cc.url = Some(url.to_owned());
-            cc.service = None;
-            changed = true;
-        }
-    }
-    changed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 
     fn now() -> jiff::Timestamp {
         jiff::Timestamp::from_second(1_800_000_000).unwrap()
@@ -546,29 +494,6 @@ mod tests {
                 .verify_server_cert(&leaf, &[], &ServerName::try_from(name).unwrap(), &[], when)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
-    }
-
-    #[test]
-    fn client_config_gets_ca_and_url_once() {
-        let mut cfg: MutatingWebhookConfiguration =
-            serde_yaml_ng::from_str(include_str!("../../deploy/webhook.yaml")).unwrap();
-        assert!(set_client_config(
-            &mut cfg,
-            "CA",
-            Some("https://127.0.0.1:9443/mutate")
-        ));
-        for wh in cfg.webhooks.as_ref().unwrap() {
-            assert_eq!(wh.client_config.ca_bundle.as_ref().unwrap().0, b"CA");
-            assert_eq!(
-                wh.client_config.url.as_deref(),
-                Some("https://127.0.0.1:9443/mutate")
-            );
-            assert!(wh.client_config.service.is_none());
-        }
-        assert!(
-            !set_client_config(&mut cfg, "CA", Some("https://127.0.0.1:9443/mutate")),
-            "idempotent"
-        );
     }
 
     #[test]
