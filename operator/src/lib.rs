@@ -6,6 +6,7 @@ pub mod children;
 pub mod config;
 pub mod crd;
 pub mod error;
+pub mod fleet;
 pub mod invalidate;
 pub mod metrics;
 pub mod owner;

@@ -31,7 +31,7 @@ pub(super) async fn lead(
     owner: Option<OwnerReference>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let ns = args.watch_namespace.clone();
+    let ns = args.watch_namespaces.clone();
     if !args.leader_elect {
         metrics.leader.set(1);
         reconcile::run(ctx, ns, became(shutdown, true)).await;
@@ -82,7 +82,7 @@ async fn follow(
     mut shutdown: watch::Receiver<bool>,
     identity: &str,
     ctx: Arc<Context>,
-    ns: Option<String>,
+    ns: Vec<String>,
     metrics: &Metrics,
 ) -> Result<()> {
     loop {

@@ -25,7 +25,7 @@ use crate::owner;
 use crate::reconcile::Context;
 use crate::webhook::config::Target;
 use crate::webhook::inject::InjectConfig;
-use crate::webhook::tls::{self, CertSettings, Resolver};
+use crate::webhook::tls::{self, Resolver};
 use crate::webhook::{self, Webhook};
 
 /// How long a terminating operator waits for the controller to stop and
@@ -55,13 +55,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let metrics_server = health::serve_metrics(metrics_listener, Arc::new(registry), ready.clone());
 
     // Certificates: create or reuse, then keep the webhook configuration current.
-    let certs = CertSettings {
-        namespace: args.namespace.clone(),
-        secret: args.cert_secret.clone(),
-        sans: tls::sans(&args.webhook_service, &args.namespace),
-        validity: args.cert_validity,
-        renew_before: args.cert_renew_before,
-    };
     // The webhook configuration owns the Secret and the Lease, so that
     // uninstalling the release removes them. It may not exist yet (or the
     // read may fail): the rotation loop looks again and adopts them then.
@@ -71,9 +64,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             tracing::warn!(error = %e, config = %args.webhook_config_name, "cannot read the webhook configuration yet");
             None
         });
-    let bundle = tls::ensure(&client, &certs, owner.as_ref()).await?;
     let resolver = Arc::new(Resolver::new());
-    resolver.set(bundle.certified_key()?);
+    let source = certs::initial(&client, &args, &resolver, owner.as_ref()).await?;
     let target = match &args.webhook_url {
         Some(url) => Target::Url(url.clone()),
         None => Target::Service {
@@ -84,7 +76,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
 
     // The webhook serves on every replica.
-    let (view, view_driver) = webhook::cached_view(client.clone());
+    let (view, view_driver) = webhook::cached_view(client.clone(), &args.watch_namespaces);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -98,6 +90,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             default_image: args.sidecar_image.clone(),
             sidecar_port: args.sidecar_port,
             admin_port: args.sidecar_admin_port,
+            omit_uids: args.omit_uids,
         },
         metrics: metrics.clone(),
         recorder: Some(recorder),
@@ -124,19 +117,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let rotation = certs::rotate(
         client.clone(),
-        certs,
+        source,
         resolver,
         args.clone(),
         target,
-        bundle,
         owner.clone(),
     );
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        args.namespace.clone(),
-        args.resync,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            args.namespace.clone(),
+            args.resync,
+        )
+        .with_sidecar_image(args.sidecar_image.clone())
+        .with_omit_uids(args.omit_uids),
+    );
     // `lead` watches this to stop the controller and give up the Lease.
     let (shutdown, shutdown_rx) = watch::channel(false);
     let controller = leader::lead(client, args, identity, ctx, metrics, owner, shutdown_rx);

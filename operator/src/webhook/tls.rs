@@ -236,17 +236,20 @@ impl Bundle {
 
     /// The rustls key for the serving certificate.
     pub fn certified_key(&self) -> Result<Arc<CertifiedKey>> {
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| Error::Tls(format!("serving certificate PEM: {e}")))?;
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| Error::Tls(format!("serving key PEM: {e}")))?;
-        let provider = rustls::crypto::ring::default_provider();
-        CertifiedKey::from_der(certs, key, &provider)
-            .map(Arc::new)
-            .map_err(|e| Error::Tls(format!("serving key: {e}")))
+        certified_key(&self.cert_pem, &self.key_pem)
     }
+}
+
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Tls(format!("serving certificate PEM: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| Error::Tls(format!("serving key PEM: {e}")))?;
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(certs, key, &provider)
+        .map(Arc::new)
+        .map_err(|e| Error::Tls(format!("serving key: {e}")))
 }
 
 /// Decision for a stored bundle.
@@ -337,6 +340,50 @@ pub async fn ensure(
         "Secret {}/{} keeps changing under us",
         s.namespace, s.secret
     )))
+}
+
+// === certificates issued by someone else (cert-manager) ===
+
+/// A serving certificate the operator only reads (`--cert-manager`): the
+/// `tls.crt`/`tls.key` of a `kubernetes.io/tls` Secret that cert-manager
+/// issues and renews. The operator never writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    /// `tls.crt` (the chain), to notice a renewal.
+    pub cert_pem: String,
+    /// `tls.key`.
+    pub key_pem: String,
+}
+
+impl Issued {
+    /// Read from a Secret; `None` until both keys are there.
+    pub fn from_secret(secret: &Secret) -> Option<Issued> {
+        let data = secret.data.as_ref()?;
+        let text = |k: &str| {
+            String::from_utf8(data.get(k)?.0.clone())
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        };
+        Some(Issued {
+            cert_pem: text(TLS_CRT)?,
+            key_pem: text(TLS_KEY)?,
+        })
+    }
+
+    /// The rustls key for it.
+    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>> {
+        certified_key(&self.cert_pem, &self.key_pem)
+    }
+}
+
+/// The issued certificate in Secret `name` of `namespace`, if there is one yet.
+pub async fn load_issued(client: &Client, namespace: &str, name: &str) -> Result<Option<Issued>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    Ok(api
+        .get_opt(name)
+        .await?
+        .as_ref()
+        .and_then(Issued::from_secret))
 }
 
 // === impl Resolver ===
@@ -503,5 +550,37 @@ mod tests {
         let b = generate(&sans("svc", "ns"), 90 * DAY, now()).unwrap();
         r.set(b.certified_key().unwrap());
         assert!(r.is_loaded());
+    }
+
+    #[test]
+    fn issued_certificate_loads_from_a_cert_manager_secret() {
+        let b = generate(&sans("svc", "ns"), 90 * DAY, now()).unwrap();
+        // cert-manager writes tls.crt, tls.key and ca.crt, no annotations.
+        let secret = Secret {
+            data: Some(BTreeMap::from([
+                (
+                    TLS_CRT.to_owned(),
+                    ByteString(b.cert_pem.clone().into_bytes()),
+                ),
+                (
+                    TLS_KEY.to_owned(),
+                    ByteString(b.key_pem.clone().into_bytes()),
+                ),
+                (CA_CRT.to_owned(), ByteString(b.ca_pem.clone().into_bytes())),
+            ])),
+            ..Secret::default()
+        };
+        let issued = Issued::from_secret(&secret).unwrap();
+        issued.certified_key().unwrap();
+        // Not ours to read back as a Bundle (no CA key): never rewritten.
+        assert_eq!(Bundle::from_secret(&secret), None);
+        let empty = Secret {
+            data: Some(BTreeMap::from([(
+                TLS_CRT.to_owned(),
+                ByteString(Vec::new()),
+            )])),
+            ..Secret::default()
+        };
+        assert_eq!(Issued::from_secret(&empty), None);
     }
 }
