@@ -186,7 +186,7 @@ pub async fn managed(ctx: &Ctx) -> Result<()> {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    if header != ["NAME", "READY", "MODE", "ENDPOINT", "PODS", "AGE"] {
+    if header != ["NAME", "READY", "MODE", "ENDPOINT", "INJECTED", "AGE"] {
         return Err(err(format!("kubectl get ets header: {header:?}\n{out}")));
     }
     let row: Vec<&str> = out
@@ -195,7 +195,7 @@ pub async fn managed(ctx: &Ctx) -> Result<()> {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    if row.get(..4) != Some(&["web", "True", "Validate", endpoint.as_str()][..]) {
+    if row.get(..5) != Some(&["web", "True", "Validate", endpoint.as_str(), "0/0"][..]) {
         return Err(err(format!("kubectl get ets row: {row:?}")));
     }
 
