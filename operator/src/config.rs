@@ -85,9 +85,17 @@ pub struct RunArgs {
     #[arg(long, env = "SAMETAG_NAMESPACE", default_value = "sametag-system")]
     pub namespace: String,
 
-    /// Only watch ETagStores in this namespace (default: all namespaces).
-    #[arg(long, env = "SAMETAG_WATCH_NAMESPACE")]
-    pub watch_namespace: Option<String>,
+    /// Only watch these namespaces (comma-separated or repeated; default:
+    /// all): their ETagStores, children and pods, and the webhook only
+    /// serves their pods. The operator then needs rights in these
+    /// namespaces only (the chart's `watchNamespaces` makes Roles there).
+    #[arg(
+        long = "watch-namespace",
+        visible_alias = "watch-namespaces",
+        env = "SAMETAG_WATCH_NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub watch_namespaces: Vec<String>,
 
     /// Sidecar image for stores whose spec.sidecar.image is unset.
     #[arg(long, env = "SAMETAG_SIDECAR_IMAGE", default_value = DEFAULT_SIDECAR_IMAGE)]
@@ -145,6 +153,13 @@ pub struct RunArgs {
     )]
     pub cert_secret: String,
 
+    /// cert-manager issues the webhook certificate into --cert-secret (a
+    /// `Certificate` and its CA injector, as the chart's
+    /// `webhook.certManager.enabled` sets up): the operator only reads and
+    /// reloads it, and never writes the Secret or `caBundle`.
+    #[arg(long, env = "SAMETAG_CERT_MANAGER", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub cert_manager: bool,
+
     /// Validity of a newly issued serving certificate (the CA lives 10x longer).
     #[arg(long, env = "SAMETAG_CERT_VALIDITY", default_value = "90d", value_parser = parse_duration)]
     pub cert_validity: Duration,
@@ -181,6 +196,12 @@ pub struct RunArgs {
     /// Reconcile every store at least this often (keeps status.injectedPods fresh).
     #[arg(long, env = "SAMETAG_RESYNC", default_value = "5m", value_parser = parse_duration)]
     pub resync: Duration,
+
+    /// Leave UIDs to the platform: the injected sidecar and the Redis pods
+    /// get no runAsUser, runAsGroup or fsGroup (runAsNonRoot stays), as
+    /// OpenShift's restricted-v2 SCC requires.
+    #[arg(long, env = "SAMETAG_OMIT_UIDS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub omit_uids: bool,
 
     /// Log format.
     #[arg(long, env = "SAMETAG_LOG_FORMAT", value_enum, default_value = "json")]
@@ -245,5 +266,26 @@ mod tests {
         assert_eq!(args.cert_secret, "sametag-webhook-tls");
         assert!(args.leader_elect);
         assert_eq!(args.sidecar_image, DEFAULT_SIDECAR_IMAGE);
+        assert!(args.watch_namespaces.is_empty());
+        assert!(!args.omit_uids && !args.cert_manager);
+    }
+
+    #[test]
+    fn watch_namespaces_are_a_list() {
+        let cli = Cli::try_parse_from([
+            "sametag-operator",
+            "run",
+            "--watch-namespace=a,b",
+            "--watch-namespaces",
+            "c",
+            "--omit-uids",
+            "--cert-manager",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.watch_namespaces, ["a", "b", "c"]);
+        assert!(args.omit_uids && args.cert_manager);
     }
 }

@@ -33,7 +33,8 @@ pub const DEFAULT_MAX_BODY_BYTES: &str = "8Mi";
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.policy.mode"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
-    printcolumn(name = "Pods", type_ = "integer", json_path = ".status.injectedPods"),
+    printcolumn(name = "Injected", type_ = "string", json_path = ".status.injected"),
+    printcolumn(name = "Sidecars", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"SidecarsInjected\")].reason"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS label of at most 40 characters starting with a letter (it names the Redis StatefulSet and Services)")
@@ -422,7 +423,8 @@ impl PullPolicy {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ETagStoreStatus {
-    /// `Ready`, `Progressing` and `Degraded`, each with a reason.
+    /// `Ready`, `Progressing`, `Degraded` and `SidecarsInjected`, each with
+    /// a reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` the conditions describe.
@@ -431,9 +433,22 @@ pub struct ETagStoreStatus {
     /// Redis URL sidecars use, without the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Pods in the namespace labelled `sametag.dev/store=<name>`.
+    /// Running pods that carry this store's sidecar (labelled
+    /// `sametag.dev/store=<name>` by the webhook).
     #[serde(default)]
     pub injected_pods: i32,
+    /// Running pods that opted in for this store (annotation
+    /// `sametag.dev/inject: "true"` or the namespace label), with or without
+    /// the sidecar.
+    #[serde(default)]
+    pub opted_in_pods: i32,
+    /// Injected pods whose sidecar image is not the one the webhook injects
+    /// now (`spec.sidecar.image` or the operator's `--sidecar-image`).
+    #[serde(default)]
+    pub outdated_pods: i32,
+    /// `injectedPods/optedInPods`, for `kubectl get ets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected: Option<String>,
 }
 
 // === helpers ===

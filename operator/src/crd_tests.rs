@@ -36,13 +36,26 @@ fn crd_names_scope_subresource_and_columns() {
         .flatten()
         .map(|c| (c.name.as_str(), c.json_path.as_str()))
         .collect();
+    // The sidecar column only with `-o wide`.
+    let wide: Vec<(&str, Option<i32>)> = v
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| (c.name.as_str(), c.priority))
+        .filter(|(_, p)| p.unwrap_or(0) > 0)
+        .collect();
+    assert_eq!(wide, [("Sidecars", Some(1))]);
     assert_eq!(
         cols,
         [
             ("Ready", r#".status.conditions[?(@.type=="Ready")].status"#),
             ("Mode", ".spec.policy.mode"),
             ("Endpoint", ".status.endpoint"),
-            ("Pods", ".status.injectedPods"),
+            ("Injected", ".status.injected"),
+            (
+                "Sidecars",
+                r#".status.conditions[?(@.type=="SidecarsInjected")].reason"#
+            ),
             ("Age", ".metadata.creationTimestamp"),
         ]
     );

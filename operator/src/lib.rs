@@ -5,6 +5,8 @@
 pub mod children;
 pub mod config;
 pub mod crd;
+pub mod error;
+pub mod fleet;
 pub mod invalidate;
 pub mod metrics;
 pub mod owner;
@@ -13,3 +15,5 @@ pub mod run;
 pub mod secret_watch;
 pub mod status;
 pub mod webhook;
+
+pub use error::{Error, Result};

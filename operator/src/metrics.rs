@@ -24,6 +24,15 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Label set naming a store.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// The store's namespace.
+    pub namespace: String,
+    /// The store's name.
+    pub store: String,
+}
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -37,6 +46,10 @@ pub struct Metrics {
     pub admissions: Family<OutcomeLabels, Counter>,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Opted-in pods running without the sidecar, per store.
+    pub pods_without_sidecar: Family<StoreLabels, Gauge>,
+    /// Injected pods running an outdated sidecar image, per store.
+    pub pods_outdated_sidecar: Family<StoreLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -47,13 +60,27 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             admissions: Family::default(),
             leader: Gauge::default(),
+            pods_without_sidecar: Family::default(),
+            pods_outdated_sidecar: Family::default(),
         }
     }
 }
 
 impl Metrics {
-    /// Register every family under the `sametag_operator` prefix.
+    /// Register every family: the operator's own under the
+    /// `sametag_operator` prefix, the fleet gauges (about the cluster, not
+    /// the operator) as `sametag_pods_*`.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sametag_pods_without_sidecar",
+            "Pods that opted in for the store but run without the sametag sidecar",
+            self.pods_without_sidecar.clone(),
+        );
+        registry.register(
+            "sametag_pods_outdated_sidecar",
+            "Injected pods whose sidecar image is not the one injected now",
+            self.pods_outdated_sidecar.clone(),
+        );
         let r = registry.sub_registry_with_prefix("sametag_operator");
         r.register("reconciles", "Reconciles started", self.reconciles.clone());
         r.register(
@@ -96,6 +123,31 @@ impl Metrics {
             .inc();
     }
 
+    /// Set the fleet gauges of the store `store` in `namespace`.
+    pub fn set_fleet(&self, namespace: &str, store: &str, fleet: &crate::fleet::Fleet) {
+        let labels = StoreLabels {
+            namespace: namespace.to_owned(),
+            store: store.to_owned(),
+        };
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.pods_without_sidecar
+            .get_or_create(&labels)
+            .set(n(fleet.without_sidecar.len()));
+        self.pods_outdated_sidecar
+            .get_or_create(&labels)
+            .set(n(fleet.outdated.len()));
+    }
+
+    /// Drop the gauges of a deleted store.
+    pub fn forget_store(&self, namespace: &str, store: &str) {
+        let labels = StoreLabels {
+            namespace: namespace.to_owned(),
+            store: store.to_owned(),
+        };
+        self.pods_without_sidecar.remove(&labels);
+        self.pods_outdated_sidecar.remove(&labels);
+    }
+
     /// Count an admission review.
     pub fn admitted(&self, outcome: &str) {
         self.admissions
@@ -130,6 +182,13 @@ mod tests {
         drop(m.reconcile_started());
         m.reconcile_failed("kube");
         m.admitted("injected");
+        let fleet = crate::fleet::Fleet {
+            without_sidecar: vec!["a".into(), "b".into()],
+            ..Default::default()
+        };
+        m.set_fleet("shop", "web", &fleet);
+        m.set_fleet("shop", "gone", &fleet);
+        m.forget_store("shop", "gone");
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         assert!(out.contains("sametag_operator_reconciles_total 1"), "{out}");
@@ -145,5 +204,14 @@ mod tests {
             out.contains("sametag_operator_reconcile_duration_seconds_count 1"),
             "{out}"
         );
+        assert!(
+            out.contains("sametag_pods_without_sidecar{namespace=\"shop\",store=\"web\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sametag_pods_outdated_sidecar{namespace=\"shop\",store=\"web\"} 0"),
+            "{out}"
+        );
+        assert!(!out.contains("gone"), "{out}");
     }
 }

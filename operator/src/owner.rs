@@ -21,7 +21,7 @@ use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use crate::children::FIELD_MANAGER;
-use crate::reconcile::{Error, Result};
+use crate::error::{Error, Result};
 
 /// How many times a write that lost a race (409) is retried from a fresh read.
 const ATTEMPTS: usize = 3;

@@ -1,20 +1,22 @@
 //! The ETagStore controller: `Context`, `reconcile()` and `error_policy()`
-//! side by side, the crate `Error`, and the one server-side-apply helper.
+//! side by side, and the one server-side-apply helper.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -24,62 +26,12 @@ use serde::de::DeserializeOwned;
 
 use crate::children::{self, BuildError, FIELD_MANAGER, OWNER_LABEL, STORE_LABEL, names};
 use crate::crd::{ETagStore, ETagStoreStatus, ExternalRedis, ManagedRedis};
+use crate::error::{Error, Result};
+use crate::fleet::{self, Fleet, SIDECARS_INJECTED};
 use crate::metrics::Metrics;
 use crate::secret_watch;
-use crate::status::{self, DEGRADED, Health, INVALID_POLICY, READY};
-
-/// Everything that can fail in the operator.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A Kubernetes API call failed.
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// A child object could not be built.
-    #[error(transparent)]
-    Build(#[from] BuildError),
-    /// A status or patch body could not be serialised.
-    #[error("serialize: {0}")]
-    Serialize(#[from] serde_json::Error),
-    /// The webhook's TLS material could not be made or loaded.
-    #[error("webhook TLS: {0}")]
-    Tls(String),
-    /// A server could not bind or serve.
-    #[error("{what}: {source}")]
-    Io {
-        /// Which server.
-        what: &'static str,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Leader election failed.
-    #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
-    /// An object kept changing under a conditional write.
-    #[error("conflict: {0}")]
-    Conflict(String),
-    /// A task that should run forever ended.
-    #[error("{0} ended unexpectedly")]
-    Stopped(&'static str),
-}
-
-/// Result with the crate [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Error {
-    /// Short, stable name of the variant, used as a metric label.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Kube(_) => "kube",
-            Self::Build(_) => "build",
-            Self::Serialize(_) => "serialize",
-            Self::Tls(_) => "tls",
-            Self::Io { .. } => "io",
-            Self::Lease(_) => "lease",
-            Self::Conflict(_) => "conflict",
-            Self::Stopped(_) => "stopped",
-        }
-    }
-}
+use crate::status::{self, CHILD_NOT_OWNED, DEGRADED, Health, INVALID_POLICY, READY};
+use crate::webhook::inject::{INJECT, NAMESPACE_ENABLED};
 
 /// Shared state of the controller.
 pub struct Context {
@@ -93,8 +45,17 @@ pub struct Context {
     pub operator_namespace: String,
     /// Requeue interval of a healthy store.
     pub resync: Duration,
+    /// The sidecar image the webhook injects for stores that name none
+    /// (`--sidecar-image`): pods running another one are outdated.
+    pub sidecar_image: String,
+    /// Leave UIDs to the platform in the Redis pods (`--omit-uids`).
+    pub omit_uids: bool,
     /// Consecutive failures per store, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<ETagStore>, u32>>,
+    /// Services already warned about (one Event per bypassing port).
+    warned: Mutex<BTreeSet<String>>,
+    /// Stores whose fleet gauges are set, to drop those of deleted stores.
+    gauged: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Context {
@@ -115,8 +76,24 @@ impl Context {
             metrics,
             operator_namespace,
             resync,
+            sidecar_image: crate::config::DEFAULT_SIDECAR_IMAGE.to_owned(),
+            omit_uids: false,
             failures: Mutex::new(HashMap::new()),
+            warned: Mutex::new(BTreeSet::new()),
+            gauged: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// The same context with the operator's default sidecar image.
+    pub fn with_sidecar_image(mut self, image: String) -> Self {
+        self.sidecar_image = image;
+        self
+    }
+
+    /// The same context leaving UIDs to the platform.
+    pub fn with_omit_uids(mut self, omit: bool) -> Self {
+        self.omit_uids = omit;
+        self
     }
 
     fn record_failure(&self, store: &ObjectRef<ETagStore>) -> u32 {
@@ -134,6 +111,17 @@ impl Context {
     }
 
     async fn event(&self, store: &ETagStore, type_: EventType, reason: &str, note: String) {
+        self.event_on(&store.object_ref(&()), type_, reason, note)
+            .await;
+    }
+
+    async fn event_on(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let ev = Event {
             type_,
             reason: reason.into(),
@@ -142,7 +130,7 @@ impl Context {
             secondary: None,
         };
         // Events are best effort: a failure to publish must not fail the reconcile.
-        if let Err(e) = self.recorder.publish(&ev, &store.object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(&ev, regarding).await {
             tracing::warn!(error = %e, reason, "cannot publish event");
         }
     }
@@ -213,6 +201,24 @@ async fn apply_children(
     ns: &str,
 ) -> Result<(Health, Option<String>)> {
     let client = &ctx.client;
+    // Never overwrite (or later delete) an object the store does not own:
+    // a name already taken is reported and nothing is applied.
+    let foreign = foreign_children(store, client, ns).await?;
+    if !foreign.is_empty() {
+        return Ok((
+            Health::Degraded {
+                reason: CHILD_NOT_OWNED,
+                message: format!(
+                    "{} already exist{} and {} not owned by this ETagStore: left alone, nothing applied; delete or rename {}, or give the store another name",
+                    foreign.join(", "),
+                    if foreign.len() == 1 { "s" } else { "" },
+                    if foreign.len() == 1 { "is" } else { "are" },
+                    if foreign.len() == 1 { "it" } else { "them" },
+                ),
+            },
+            None,
+        ));
+    }
     // The purge token exists for every store, managed or external.
     let token = generated_once(
         store,
@@ -229,7 +235,7 @@ async fn apply_children(
         (Some(redis), _) => apply_managed(store, ctx, ns, redis).await?,
         (None, Some(external)) => {
             if was_managed(store) {
-                delete_managed(client, ns, &store.name_any()).await?;
+                delete_managed(client, ns, store).await?;
             }
             check_external(ctx, ns, external).await?
         }
@@ -297,7 +303,12 @@ async fn apply_managed(
     .await?;
     apply(client, ns, &children::secret::desired(store, &password)?).await?;
     apply(client, ns, &children::redis_config::desired(store, redis)?).await?;
-    let sts = apply(client, ns, &children::redis::desired(store, redis)?).await?;
+    let sts = apply(
+        client,
+        ns,
+        &children::redis::desired(store, redis, ctx.omit_uids)?,
+    )
+    .await?;
     apply(client, ns, &children::service::desired(store)?).await?;
     apply(client, ns, &children::service::headless(store)?).await?;
     apply(
@@ -396,17 +407,66 @@ fn was_managed(store: &ETagStore) -> bool {
         == Some(children::service::endpoint(store).as_str())
 }
 
-async fn delete_managed(client: &Client, ns: &str, name: &str) -> Result<()> {
-    delete::<StatefulSet>(client, ns, &names::redis(name)).await?;
-    delete::<Service>(client, ns, &names::redis(name)).await?;
-    delete::<Service>(client, ns, &names::headless(name)).await?;
-    delete::<ConfigMap>(client, ns, &names::redis_config(name)).await?;
-    delete::<NetworkPolicy>(client, ns, &names::network_policy(name)).await?;
-    delete::<Secret>(client, ns, &names::secret(name)).await?;
-    Ok(())
+/// The children of `store` whose names are taken by objects it does not
+/// own, as `Kind ns/name`.
+async fn foreign_children(store: &ETagStore, client: &Client, ns: &str) -> Result<Vec<String>> {
+    let name = store.name_any();
+    let uid = store.uid().unwrap_or_default();
+    let (purge, policy) = (names::purge(&name), names::policy(&name));
+    let mut found = vec![
+        ("Secret", meta::<Secret>(client, ns, &purge).await?, purge),
+        (
+            "ConfigMap",
+            meta::<ConfigMap>(client, ns, &policy).await?,
+            policy,
+        ),
+    ];
+    if store.managed().is_some() {
+        let (secret, config) = (names::secret(&name), names::redis_config(&name));
+        let (redis, headless) = (names::redis(&name), names::headless(&name));
+        let netpol = names::network_policy(&name);
+        found.extend([
+            ("Secret", meta::<Secret>(client, ns, &secret).await?, secret),
+            (
+                "ConfigMap",
+                meta::<ConfigMap>(client, ns, &config).await?,
+                config,
+            ),
+            (
+                "StatefulSet",
+                meta::<StatefulSet>(client, ns, &redis).await?,
+                redis.clone(),
+            ),
+            ("Service", meta::<Service>(client, ns, &redis).await?, redis),
+            (
+                "Service",
+                meta::<Service>(client, ns, &headless).await?,
+                headless,
+            ),
+            (
+                "NetworkPolicy",
+                meta::<NetworkPolicy>(client, ns, &netpol).await?,
+                netpol,
+            ),
+        ]);
+    }
+    let foreign = found
+        .into_iter()
+        .filter(|(_, m, _)| m.as_ref().is_some_and(|m| !owned_by(m, &uid)))
+        .map(|(kind, _, child)| format!("{kind} {ns}/{child}"))
+        .collect();
+    Ok(foreign)
 }
 
-async fn delete<K>(client: &Client, ns: &str, name: &str) -> Result<()>
+/// Whether `meta` names the store with `uid` as its controller.
+pub fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.uid == uid && r.controller == Some(true))
+}
+
+async fn meta<K>(client: &Client, ns: &str, name: &str) -> Result<Option<ObjectMeta>>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -414,9 +474,46 @@ where
         + Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    match api.delete(name, &DeleteParams::background()).await {
+    Ok(api.get_metadata_opt(name).await?.map(|m| m.metadata))
+}
+
+async fn delete_managed(client: &Client, ns: &str, store: &ETagStore) -> Result<()> {
+    let name = store.name_any();
+    let uid = store.uid().unwrap_or_default();
+    delete::<StatefulSet>(client, ns, &names::redis(&name), &uid).await?;
+    delete::<Service>(client, ns, &names::redis(&name), &uid).await?;
+    delete::<Service>(client, ns, &names::headless(&name), &uid).await?;
+    delete::<ConfigMap>(client, ns, &names::redis_config(&name), &uid).await?;
+    delete::<NetworkPolicy>(client, ns, &names::network_policy(&name), &uid).await?;
+    delete::<Secret>(client, ns, &names::secret(&name), &uid).await?;
+    Ok(())
+}
+
+/// Delete `name` if the store with `uid` owns it (checked again by the
+/// apiserver through a uid precondition); anything else is left alone.
+async fn delete<K>(client: &Client, ns: &str, name: &str, uid: &str) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let Some(found) = meta::<K>(client, ns, name).await? else {
+        return Ok(());
+    };
+    if !owned_by(&found, uid) {
+        tracing::info!(%ns, %name, "not owned by the store: not deleted");
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let mut params = DeleteParams::background();
+    params.preconditions = Some(Preconditions {
+        uid: found.uid,
+        resource_version: None,
+    });
+    match api.delete(name, &params).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -444,12 +541,7 @@ async fn write_status(
     endpoint: Option<String>,
 ) -> Result<()> {
     let name = store.name_any();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let injected = pods
-        .list_metadata(&ListParams::default().labels(&format!("{STORE_LABEL}={name}")))
-        .await?
-        .items
-        .len();
+    let fleet = survey(store, ctx, ns).await?;
     let previous = store.status.as_ref();
     let endpoint = endpoint.or_else(|| previous.and_then(|p| p.endpoint.clone()));
     let now = Time(jiff::Timestamp::now());
@@ -458,7 +550,7 @@ async fn write_status(
         store.metadata.generation,
         health,
         endpoint,
-        i32::try_from(injected).unwrap_or(i32::MAX),
+        &fleet,
         now,
     );
     // Writing an unchanged status would trigger another reconcile: compare first.
@@ -466,6 +558,7 @@ async fn write_status(
         return Ok(());
     }
     announce(store, ctx, previous, &new, health).await;
+    announce_fleet(store, ctx, previous, &new).await;
     let api: Api<ETagStore> = Api::namespaced(ctx.client.clone(), ns);
     let body = serde_json::json!({ "status": new });
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
@@ -531,8 +624,165 @@ fn health_changed(previous: Option<&ETagStoreStatus>, health: &Health) -> bool {
         .is_none_or(|c| c.reason != health.reason() || c.message != health.message())
 }
 
-/// Run the controller until `shutdown` resolves.
+/// The store's pods: counted for the status and the metric, and the
+/// Services that bypass their sidecars warned about.
+async fn survey(store: &ETagStore, ctx: &Context, ns: &str) -> Result<Fleet> {
+    let name = store.name_any();
+    let client = &ctx.client;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let stores: Vec<String> = Api::<ETagStore>::namespaced(client.clone(), ns)
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    let enabled = Api::<Namespace>::all(client.clone())
+        .get_metadata_opt(ns)
+        .await?
+        .is_some_and(|n| {
+            n.labels()
+                .get(INJECT)
+                .is_some_and(|v| v == NAMESPACE_ENABLED)
+        });
+    let image = store
+        .spec
+        .sidecar
+        .image
+        .clone()
+        .unwrap_or_else(|| ctx.sidecar_image.clone());
+    let fleet = fleet::survey(&name, &stores, enabled, &pods, &image);
+    ctx.gauge_fleet(ns, &name, &fleet, &stores);
+
+    let mine: Vec<Pod> = pods
+        .into_iter()
+        .filter(|p| p.labels().get(STORE_LABEL) == Some(&name))
+        .collect();
+    if !mine.is_empty() {
+        let services = Api::<Service>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await?
+            .items;
+        warn_bypasses(store, ctx, ns, &services, &mine).await;
+    }
+    Ok(fleet)
+}
+
+/// One Warning Event per Service port that reaches the app past the sidecar,
+/// on the Service and on the store; again only after it was fixed and broke.
+async fn warn_bypasses(
+    store: &ETagStore,
+    ctx: &Context,
+    ns: &str,
+    services: &[Service],
+    pods: &[Pod],
+) {
+    let prefix = format!("{ns}/{}/", store.name_any());
+    let found = fleet::bypasses(services, pods);
+    let keys: BTreeSet<String> = found
+        .iter()
+        .map(|b| format!("{prefix}{}/{}", b.service, b.port))
+        .collect();
+    let new: Vec<&fleet::Bypass> = {
+        let mut warned = ctx.warned.lock().unwrap_or_else(|p| p.into_inner());
+        warned.retain(|k| !k.starts_with(&prefix) || keys.contains(k));
+        found
+            .iter()
+            .filter(|b| warned.insert(format!("{prefix}{}/{}", b.service, b.port)))
+            .collect()
+    };
+    for b in new {
+        let note = b.message(ns);
+        tracing::warn!(service = %b.service, namespace = %ns, "{note}");
+        if let Some(svc) = services.iter().find(|s| s.name_any() == b.service) {
+            ctx.event_on(
+                &svc.object_ref(&()),
+                EventType::Warning,
+                fleet::SERVICE_BYPASSES_SIDECAR,
+                note.clone(),
+            )
+            .await;
+        }
+        ctx.event(
+            store,
+            EventType::Warning,
+            fleet::SERVICE_BYPASSES_SIDECAR,
+            note,
+        )
+        .await;
+    }
+}
+
+impl Context {
+    /// Set the fleet gauges of a store, and drop those of stores of `ns`
+    /// that no longer exist.
+    fn gauge_fleet(&self, ns: &str, name: &str, fleet: &Fleet, stores: &[String]) {
+        let mut gauged = self.gauged.lock().unwrap_or_else(|p| p.into_inner());
+        gauged.retain(|(n, s)| {
+            let keep = n != ns || stores.contains(s);
+            if !keep {
+                self.metrics.forget_store(n, s);
+            }
+            keep
+        });
+        gauged.insert((ns.to_owned(), name.to_owned()));
+        self.metrics.set_fleet(ns, name, fleet);
+    }
+}
+
+/// A Warning Event when SidecarsInjected turns False or names other pods.
+async fn announce_fleet(
+    store: &ETagStore,
+    ctx: &Context,
+    previous: Option<&ETagStoreStatus>,
+    new: &ETagStoreStatus,
+) {
+    let find = |s: Option<&ETagStoreStatus>| {
+        s?.conditions
+            .iter()
+            .find(|c| c.type_ == SIDECARS_INJECTED)
+            .cloned()
+    };
+    let Some(now) = find(Some(new)) else { return };
+    let before = find(previous);
+    if now.status == "False"
+        && before.as_ref().is_none_or(|b| {
+            b.status != "False" || b.reason != now.reason || b.message != now.message
+        })
+    {
+        ctx.event(store, EventType::Warning, &now.reason, now.message.clone())
+            .await;
+    } else if now.status == "True" && before.is_some_and(|b| b.status == "False") {
+        ctx.event(store, EventType::Normal, &now.reason, now.message.clone())
+            .await;
+    }
+}
+
+/// Run the controller until `shutdown` resolves: over every namespace, or
+/// one controller per namespace of `watch_namespaces` (each with its own
+/// watches, so the operator needs rights in those namespaces only).
 pub async fn run(
+    ctx: Arc<Context>,
+    watch_namespaces: Vec<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let shutdown = shutdown.boxed().shared();
+    if watch_namespaces.is_empty() {
+        run_one(ctx, None, shutdown).await;
+    } else {
+        futures::future::join_all(
+            watch_namespaces
+                .into_iter()
+                .map(|ns| run_one(ctx.clone(), Some(ns), shutdown.clone())),
+        )
+        .await;
+    }
+}
+
+async fn run_one(
     ctx: Arc<Context>,
     watch_namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -554,22 +804,23 @@ pub async fn run(
     // Only our children are watched, so the caches stay small.
     let owned = watcher::Config::default().labels(OWNER_LABEL);
     let ns = &watch_namespace;
-    let controller = Controller::new(stores, watcher::Config::default());
+    // Pod churn wakes a store many times a second; one reconcile covers it.
+    let controller = Controller::new(stores, watcher::Config::default())
+        .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)));
     let referencing = secret_watch::mapper(controller.store());
+    let pods_to_stores = fleet::pod_mapper(controller.store());
     controller
         .owns(api::<StatefulSet>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Secret>(&client, ns), owned.clone())
         .owns(api::<NetworkPolicy>(&client, ns), owned)
-        // Injected pods come and go: keep status.injectedPods current.
+        // Opted-in and injected pods come and go: keep the pod counts and
+        // SidecarsInjected current. Metadata only, and no cache is kept.
         .watches(
-            api::<Pod>(&client, ns),
-            watcher::Config::default().labels(STORE_LABEL),
-            |pod: Pod| {
-                let store = pod.labels().get(STORE_LABEL)?.clone();
-                Some(ObjectRef::<ETagStore>::new(&store).within(&pod.namespace()?))
-            },
+            api::<PartialObjectMeta<Pod>>(&client, ns),
+            watcher::Config::default(),
+            pods_to_stores,
         )
         // An external store's password Secret is the user's: watch only
         // metadata, and wake the stores that name it at once.

@@ -26,8 +26,31 @@ struct Seen {
 struct Fake {
     objects: BTreeMap<String, Value>,
     ready_replicas: i32,
+    /// Pods injected for `cache` with the current sidecar image.
     injected_pods: usize,
+    /// More pods of the namespace, as JSON.
+    pods: Vec<Value>,
+    /// Services of the namespace, as JSON.
+    services: Vec<Value>,
     seen: Vec<Seen>,
+}
+
+/// A pod of `shop` injected for `cache`, running sidecar `image`.
+fn injected_pod(name: &str, image: &str) -> Value {
+    json!({"apiVersion":"v1","kind":"Pod",
+        "metadata":{"name":name,"namespace":"shop","labels":{"sametag.dev/store":"cache","app":"web"},
+                    "annotations":{"sametag.dev/inject":"true","sametag.dev/injected":"true"}},
+        "spec":{"containers":[{"name":"app","image":"app:1","ports":[{"name":"app-http","containerPort":8080}]}],
+                "initContainers":[{"name":"sametag-sidecar","image":image,"restartPolicy":"Always",
+                    "env":[{"name":"SAMETAG_UPSTREAM","value":"127.0.0.1:8080"}],
+                    "ports":[{"name":"http","containerPort":15080}]}]}})
+}
+
+fn list(kind: &str, items: Vec<Value>) -> (u16, Value) {
+    (
+        200,
+        json!({"apiVersion":"v1","kind":kind,"metadata":{},"items":items}),
+    )
 }
 
 fn not_found(path: &str) -> (u16, Value) {
@@ -43,14 +66,23 @@ impl Fake {
         let path = s.path.clone();
         match s.method.as_str() {
             "GET" if path.ends_with("/pods") => {
-                let items: Vec<Value> = (0..self.injected_pods)
-                    .map(|i| json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":format!("p{i}"),"namespace":"shop"}}))
+                let mut items: Vec<Value> = (0..self.injected_pods)
+                    .map(|i| injected_pod(&format!("p{i}"), crate::config::DEFAULT_SIDECAR_IMAGE))
                     .collect();
-                (
-                    200,
-                    json!({"apiVersion":"meta.k8s.io/v1","kind":"PartialObjectMetadataList","metadata":{},"items":items}),
-                )
+                items.extend(self.pods.iter().cloned());
+                list("PodList", items)
             }
+            "GET" if path.ends_with("/services") => list("ServiceList", self.services.clone()),
+            "GET" if path.ends_with("/etagstores") => list(
+                "PartialObjectMetadataList",
+                vec![
+                    json!({"apiVersion":"meta.k8s.io/v1","kind":"PartialObjectMetadata","metadata":{"name":"cache","namespace":"shop"}}),
+                ],
+            ),
+            "GET" if path == "/api/v1/namespaces/shop" => (
+                200,
+                json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"shop"}}),
+            ),
             "GET" => match self.objects.get(&path) {
                 Some(v) => (200, v.clone()),
                 None => not_found(&path),
@@ -68,6 +100,8 @@ impl Fake {
             }
             "PATCH" => {
                 let mut obj = s.body.clone();
+                // The apiserver gives every object a uid.
+                obj["metadata"]["uid"] = json!(format!("uid:{path}"));
                 if path.contains("/statefulsets/") {
                     obj["status"] = json!({"replicas": self.ready_replicas, "readyReplicas": self.ready_replicas});
                 }
@@ -505,6 +539,202 @@ async fn invalid_policy_on_a_new_store_writes_the_default_policy() {
         "{}",
         cond(&st, "Degraded").message
     );
+}
+
+#[tokio::test]
+async fn a_child_name_taken_by_a_foreign_object_is_left_alone_and_reported() {
+    let (ctx, fake, _server) = context();
+    let foreign = json!({"apiVersion":"v1","kind":"Secret",
+        "metadata":{"name":"cache-redis","namespace":"shop"},"data":{"password":"bWluZQ=="}});
+    fake.lock()
+        .unwrap()
+        .objects
+        .insert(format!("{BASE}/secrets/cache-redis"), foreign.clone());
+    let action = reconcile(Arc::new(fixtures::managed()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let f = fake.lock().unwrap();
+    assert!(applies(&f).is_empty(), "nothing applied: {:?}", applies(&f));
+    assert!(!f.seen.iter().any(|s| s.method == "DELETE"));
+    assert_eq!(f.objects[&format!("{BASE}/secrets/cache-redis")], foreign);
+    let st = status_of(&f).unwrap();
+    let degraded = cond(&st, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ChildNotOwned")
+    );
+    assert!(
+        degraded.message.contains("Secret shop/cache-redis"),
+        "{}",
+        degraded.message
+    );
+    assert!(f.seen.iter().any(|s| s.method == "POST"
+        && s.body["reason"] == "ChildNotOwned"
+        && s.body["type"] == "Warning"));
+}
+
+#[tokio::test]
+async fn switching_to_external_leaves_objects_it_does_not_own() {
+    let (ctx, fake, _server) = context();
+    reconcile(Arc::new(fixtures::managed()), ctx.clone())
+        .await
+        .unwrap();
+    let sts = "/apis/apps/v1/namespaces/shop/statefulsets/cache-redis";
+    {
+        // Someone else's StatefulSet now carries the name.
+        let mut f = fake.lock().unwrap();
+        let o = f.objects.get_mut(sts).unwrap();
+        o["metadata"]["ownerReferences"] = json!([]);
+    }
+    let mut store = fixtures::external();
+    store.status = status_of(&fake.lock().unwrap());
+    reconcile(Arc::new(store), ctx.clone()).await.unwrap();
+    let f = fake.lock().unwrap();
+    assert!(
+        f.objects.contains_key(sts),
+        "a foreign StatefulSet was deleted"
+    );
+    assert!(
+        !f.objects
+            .contains_key(&format!("{BASE}/services/cache-redis"))
+    );
+    // Owned ones are deleted with a uid precondition.
+    let del = f
+        .seen
+        .iter()
+        .find(|s| s.method == "DELETE" && s.path.ends_with("/services/cache-redis"))
+        .unwrap();
+    assert!(
+        del.body["preconditions"]["uid"].is_string(),
+        "{:?}",
+        del.body
+    );
+}
+
+#[tokio::test]
+async fn pods_without_the_sidecar_and_outdated_ones_are_reported() {
+    let (ctx, fake, _server) = context();
+    {
+        let mut f = fake.lock().unwrap();
+        f.ready_replicas = 1;
+        f.injected_pods = 2;
+        f.pods
+            .push(injected_pod("old", "registry.example/sidecar:0.0.1"));
+        f.pods.push(json!({"apiVersion":"v1","kind":"Pod",
+            "metadata":{"name":"plain","namespace":"shop","annotations":{"sametag.dev/inject":"true"}},
+            "spec":{"containers":[{"name":"app","image":"app:1"}]}}));
+        f.pods.push(json!({"apiVersion":"v1","kind":"Pod",
+            "metadata":{"name":"other","namespace":"shop"},
+            "spec":{"containers":[{"name":"app","image":"app:1"}]}}));
+        f.services.push(json!({"apiVersion":"v1","kind":"Service",
+            "metadata":{"name":"web","namespace":"shop","uid":"svc-uid"},
+            "spec":{"selector":{"app":"web"},"ports":[{"port":80,"targetPort":8080}]}}));
+        f.services.push(json!({"apiVersion":"v1","kind":"Service",
+            "metadata":{"name":"named","namespace":"shop"},
+            "spec":{"selector":{"app":"web"},"ports":[{"port":80,"targetPort":"http"}]}}));
+    }
+    reconcile(Arc::new(fixtures::managed()), ctx.clone())
+        .await
+        .unwrap();
+    let store = {
+        let f = fake.lock().unwrap();
+        let st = status_of(&f).unwrap();
+        assert_eq!(
+            (st.opted_in_pods, st.injected_pods, st.outdated_pods),
+            (4, 3, 1)
+        );
+        assert_eq!(st.injected.as_deref(), Some("3/4"));
+        let c = cond(&st, "SidecarsInjected");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "PodsWithoutSidecar")
+        );
+        assert!(c.message.contains(": plain;"), "{}", c.message);
+        assert!(
+            c.message.contains("old (registry.example/sidecar:0.0.1)"),
+            "{}",
+            c.message
+        );
+        // Ready is about the store, not the pods.
+        assert_eq!(cond(&st, "Ready").status, "True");
+        let events: Vec<&Value> = f
+            .seen
+            .iter()
+            .filter(|s| s.method == "POST" && s.path.ends_with("/events"))
+            .map(|s| &s.body)
+            .collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| e["reason"] == "PodsWithoutSidecar" && e["type"] == "Warning"),
+            "{events:?}"
+        );
+        let bypass: Vec<&&Value> = events
+            .iter()
+            .filter(|e| e["reason"] == "ServiceBypassesSidecar")
+            .collect();
+        assert_eq!(
+            bypass.len(),
+            2,
+            "on the Service and on the store: {bypass:?}"
+        );
+        assert!(
+            bypass
+                .iter()
+                .any(|e| e["regarding"]["kind"] == "Service" && e["regarding"]["name"] == "web")
+        );
+        assert!(
+            !bypass
+                .iter()
+                .any(|e| e["note"].as_str().unwrap_or_default().contains("named"))
+        );
+        let mut store = fixtures::managed();
+        store.status = Some(st);
+        store
+    };
+    let mut out = String::new();
+    let mut reg = prometheus_client::registry::Registry::default();
+    ctx.metrics.register(&mut reg);
+    prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+    assert!(
+        out.contains("sametag_pods_without_sidecar{namespace=\"shop\",store=\"cache\"} 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sametag_pods_outdated_sidecar{namespace=\"shop\",store=\"cache\"} 1"),
+        "{out}"
+    );
+
+    // Again with nothing changed: no second round of Events.
+    fake.lock().unwrap().seen.clear();
+    reconcile(Arc::new(store.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert!(
+        !fake.lock().unwrap().seen.iter().any(|s| s.method == "POST"),
+        "events repeated"
+    );
+
+    // Fixed: the pods are recreated with the current sidecar.
+    {
+        let mut f = fake.lock().unwrap();
+        f.pods.clear();
+        f.injected_pods = 4;
+        f.seen.clear();
+    }
+    reconcile(Arc::new(store), ctx.clone()).await.unwrap();
+    let f = fake.lock().unwrap();
+    let st = status_of(&f).unwrap();
+    let c = cond(&st, "SidecarsInjected");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "AllInjected")
+    );
+    assert_eq!(st.injected.as_deref(), Some("4/4"));
+    assert!(f.seen.iter().any(|s| s.method == "POST"
+        && s.body["reason"] == "AllInjected"
+        && s.body["type"] == "Normal"));
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! Wakes the ETagStores whose external Redis password Secret changed, so a
 //! created, replaced or deleted Secret shows in their status at once instead
-//! of after the Degraded requeue.
+//! of after the Degraded requeue; and the store whose child name a Secret
+//! carries (`<store>-redis`, `<store>-purge`), so a foreign Secret that took
+//! the name, and its removal, show at once too (the owned-children watch
+//! only sees Secrets the store labelled).
 //!
 //! Only Secret metadata is watched (`Api<PartialObjectMeta<Secret>>` makes
 //! kube request metadata only): a new resourceVersion is all the controller
@@ -13,11 +16,12 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
+use crate::children::names;
 use crate::crd::ETagStore;
 
 /// The stores among `stores` that live in `secret_ns` and name `secret_name`
 /// in `spec.redis.external.secretRef` (a Secret is always looked up in the
-/// store's own namespace).
+/// store's own namespace), or whose own Secret would have that name.
 pub fn stores_referencing(
     secret_ns: &str,
     secret_name: &str,
@@ -27,11 +31,14 @@ pub fn stores_referencing(
         .iter()
         .filter(|s| s.meta().namespace.as_deref() == Some(secret_ns))
         .filter(|s| {
+            let name = s.name_any();
             s.spec
                 .redis
                 .external
                 .as_ref()
                 .is_some_and(|e| e.secret_ref.name == secret_name)
+                || names::secret(&name) == secret_name
+                || names::purge(&name) == secret_name
         })
         .map(|s| ObjectRef::from_obj(&**s))
         .collect()
@@ -105,13 +112,26 @@ mod tests {
     #[test]
     fn unreferenced_secrets_enqueue_nothing() {
         let stores = vec![external("shop", "a", "redis-pass"), managed("shop", "e")];
-        // Same name, other namespace; other name, same namespace; the
-        // managed store's generated Secret (not a secretRef).
+        // Same name, other namespace; other name, same namespace.
         assert!(stores_referencing("blog", "redis-pass", &stores).is_empty());
         assert!(stores_referencing("shop", "unrelated", &stores).is_empty());
-        let generated = crate::children::names::secret(&managed("shop", "e").name_any());
-        assert!(stores_referencing("shop", &generated, &stores).is_empty());
         assert!(stores_referencing("shop", "redis-pass", &[]).is_empty());
+    }
+
+    #[test]
+    fn a_secret_with_a_child_name_wakes_its_store() {
+        let stores = vec![managed("shop", "e"), external("shop", "x", "pw")];
+        for name in ["e-redis", "e-purge"] {
+            assert_eq!(
+                names(stores_referencing("shop", name, &stores)),
+                vec![("shop".to_string(), "e".to_string())]
+            );
+            assert!(stores_referencing("blog", name, &stores).is_empty());
+        }
+        assert_eq!(
+            names(stores_referencing("shop", "x-purge", &stores)),
+            vec![("shop".to_string(), "x".to_string())]
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! ETagStore status: the three conditions (Ready, Progressing, Degraded)
-//! computed from what the reconcile saw, keeping `lastTransitionTime` when a
-//! condition's status did not change.
+//! ETagStore status: the conditions (Ready, Progressing, Degraded from the
+//! store's health, SidecarsInjected from its pods) computed from what the
+//! reconcile saw, keeping `lastTransitionTime` when a condition's status did
+//! not change.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::ETagStoreStatus;
+use crate::fleet::{Fleet, SIDECARS_INJECTED};
 
 /// What one reconcile found, from which the conditions follow.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +60,9 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 /// Condition type names.
 pub const DEGRADED: &str = "Degraded";
+/// Degraded reason: a child's name is taken by an object the store does not
+/// own; it is left alone and nothing else is applied.
+pub const CHILD_NOT_OWNED: &str = "ChildNotOwned";
 /// Degraded reason: `spec.policy` passed the CRD's rules but the sidecar's
 /// parser refuses it, so it was not written to the policy ConfigMap.
 pub const INVALID_POLICY: &str = "InvalidPolicy";
@@ -68,7 +73,7 @@ pub fn desired(
     generation: Option<i64>,
     health: &Health,
     endpoint: Option<String>,
-    injected_pods: i32,
+    fleet: &Fleet,
     now: Time,
 ) -> ETagStoreStatus {
     let (ready, progressing, degraded) = match health {
@@ -76,12 +81,7 @@ pub fn desired(
         Health::Progressing { .. } => (false, true, false),
         Health::Degraded { .. } => (false, false, true),
     };
-    let cond = |type_: &str, on: bool, off_reason: &str, off_message: &str| {
-        let (reason, message) = if on {
-            (health.reason().to_owned(), health.message().to_owned())
-        } else {
-            (off_reason.to_owned(), off_message.to_owned())
-        };
+    let condition = |type_: &str, on: bool, reason: &str, message: &str| {
         let status = if on { "True" } else { "False" }.to_owned();
         let last = previous
             .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
@@ -91,12 +91,20 @@ pub fn desired(
         Condition {
             type_: type_.to_owned(),
             status,
-            reason,
-            message,
+            reason: reason.to_owned(),
+            message: message.to_owned(),
             observed_generation: generation,
             last_transition_time: last,
         }
     };
+    let cond = |type_: &str, on: bool, off_reason: &str, off_message: &str| {
+        if on {
+            condition(type_, on, health.reason(), health.message())
+        } else {
+            condition(type_, on, off_reason, off_message)
+        }
+    };
+    let (all_injected, fleet_reason, fleet_message) = fleet.condition();
     let not_ready_reason = health.reason();
     let not_ready_message = health.message();
     ETagStoreStatus {
@@ -109,10 +117,19 @@ pub fn desired(
                 "all children applied",
             ),
             cond(DEGRADED, degraded, "AsExpected", ""),
+            condition(
+                SIDECARS_INJECTED,
+                all_injected,
+                fleet_reason,
+                &fleet_message,
+            ),
         ],
         observed_generation: generation,
         endpoint,
-        injected_pods,
+        injected_pods: fleet.injected,
+        opted_in_pods: fleet.opted_in,
+        outdated_pods: i32::try_from(fleet.outdated.len()).unwrap_or(i32::MAX),
+        injected: Some(fleet.summary()),
     }
 }
 
@@ -142,7 +159,20 @@ mod tests {
 
     #[test]
     fn ready_sets_one_true_condition() {
-        let s = desired(None, Some(3), &ready(), Some("redis://x".into()), 2, t(100));
+        let fleet = Fleet {
+            opted_in: 3,
+            injected: 2,
+            without_sidecar: vec!["p".into()],
+            ..Fleet::default()
+        };
+        let s = desired(
+            None,
+            Some(3),
+            &ready(),
+            Some("redis://x".into()),
+            &fleet,
+            t(100),
+        );
         let get = |ty| s.conditions.iter().find(|c| c.type_ == ty).unwrap();
         assert_eq!(get(READY).status, "True");
         assert_eq!(get(READY).reason, "RedisReady");
@@ -150,12 +180,23 @@ mod tests {
         assert_eq!(get(DEGRADED).status, "False");
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.injected_pods, 2);
+        assert_eq!(s.opted_in_pods, 3);
+        assert_eq!(s.injected.as_deref(), Some("2/3"));
+        assert_eq!(get(SIDECARS_INJECTED).status, "False");
+        assert_eq!(get(SIDECARS_INJECTED).reason, "PodsWithoutSidecar");
     }
 
     #[test]
     fn transition_time_kept_while_status_unchanged() {
-        let first = desired(None, Some(1), &ready(), None, 0, t(100));
-        let again = desired(Some(&first), Some(1), &ready(), None, 0, t(200));
+        let first = desired(None, Some(1), &ready(), None, &Fleet::default(), t(100));
+        let again = desired(
+            Some(&first),
+            Some(1),
+            &ready(),
+            None,
+            &Fleet::default(),
+            t(200),
+        );
         assert_eq!(
             first, again,
             "an unchanged status must compare equal (no patch, no hot loop)"
@@ -164,7 +205,14 @@ mod tests {
             reason: "SecretMissing",
             message: "no Secret".into(),
         };
-        let third = desired(Some(&again), Some(1), &degraded, None, 0, t(300));
+        let third = desired(
+            Some(&again),
+            Some(1),
+            &degraded,
+            None,
+            &Fleet::default(),
+            t(300),
+        );
         let get = |s: &ETagStoreStatus, ty: &str| {
             s.conditions.iter().find(|c| c.type_ == ty).unwrap().clone()
         };

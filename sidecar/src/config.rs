@@ -49,6 +49,13 @@ pub struct Cli {
     #[arg(long, env = "SAMETAG_POLICY")]
     pub policy: Option<PathBuf>,
 
+    /// A missing --policy file is not an error: Validate for every path
+    /// until the file appears (the reload picks it up). The operator sets
+    /// it, so a sidecar whose policy ConfigMap is gone (its ETagStore was
+    /// deleted) restarts degraded instead of crash-looping.
+    #[arg(long, env = "SAMETAG_POLICY_OPTIONAL", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub policy_optional: bool,
+
     /// Admin server: /metrics, /healthz, /readyz, POST /purge.
     #[arg(long, env = "SAMETAG_ADMIN", default_value = "0.0.0.0:9901")]
     pub admin: SocketAddr,
@@ -224,6 +231,8 @@ pub struct Config {
     pub store_wait: Duration,
     /// Policy file; `None`: Validate everywhere.
     pub policy: Option<PathBuf>,
+    /// A missing policy file means Validate everywhere until it appears.
+    pub policy_optional: bool,
     /// Store key namespace.
     pub store_prefix: String,
     /// Drain limit on shutdown.
@@ -249,6 +258,7 @@ impl Cli {
             admin: self.admin,
             purge_token_file: self.purge_token_file,
             policy: self.policy,
+            policy_optional: self.policy_optional,
             drain_timeout: self.drain_timeout,
             policy_reload: self.policy_reload,
             proxy: ProxyOptions {

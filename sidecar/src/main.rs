@@ -84,6 +84,12 @@ fn init_tracing() {
 async fn run(config: Config) -> ExitCode {
     // An invalid policy file is a configuration error: one line, exit 2.
     let policy = match &config.policy {
+        Some(path) if config.policy_optional && !path.exists() => {
+            tracing::warn!(policy = %path.display(), "policy file missing; Validate for every path until it appears");
+            let handle = PolicyHandle::default();
+            handle.watch(path.clone(), config.policy_reload);
+            handle
+        }
         Some(path) => match PolicyHandle::load(path) {
             Ok(handle) => {
                 handle.watch(path.clone(), config.policy_reload);

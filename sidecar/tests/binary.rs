@@ -199,6 +199,61 @@ async fn policy_file_is_hot_reloaded() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// What a sidecar restarting after its ETagStore was deleted gets: the
+/// password Secret and the policy ConfigMap are gone (optional references),
+/// so the Redis URL keeps the unexpanded `$(SAMETAG_REDIS_PASSWORD)` and the
+/// policy file is missing. It must serve, degraded, not crash-loop; a
+/// policy file that appears later is picked up.
+#[tokio::test]
+async fn starts_degraded_without_its_store_objects() {
+    let app = App::fixed("doc", "\"app-tag\"").await;
+    let dir = std::env::temp_dir().join(format!("sametag-orphan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.yaml");
+    // Nothing listens there: the store is down.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env("SAMETAG_UPSTREAM", app.addr.to_string())
+        .env(
+            "SAMETAG_REDIS_URL",
+            format!("redis://:$(SAMETAG_REDIS_PASSWORD)@127.0.0.1:{port}"),
+        )
+        .env("SAMETAG_POLICY", &file)
+        .env("SAMETAG_POLICY_OPTIONAL", "true")
+        .env("SAMETAG_POLICY_RELOAD", "50ms")
+        .env("SAMETAG_STORE_WAIT", "0s")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = started_on(&mut child).await;
+    // Validate without the store: a content-derived tag, not the app's.
+    let r = get(addr, "/doc", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let tag = r.etag();
+    assert!(tag.starts_with('"') && tag != "\"app-tag\"", "{tag}");
+    assert_eq!(
+        get(addr, "/doc", &[("if-none-match", &tag)]).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    // The policy appears (the ConfigMap is back): taken without a restart.
+    std::fs::write(&file, "mode: Bypass\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(addr, "/doc", &[]).await.etag() != "\"app-tag\"" {
+        assert!(Instant::now() < deadline, "policy not picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the sidecar exited");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Read the binary's JSON logs until the start line; return the proxy's
 /// bound address.
 async fn started_on(child: &mut std::process::Child) -> SocketAddr {

@@ -63,3 +63,15 @@ app.kubernetes.io/component: operator
 {{- define "sametag.sidecarImage" -}}
 {{- default (printf "ghcr.io/sametag/sidecar:%s" .Chart.AppVersion) .Values.sidecarImage }}
 {{- end }}
+
+{{/* The watched namespaces as a JSON list: watchNamespaces plus the
+deprecated watchNamespace; empty: every namespace. */}}
+{{- define "sametag.watchNamespaces" -}}
+{{- $all := concat (.Values.watchNamespaces | default list) (list .Values.watchNamespace) | compact | uniq }}
+{{- toJson $all }}
+{{- end }}
+
+{{/* The cert-manager Certificate's name. */}}
+{{- define "sametag.certificate" -}}
+{{- printf "%s-webhook" (include "sametag.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}

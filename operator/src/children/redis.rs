@@ -32,8 +32,14 @@ set -- /etc/redis/redis.conf --requirepass "$REDIS_PASSWORD" --masterauth "$REDI
 if [ "${POD_INDEX:-0}" != "0" ]; then set -- "$@" --replicaof "$PRIMARY_HOST" 6379; fi
 exec redis-server "$@""#;
 
-/// The StatefulSet running Redis for `store`.
-pub fn desired(store: &ETagStore, redis: &ManagedRedis) -> Result<StatefulSet, BuildError> {
+/// The StatefulSet running Redis for `store`; with `omit_uids` the platform
+/// picks the UID, GID and fsGroup (OpenShift restricted-v2).
+pub fn desired(
+    store: &ETagStore,
+    redis: &ManagedRedis,
+    omit_uids: bool,
+) -> Result<StatefulSet, BuildError> {
+    let uid = (!omit_uids).then_some(REDIS_UID);
     let name = store.metadata.name.clone().unwrap_or_default();
     let ns = store.metadata.namespace.clone().unwrap_or_default();
     let conf = redis_config::redis_conf(store, redis);
@@ -133,7 +139,7 @@ pub fn desired(store: &ETagStore, redis: &ManagedRedis) -> Result<StatefulSet, B
             failure_threshold: Some(6),
             ..Probe::default()
         }),
-        security_context: Some(restricted_container(REDIS_UID)),
+        security_context: Some(restricted_container(uid)),
         ..Container::default()
     };
 
@@ -200,9 +206,9 @@ pub fn desired(store: &ETagStore, redis: &ManagedRedis) -> Result<StatefulSet, B
                     enable_service_links: Some(false),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        run_as_user: Some(REDIS_UID),
-                        run_as_group: Some(REDIS_UID),
-                        fs_group: Some(REDIS_UID),
+                        run_as_user: uid,
+                        run_as_group: uid,
+                        fs_group: uid,
                         seccomp_profile: Some(runtime_default()),
                         ..PodSecurityContext::default()
                     }),
@@ -218,12 +224,13 @@ pub fn desired(store: &ETagStore, redis: &ManagedRedis) -> Result<StatefulSet, B
     })
 }
 
-/// The `restricted` Pod Security Standard for a container running as `uid`.
-pub fn restricted_container(uid: i64) -> SecurityContext {
+/// The `restricted` Pod Security Standard for a container running as `uid`
+/// (`None`: as the platform assigns).
+pub fn restricted_container(uid: Option<i64>) -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
-        run_as_user: Some(uid),
-        run_as_group: Some(uid),
+        run_as_user: uid,
+        run_as_group: uid,
         read_only_root_filesystem: Some(true),
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
@@ -256,7 +263,24 @@ mod tests {
     use crate::children::fixtures;
 
     fn sts(store: &ETagStore) -> StatefulSet {
-        desired(store, store.managed().unwrap()).unwrap()
+        desired(store, store.managed().unwrap(), false).unwrap()
+    }
+
+    #[test]
+    fn omit_uids_leaves_them_to_the_platform() {
+        let store = fixtures::managed();
+        let sts = desired(&store, store.managed().unwrap(), true).unwrap();
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(
+            (psc.run_as_user, psc.run_as_group, psc.fs_group),
+            (None, None, None)
+        );
+        assert_eq!(psc.run_as_non_root, Some(true));
+        let sc = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!((sc.run_as_user, sc.run_as_group), (None, None));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
     }
 
     #[test]

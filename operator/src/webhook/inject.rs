@@ -59,6 +59,8 @@ pub struct InjectConfig {
     pub sidecar_port: u16,
     /// Preferred sidecar admin port.
     pub admin_port: u16,
+    /// Leave the sidecar's UID and GID to the platform (`--omit-uids`).
+    pub omit_uids: bool,
 }
 
 impl Default for InjectConfig {
@@ -67,6 +69,7 @@ impl Default for InjectConfig {
             default_image: crate::config::DEFAULT_SIDECAR_IMAGE.into(),
             sidecar_port: 15080,
             admin_port: 9901,
+            omit_uids: false,
         }
     }
 }
@@ -312,12 +315,19 @@ pub fn inject(
         name: POLICY_VOLUME.into(),
         config_map: Some(ConfigMapVolumeSource {
             name: names::policy(&store.name_any()),
+            optional: Some(true),
             ..ConfigMapVolumeSource::default()
         }),
         ..Volume::default()
     });
-    // Optional: a pod admitted before its store's first reconcile still
-    // starts (purging stays refused until the kubelet syncs the token in).
+    // Every reference is optional, so a pod never waits on its store: one
+    // admitted before the store's first reconcile starts, and so does a
+    // sidecar restarting after its ETagStore was deleted (its children are
+    // garbage-collected). Without the password the Redis URL keeps a literal
+    // `$(SAMETAG_REDIS_PASSWORD)`, the store is unreachable and the sidecar
+    // serves degraded (content-derived tags, Validate); without the policy
+    // file it uses the default policy (SAMETAG_POLICY_OPTIONAL); without the
+    // purge token, purges are refused.
     spec.volumes.get_or_insert_with(Vec::new).push(Volume {
         name: PURGE_VOLUME.into(),
         secret: Some(SecretVolumeSource {
@@ -361,7 +371,7 @@ fn redis_env(namespace: &str, store: &ETagStore) -> (String, SecretKeySelector) 
                 SecretKeySelector {
                     name: ext.secret_ref.name.clone(),
                     key: ext.secret_ref.key.clone(),
-                    optional: Some(false),
+                    optional: Some(true),
                 },
             )
         }
@@ -373,7 +383,7 @@ fn redis_env(namespace: &str, store: &ETagStore) -> (String, SecretKeySelector) 
             SecretKeySelector {
                 name: names::secret(&name),
                 key: PASSWORD_KEY.into(),
-                optional: Some(false),
+                optional: Some(true),
             },
         ),
     }
@@ -424,6 +434,7 @@ fn sidecar(
             },
             env("SAMETAG_REDIS_URL", url),
             env("SAMETAG_POLICY", format!("{POLICY_DIR}/policy.yaml")),
+            env("SAMETAG_POLICY_OPTIONAL", "true".into()),
             env(
                 "SAMETAG_STORE_PREFIX",
                 format!("{namespace}/{}", store.name_any()),
@@ -466,7 +477,9 @@ fn sidecar(
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         resources: Some(sc.resources.clone().unwrap_or_else(default_resources)),
-        security_context: Some(restricted_container(SIDECAR_UID)),
+        security_context: Some(restricted_container(
+            (!cfg.omit_uids).then_some(SIDECAR_UID),
+        )),
         ..Container::default()
     }
 }

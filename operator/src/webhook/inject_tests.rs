@@ -156,3 +156,47 @@ fn opt_in_rules() {
     assert!(!wants_injection(&mk(Some("false"), None), true));
     assert!(!wants_injection(&mk(None, Some("false")), true));
 }
+
+#[test]
+fn every_store_reference_is_optional_so_pods_outlive_their_store() {
+    for store in [fixtures::managed(), fixtures::external()] {
+        let p = app_pod(json!([{"name": "http", "containerPort": 8080}]));
+        let out = inject(&p, "shop", &store, &InjectConfig::default()).unwrap();
+        let s = side(&out);
+        let env = s.env.clone().unwrap();
+        let password = env
+            .iter()
+            .find(|e| e.name == "SAMETAG_REDIS_PASSWORD")
+            .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+            .unwrap();
+        assert_eq!(password.optional, Some(true));
+        assert!(
+            env.iter()
+                .any(|e| e.name == "SAMETAG_POLICY_OPTIONAL" && e.value.as_deref() == Some("true"))
+        );
+        for v in out.spec.as_ref().unwrap().volumes.as_ref().unwrap() {
+            let optional = v
+                .config_map
+                .as_ref()
+                .map(|c| c.optional)
+                .or_else(|| v.secret.as_ref().map(|s| s.optional));
+            assert_eq!(optional, Some(Some(true)), "volume {}", v.name);
+        }
+        let sc = s.security_context.unwrap();
+        assert_eq!(sc.run_as_user, Some(SIDECAR_UID));
+    }
+}
+
+#[test]
+fn omit_uids_leaves_the_sidecar_uid_to_the_platform() {
+    let cfg = InjectConfig {
+        omit_uids: true,
+        ..InjectConfig::default()
+    };
+    let p = app_pod(json!([{"name": "http", "containerPort": 8080}]));
+    let out = inject(&p, "shop", &fixtures::managed(), &cfg).unwrap();
+    let sc = side(&out).security_context.unwrap();
+    assert_eq!((sc.run_as_user, sc.run_as_group), (None, None));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+}

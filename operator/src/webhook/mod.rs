@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -172,18 +172,19 @@ pub fn review(body: &[u8], view: &dyn ClusterView, cfg: &InjectConfig) -> Review
 /// A [`ClusterView`] over reflector caches, shared by every request.
 #[derive(Clone)]
 pub struct CachedView {
-    stores: Store<ETagStore>,
-    namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// One cache over every namespace, or one per watched namespace.
+    stores: Vec<Store<ETagStore>>,
+    namespaces: Vec<Store<PartialObjectMeta<Namespace>>>,
 }
 
 impl ClusterView for CachedView {
     fn stores(&self, namespace: &str) -> Vec<ETagStore> {
         let mut v: Vec<ETagStore> = self
             .stores
-            .state()
             .iter()
+            .flat_map(|c| c.state())
             .filter(|s| s.namespace().as_deref() == Some(namespace))
-            .map(|s| (**s).clone())
+            .map(|s| (*s).clone())
             .collect();
         v.sort_by_key(|s| s.name_any());
         v
@@ -191,7 +192,8 @@ impl ClusterView for CachedView {
 
     fn namespace_enabled(&self, namespace: &str) -> bool {
         self.namespaces
-            .get(&reflector::ObjectRef::new(namespace))
+            .iter()
+            .find_map(|c| c.get(&reflector::ObjectRef::new(namespace)))
             .is_some_and(|ns| {
                 ns.labels()
                     .get(inject::INJECT)
@@ -203,37 +205,69 @@ impl ClusterView for CachedView {
 impl CachedView {
     /// Whether both caches have listed once.
     pub async fn ready(&self) {
-        let _ = self.stores.wait_until_ready().await;
-        let _ = self.namespaces.wait_until_ready().await;
+        for c in &self.stores {
+            let _ = c.wait_until_ready().await;
+        }
+        for c in &self.namespaces {
+            let _ = c.wait_until_ready().await;
+        }
     }
 }
 
-/// Start the caches; the returned future drives them and never ends.
-pub fn cached_view(client: Client) -> (CachedView, impl Future<Output = ()> + Send) {
-    let (stores, stores_w) = reflector::store::<ETagStore>();
-    let (namespaces, ns_w) = reflector::store::<PartialObjectMeta<Namespace>>();
-    let s = reflector::reflector(
-        stores_w,
-        watcher(
-            Api::<ETagStore>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| async {});
-    let n = reflector::reflector(
-        ns_w,
-        watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| async {});
-    (CachedView { stores, namespaces }, async move {
-        tokio::join!(s, n);
+/// Start the caches; the returned future drives them and never ends. With
+/// `namespaces`, only those namespaces' stores and labels are cached (one
+/// watch each, the Namespace by a `metadata.name` field selector, which
+/// RBAC `resourceNames` can allow), so the webhook needs no cluster-wide
+/// read; pods elsewhere never reach it (the chart's namespaceSelector).
+pub fn cached_view(
+    client: Client,
+    namespaces: &[String],
+) -> (CachedView, impl Future<Output = ()> + Send + use<>) {
+    let mut drivers = Vec::new();
+    let mut view = CachedView {
+        stores: Vec::new(),
+        namespaces: Vec::new(),
+    };
+    let scopes: Vec<Option<&String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(Some).collect()
+    };
+    for scope in scopes {
+        let (stores, stores_w) = reflector::store::<ETagStore>();
+        let (labels, labels_w) = reflector::store::<PartialObjectMeta<Namespace>>();
+        let (store_api, ns_config) = match scope {
+            Some(ns) => (
+                Api::<ETagStore>::namespaced(client.clone(), ns),
+                watcher::Config::default().fields(&format!("metadata.name={ns}")),
+            ),
+            None => (Api::all(client.clone()), watcher::Config::default()),
+        };
+        let s = reflector::reflector(stores_w, watcher(store_api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects()
+            .for_each(|_| async {});
+        let n = reflector::reflector(
+            labels_w,
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                ns_config,
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| async {});
+        drivers.push(
+            async move {
+                tokio::join!(s, n);
+            }
+            .boxed(),
+        );
+        view.stores.push(stores);
+        view.namespaces.push(labels);
+    }
+    (view, async move {
+        futures::future::join_all(drivers).await;
     })
 }
 

@@ -138,7 +138,8 @@ fn opt_in_by_annotation_injects_a_native_sidecar_and_moves_the_named_port() {
     assert_eq!(env(s, "SAMETAG_UPSTREAM")["value"], "127.0.0.1:8080");
     assert_eq!(
         env(s, "SAMETAG_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"],
-        json!({"name": "cache-redis", "key": "password", "optional": false})
+        json!({"name": "cache-redis", "key": "password", "optional": true}),
+        "optional: a pod outlives its store"
     );
     assert_eq!(
         env(s, "SAMETAG_REDIS_URL")["value"],

@@ -1,6 +1,7 @@
 //! The webhook's certificates: a self-signed CA and a serving certificate
 //! kept in one Secret (created or reused on start, renewed before expiry),
-//! the CA patched into the MutatingWebhookConfiguration, and a rustls
+//! (the CA goes into the MutatingWebhookConfiguration through
+//! [`super::config::set_client_config`]), and a rustls
 //! certificate resolver that swaps in a renewed certificate without a restart.
 
 use std::collections::BTreeMap;
@@ -8,7 +9,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PostParams};
@@ -22,8 +22,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::error::{Error, Result};
 use crate::owner;
-use crate::reconcile::{Error, Result};
 
 /// Secret keys.
 pub const CA_CRT: &str = "ca.crt";
@@ -236,17 +236,20 @@ impl Bundle {
 
     /// The rustls key for the serving certificate.
     pub fn certified_key(&self) -> Result<Arc<CertifiedKey>> {
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| Error::Tls(format!("serving certificate PEM: {e}")))?;
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| Error::Tls(format!("serving key PEM: {e}")))?;
-        let provider = rustls::crypto::ring::default_provider();
-        CertifiedKey::from_der(certs, key, &provider)
-            .map(Arc::new)
-            .map_err(|e| Error::Tls(format!("serving key: {e}")))
+        certified_key(&self.cert_pem, &self.key_pem)
     }
+}
+
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Tls(format!("serving certificate PEM: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| Error::Tls(format!("serving key PEM: {e}")))?;
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(certs, key, &provider)
+        .map(Arc::new)
+        .map_err(|e| Error::Tls(format!("serving key: {e}")))
 }
 
 /// Decision for a stored bundle.
@@ -339,6 +342,50 @@ pub async fn ensure(
     )))
 }
 
+// === certificates issued by someone else (cert-manager) ===
+
+/// A serving certificate the operator only reads (`--cert-manager`): the
+/// `tls.crt`/`tls.key` of a `kubernetes.io/tls` Secret that cert-manager
+/// issues and renews. The operator never writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    /// `tls.crt` (the chain), to notice a renewal.
+    pub cert_pem: String,
+    /// `tls.key`.
+    pub key_pem: String,
+}
+
+impl Issued {
+    /// Read from a Secret; `None` until both keys are there.
+    pub fn from_secret(secret: &Secret) -> Option<Issued> {
+        let data = secret.data.as_ref()?;
+        let text = |k: &str| {
+            String::from_utf8(data.get(k)?.0.clone())
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        };
+        Some(Issued {
+            cert_pem: text(TLS_CRT)?,
+            key_pem: text(TLS_KEY)?,
+        })
+    }
+
+    /// The rustls key for it.
+    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>> {
+        certified_key(&self.cert_pem, &self.key_pem)
+    }
+}
+
+/// The issued certificate in Secret `name` of `namespace`, if there is one yet.
+pub async fn load_issued(client: &Client, namespace: &str, name: &str) -> Result<Option<Issued>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    Ok(api
+        .get_opt(name)
+        .await?
+        .as_ref()
+        .and_then(Issued::from_secret))
+}
+
 // === impl Resolver ===
 
 /// A rustls certificate resolver whose certificate can be swapped at runtime.
@@ -400,62 +447,10 @@ pub fn server_config(resolver: Arc<Resolver>) -> Arc<rustls::ServerConfig> {
     Arc::new(cfg)
 }
 
-// === webhook configuration ===
-
-/// Put `ca_pem` into every webhook's clientConfig.caBundle of `name`, and
-/// with `url` also point clientConfig at it (dropping the Service reference).
-/// Returns whether anything changed; a missing configuration is not an error
-/// (the chart may not have created it yet).
-pub async fn patch_webhook_config(
-    client: &Client,
-    name: &str,
-    ca_pem: &str,
-    url: Option<&str>,
-) -> Result<bool> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let Some(mut cfg) = api.get_opt(name).await? else {
-        tracing::warn!(
-            config = name,
-            "MutatingWebhookConfiguration not found; caBundle not patched"
-        );
-        return Ok(false);
-    };
-    if !set_client_config(&mut cfg, ca_pem, url) {
-        return Ok(false);
-    }
-    api.replace(name, &PostParams::default(), &cfg).await?;
-    tracing::info!(config = name, "webhook configuration caBundle updated");
-    Ok(true)
-}
-
-/// Set caBundle (and url) on every webhook of `cfg`; whether anything changed.
-pub fn set_client_config(
-    cfg: &mut MutatingWebhookConfiguration,
-    ca_pem: &str,
-    url: Option<&str>,
-) -> bool {
-    let mut changed = false;
-    for wh in cfg.webhooks.iter_mut().flatten() {
-        let cc = &mut wh.client_config;
-        let bundle = ByteString(ca_pem.as_bytes().to_vec());
-        if cc.ca_bundle.as_ref() != Some(&bundle) {
-            cc.ca_bundle = Some(bundle);
-            changed = true;
-        }
-        if let Some(url) = url
-            && (cc.url.as_deref() != Some(url) || cc.service.is_some())
-        {
-            cc.url = Some(url.to_owned());
-            cc.service = None;
-            changed = true;
-        }
-    }
-    changed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 
     fn now() -> jiff::Timestamp {
         jiff::Timestamp::from_second(1_800_000_000).unwrap()
@@ -549,34 +544,43 @@ mod tests {
     }
 
     #[test]
-    fn client_config_gets_ca_and_url_once() {
-        let mut cfg: MutatingWebhookConfiguration =
-            serde_yaml_ng::from_str(include_str!("../../deploy/webhook.yaml")).unwrap();
-        assert!(set_client_config(
-            &mut cfg,
-            "CA",
-            Some("https://127.0.0.1:9443/mutate")
-        ));
-        for wh in cfg.webhooks.as_ref().unwrap() {
-            assert_eq!(wh.client_config.ca_bundle.as_ref().unwrap().0, b"CA");
-            assert_eq!(
-                wh.client_config.url.as_deref(),
-                Some("https://127.0.0.1:9443/mutate")
-            );
-            assert!(wh.client_config.service.is_none());
-        }
-        assert!(
-            !set_client_config(&mut cfg, "CA", Some("https://127.0.0.1:9443/mutate")),
-            "idempotent"
-        );
-    }
-
-    #[test]
     fn resolver_swaps_certificates() {
         let r = Resolver::new();
         assert!(!r.is_loaded());
         let b = generate(&sans("svc", "ns"), 90 * DAY, now()).unwrap();
         r.set(b.certified_key().unwrap());
         assert!(r.is_loaded());
+    }
+
+    #[test]
+    fn issued_certificate_loads_from_a_cert_manager_secret() {
+        let b = generate(&sans("svc", "ns"), 90 * DAY, now()).unwrap();
+        // cert-manager writes tls.crt, tls.key and ca.crt, no annotations.
+        let secret = Secret {
+            data: Some(BTreeMap::from([
+                (
+                    TLS_CRT.to_owned(),
+                    ByteString(b.cert_pem.clone().into_bytes()),
+                ),
+                (
+                    TLS_KEY.to_owned(),
+                    ByteString(b.key_pem.clone().into_bytes()),
+                ),
+                (CA_CRT.to_owned(), ByteString(b.ca_pem.clone().into_bytes())),
+            ])),
+            ..Secret::default()
+        };
+        let issued = Issued::from_secret(&secret).unwrap();
+        issued.certified_key().unwrap();
+        // Not ours to read back as a Bundle (no CA key): never rewritten.
+        assert_eq!(Bundle::from_secret(&secret), None);
+        let empty = Secret {
+            data: Some(BTreeMap::from([(
+                TLS_CRT.to_owned(),
+                ByteString(Vec::new()),
+            )])),
+            ..Secret::default()
+        };
+        assert_eq!(Issued::from_secret(&empty), None);
     }
 }

@@ -205,7 +205,9 @@ fn operator_pod_is_restricted_and_probed() {
 
 #[test]
 fn leader_election_follows_replicas() {
-    let single = operator_args(&docs(&render_case("default")));
+    let single = operator_args(&docs(
+        &template(&["--set", "replicaCount=1"]).expect("render"),
+    ));
     assert!(
         single.contains(&"--leader-elect=false".to_string()),
         "{single:?}"
@@ -263,6 +265,214 @@ fn webhook_cannot_block_the_cluster_and_sees_only_opted_in_pods() {
     );
 }
 
+/// Safe defaults: two replicas with leader election, a PodDisruptionBudget
+/// and a spread over nodes; a single replica gets neither.
+#[test]
+fn default_is_two_replicas_with_a_pdb_and_a_spread() {
+    let docs = docs(&render_case("default"));
+    let dep = one(&docs, "Deployment");
+    assert_eq!(dep["spec"]["replicas"], 2);
+    assert!(operator_args(&docs).contains(&"--leader-elect=true".to_string()));
+    let pdb = one(&docs, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        dep["spec"]["selector"]["matchLabels"]
+    );
+    let spread = &dep["spec"]["template"]["spec"]["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(spread["whenUnsatisfiable"], "ScheduleAnyway");
+    assert_eq!(
+        spread["labelSelector"]["matchLabels"],
+        dep["spec"]["selector"]["matchLabels"]
+    );
+    let one_replica = docs_of(&["--set", "replicaCount=1"]);
+    assert!(find(&one_replica, "PodDisruptionBudget").is_empty());
+    assert!(
+        one(&one_replica, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"]
+            .is_null()
+    );
+    // Fail is offered: both webhooks get it.
+    let fail = docs_of(&["--set", "webhook.failurePolicy=Fail"]);
+    for h in one(&fail, "MutatingWebhookConfiguration")["webhooks"]
+        .as_array()
+        .expect("webhooks")
+    {
+        assert_eq!(h["failurePolicy"], "Fail");
+    }
+}
+
+fn docs_of(args: &[&str]) -> Vec<Value> {
+    docs(&template(args).unwrap_or_else(|e| panic!("helm template {args:?}: {e}")))
+}
+
+/// With watchNamespaces, RBAC is Roles in those namespaces: the ClusterRole
+/// keeps only cluster-scoped rules (the named webhook configuration, the
+/// watched namespaces' labels), and the webhook only sees those namespaces.
+#[test]
+fn watch_namespaces_make_roles_and_no_cluster_wide_namespaced_rules() {
+    let docs = docs_of(&["--set", "watchNamespaces={shop,web}"]);
+    let cluster = one(&docs, "ClusterRole");
+    for r in cluster["rules"].as_array().expect("rules") {
+        let res = r["resources"][0].as_str().unwrap_or_default();
+        assert!(
+            ["namespaces", "mutatingwebhookconfigurations"].contains(&res),
+            "cluster-wide rule on {res}: {r}"
+        );
+        assert!(r["resourceNames"].is_array(), "unnamed cluster rule: {r}");
+    }
+    let ns_rule = cluster["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["resources"][0] == "namespaces")
+        .expect("namespaces rule");
+    assert_eq!(ns_rule["resourceNames"], serde_json::json!(["shop", "web"]));
+    let roles = find(&docs, "Role");
+    for ns in ["shop", "web"] {
+        let role = roles
+            .iter()
+            .find(|r| r["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("no Role in {ns}"));
+        let resources: Vec<&str> = role["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .flat_map(|r| r["resources"].as_array().expect("resources").iter())
+            .filter_map(Value::as_str)
+            .collect();
+        for want in ["etagstores", "secrets", "pods", "statefulsets", "events"] {
+            assert!(
+                resources.contains(&want),
+                "{ns}: {want} missing: {resources:?}"
+            );
+        }
+        assert!(
+            find(&docs, "RoleBinding")
+                .iter()
+                .any(|b| b["metadata"]["namespace"] == ns
+                    && b["subjects"][0]["namespace"] == NAMESPACE),
+            "no RoleBinding in {ns}"
+        );
+    }
+    assert!(operator_args(&docs).contains(&"--watch-namespace=shop,web".to_string()));
+    for h in one(&docs, "MutatingWebhookConfiguration")["webhooks"]
+        .as_array()
+        .expect("webhooks")
+    {
+        let exprs = h["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .expect("selector");
+        assert!(
+            exprs
+                .iter()
+                .any(|e| e["operator"] == "In" && e["values"] == serde_json::json!(["shop", "web"])),
+            "{exprs:?}"
+        );
+    }
+    // The deprecated single value still works and merges.
+    let old = docs_of(&[
+        "--set",
+        "watchNamespace=shop",
+        "--set",
+        "watchNamespaces={shop,x}",
+    ]);
+    assert!(operator_args(&old).contains(&"--watch-namespace=shop,x".to_string()));
+}
+
+/// cert-manager as the webhook certificate's issuer: a Certificate into the
+/// Secret the operator reads, a self-signed Issuer unless one is named, the
+/// CA injector's annotation, and an operator that only reads the Secret.
+#[test]
+fn cert_manager_issues_the_webhook_certificate() {
+    let docs = docs_of(&["--set", "webhook.certManager.enabled=true"]);
+    let cert = one(&docs, "Certificate");
+    assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(cert["spec"]["secretName"], "sametag-webhook-tls");
+    let dns: Vec<&str> = cert["spec"]["dnsNames"]
+        .as_array()
+        .expect("dnsNames")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        dns.contains(&"sametag-webhook.sametag-system.svc"),
+        "{dns:?}"
+    );
+    let issuer = one(&docs, "Issuer");
+    assert!(issuer["spec"]["selfSigned"].is_object());
+    assert_eq!(
+        cert["spec"]["issuerRef"]["name"],
+        issuer["metadata"]["name"]
+    );
+    let mwc = one(&docs, "MutatingWebhookConfiguration");
+    assert_eq!(
+        mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "sametag-system/sametag-webhook"
+    );
+    for h in mwc["webhooks"].as_array().expect("webhooks") {
+        assert!(h["clientConfig"]["caBundle"].is_null());
+    }
+    let args = operator_args(&docs);
+    assert!(
+        args.contains(&"--cert-manager=true".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--cert-validity")),
+        "{args:?}"
+    );
+    // The operator only reads its certificate Secret.
+    let role = find(&docs, "Role")
+        .into_iter()
+        .find(|r| r["metadata"]["namespace"] == NAMESPACE)
+        .expect("release Role");
+    let secrets = role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["resources"][0] == "secrets")
+        .expect("secrets rule");
+    assert_eq!(secrets["verbs"], serde_json::json!(["get"]));
+    // An existing issuer: no Issuer made.
+    let named = docs_of(&[
+        "--set",
+        "webhook.certManager.enabled=true",
+        "--set",
+        "webhook.certManager.issuerRef.name=corp-ca",
+        "--set",
+        "webhook.certManager.issuerRef.kind=ClusterIssuer",
+    ]);
+    assert!(find(&named, "Issuer").is_empty());
+    let cert = one(&named, "Certificate");
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "corp-ca");
+    assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    // Off by default.
+    let default = docs_of(&[]);
+    assert!(find(&default, "Certificate").is_empty());
+    assert!(one(&default, "MutatingWebhookConfiguration")["metadata"]["annotations"].is_null());
+}
+
+/// OpenShift restricted-v2: no UIDs in the operator pod, and the operator
+/// is told to leave them out of the sidecar and Redis pods too.
+#[test]
+fn omit_uids_leaves_uids_to_the_platform() {
+    let docs = docs_of(&["--set", "securityContext.omitUids=true"]);
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert!(pod["securityContext"]["runAsUser"].is_null());
+    assert!(pod["securityContext"]["runAsGroup"].is_null());
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert!(operator_args(&docs).contains(&"--omit-uids=true".to_string()));
+    let default = docs_of(&[]);
+    let pod = &one(&default, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert!(
+        !operator_args(&default)
+            .iter()
+            .any(|a| a.starts_with("--omit-uids"))
+    );
+}
+
 fn docs_for_url() -> Vec<Value> {
     docs(&render_case("webhook-url"))
 }
@@ -279,6 +489,15 @@ fn schema_rejects_bad_values() {
         ),
         ("logFormat=xml", "unknown log format"),
         ("nosuchkey=1", "an unknown top-level key"),
+        ("watchNamespaces={Bad_NS}", "an invalid namespace name"),
+        (
+            "topologySpread.whenUnsatisfiable=Sometimes",
+            "an unknown whenUnsatisfiable",
+        ),
+        (
+            "webhook.certManager.issuerRef.kind=Secret",
+            "an unknown issuer kind",
+        ),
     ] {
         let err = template(&["--set", set])
             .err()

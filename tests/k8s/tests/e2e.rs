@@ -18,6 +18,8 @@ mod certs;
 mod chart;
 #[path = "e2e/ctx.rs"]
 mod ctx;
+#[path = "e2e/fleet.rs"]
+mod fleet;
 #[path = "e2e/injection.rs"]
 mod injection;
 #[path = "e2e/leader.rs"]
@@ -113,6 +115,18 @@ async fn chart_operator_and_webhook_against_a_real_control_plane() {
     scenario!(
         "6 webhook down: pods still created, uninjected",
         injection::webhook_down(&mut ctx)
+    );
+    scenario!(
+        "11 mixed fleet: pods without the sidecar or with an outdated one in the status, kubectl get ets, Events and metrics; numeric targetPort warned",
+        fleet::mixed_fleet(&mut ctx)
+    );
+    scenario!(
+        "12 a foreign <store>-redis Secret is left alone and reported",
+        fleet::foreign_child(&ctx)
+    );
+    scenario!(
+        "13 watchNamespaces: Roles only, kubectl auth can-i denies the rest, a namespaced operator reconciles",
+        fleet::namespaced_install(&mut ctx)
     );
     scenario!(
         "7b certificate: a restarted operator reuses it",

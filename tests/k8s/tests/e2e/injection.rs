@@ -140,6 +140,41 @@ pub(crate) fn check_injected(pod: &Pod) -> Result<()> {
             "{name}: SAMETAG_UPSTREAM should point at the app's port 8080, got {upstream:?}"
         )));
     }
+    // Deleting the ETagStore must never strand the pod: every reference to
+    // its objects is optional, so a restarting sidecar still starts.
+    let strict_env: Vec<&str> = env
+        .iter()
+        .filter(|e| {
+            e.value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .is_some_and(|r| r.optional != Some(true))
+        })
+        .map(|e| e.name.as_str())
+        .collect();
+    let strict_volumes: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| {
+            v.config_map
+                .as_ref()
+                .is_some_and(|c| c.optional != Some(true))
+                || v.secret.as_ref().is_some_and(|s| s.optional != Some(true))
+        })
+        .map(|v| v.name.as_str())
+        .collect();
+    if !strict_env.is_empty() || !strict_volumes.is_empty() {
+        return Err(err(format!(
+            "{name}: references that would strand the pod without its store: env {strict_env:?}, volumes {strict_volumes:?}"
+        )));
+    }
+    if !env
+        .iter()
+        .any(|e| e.name == "SAMETAG_POLICY_OPTIONAL" && e.value.as_deref() == Some("true"))
+    {
+        return Err(err(format!("{name}: SAMETAG_POLICY_OPTIONAL not set")));
+    }
     let mounts = sc.volume_mounts.clone().unwrap_or_default();
     let volumes = spec.volumes.clone().unwrap_or_default();
     let policy_mounted = mounts.iter().any(|m| {
@@ -213,7 +248,7 @@ pub(crate) fn check_injected(pod: &Pod) -> Result<()> {
     Ok(())
 }
 
-fn check_untouched(pod: &Pod) -> Result<()> {
+pub(crate) fn check_untouched(pod: &Pod) -> Result<()> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let spec = pod.spec.as_ref().ok_or_else(|| err("no spec"))?;
     if spec.init_containers.as_ref().is_some_and(|v| !v.is_empty()) || spec.containers.len() != 1 {

@@ -132,22 +132,27 @@ pub async fn managed(ctx: &Ctx) -> Result<()> {
     })
     .await?;
     let token = purge_token(&ctx.admin, ns, "web", &uid).await?;
-    // Redis config and the sidecar policy: two ConfigMaps, or one holding both.
+    // Redis config and the sidecar policy: two ConfigMaps, or one holding
+    // both. The policy is applied last: wait for it, not just any ConfigMap.
     let cms: Api<ConfigMap> = Api::namespaced(ctx.admin.clone(), ns);
-    let mut policy_cm = None;
-    for name in &kids["ConfigMap"] {
-        let cm = cms.get(name).await?;
-        let text = serde_json::to_string(&cm.data).unwrap_or_default();
-        if text.contains("Validate") {
-            policy_cm = Some(name.clone());
+    let policy_cm = wait::until("a ConfigMap carrying the policy", WAIT, || {
+        let (client, uid, cms) = (ctx.admin.clone(), uid.clone(), cms.clone());
+        async move {
+            let kids = children(&client, ns, &uid).await?;
+            for name in &kids["ConfigMap"] {
+                let cm = cms.get(name).await?;
+                let text = serde_json::to_string(&cm.data).unwrap_or_default();
+                if text.contains("Validate") {
+                    return Ok(Some(name.clone()));
+                }
+            }
+            Err(err(format!(
+                "no ConfigMap carries the policy: {:?}",
+                kids["ConfigMap"]
+            )))
         }
-    }
-    let policy_cm = policy_cm.ok_or_else(|| {
-        err(format!(
-            "no ConfigMap carries the policy: {:?}",
-            kids["ConfigMap"]
-        ))
-    })?;
+    })
+    .await?;
 
     // 2. Not ready while Redis is not: Ready=False for the current generation.
     let store = wait_condition(&api, "web", "Ready", "False", WAIT).await?;
@@ -186,7 +191,7 @@ pub async fn managed(ctx: &Ctx) -> Result<()> {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    if header != ["NAME", "READY", "MODE", "ENDPOINT", "PODS", "AGE"] {
+    if header != ["NAME", "READY", "MODE", "ENDPOINT", "INJECTED", "AGE"] {
         return Err(err(format!("kubectl get ets header: {header:?}\n{out}")));
     }
     let row: Vec<&str> = out
@@ -195,7 +200,7 @@ pub async fn managed(ctx: &Ctx) -> Result<()> {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    if row.get(..4) != Some(&["web", "True", "Validate", endpoint.as_str()][..]) {
+    if row.get(..5) != Some(&["web", "True", "Validate", endpoint.as_str(), "0/0"][..]) {
         return Err(err(format!("kubectl get ets row: {row:?}")));
     }
 
