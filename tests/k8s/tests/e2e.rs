@@ -16,6 +16,8 @@
 mod certs;
 #[path = "e2e/chart.rs"]
 mod chart;
+#[path = "e2e/check.rs"]
+mod check;
 #[path = "e2e/ctx.rs"]
 mod ctx;
 #[path = "e2e/injection.rs"]
@@ -26,6 +28,8 @@ mod leader;
 mod owned;
 #[path = "e2e/stores.rs"]
 mod stores;
+#[path = "e2e/tuning.rs"]
+mod tuning;
 #[path = "e2e/validation.rs"]
 mod validation;
 
@@ -113,6 +117,14 @@ async fn chart_operator_and_webhook_against_a_real_control_plane() {
     scenario!(
         "6 webhook down: pods still created, uninjected",
         injection::webhook_down(&mut ctx)
+    );
+    scenario!(
+        "11 tuning annotations: env, resources, grace period; invalid ones warned and defaulted",
+        tuning::annotations(&ctx)
+    );
+    scenario!(
+        "12 check: a healthy namespace passes; uninjected pod, unready store, numeric targetPort, wrong caBundle reported",
+        check::diagnoses(&ctx)
     );
     scenario!(
         "7b certificate: a restarted operator reuses it",
