@@ -151,7 +151,7 @@ pub async fn annotations(ctx: &Ctx) -> Result<()> {
     injection::check_injected(&pod)?;
     let want_env = [
         ("SAMETAG_UPSTREAM_TIMEOUT", "45s"),
-        ("SAMETAG_DRAIN_TIMEOUT", "60s"),
+        ("SAMETAG_DRAIN_TIMEOUT", "1m"),
         ("RUST_LOG", "debug"),
         ("SAMETAG_MAX_BODY_BYTES", "16777216"),
         ("SAMETAG_TAG_BUFFER_BUDGET", "134217728"),
