@@ -317,3 +317,21 @@ fn exit_status_follows_failures_and_strict_warnings() {
     assert!(!ok);
     assert_eq!(line, "NOT OK: 1 passed, 0 warnings, 1 failed");
 }
+
+#[test]
+fn readme_documents_every_flag() {
+    use clap::CommandFactory as _;
+    let readme = include_str!("../../README.md");
+    let cli = crate::config::Cli::command();
+    let check = cli.find_subcommand("check").expect("check subcommand");
+    for arg in check.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        assert!(
+            readme.contains(&format!("`--{long}`")) || readme.contains(&format!(", --{long}`")),
+            "README lacks --{long}"
+        );
+    }
+}

@@ -290,3 +290,11 @@ fn already_injected_pods_get_no_warnings() {
     assert_eq!(bad, []);
     assert_eq!(out, again);
 }
+
+#[test]
+fn readme_documents_every_annotation() {
+    let readme = include_str!("../../../README.md");
+    for a in ANNOTATIONS {
+        assert!(readme.contains(&format!("`{a}`")), "README lacks {a}");
+    }
+}
