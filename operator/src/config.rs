@@ -34,6 +34,22 @@ pub enum Command {
     /// acknowledged. Needs `get` on the store's `<store>-purge` Secret and
     /// `create` on `pods/proxy`.
     Invalidate(InvalidateArgs),
+    /// Diagnose an installation: the CRD, the webhook configuration and its
+    /// caBundle, the webhook itself (a dry-run pod), every ETagStore's
+    /// Ready, opted-in pods without the sidecar, Services that bypass it
+    /// with a numeric targetPort, and sidecar image drift. One PASS, WARN
+    /// or FAIL line each; exit status 1 on a failure (or a warning with
+    /// --strict).
+    Check(crate::check::CheckArgs),
+}
+
+/// The name to show in help and errors: `kubectl sametag` when run as a
+/// kubectl plugin (installed as `kubectl-sametag`), else none (clap's own).
+pub fn display_name(argv0: &str) -> Option<&'static str> {
+    let file = std::path::Path::new(argv0).file_name()?.to_str()?;
+    file.strip_prefix("kubectl-sametag")
+        .filter(|rest| rest.is_empty() || *rest == ".exe")
+        .map(|_| "kubectl sametag")
 }
 
 /// Flags of `sametag-operator invalidate`.
@@ -254,6 +270,27 @@ mod tests {
                 arg.get_id()
             );
         }
+    }
+
+    #[test]
+    fn kubectl_plugin_name() {
+        assert_eq!(
+            display_name("/usr/local/bin/kubectl-sametag"),
+            Some("kubectl sametag")
+        );
+        assert_eq!(display_name("kubectl-sametag"), Some("kubectl sametag"));
+        assert_eq!(display_name("/usr/bin/sametag-operator"), None);
+        assert_eq!(display_name("kubectl-sametagx"), None);
+        // As a plugin, kubectl passes the words after `sametag`.
+        let cli = Cli::try_parse_from(["kubectl-sametag", "check", "-A", "--strict"]).unwrap();
+        let Command::Check(args) = cli.command else {
+            panic!("not check")
+        };
+        assert!(args.all_namespaces && args.strict && !args.no_dry_run);
+        assert_eq!(args.webhook_config_name, "sametag");
+        assert_eq!(args.cert_secret, "sametag-webhook-tls");
+        assert_eq!(args.operator_namespace, "sametag-system");
+        assert!(Cli::try_parse_from(["x", "check", "-A", "-n", "shop"]).is_err());
     }
 
     #[test]

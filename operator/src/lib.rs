@@ -2,6 +2,7 @@
 //! `ETagStore` resource and injects the sametag sidecar into opted-in pods.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod children;
 pub mod config;
 pub mod crd;

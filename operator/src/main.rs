@@ -1,15 +1,28 @@
 //! `sametag-operator`: `crdgen` prints the CRD, `run` runs the controller,
 //! the admission webhook and the metrics server, `invalidate` purges paths
-//! and surrogate keys in stores through the cluster.
+//! and surrogate keys in stores through the cluster, `check` diagnoses an
+//! installation.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use sametag_operator::config::{Cli, Command, InvalidateArgs, LogFormat, RunArgs};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut command = Cli::command();
+    // Installed as `kubectl-sametag`, help and errors say `kubectl sametag`.
+    if let Some(name) = std::env::args()
+        .next()
+        .as_deref()
+        .and_then(sametag_operator::config::display_name)
+    {
+        command = command.bin_name(name);
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Crdgen => match sametag_operator::crd::crd_yaml() {
             Ok(yaml) => {
@@ -23,6 +36,21 @@ fn main() -> ExitCode {
         },
         Command::Run(args) => run(*args),
         Command::Invalidate(args) => invalidate(args),
+        Command::Check(args) => check(args),
+    }
+}
+
+fn check(args: sametag_operator::check::CheckArgs) -> ExitCode {
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(sametag_operator::check::run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("sametag-operator check: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

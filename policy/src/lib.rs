@@ -24,7 +24,7 @@ use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
 pub use duration::{DurationError, DurationSyntax, format_duration, parse_duration};
-pub use parse::parse_quantity;
+pub use parse::{parse_max_body_bytes, parse_quantity};
 pub use steady::Steady;
 
 /// Body size above which responses stream through untagged, by default.

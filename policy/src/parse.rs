@@ -177,6 +177,18 @@ fn body_bytes(v: &Value) -> Result<u64, PolicyError> {
     Ok(n)
 }
 
+/// Parse a `maxBodyBytes` written as text (`8Mi`, `512Ki`, `1M`, bytes):
+/// a byte count from 1 to 1Gi. The sidecar's `--max-body-bytes` and the
+/// webhook's `config.sametag.dev/max-body-size` read it, so both accept
+/// exactly what the policy field accepts.
+pub fn parse_max_body_bytes(s: &str) -> Result<u64, String> {
+    let n = parse_quantity(s.trim())?;
+    if n == 0 || n > MAX_MAX_BODY_BYTES {
+        return Err(format!("must be between 1 and 1Gi (got {n})"));
+    }
+    Ok(n)
+}
+
 /// Parse a byte count: an integer with an optional Kubernetes suffix
 /// (`Ki Mi Gi Ti` binary, `k M G T` decimal).
 pub fn parse_quantity(s: &str) -> Result<u64, String> {

@@ -126,6 +126,12 @@ pub struct Cli {
     #[arg(long, env = "SAMETAG_TAG_BUFFER_BUDGET", default_value = "64Mi", value_parser = parse_size)]
     pub tag_buffer_budget: u64,
 
+    /// Overrides the policy's maxBodyBytes for this replica (1 to 1Gi:
+    /// 8Mi, 512Ki, bytes): larger responses stream through untagged. The
+    /// webhook sets it from a pod's `config.sametag.dev/max-body-size`.
+    #[arg(long, env = "SAMETAG_MAX_BODY_BYTES", value_parser = parse_max_body_bytes)]
+    pub max_body_bytes: Option<u64>,
+
     /// How often the policy file is checked for changes.
     #[arg(long, env = "SAMETAG_POLICY_RELOAD", default_value = "2s", value_parser = parse_duration)]
     pub policy_reload: Duration,
@@ -168,6 +174,8 @@ pub struct ProxyOptions {
     pub max_connections: usize,
     /// Bytes of response bodies held for tagging, over all requests.
     pub tag_buffer_budget: u64,
+    /// Overrides the policy's `maxBodyBytes`; `None`: the policy's.
+    pub max_body_bytes: Option<u64>,
     /// Secret keying the credential hash in store keys.
     pub credential_secret: Vec<u8>,
     /// A write lock's lease; `None`: [`ProxyOptions::lock_lease`]'s default.
@@ -192,6 +200,7 @@ impl ProxyOptions {
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
             tag_buffer_budget: 64 << 20,
+            max_body_bytes: None,
             credential_secret: random_secret(),
             lock_lease: None,
             forwarded_headers: true,
@@ -272,6 +281,7 @@ impl Cli {
                 idle_timeout: self.idle_timeout,
                 max_connections: self.max_connections as usize,
                 tag_buffer_budget: self.tag_buffer_budget,
+                max_body_bytes: self.max_body_bytes,
                 credential_secret,
                 lock_lease: None,
                 forwarded_headers: self.forwarded_headers,
@@ -340,6 +350,11 @@ fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     parse_duration_with(s, DurationSyntax::SIDECAR_FLAG)
 }
 
+/// `--max-body-bytes`: exactly what the policy's `maxBodyBytes` accepts.
+fn parse_max_body_bytes(s: &str) -> Result<u64, String> {
+    crate::policy::parse_max_body_bytes(s)
+}
+
 /// Sizes read like the policy file's `maxBodyBytes`: `64Mi`, `512Ki`, bytes.
 fn parse_size(s: &str) -> Result<u64, String> {
     crate::policy::parse_quantity(s.trim())
@@ -377,6 +392,15 @@ mod tests {
         assert!(Cli::try_parse_from(["sametag-sidecar", "--max-connections", "0"]).is_err());
         assert!(Cli::try_parse_from(["sametag-sidecar", "--tag-buffer-budget", "lots"]).is_err());
         assert!(Cli::try_parse_from(["sametag-sidecar", "--upstream", "nohost"]).is_err());
+        assert_eq!(options.max_body_bytes, None);
+        let big = Cli::try_parse_from(["sametag-sidecar", "--max-body-bytes", "32Mi"]).unwrap();
+        assert_eq!(big.into_config().proxy.max_body_bytes, Some(32 << 20));
+        for bad in ["0", "2Gi", "lots"] {
+            assert!(
+                Cli::try_parse_from(["sametag-sidecar", "--max-body-bytes", bad]).is_err(),
+                "{bad}"
+            );
+        }
         let off = Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=false"]).unwrap();
         assert!(!off.into_config().proxy.forwarded_headers);
         assert!(Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=maybe"]).is_err());

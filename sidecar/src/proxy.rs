@@ -208,6 +208,14 @@ impl Context {
         .with_body_timeout(options.body_read_timeout)
     }
 
+    /// Largest body tagged for `ex`: `--max-body-bytes` when given (a
+    /// per-workload override), else the policy's `maxBodyBytes`.
+    fn max_body_bytes(&self, ex: &Exchange) -> u64 {
+        self.options
+            .max_body_bytes
+            .unwrap_or_else(|| ex.policy.max_body_bytes())
+    }
+
     /// Serve one request, on `lane` when given; never fails (failures are
     /// responses).
     pub async fn handle(&self, req: Request<Incoming>, lane: Option<Lane>) -> Response<Body> {

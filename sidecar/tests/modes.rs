@@ -610,6 +610,36 @@ async fn large_bodies_stream_through_untagged_without_buffering() {
     );
 }
 
+/// `--max-body-bytes` (the webhook's `config.sametag.dev/max-body-size`)
+/// replaces the policy's `maxBodyBytes` in both directions.
+#[tokio::test]
+async fn max_body_bytes_option_overrides_the_policy() {
+    let big = "x".repeat(64 * 1024);
+    let app = App::start(move |_req: http::Request<Incoming>| {
+        let big = big.clone();
+        async move { Response::new(body(big)) }
+    })
+    .await;
+    let lowered = Sidecar::start_with(
+        app.addr,
+        "maxBodyBytes: 1Mi\n",
+        Arc::new(MemoryStore::new()),
+        |c| c.options.max_body_bytes = Some(1024),
+    )
+    .await;
+    let r = get(lowered.addr, "/big", &[]).await;
+    assert!(r.headers.get("etag").is_none());
+    assert!(r.header("cache-status").contains("too-large"));
+    let raised = Sidecar::start_with(
+        app.addr,
+        "maxBodyBytes: 1Ki\n",
+        Arc::new(MemoryStore::new()),
+        |c| c.options.max_body_bytes = Some(1 << 20),
+    )
+    .await;
+    get(raised.addr, "/big", &[]).await.etag();
+}
+
 #[tokio::test]
 async fn declared_large_bodies_are_not_read_before_forwarding() {
     let big = "x".repeat(64 * 1024);

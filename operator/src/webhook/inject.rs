@@ -24,6 +24,7 @@ use crate::children::{
     PASSWORD_KEY, PURGE_TOKEN_KEY, STORE_LABEL, names, redis::restricted_container,
 };
 use crate::crd::ETagStore;
+use crate::webhook::tuning::{self, Rejected};
 
 /// Annotation/label that opts a pod in (`"true"`) or out (`"false"`).
 pub const INJECT: &str = "sametag.dev/inject";
@@ -149,16 +150,16 @@ pub fn choose_store<'a>(
 }
 
 /// The JSON patch that injects the sidecar for `store` into `pod` (empty when
-/// the pod already has it).
+/// the pod already has it), and the tuning annotations it left out.
 pub fn patch(
     pod: &Pod,
     namespace: &str,
     store: &ETagStore,
     cfg: &InjectConfig,
-) -> Result<json_patch::Patch, InjectError> {
-    let after = inject(pod, namespace, store, cfg)?;
+) -> Result<(json_patch::Patch, Vec<Rejected>), InjectError> {
+    let (after, rejected) = inject_tuned(pod, namespace, store, cfg)?;
     let ser = |p: &Pod| serde_json::to_value(p).map_err(|e| InjectError::Serialize(e.to_string()));
-    Ok(json_patch::diff(&ser(pod)?, &ser(&after)?))
+    Ok((json_patch::diff(&ser(pod)?, &ser(&after)?), rejected))
 }
 
 /// The app port: which container, which port entry (if declared), its number.
@@ -263,9 +264,21 @@ pub fn inject(
     store: &ETagStore,
     cfg: &InjectConfig,
 ) -> Result<Pod, InjectError> {
+    inject_tuned(pod, namespace, store, cfg).map(|(pod, _)| pod)
+}
+
+/// [`inject`], and the `config.sametag.dev/*` annotations it left out
+/// because their values are invalid (see [`tuning`]).
+pub fn inject_tuned(
+    pod: &Pod,
+    namespace: &str,
+    store: &ETagStore,
+    cfg: &InjectConfig,
+) -> Result<(Pod, Vec<Rejected>), InjectError> {
     if already_injected(pod) {
-        return Ok(pod.clone());
+        return Ok((pod.clone(), Vec::new()));
     }
+    let (tuning, mut rejected) = tuning::read(pod.metadata.annotations.as_ref());
     let app = find_app_port(pod)?;
     let mut out = pod.clone();
     let Some(spec) = out.spec.as_mut() else {
@@ -306,11 +319,11 @@ pub fn inject(
         }
     }
 
+    let mut container = sidecar(namespace, store, cfg, listen, admin, &port_name, app.number);
+    rejected.extend(tuning.apply(spec, &mut container));
     spec.init_containers
         .get_or_insert_with(Vec::new)
-        .push(sidecar(
-            namespace, store, cfg, listen, admin, &port_name, app.number,
-        ));
+        .push(container);
     spec.volumes.get_or_insert_with(Vec::new).push(Volume {
         name: POLICY_VOLUME.into(),
         config_map: Some(ConfigMapVolumeSource {
@@ -345,7 +358,7 @@ pub fn inject(
         .annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(INJECTED.into(), "true".into());
-    Ok(out)
+    Ok((out, rejected))
 }
 
 fn env(name: &str, value: String) -> EnvVar {

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod inject;
 pub mod tls;
+pub mod tuning;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -90,8 +91,19 @@ pub struct Reviewed {
     pub notice: Option<Notice>,
 }
 
+/// What an Event about `pod` refers to: its controller (a ReplicaSet, Job,
+/// ...), which exists already; a bare pod by its name (it exists once
+/// admitted; `kubectl get events` shows it).
 fn owner_reference(pod: &Pod, namespace: &str) -> Option<ObjectReference> {
-    let o = pod.owner_references().first()?;
+    let Some(o) = pod.owner_references().first() else {
+        return pod.metadata.name.as_ref().map(|name| ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name.clone()),
+            namespace: Some(namespace.to_owned()),
+            ..ObjectReference::default()
+        });
+    };
     Some(ObjectReference {
         api_version: Some(o.api_version.clone()),
         kind: Some(o.kind.clone()),
@@ -157,14 +169,36 @@ pub fn review(body: &[u8], view: &dyn ClusterView, cfg: &InjectConfig) -> Review
         resp.warnings = Some(vec![message]);
         done(resp, Outcome::Warning, Some(notice))
     };
-    match result {
+    let reviewed = match result {
         Err(e) => warn(resp, e),
-        Ok(p) if p.0.is_empty() => done(resp, Outcome::AlreadyInjected, None),
-        Ok(p) => match resp.clone().with_patch(p) {
-            Ok(r) => done(r, Outcome::Injected, None),
+        Ok((p, _)) if p.0.is_empty() => done(resp, Outcome::AlreadyInjected, None),
+        Ok((p, rejected)) => match resp.clone().with_patch(p) {
+            Ok(mut r) => {
+                // Injected with the defaults for what was invalid: say so.
+                let notice = (!rejected.is_empty()).then(|| {
+                    let lines: Vec<String> =
+                        rejected.iter().map(|b| format!("sametag: {b}")).collect();
+                    r.warnings = Some(lines.clone());
+                    Notice {
+                        reason: "InvalidAnnotation",
+                        message: lines.join("; "),
+                        regarding: owner_reference(pod, &namespace),
+                    }
+                });
+                done(r, Outcome::Injected, notice)
+            }
             Err(e) => warn(resp, InjectError::Serialize(e.to_string())),
         },
+    };
+    // A dry run (`kubectl apply --dry-run=server`, `sametag-operator
+    // check`) must leave nothing behind, Events included.
+    if req.dry_run {
+        return Reviewed {
+            notice: None,
+            ..reviewed
+        };
     }
+    reviewed
 }
 
 // === impl CachedView ===
@@ -316,7 +350,7 @@ impl Webhook {
         let reviewed = review(&body, self.view.as_ref(), &self.config);
         self.metrics.admitted(reviewed.outcome.label());
         if let (Some(notice), Some(recorder)) = (reviewed.notice, self.recorder.clone()) {
-            tracing::warn!(reason = notice.reason, message = %notice.message, "injection skipped");
+            tracing::warn!(reason = notice.reason, message = %notice.message, "admission warning");
             if let Some(regarding) = notice.regarding {
                 // Best effort and off the request path: admission stays fast.
                 tokio::spawn(async move {

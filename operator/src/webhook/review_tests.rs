@@ -355,6 +355,57 @@ fn no_store_in_namespace_warns() {
 }
 
 #[test]
+fn invalid_tuning_is_injected_with_defaults_a_warning_and_an_event() {
+    let annotations = json!({"sametag.dev/inject": "true",
+                             "config.sametag.dev/log-level": "debug",
+                             "config.sametag.dev/upstream-timeout": "soon"});
+    let (outcome, resp, p) = run(&one_store(), &pod(annotations.clone()));
+    assert_eq!(outcome, Outcome::Injected);
+    let s = sidecar(&p);
+    assert_eq!(env(s, "RUST_LOG")["value"], "debug");
+    assert_eq!(env(s, "SAMETAG_UPSTREAM_TIMEOUT"), Value::Null);
+    let warnings = resp["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{resp}");
+    assert_eq!(
+        warnings[0],
+        "sametag: annotation config.sametag.dev/upstream-timeout=\"soon\" ignored (the default applies): \
+         invalid duration `soon` (expected e.g. 500ms, 30s, 5m, 1h)"
+    );
+    let r = review(
+        &admission(&pod(annotations.clone()), "CREATE"),
+        &one_store(),
+        &InjectConfig::default(),
+    );
+    let notice = r.notice.expect("an Event");
+    assert_eq!(notice.reason, "InvalidAnnotation");
+    assert!(notice.message.contains("upstream-timeout"));
+    assert_eq!(
+        notice.regarding.unwrap().kind.as_deref(),
+        Some("ReplicaSet")
+    );
+
+    // A dry run warns the same but publishes nothing.
+    let mut dry: Value = serde_json::from_slice(&admission(&pod(annotations), "CREATE")).unwrap();
+    dry["request"]["dryRun"] = json!(true);
+    let r = review(
+        &serde_json::to_vec(&dry).unwrap(),
+        &one_store(),
+        &InjectConfig::default(),
+    );
+    assert_eq!(r.outcome, Outcome::Injected);
+    assert!(r.notice.is_none());
+    let resp = serde_json::to_value(&r.review).unwrap()["response"].clone();
+    assert_eq!(resp["warnings"].as_array().map(Vec::len), Some(1));
+
+    // Valid tuning: no warning at all.
+    let (_, resp, _) = run(
+        &one_store(),
+        &pod(json!({"sametag.dev/inject": "true", "config.sametag.dev/drain-timeout": "5s"})),
+    );
+    assert_eq!(resp["warnings"], Value::Null);
+}
+
+#[test]
 fn updates_and_garbage_are_not_injected() {
     let r = review(
         &admission(&pod(json!({"sametag.dev/inject": "true"})), "UPDATE"),

@@ -146,7 +146,7 @@ impl Context {
             });
         }
         let deadline = tokio::time::Instant::now() + self.upstream.timeout();
-        let max = ex.policy.max_body_bytes();
+        let max = self.max_body_bytes(ex);
         let steady = ex.route.steady.as_ref();
         match buffer_and_tag(&head.headers, body, max, keep, steady, deadline).await? {
             Buffered::TooLarge(body) => Ok(Fetched::Untagged {

@@ -59,7 +59,7 @@ impl Context {
         if response.status() != StatusCode::PARTIAL_CONTENT {
             return Ok(response);
         }
-        let max = ex.policy.max_body_bytes();
+        let max = self.max_body_bytes(ex);
         match content_range(response.headers()) {
             Some(range) if range.is_whole() && range.complete <= max => {
                 *response.status_mut() = StatusCode::OK;

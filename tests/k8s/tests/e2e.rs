@@ -16,6 +16,8 @@
 mod certs;
 #[path = "e2e/chart.rs"]
 mod chart;
+#[path = "e2e/check.rs"]
+mod check;
 #[path = "e2e/ctx.rs"]
 mod ctx;
 #[path = "e2e/fleet.rs"]
@@ -28,6 +30,8 @@ mod leader;
 mod owned;
 #[path = "e2e/stores.rs"]
 mod stores;
+#[path = "e2e/tuning.rs"]
+mod tuning;
 #[path = "e2e/validation.rs"]
 mod validation;
 
@@ -127,6 +131,14 @@ async fn chart_operator_and_webhook_against_a_real_control_plane() {
     scenario!(
         "13 watchNamespaces: Roles only, kubectl auth can-i denies the rest, a namespaced operator reconciles",
         fleet::namespaced_install(&mut ctx)
+    );
+    scenario!(
+        "14 tuning annotations: env, resources, grace period; invalid ones warned and defaulted",
+        tuning::annotations(&ctx)
+    );
+    scenario!(
+        "15 check: a healthy namespace passes; uninjected pod, unready store, numeric targetPort, wrong caBundle reported",
+        check::diagnoses(&ctx)
     );
     scenario!(
         "7b certificate: a restarted operator reuses it",
