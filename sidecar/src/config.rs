@@ -128,6 +128,11 @@ pub struct Cli {
     /// request it sees. `--forwarded-headers=false` leaves both untouched.
     #[arg(long, env = "SAMETAG_FORWARDED_HEADERS", default_value_t = true, action = clap::ArgAction::Set)]
     pub forwarded_headers: bool,
+
+    /// One JSON line per request (method, path, status, outcome, duration,
+    /// bytes) in the log, under the tracing target `sametag::access`.
+    #[arg(long, env = "SAMETAG_ACCESS_LOG", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub access_log: bool,
 }
 
 /// What the proxy itself needs, independent of where its store and policy
@@ -162,6 +167,8 @@ pub struct ProxyOptions {
     /// Append the client's address to `X-Forwarded-For` (and set
     /// `X-Forwarded-Proto` if absent) on what the app sees.
     pub forwarded_headers: bool,
+    /// Log every request (`access_log.rs`).
+    pub access_log: bool,
 }
 
 impl ProxyOptions {
@@ -181,6 +188,7 @@ impl ProxyOptions {
             credential_secret: random_secret(),
             lock_lease: None,
             forwarded_headers: true,
+            access_log: false,
         }
     }
 
@@ -256,6 +264,7 @@ impl Cli {
                 credential_secret,
                 lock_lease: None,
                 forwarded_headers: self.forwarded_headers,
+                access_log: self.access_log,
             },
             redis: self.redis,
             redis_ca_file: self.redis_ca_file,
@@ -357,6 +366,14 @@ mod tests {
         let off = Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=false"]).unwrap();
         assert!(!off.into_config().proxy.forwarded_headers);
         assert!(Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=maybe"]).is_err());
+        // The access log: off unless asked, by the bare flag or a value.
+        assert!(!Cli::try_parse_from(["sametag-sidecar"]).unwrap().access_log);
+        for on in [&["--access-log"][..], &["--access-log=true"][..]] {
+            let cli =
+                Cli::try_parse_from(std::iter::once("sametag-sidecar").chain(on.iter().copied()));
+            assert!(cli.unwrap().into_config().proxy.access_log, "{on:?}");
+        }
+        assert!(Cli::try_parse_from(["sametag-sidecar", "--access-log=loud"]).is_err());
         assert_eq!(
             Cli::try_parse_from(["sametag-sidecar"])
                 .unwrap()
