@@ -80,6 +80,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let bundle = tls::ensure(&client, &certs, owner.as_ref()).await?;
     let resolver = Arc::new(Resolver::new());
     resolver.set(bundle.certified_key()?);
+    metrics.certificate_loaded(bundle.not_after);
     let target = match &args.webhook_url {
         Some(url) => Target::Url(url.clone()),
         None => Target::Service {
@@ -130,6 +131,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let rotation = rotate(
         client.clone(),
+        metrics.clone(),
         certs,
         resolver,
         args.clone(),
@@ -203,8 +205,10 @@ async fn shutdown_signal() {
 
 /// Keep the certificate fresh, the webhook configuration pointing at us, and
 /// the Secret and Lease owned by that configuration.
+#[allow(clippy::too_many_arguments)]
 async fn rotate(
     client: Client,
+    metrics: Arc<Metrics>,
     certs: CertSettings,
     resolver: Arc<Resolver>,
     args: RunArgs,
@@ -223,6 +227,7 @@ async fn rotate(
             let bundle = tls::ensure(&client, &certs, owner.as_ref()).await?;
             if bundle != current {
                 resolver.set(bundle.certified_key()?);
+                metrics.certificate_loaded(bundle.not_after);
                 tracing::info!(not_after = %bundle.not_after, "serving certificate reloaded");
                 current = bundle;
                 patched = false;
