@@ -63,3 +63,11 @@ app.kubernetes.io/component: operator
 {{- define "sametag.sidecarImage" -}}
 {{- default (printf "ghcr.io/sametag/sidecar:%s" .Chart.AppVersion) .Values.sidecarImage }}
 {{- end }}
+
+{{/* Labels of the monitoring objects: the standard ones plus metrics.labels. */}}
+{{- define "sametag.monitoringLabels" -}}
+{{ include "sametag.labels" . }}
+{{- with .Values.metrics.labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

@@ -274,6 +274,11 @@ pub async fn sa_kubeconfig(
 
 /// Plain HTTP/1.0 GET on 127.0.0.1:port; returns the status code.
 pub async fn http_get_status(port: u16, path: &str) -> Result<u16> {
+    http_get(port, path).await.map(|(status, _)| status)
+}
+
+/// Plain HTTP/1.0 GET on 127.0.0.1:port; returns the status code and body.
+pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     let io = |what: &str| {
         let what = what.to_string();
         move |source| Error::Io { what, source }
@@ -287,11 +292,17 @@ pub async fn http_get_status(port: u16, path: &str) -> Result<u16> {
             .map_err(io("write"))?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.map_err(io("read"))?;
-        let line = String::from_utf8_lossy(&buf);
-        line.split_whitespace()
+        let text = String::from_utf8_lossy(&buf);
+        let status = text
+            .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
-            .ok_or_else(|| Error::Other(format!("bad HTTP response: {:.80}", line)))
+            .ok_or_else(|| Error::Other(format!("bad HTTP response: {:.80}", text)))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
     };
     tokio::time::timeout(Duration::from_secs(5), fut)
         .await
