@@ -82,7 +82,7 @@ fn ca_bundle_must_verify_the_serving_certificate_for_the_dialled_name() {
     let cert = Ok(Some(good.cert_pem.as_bytes()));
     let when = at(now() + jiff::SignedDuration::from_secs(60));
     for target in [&svc, &url] {
-        let cfg = desired("sametag", target, &good.ca_pem).unwrap();
+        let cfg = desired("sametag", target, Some(&good.ca_pem)).unwrap();
         let fs = check_webhook_config("sametag", Some(&cfg), cert.clone(), "s/tls", when);
         assert_eq!(
             statuses(&fs),
@@ -91,28 +91,28 @@ fn ca_bundle_must_verify_the_serving_certificate_for_the_dialled_name() {
         );
     }
     assert_eq!(
-        dialled_name(&desired("x", &svc, "CA").unwrap()).as_deref(),
+        dialled_name(&desired("x", &svc, Some("CA")).unwrap()).as_deref(),
         Some("sametag-webhook.sametag-system.svc")
     );
     assert_eq!(
-        dialled_name(&desired("x", &url, "CA").unwrap()).as_deref(),
+        dialled_name(&desired("x", &url, Some("CA")).unwrap()).as_deref(),
         Some("127.0.0.1")
     );
 
     // Another CA: valid PEM, but it did not sign the serving certificate.
-    let cfg = desired("sametag", &svc, &other.ca_pem).unwrap();
+    let cfg = desired("sametag", &svc, Some(&other.ca_pem)).unwrap();
     let fs = check_webhook_config("sametag", Some(&cfg), cert.clone(), "s/tls", when);
     assert_eq!(fs[1].status, Status::Fail);
     assert!(fs[1].message.contains("does not verify"), "{}", fs[1]);
 
     // Garbage, empty, expired, missing.
-    let cfg = desired("sametag", &svc, "not a certificate").unwrap();
+    let cfg = desired("sametag", &svc, Some("not a certificate")).unwrap();
     let fs = check_webhook_config("sametag", Some(&cfg), cert.clone(), "s/tls", when);
     assert!(fs[1].message.contains("not a valid PEM"), "{}", fs[1]);
-    let cfg = desired("sametag", &svc, "").unwrap();
+    let cfg = desired("sametag", &svc, Some("")).unwrap();
     let fs = check_webhook_config("sametag", Some(&cfg), cert.clone(), "s/tls", when);
     assert!(fs[1].message.contains("empty"), "{}", fs[1]);
-    let cfg = desired("sametag", &svc, &good.ca_pem).unwrap();
+    let cfg = desired("sametag", &svc, Some(&good.ca_pem)).unwrap();
     let later = at(now() + jiff::SignedDuration::from_hours(24 * 91));
     let fs = check_webhook_config("sametag", Some(&cfg), cert, "s/tls", later);
     assert_eq!(fs[1].status, Status::Fail, "{}", fs[1]);

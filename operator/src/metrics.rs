@@ -1,5 +1,6 @@
-//! Prometheus metric families of the operator (reconciles and admissions)
-//! and a timer that records a reconcile's duration when dropped.
+//! Prometheus metric families of the operator (reconciles, admissions, the
+//! webhook certificate, injection coverage) and timers that record a
+//! reconcile's or an admission's duration when dropped.
 
 use std::time::Instant;
 
@@ -24,13 +25,40 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Every `Error::metric_label()` (keep beside it).
+pub const ERROR_LABELS: [&str; 8] = [
+    "kube",
+    "build",
+    "serialize",
+    "tls",
+    "io",
+    "lease",
+    "conflict",
+    "stopped",
+];
+
+/// Every admission `Outcome::label()` (a test below checks the list).
+pub const OUTCOME_LABELS: [&str; 5] = [
+    "injected",
+    "skipped",
+    "already_injected",
+    "warning",
+    "invalid",
+];
+
 /// Label set naming a store.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
-    /// The store's namespace.
+    /// The ETagStore's namespace.
     pub namespace: String,
-    /// The store's name.
+    /// The ETagStore's name.
     pub store: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    component: &'static str,
 }
 
 /// Every metric the operator exports.
@@ -44,12 +72,16 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// Admission reviews by outcome.
     pub admissions: Family<OutcomeLabels, Counter>,
+    /// Admission review durations in seconds.
+    pub admission_duration: Histogram,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
     /// Opted-in pods running without the sidecar, per store.
     pub pods_without_sidecar: Family<StoreLabels, Gauge>,
     /// Injected pods running an outdated sidecar image, per store.
     pub pods_outdated_sidecar: Family<StoreLabels, Gauge>,
+    /// When the webhook's serving certificate expires (Unix seconds).
+    pub cert_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -59,18 +91,28 @@ impl Default for Metrics {
             reconcile_errors: Family::default(),
             reconcile_duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             admissions: Family::default(),
+            // The apiserver gives the webhook at most 5 s (timeoutSeconds).
+            admission_duration: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             leader: Gauge::default(),
             pods_without_sidecar: Family::default(),
             pods_outdated_sidecar: Family::default(),
+            cert_expiry: Gauge::default(),
         }
     }
 }
 
 impl Metrics {
     /// Register every family: the operator's own under the
-    /// `sametag_operator` prefix, the fleet gauges (about the cluster, not
-    /// the operator) as `sametag_pods_*`.
+    /// `sametag_operator` prefix, the ones named for what they describe
+    /// (the webhook certificate, pods, the build) at the root.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sametag_webhook_certificate_expiry_timestamp_seconds",
+            "When the webhook's serving certificate expires, in seconds since the Unix epoch (0 until one is loaded)",
+            self.cert_expiry.clone(),
+        );
         registry.register(
             "sametag_pods_without_sidecar",
             "Pods that opted in for the store but run without the sametag sidecar",
@@ -81,6 +123,30 @@ impl Metrics {
             "Injected pods whose sidecar image is not the one injected now",
             self.pods_outdated_sidecar.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                component: "operator",
+            })
+            .set(1);
+        registry.register(
+            "sametag_build_info",
+            "Always 1; the labels name the running version",
+            build_info,
+        );
+        // Known label values start at zero (every documented series is on
+        // the first scrape, and rate() sees the first increment).
+        for error in ERROR_LABELS {
+            let _ = self.reconcile_errors.get_or_create(&ErrorLabels {
+                error: error.to_owned(),
+            });
+        }
+        for outcome in OUTCOME_LABELS {
+            let _ = self.admissions.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            });
+        }
         let r = registry.sub_registry_with_prefix("sametag_operator");
         r.register("reconciles", "Reconciles started", self.reconciles.clone());
         r.register(
@@ -99,6 +165,11 @@ impl Metrics {
             self.admissions.clone(),
         );
         r.register(
+            "admission_duration_seconds",
+            "Time to answer an admission review (read, decide, encode)",
+            self.admission_duration.clone(),
+        );
+        r.register(
             "leader",
             "1 while this replica holds the leader Lease",
             self.leader.clone(),
@@ -106,9 +177,9 @@ impl Metrics {
     }
 
     /// Count a reconcile and time it until the returned guard is dropped.
-    pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
+    pub fn reconcile_started(&self) -> DurationTimer<'_> {
         self.reconciles.inc();
-        ReconcileTimer {
+        DurationTimer {
             start: Instant::now(),
             histogram: &self.reconcile_duration,
         }
@@ -148,6 +219,19 @@ impl Metrics {
         self.pods_outdated_sidecar.remove(&labels);
     }
 
+    /// Time an admission review until the returned guard is dropped.
+    pub fn admission_started(&self) -> DurationTimer<'_> {
+        DurationTimer {
+            start: Instant::now(),
+            histogram: &self.admission_duration,
+        }
+    }
+
+    /// The serving certificate now served expires at `not_after`.
+    pub fn certificate_loaded(&self, not_after: jiff::Timestamp) {
+        self.cert_expiry.set(not_after.as_second());
+    }
+
     /// Count an admission review.
     pub fn admitted(&self, outcome: &str) {
         self.admissions
@@ -158,13 +242,14 @@ impl Metrics {
     }
 }
 
-/// Records the elapsed time into the reconcile histogram when dropped.
-pub struct ReconcileTimer<'a> {
+/// Records the elapsed time into a duration histogram (a reconcile's or an
+/// admission's) when dropped.
+pub struct DurationTimer<'a> {
     start: Instant,
     histogram: &'a Histogram,
 }
 
-impl Drop for ReconcileTimer<'_> {
+impl Drop for DurationTimer<'_> {
     fn drop(&mut self) {
         self.histogram.observe(self.start.elapsed().as_secs_f64());
     }
@@ -189,6 +274,14 @@ mod tests {
         m.set_fleet("shop", "web", &fleet);
         m.set_fleet("shop", "gone", &fleet);
         m.forget_store("shop", "gone");
+        drop(m.admission_started());
+        m.certificate_loaded(jiff::Timestamp::from_second(1_900_000_000).unwrap());
+        m.pods_without_sidecar
+            .get_or_create(&StoreLabels {
+                namespace: "shop".into(),
+                store: "web".into(),
+            })
+            .set(2);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         assert!(out.contains("sametag_operator_reconciles_total 1"), "{out}");
@@ -213,5 +306,38 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("gone"), "{out}");
+        for line in [
+            "sametag_operator_reconcile_duration_seconds_count 1",
+            "sametag_operator_admission_duration_seconds_count 1",
+            "sametag_webhook_certificate_expiry_timestamp_seconds 1900000000",
+            "sametag_build_info{version=\"",
+            "sametag_operator_reconcile_errors_total{error=\"stopped\"} 0",
+            "sametag_operator_admissions_total{outcome=\"invalid\"} 0",
+        ] {
+            assert!(out.contains(line), "{line} missing:\n{out}");
+        }
+    }
+
+    #[test]
+    fn outcome_labels_are_every_outcome() {
+        use crate::webhook::Outcome;
+        let all = [
+            Outcome::Injected,
+            Outcome::Skipped,
+            Outcome::AlreadyInjected,
+            Outcome::Warning,
+            Outcome::Invalid,
+        ];
+        // A new variant fails to compile here until it is listed.
+        for o in all {
+            match o {
+                Outcome::Injected
+                | Outcome::Skipped
+                | Outcome::AlreadyInjected
+                | Outcome::Warning
+                | Outcome::Invalid => assert!(OUTCOME_LABELS.contains(&o.label())),
+            }
+        }
+        assert_eq!(all.len(), OUTCOME_LABELS.len());
     }
 }

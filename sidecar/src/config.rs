@@ -148,6 +148,11 @@ pub struct Cli {
     /// upstream connection never change threads.
     #[arg(long, env = "SAMETAG_WORKERS", default_value_t = 0)]
     pub workers: usize,
+
+    /// One JSON line per request (method, path, status, outcome, duration,
+    /// bytes) in the log, under the tracing target `sametag::access`.
+    #[arg(long, env = "SAMETAG_ACCESS_LOG", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub access_log: bool,
 }
 
 /// What the proxy itself needs, independent of where its store and policy
@@ -184,6 +189,8 @@ pub struct ProxyOptions {
     /// Append the client's address to `X-Forwarded-For` (and set
     /// `X-Forwarded-Proto` if absent) on what the app sees.
     pub forwarded_headers: bool,
+    /// Log every request (`access_log.rs`).
+    pub access_log: bool,
 }
 
 impl ProxyOptions {
@@ -204,6 +211,7 @@ impl ProxyOptions {
             credential_secret: random_secret(),
             lock_lease: None,
             forwarded_headers: true,
+            access_log: false,
         }
     }
 
@@ -285,6 +293,7 @@ impl Cli {
                 credential_secret,
                 lock_lease: None,
                 forwarded_headers: self.forwarded_headers,
+                access_log: self.access_log,
             },
             redis: self.redis,
             redis_ca_file: self.redis_ca_file,
@@ -404,6 +413,14 @@ mod tests {
         let off = Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=false"]).unwrap();
         assert!(!off.into_config().proxy.forwarded_headers);
         assert!(Cli::try_parse_from(["sametag-sidecar", "--forwarded-headers=maybe"]).is_err());
+        // The access log: off unless asked, by the bare flag or a value.
+        assert!(!Cli::try_parse_from(["sametag-sidecar"]).unwrap().access_log);
+        for on in [&["--access-log"][..], &["--access-log=true"][..]] {
+            let cli =
+                Cli::try_parse_from(std::iter::once("sametag-sidecar").chain(on.iter().copied()));
+            assert!(cli.unwrap().into_config().proxy.access_log, "{on:?}");
+        }
+        assert!(Cli::try_parse_from(["sametag-sidecar", "--access-log=loud"]).is_err());
         assert_eq!(
             Cli::try_parse_from(["sametag-sidecar"])
                 .unwrap()

@@ -1,10 +1,17 @@
 //! Prometheus metric families of the sidecar and the measurer that times
 //! store operations.
+//!
+//! Names follow the Prometheus conventions: base unit last (`_seconds`,
+//! `_bytes`), counters end in `_total` (the encoder appends it). On the
+//! request path nothing is looked up by label or allocated: the per-request
+//! handles (by method, outcome and status class) are resolved once, on
+//! their first use, into fixed tables of [`OnceLock`]s.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use http::StatusCode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -48,6 +55,57 @@ pub enum Outcome {
     request_timeout,
 }
 
+/// How many [`Outcome`]s there are (the size of the handle tables).
+const OUTCOMES: usize = Outcome::request_timeout as usize + 1;
+
+/// The first digit of a response status, as the `status_class` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StatusClass {
+    /// 1xx (a WebSocket's 101).
+    Informational,
+    /// 2xx.
+    Success,
+    /// 3xx (304s among them).
+    Redirection,
+    /// 4xx.
+    ClientError,
+    /// 5xx (and anything out of range).
+    ServerError,
+}
+
+/// How many [`StatusClass`]es there are.
+const STATUS_CLASSES: usize = 5;
+
+impl StatusClass {
+    /// The class of `status`.
+    pub fn of(status: StatusCode) -> Self {
+        match status.as_u16() {
+            100..=199 => Self::Informational,
+            200..=299 => Self::Success,
+            300..=399 => Self::Redirection,
+            400..=499 => Self::ClientError,
+            _ => Self::ServerError,
+        }
+    }
+
+    /// The label value: `1xx` .. `5xx`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Informational => "1xx",
+            Self::Success => "2xx",
+            Self::Redirection => "3xx",
+            Self::ClientError => "4xx",
+            Self::ServerError => "5xx",
+        }
+    }
+}
+
+impl EncodeLabelValue for StatusClass {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
 /// The method label: a fixed set, so a client cannot grow the label space.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(clippy::upper_case_acronyms)]
@@ -77,10 +135,36 @@ impl From<&http::Method> for MethodLabel {
     }
 }
 
+/// How many [`MethodLabel`]s there are.
+const METHODS: usize = MethodLabel::OTHER as usize + 1;
+
+/// The store operations timed on every request or write, resolved at start
+/// (so their series exist from the first scrape); others are looked up.
+const STORE_OPS: [&str; 6] = ["lookup", "record", "invalidate", "purge", "lock", "unlock"];
+
+/// Handles resolved on first use, one per label combination.
+type Table<M, const R: usize, const C: usize> = [[OnceLock<M>; C]; R];
+
+fn table<M, const R: usize, const C: usize>() -> Table<M, R, C> {
+    std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new()))
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: MethodLabel,
     outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    outcome: Outcome,
+    status_class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    component: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,13 +214,22 @@ struct ClosedLabels {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    /// `requests` by `[outcome][method]`.
+    request_handles: Table<Counter, OUTCOMES, METHODS>,
+    request_duration: Family<DurationLabels, Histogram>,
+    /// `request_duration` by `[outcome][status class]`.
+    duration_handles: Table<Histogram, OUTCOMES, STATUS_CLASSES>,
+    upstream_duration: Histogram,
     bytes_saved: Counter,
     store_latency: Family<OpLabels, Histogram>,
+    /// `store_latency` of [`STORE_OPS`], in that order.
+    store_op_handles: [Histogram; STORE_OPS.len()],
     store_errors: Family<OpLabels, Counter>,
     upstream_errors: Family<KindLabels, Counter>,
     store_up: Gauge,
     lock_leases_lost: Counter,
     tag_buffer_bytes: Gauge,
+    tag_buffer_budget: Gauge,
     tag_buffer_refusals: Counter,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
@@ -156,6 +249,12 @@ fn store_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 15))
 }
 
+fn request_histogram() -> Histogram {
+    // 500µs .. ~16s: a Trust 304 from the local cache and an app near the
+    // default 30 s upstream timeout (beyond the last bucket: +Inf) both fit.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -172,9 +271,35 @@ impl Metrics {
             "Requests handled, by method and outcome",
             requests.clone(),
         );
+        let request_duration = Family::<DurationLabels, Histogram>::new_with_constructor(
+            request_histogram as fn() -> _,
+        );
+        registry.register(
+            "sametag_request_duration_seconds",
+            "Time from a request's arrival until its response head was ready, by outcome and status class (a streamed body's transfer not included)",
+            request_duration.clone(),
+        );
+        let upstream_duration = request_histogram();
+        registry.register(
+            "sametag_upstream_duration_seconds",
+            "Time from sending a request to the app until its response head arrived (exchanges that failed are in sametag_upstream_errors_total)",
+            upstream_duration.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                component: "sidecar",
+            })
+            .set(1);
+        registry.register(
+            "sametag_build_info",
+            "Always 1; the labels name the running version",
+            build_info,
+        );
         let bytes_saved = Counter::default();
         registry.register(
-            "sametag_not_modified_bytes_saved",
+            "sametag_not_modified_saved_bytes",
             "Body bytes not sent because a 304 was answered instead of a 200",
             bytes_saved.clone(),
         );
@@ -185,6 +310,8 @@ impl Metrics {
             "Latency of store operations",
             store_latency.clone(),
         );
+        let store_op_handles =
+            STORE_OPS.map(|op| store_latency.get_or_create_owned(&OpLabels { op }));
         let store_errors = Family::<OpLabels, Counter>::default();
         registry.register(
             "sametag_store_errors",
@@ -200,7 +327,7 @@ impl Metrics {
         let store_up = Gauge::default();
         registry.register(
             "sametag_store_up",
-            "1 when the store is reachable, 0 when not",
+            "1 when the store (embedded or Redis) is reachable, 0 when not",
             store_up.clone(),
         );
         let lock_leases_lost = Counter::default();
@@ -212,8 +339,14 @@ impl Metrics {
         let tag_buffer_bytes = Gauge::default();
         registry.register(
             "sametag_tag_buffer_bytes",
-            "Bytes of response bodies held in memory to be tagged (bounded by --tag-buffer-budget)",
+            "Bytes of response bodies held in memory to be tagged now (bounded by sametag_tag_buffer_budget_bytes)",
             tag_buffer_bytes.clone(),
+        );
+        let tag_buffer_budget = Gauge::default();
+        registry.register(
+            "sametag_tag_buffer_budget_bytes",
+            "The tag-buffer budget (--tag-buffer-budget): at most this many bytes of bodies are held to be tagged",
+            tag_buffer_budget.clone(),
         );
         let tag_buffer_refusals = Counter::default();
         registry.register(
@@ -283,10 +416,38 @@ impl Metrics {
         );
         let compression_saved = Counter::default();
         registry.register(
-            "sametag_compression_bytes_saved",
+            "sametag_compression_saved_bytes",
             "Body bytes not sent because the sidecar compressed the response",
             compression_saved.clone(),
         );
+        // Known label values start at zero: every documented series is on
+        // the first scrape, and rate() sees the first increment.
+        for kind in ["connect", "protocol", "body", "timeout"] {
+            let _ = upstream_errors.get_or_create(&KindLabels { kind });
+        }
+        for op in STORE_OPS.into_iter().chain(["renew"]) {
+            let _ = store_errors.get_or_create(&OpLabels { op });
+        }
+        for coding in ["br", "zstd", "gzip"] {
+            let _ = compressed.get_or_create(&CodingLabels { coding });
+        }
+        for result in ["shared", "refetched"] {
+            let _ = coalesced.get_or_create(&ResultLabels { result });
+        }
+        for listener in ["proxy", "admin"] {
+            let _ = connections_refused.get_or_create(&ListenerLabels { listener });
+            for reason in ["first-request", "header", "idle"] {
+                let _ = connections_closed.get_or_create(&ClosedLabels { listener, reason });
+            }
+        }
+        for kind in ["path", "glob", "key"] {
+            for source in ["api", "write"] {
+                let _ = purges.get_or_create(&PurgeLabels { kind, source });
+            }
+        }
+        for code in [200, 400, 401, 403, 405, 408, 413, 503] {
+            let _ = purge_requests.get_or_create(&PurgeRequestLabels { code });
+        }
         Self {
             registry,
             purges,
@@ -298,13 +459,19 @@ impl Metrics {
             compressed,
             compression_saved,
             tag_buffer_bytes,
+            tag_buffer_budget,
             tag_buffer_refusals,
             connections_open,
             connections_refused,
             connections_closed,
             requests,
+            request_handles: table(),
+            request_duration,
+            duration_handles: table(),
+            upstream_duration,
             bytes_saved,
             store_latency,
+            store_op_handles,
             store_errors,
             upstream_errors,
             store_up,
@@ -320,12 +487,33 @@ impl Metrics {
 
     /// Count one finished request.
     pub fn request(&self, method: &http::Method, outcome: Outcome) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                method: method.into(),
-                outcome,
+        let method = MethodLabel::from(method);
+        self.request_handles[outcome as usize][method as usize]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create_owned(&RequestLabels { method, outcome })
             })
             .inc();
+    }
+
+    /// Time one request: `elapsed` from its arrival until its response head
+    /// (with `status`) was ready.
+    pub fn request_duration(&self, outcome: Outcome, status: StatusCode, elapsed: Duration) {
+        let status_class = StatusClass::of(status);
+        self.duration_handles[outcome as usize][status_class as usize]
+            .get_or_init(|| {
+                self.request_duration.get_or_create_owned(&DurationLabels {
+                    outcome,
+                    status_class,
+                })
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The histogram of the app's response-head latency (a handle the
+    /// upstream client observes into).
+    pub fn upstream_duration(&self) -> Histogram {
+        self.upstream_duration.clone()
     }
 
     /// How many requests ended with `outcome` for `method` so far.
@@ -376,6 +564,12 @@ impl Metrics {
         self.coalesced.get_or_create(&ResultLabels { result }).get()
     }
 
+    /// The size of the tag-buffer budget, exported beside its use.
+    pub fn set_tag_buffer_budget(&self, bytes: u64) {
+        self.tag_buffer_budget
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     /// The tag-buffer gauge and refusal counter (handles on the same
     /// values), for the budget that moves them.
     pub fn tag_buffer(&self) -> (Gauge, Counter) {
@@ -409,9 +603,12 @@ impl Metrics {
     /// Start timing one store operation; the time is recorded when the
     /// returned measurer is dropped.
     pub fn store_op(self: &Arc<Self>, op: &'static str) -> StoreTimer {
+        let histogram = match STORE_OPS.iter().position(|known| *known == op) {
+            Some(i) => self.store_op_handles[i].clone(),
+            None => self.store_latency.get_or_create_owned(&OpLabels { op }),
+        };
         StoreTimer {
-            metrics: self.clone(),
-            op,
+            histogram,
             start: Instant::now(),
         }
     }
@@ -490,16 +687,12 @@ impl Metrics {
 /// Records a store operation's duration when dropped.
 #[derive(Debug)]
 pub struct StoreTimer {
-    metrics: Arc<Metrics>,
-    op: &'static str,
+    histogram: Histogram,
     start: Instant,
 }
 
 impl Drop for StoreTimer {
     fn drop(&mut self) {
-        self.metrics
-            .store_latency
-            .get_or_create(&OpLabels { op: self.op })
-            .observe(self.start.elapsed().as_secs_f64());
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
     }
 }

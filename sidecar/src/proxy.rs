@@ -31,7 +31,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::HOST;
 use http::request::Parts;
@@ -47,6 +47,7 @@ use self::budget::TagBudget;
 use self::forward::{ClientAddr, Upstream};
 pub use self::lane::Lane;
 use self::respond::set_validators;
+use crate::access_log;
 use crate::config::ProxyOptions;
 use crate::key::{CanonicalTarget, VaryNames, key_of_target, vary_names};
 use crate::metrics::{Metrics, Outcome};
@@ -127,7 +128,7 @@ impl Proxy {
     ) -> Self {
         let budget = TagBudget::new(options.tag_buffer_budget, &metrics);
         Self::with_context(Context {
-            upstream: Context::upstream_of(&options),
+            upstream: Context::upstream_of(&options, &metrics),
             options,
             store,
             policy,
@@ -144,7 +145,7 @@ impl Proxy {
     pub fn for_worker(&self) -> Self {
         let ctx = &self.ctx;
         Self::with_context(Context {
-            upstream: Context::upstream_of(&ctx.options),
+            upstream: Context::upstream_of(&ctx.options, &ctx.metrics),
             options: ctx.options.clone(),
             store: ctx.store.clone(),
             policy: ctx.policy.clone(),
@@ -199,13 +200,14 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 // === impl Context ===
 
 impl Context {
-    fn upstream_of(options: &ProxyOptions) -> Upstream {
+    fn upstream_of(options: &ProxyOptions, metrics: &Metrics) -> Upstream {
         Upstream::new(
             options.upstream.clone(),
             options.upstream_timeout,
             options.forwarded_headers,
         )
         .with_body_timeout(options.body_read_timeout)
+        .with_latency(metrics.upstream_duration())
     }
 
     /// Largest body tagged for `ex`: `--max-body-bytes` when given (a
@@ -219,6 +221,7 @@ impl Context {
     /// Serve one request, on `lane` when given; never fails (failures are
     /// responses).
     pub async fn handle(&self, req: Request<Incoming>, lane: Option<Lane>) -> Response<Body> {
+        let started = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
         let (response, outcome) = match self.dispatch(req, lane).await {
@@ -238,7 +241,12 @@ impl Context {
             hop::add_via(response.headers_mut(), http::Version::HTTP_11);
         }
         self.metrics.request(&method, outcome);
+        self.metrics
+            .request_duration(outcome, response.status(), started.elapsed());
         tracing::debug!(%method, path = uri.path(), status = response.status().as_u16(), ?outcome, "request");
+        if self.options.access_log {
+            response = access_log::wrap(response, &method, &uri, outcome, started);
+        }
         response
     }
 

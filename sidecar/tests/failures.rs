@@ -372,7 +372,7 @@ async fn admin_endpoints_report_health_and_metrics() {
         "sametag_requests_total{method=\"GET\",outcome=\"tagged_200\"} 1",
         "sametag_requests_total{method=\"GET\",outcome=\"not_modified\"} 1",
         "sametag_requests_total{method=\"PUT\",outcome=\"precondition_failed\"} 1",
-        "sametag_not_modified_bytes_saved_total 3",
+        "sametag_not_modified_saved_bytes_total 3",
         "sametag_store_up 1",
     ] {
         assert!(m.contains(line), "missing {line} in\n{m}");

@@ -75,3 +75,11 @@ deprecated watchNamespace; empty: every namespace. */}}
 {{- define "sametag.certificate" -}}
 {{- printf "%s-webhook" (include "sametag.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/* Labels of the monitoring objects: the standard ones plus metrics.labels. */}}
+{{- define "sametag.monitoringLabels" -}}
+{{ include "sametag.labels" . }}
+{{- with .Values.metrics.labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

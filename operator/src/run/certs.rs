@@ -17,6 +17,7 @@ use kube::{Api, Client};
 
 use crate::config::RunArgs;
 use crate::error::Result;
+use crate::metrics::Metrics;
 use crate::owner::{self, Adoption};
 use crate::webhook::config::{self as whconfig, Target};
 use crate::webhook::tls::{self, CertSettings, Issued, Resolver};
@@ -39,6 +40,15 @@ impl Source {
     fn ca_pem(&self) -> Option<&str> {
         match self {
             Self::Own { current, .. } => Some(current.ca_pem.as_str()),
+            Self::CertManager(_) => None,
+        }
+    }
+
+    /// When the served certificate expires, when the operator issued it
+    /// (cert-manager reports its own).
+    pub(super) fn not_after(&self) -> Option<jiff::Timestamp> {
+        match self {
+            Self::Own { current, .. } => Some(current.not_after),
             Self::CertManager(_) => None,
         }
     }
@@ -119,6 +129,7 @@ async fn refresh(
 /// the Secret and Lease owned by that configuration.
 pub(super) async fn rotate(
     client: Client,
+    metrics: Arc<Metrics>,
     mut source: Source,
     resolver: Arc<Resolver>,
     args: RunArgs,
@@ -133,6 +144,9 @@ pub(super) async fn rotate(
         let result: Result<bool> = async {
             if refresh(&client, &args, &mut source, &resolver, owner.as_ref()).await? {
                 patched = false;
+                if let Some(t) = source.not_after() {
+                    metrics.certificate_loaded(t);
+                }
             }
             let ca = source.ca_pem();
             if args.manage_webhook_config {

@@ -66,6 +66,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         });
     let resolver = Arc::new(Resolver::new());
     let source = certs::initial(&client, &args, &resolver, owner.as_ref()).await?;
+    if let Some(t) = source.not_after() {
+        metrics.certificate_loaded(t);
+    }
     let target = match &args.webhook_url {
         Some(url) => Target::Url(url.clone()),
         None => Target::Service {
@@ -117,6 +120,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let rotation = certs::rotate(
         client.clone(),
+        metrics.clone(),
         source,
         resolver,
         args.clone(),

@@ -338,6 +338,7 @@ impl Webhook {
             (&Method::GET, "/healthz") => return Ok(text(StatusCode::OK, "ok\n")),
             _ => return Ok(text(StatusCode::NOT_FOUND, "not found\n")),
         }
+        let _timer = self.metrics.admission_started();
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {

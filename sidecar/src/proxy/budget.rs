@@ -34,6 +34,7 @@ impl TagBudget {
     /// A budget of `limit` bytes, counted in `metrics`.
     pub fn new(limit: u64, metrics: &Metrics) -> Self {
         let (in_use, refusals) = metrics.tag_buffer();
+        metrics.set_tag_buffer_budget(limit);
         TagBudget(Arc::new(Inner {
             limit,
             used: AtomicU64::new(0),

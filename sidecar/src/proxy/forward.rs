@@ -4,7 +4,7 @@
 //! [`ProxyError`].
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::HOST;
 use http::request::Parts;
@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::body::{Body, empty, with_deadline};
 use super::error::ProxyError;
@@ -34,6 +35,9 @@ pub struct Upstream {
     forwarded_headers: bool,
     /// How long a client's request body may take to arrive.
     body_timeout: Duration,
+    /// Where the time to the app's response head goes
+    /// (`sametag_upstream_duration_seconds`); none: not measured.
+    latency: Option<Histogram>,
 }
 
 /// The address of the client connection a request arrived on, put in the
@@ -105,7 +109,14 @@ impl Upstream {
             timeout,
             forwarded_headers,
             body_timeout: timeout,
+            latency: None,
         }
+    }
+
+    /// Observe the time to each response head from the app into `histogram`.
+    pub fn with_latency(mut self, histogram: Histogram) -> Self {
+        self.latency = Some(histogram);
+        self
     }
 
     /// Fail a client's request body (and the request with 408) that has not
@@ -172,9 +183,17 @@ impl Upstream {
                 }),
             }
         };
+        let started = Instant::now();
         match tokio::time::timeout(limit, exchange).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
-            Ok(answer) => answer.map_err(ProxyError::blame_client),
+            Ok(answer) => {
+                if answer.is_ok()
+                    && let Some(latency) = &self.latency
+                {
+                    latency.observe(started.elapsed().as_secs_f64());
+                }
+                answer.map_err(ProxyError::blame_client)
+            }
         }
     }
 

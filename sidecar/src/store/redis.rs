@@ -138,7 +138,8 @@ pub struct RedisMetrics {
     pub errors: Counter,
     /// Epoch bumps after a failed invalidation or a Redis restart.
     pub epoch_bumps: Counter,
-    /// 1 while connected.
+    /// 1 while connected. Not exported: `sametag_store_up` (read from
+    /// [`Store::health`]) is the one store-up gauge for both stores.
     pub up: Gauge,
 }
 
@@ -286,7 +287,8 @@ impl RedisStore {
         })
     }
 
-    /// Register the store's metric families (`sametag_redis_*`).
+    /// Register the store's metric families (`sametag_redis_*`; whether
+    /// Redis is reachable is `sametag_store_up`, for every store).
     pub fn register_metrics(&self, registry: &mut Registry) {
         let m = &self.inner.metrics;
         registry.register(
@@ -308,11 +310,6 @@ impl RedisStore {
             "sametag_redis_epoch_bumps",
             "Epoch bumps after an invalidation failed during an outage or Redis restarted",
             m.epoch_bumps.clone(),
-        );
-        registry.register(
-            "sametag_redis_up",
-            "1 while connected to Redis",
-            m.up.clone(),
         );
     }
 

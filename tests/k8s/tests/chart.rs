@@ -2,7 +2,10 @@
 //! for the main value combinations, the values schema, the properties the
 //! chart promises (restricted pods, a webhook that cannot block the cluster,
 //! leader election with replicas > 1), and that its CRDs and RBAC cannot
-//! drift from `crds/` and `operator/rbac.yaml`.
+//! drift from `crds/` and `operator/rbac.yaml`; the observability pack
+//! (monitors, dashboard, alerts) off by default, its rules checked and
+//! unit-tested with Debian's `promtool`, and every dashboard query naming a
+//! metric the README documents.
 //!
 //! Snapshots live in `charts/sametag/tests/snapshots/`; after an intended
 //! chart change, refresh them with
@@ -15,8 +18,15 @@ use std::process::Command;
 use sametag_k8s_e2e::{bins, repo_root};
 use serde_json::Value;
 
+#[path = "../../common/prom.rs"]
+mod prom;
+
 const RELEASE: &str = "sametag";
 const NAMESPACE: &str = "sametag-system";
+/// The value files under `tests/values/`, each linted and snapshotted.
+const CASES: [&str; 5] = ["default", "webhook-url", "ha", "existing-sa", "monitoring"];
+/// The monitoring objects, none of which a default install creates.
+const MONITORING_KINDS: [&str; 3] = ["PodMonitor", "ServiceMonitor", "PrometheusRule"];
 
 fn chart_dir() -> PathBuf {
     repo_root().join("charts/sametag")
@@ -90,7 +100,7 @@ fn operator_args(docs: &[Value]) -> Vec<String> {
 #[test]
 fn helm_lint_is_clean() {
     for strict in [false, true] {
-        for case in ["default", "webhook-url", "ha", "existing-sa"] {
+        for case in CASES {
             let mut cmd = Command::new(helm());
             cmd.arg("lint").arg(chart_dir());
             if strict {
@@ -123,7 +133,7 @@ fn snapshots_match() {
     let update = std::env::var_os("SAMETAG_UPDATE_SNAPSHOTS").is_some();
     let dir = chart_dir().join("tests/snapshots");
     let mut failures = Vec::new();
-    for case in ["default", "webhook-url", "ha", "existing-sa"] {
+    for case in CASES {
         let got = render_case(case);
         let path = dir.join(format!("{case}.yaml"));
         if update {
@@ -158,7 +168,7 @@ fn snapshots_match() {
 
 #[test]
 fn every_object_has_the_standard_labels() {
-    for case in ["default", "ha", "webhook-url"] {
+    for case in ["default", "ha", "webhook-url", "monitoring"] {
         for d in docs(&render_case(case)) {
             let labels = &d["metadata"]["labels"];
             for key in [
@@ -619,4 +629,209 @@ fn chart_rbac_is_the_operators_rbac() {
         one(&source, "Role")["rules"],
         "Role rules drifted"
     );
+}
+
+#[test]
+fn monitoring_is_off_by_default() {
+    let docs = docs(&render_case("default"));
+    for kind in MONITORING_KINDS {
+        assert!(find(&docs, kind).is_empty(), "{kind} rendered by default");
+    }
+    assert!(
+        find(&docs, "ConfigMap").is_empty(),
+        "a dashboard ConfigMap rendered by default"
+    );
+}
+
+#[test]
+fn monitors_select_injected_sidecars_and_the_operator() {
+    let docs = docs(&render_case("monitoring"));
+    // The pod label and admin port name are what the webhook writes.
+    let inject = std::fs::read_to_string(repo_root().join("operator/src/webhook/inject.rs"))
+        .expect("inject.rs");
+    assert!(inject.contains(r#"name: Some("sametag-admin".into())"#));
+    let children = std::fs::read_to_string(repo_root().join("operator/src/children/mod.rs"))
+        .expect("children/mod.rs");
+    assert!(children.contains(r#"pub const STORE_LABEL: &str = "sametag.dev/store";"#));
+
+    let pm = one(&docs, "PodMonitor");
+    assert_eq!(
+        pm["spec"]["selector"]["matchExpressions"],
+        serde_json::json!([{"key": "sametag.dev/store", "operator": "Exists"}])
+    );
+    assert_eq!(pm["spec"]["namespaceSelector"]["any"], true);
+    let ep = &pm["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(ep["port"], "sametag-admin");
+    assert_eq!(ep["path"], "/metrics");
+    assert_eq!(ep["interval"], "15s");
+    assert_eq!(pm["metadata"]["labels"]["release"], "prometheus");
+
+    let sm = one(&docs, "ServiceMonitor");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    // It selects the metrics Service and only that one.
+    let wanted = sm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    let selected: Vec<&Value> = find(&docs, "Service")
+        .into_iter()
+        .filter(|svc| {
+            wanted
+                .iter()
+                .all(|(k, v)| &svc["metadata"]["labels"][k] == v)
+        })
+        .collect();
+    assert_eq!(selected.len(), 1, "{selected:?}");
+    assert_eq!(selected[0]["metadata"]["name"], "sametag-metrics");
+    assert_eq!(selected[0]["spec"]["ports"][0]["name"], "metrics");
+
+    let cm = one(&docs, "ConfigMap");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "sametag");
+    assert_eq!(
+        one(&docs, "PrometheusRule")["metadata"]["labels"]["release"],
+        "prometheus"
+    );
+
+    // A restricted PodMonitor lists its namespaces instead.
+    let only = docs_with(&[
+        "--set",
+        "metrics.podMonitor.enabled=true",
+        "--set",
+        "metrics.podMonitor.namespaces={shop,blog}",
+    ]);
+    assert_eq!(
+        one(&only, "PodMonitor")["spec"]["namespaceSelector"],
+        serde_json::json!({"matchNames": ["shop", "blog"]})
+    );
+}
+
+fn docs_with(args: &[&str]) -> Vec<Value> {
+    docs(&template(args).unwrap_or_else(|e| panic!("helm template {args:?}: {e}")))
+}
+
+/// The rendered PrometheusRule's spec (a Prometheus rule file).
+fn rule_file(args: &[&str]) -> String {
+    let mut all = vec!["--set", "metrics.prometheusRule.enabled=true"];
+    all.extend_from_slice(args);
+    let docs = docs_with(&all);
+    serde_yaml_ng::to_string(&one(&docs, "PrometheusRule")["spec"]).expect("yaml")
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_unit_tests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Default thresholds: checked, then unit-tested.
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, rule_file(&[])).expect("write rules");
+    let out = prom::promtool(&["check", "rules", rules.to_str().expect("utf-8")], None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("5 rules found"), "{out}");
+    let test = dir.path().join("alerts_test.yaml");
+    std::fs::copy(chart_dir().join("tests/rules/alerts_test.yaml"), &test).expect("copy test");
+    prom::promtool(&["test", "rules", test.to_str().expect("utf-8")], None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Other thresholds still make valid rules.
+    std::fs::write(
+        &rules,
+        rule_file(&[
+            "--set",
+            "metrics.prometheusRule.storeDownFor=30s",
+            "--set",
+            "metrics.prometheusRule.unavailablePercent=50",
+            "--set",
+            "metrics.prometheusRule.certificateExpiringDays=20",
+        ]),
+    )
+    .expect("write rules");
+    prom::promtool(&["check", "rules", rules.to_str().expect("utf-8")], None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Every alert reads only documented metrics.
+    let documented = documented_metrics();
+    let none = std::collections::BTreeSet::new();
+    let rendered: Value = serde_yaml_ng::from_str(&rule_file(&[])).expect("rules yaml");
+    for rule in rendered["groups"][0]["rules"].as_array().expect("rules") {
+        let expr = rule["expr"].as_str().expect("expr");
+        for name in prom::promql_metric_names(expr, &none) {
+            assert!(
+                documented.contains(&name),
+                "{}: {name} is not in the README",
+                rule["alert"]
+            );
+        }
+    }
+}
+
+/// The metric names of the README's sidecar and operator tables.
+fn documented_metrics() -> std::collections::BTreeSet<String> {
+    let readme = prom::readme();
+    ["### Sidecar metrics", "### Operator metrics"]
+        .into_iter()
+        .flat_map(|h| prom::readme_metrics(&readme, h))
+        .collect()
+}
+
+#[test]
+fn dashboard_parses_and_queries_only_documented_metrics() {
+    let docs = docs_with(&["--set", "metrics.dashboard.enabled=true"]);
+    let cm = one(&docs, "ConfigMap");
+    let json = cm["data"]["sametag.json"].as_str().expect("dashboard JSON");
+    let dashboard: Value = serde_json::from_str(json).expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "sametag-overview");
+    let documented = documented_metrics();
+    // Histograms are queried by their _bucket series.
+    let histograms: std::collections::BTreeSet<String> = documented
+        .iter()
+        .filter(|n| n.ends_with("_seconds") && !n.ends_with("_timestamp_seconds"))
+        .cloned()
+        .collect();
+    let mut exprs: Vec<String> = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
+        if let Some(q) = var["query"]["query"].as_str() {
+            exprs.push(q.to_owned());
+        }
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        let names = prom::promql_metric_names(expr, &histograms);
+        assert!(!names.is_empty(), "a query names no sametag metric: {expr}");
+        for name in names {
+            assert!(
+                documented.contains(&name),
+                "the dashboard queries {name}, which the README does not list: {expr}"
+            );
+            used.insert(name);
+        }
+    }
+    // The panels the README promises.
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    for want in [
+        "304 ratio",
+        "Trust hit rate",
+        "Bytes saved",
+        "Store latency",
+        "Uninjected pods",
+    ] {
+        assert!(titles.contains(&want), "no panel {want:?} in {titles:?}");
+    }
+    for name in [
+        "sametag_requests_total",
+        "sametag_not_modified_saved_bytes_total",
+        "sametag_store_operation_duration_seconds",
+        "sametag_pods_without_sidecar",
+    ] {
+        assert!(used.contains(name), "the dashboard never queries {name}");
+    }
 }

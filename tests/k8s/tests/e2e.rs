@@ -26,6 +26,8 @@ mod fleet;
 mod injection;
 #[path = "e2e/leader.rs"]
 mod leader;
+#[path = "e2e/metrics.rs"]
+mod metrics;
 #[path = "e2e/owned.rs"]
 mod owned;
 #[path = "e2e/stores.rs"]
@@ -115,6 +117,10 @@ async fn chart_operator_and_webhook_against_a_real_control_plane() {
     scenario!(
         "5 injection: annotated Deployment, opt-out, namespace label, idempotent",
         injection::injects(&ctx)
+    );
+    scenario!(
+        "12 metrics: the operator's /metrics has every README metric and passes promtool",
+        metrics::documented(&ctx)
     );
     scenario!(
         "6 webhook down: pods still created, uninjected",
