@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Build the node tier's container images as OCI archives, with no registry
-# and no Docker: each image is one layer made from a root filesystem staged
-# here (a binary plus exactly the shared libraries `ldd` lists) and packed by
-# lib/ocitar.py. Prints the output directory on the last line of stdout.
+# and no Docker. Prints the output directory on the last line of stdout.
 #
+#   sametag.local/sametag-sidecar:dev   sidecar/Containerfile  } the release's
+#   sametag.local/sametag-operator:dev  operator/Containerfile } Containerfiles
+#       built with buildah from static binaries of this checkout
+#       (crt-static, target/<host triple>/<profile>/), as a release builds them
 #   sametag.local/pause:dev             tests/node/pause/pause.c, gcc -static
 #   sametag.local/demoapp:dev           tests/node/demoapp (Go, static)
 #   sametag.local/redis:dev             Debian's redis-server + redis-cli + libs
-#   sametag.local/sametag-sidecar:dev   target/<profile>/sametag-sidecar + libs
-#   sametag.local/sametag-operator:dev  target/<profile>/sametag-operator + libs
+# The last three are test fixtures: one layer made from a root filesystem
+# staged here and packed by lib/ocitar.py.
 #
 # Usage: tests/node/images.sh [IMAGE...]   (default: all five)
 # Env:   SAMETAG_CACHE_DIR     cache root (default: <repo>/tests/.cache)
 #        SAMETAG_NODE_PROFILE  cargo profile of the Rust binaries (default: release)
-#        SAMETAG_SKIP_CARGO=1  use the binaries already in target/ as they are
+#        SAMETAG_SKIP_CARGO=1  use the static binaries already in target/ as they are
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -112,21 +114,66 @@ img_redis() {
 	pack redis "$r" --entrypoint '["/usr/local/bin/redis-server"]' --workdir /data --owner data=999:999
 }
 
-img_rust() { # crate binary
-	local crate=$1 bin="$target_dir/$profile/$1"
-	if [ "${SAMETAG_SKIP_CARGO:-0}" != 1 ]; then
-		local flag=(--profile "$profile")
-		[ "$profile" = debug ] && flag=()
-		log "$crate: cargo build ${flag[*]}"
-		(cd "$repo" && cargo build -q "${flag[@]}" -p "$crate" --bin "$crate") || die "cargo build -p $crate failed"
-	fi
+# The Rust images are the release's: the same Containerfiles, fed static
+# binaries. crt-static needs an explicit --target (so build scripts and proc
+# macros stay dynamic), hence a second target directory,
+# target/<triple>/<profile>; both binaries come from one cargo call, like
+# the release workflow's.
+triple=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+case $(uname -m) in
+x86_64) arch=amd64 ;;
+aarch64) arch=arm64 ;;
+*) arch=$(uname -m) ;;
+esac
+static_built=0
+build_static() {
+	[ "$static_built" = 1 ] && return
+	static_built=1
+	[ "${SAMETAG_SKIP_CARGO:-0}" = 1 ] && return
+	[ -n "$triple" ] || die "rustc missing"
+	local flag=(--profile "$profile")
+	[ "$profile" = debug ] && flag=()
+	log "static binaries: cargo build ${flag[*]} --target $triple (crt-static)"
+	(cd "$repo" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+		cargo build -q "${flag[@]}" --target "$triple" --bin sametag-operator --bin sametag-sidecar) ||
+		die "static cargo build failed"
+	log "static binaries built"
+}
+
+# buildah with its own storage under the cache (vfs: works anywhere, no
+# overlay mounts), so it never touches a system container store.
+bh() {
+	buildah --root "$cache/buildah/root" --runroot "$cache/buildah/run" --storage-driver vfs "$@"
+}
+
+img_rust() { # crate
+	local crate=$1 component=${1#sametag-}
+	command -v buildah >/dev/null || die "buildah missing (apt-get install buildah; tests/node/setup-packages.sh)"
+	build_static
+	local bin="$target_dir/$triple/$profile/$crate"
 	[ -x "$bin" ] || die "$bin missing"
-	local r=$work/$crate
-	base_fs "$r"
-	stage_binary "$bin" "$r" "/usr/local/bin/$crate"
+	file -L "$bin" 2>/dev/null | grep -qE 'static(-pie)? linked' || ldd "$bin" 2>&1 | grep -q 'statically linked' ||
+		die "$bin is not statically linked"
+	# The build context the Containerfile documents: the binary per
+	# platform and the CA roots.
+	local ctx=$work/ctx-$crate
+	mkdir -p "$ctx/linux-$arch"
 	# Line tables are for the developer's backtraces, not for the image.
-	command -v strip >/dev/null && strip --strip-debug "$r/usr/local/bin/$crate"
-	pack "$crate" "$r" --entrypoint "[\"/usr/local/bin/$crate\"]" --user 65532:65532
+	strip --strip-debug -o "$ctx/linux-$arch/$crate" "$bin"
+	cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
+	local containerfile="$repo/$component/Containerfile" ref="sametag.local/$crate:dev"
+	local key
+	key=$( (cd "$ctx" && find . -type f -print0 | sort -z | xargs -0 sha256sum; sha256sum "$containerfile"; buildah --version; echo "$arch") | sha256sum | cut -c1-16)
+	if [ -f "$out/$crate.tar" ] && [ "$(cat "$out/$crate.key" 2>/dev/null)" = "$key" ]; then
+		log "$crate: unchanged"
+		return
+	fi
+	bh bud -q --platform "linux/$arch" --timestamp 0 -f "$containerfile" -t "$ref" "$ctx" >/dev/null
+	rm -f "$out/$crate.tar"
+	bh push -q "$ref" "oci-archive:$out/$crate.tar:$ref"
+	bh rmi "$ref" >/dev/null
+	echo "$key" >"$out/$crate.key"
+	log "$crate: built from $component/Containerfile ($(du -h "$out/$crate.tar" | cut -f1))"
 }
 
 images=("$@")

@@ -19,7 +19,7 @@
 # Needs root, containerd + runc + containernetworking-plugins (Debian), iptables,
 # iproute2, util-linux (unshare, nsenter), python3, gcc, go, cargo.
 # DIR/env (sourced by the tests) sets KUBECONFIG, SAMETAG_KUBECTL, SAMETAG_HELM,
-# SAMETAG_NODE_DIR, SAMETAG_CONTAINERD_SOCK.
+# SAMETAG_NODE_DIR, SAMETAG_CONTAINERD_SOCK, SAMETAG_NODE_IMAGE_DIR (the image archives).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -148,6 +148,7 @@ export SAMETAG_NODE_DIR=$dir
 export SAMETAG_KUBECTL=$hbin/kubectl
 export SAMETAG_HELM=$hbin/helm
 export SAMETAG_CONTAINERD_SOCK=$sock
+export SAMETAG_NODE_IMAGE_DIR=$images
 export SAMETAG_POD_CIDR=$POD_CIDR
 export SAMETAG_SERVICE_CIDR=$SERVICE_CIDR
 ENV

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the node tier needs (idempotent): containerd
 # and runc, the CNI plugins, iptables/iproute2/util-linux for the network
-# namespace, busybox-static (the Redis image's shell), gcc (the pause image)
-# and redis-server (whose binary goes into the Redis image).
+# namespace, busybox-static (the Redis image's shell), gcc (the pause image),
+# redis-server (whose binary goes into the Redis image) and buildah (the
+# operator and sidecar images, from their Containerfiles).
 set -euo pipefail
-pkgs=(containerd runc containernetworking-plugins iptables iproute2 util-linux busybox-static gcc libc6-dev redis-server python3)
+pkgs=(containerd runc containernetworking-plugins iptables iproute2 util-linux busybox-static gcc libc6-dev redis-server python3 buildah)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,7 +5,8 @@
 //! drift from `crds/` and `operator/rbac.yaml`; the observability pack
 //! (monitors, dashboard, alerts) off by default, its rules checked and
 //! unit-tested with Debian's `promtool`, and every dashboard query naming a
-//! metric the README documents.
+//! metric the README documents; that its default images are the ones the
+//! release workflow publishes, and that it works as a subchart.
 //!
 //! Snapshots live in `charts/sametag/tests/snapshots/`; after an intended
 //! chart change, refresh them with
@@ -557,20 +558,276 @@ fn crd_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn chart_crds_are_the_generated_crds() {
     let generated = crd_files(&repo_root().join("crds"));
-    let chart = crd_files(&chart_dir().join("crds"));
+    let chart = crd_files(&chart_dir().join("files/crds"));
     assert!(!generated.is_empty(), "crds/ holds no CRD YAML");
     let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     assert_eq!(
         names(&chart),
         names(&generated),
-        "charts/sametag/crds/ and crds/ hold different files"
+        "charts/sametag/files/crds/ and crds/ hold different files"
     );
     for ((name, a), (_, b)) in chart.iter().zip(&generated) {
         assert!(
             a == b,
-            "charts/sametag/crds/{name} differs from crds/{name}: copy crds/*.yaml into charts/sametag/crds/"
+            "charts/sametag/files/crds/{name} differs from crds/{name}: copy crds/*.yaml into charts/sametag/files/crds/"
         );
     }
+    // Helm installs a chart's crds/ once and never upgrades it: the CRDs
+    // must come from templates/ only.
+    assert!(
+        !chart_dir().join("crds").exists(),
+        "charts/sametag/crds/ is back: helm would never upgrade it (the chart templates files/crds/)"
+    );
+}
+
+/// `v` with every number as a float: helm's fromYaml/toYaml turn `1.0`
+/// into `1`, which JSON Schema (and the apiserver) read alike.
+fn numbers_as_f64(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => n.as_f64().map_or(Value::Null, |f| serde_json::json!(f)),
+        Value::Array(a) => Value::Array(a.iter().map(numbers_as_f64).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), numbers_as_f64(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The templated CRDs are the generated ones (spec and name unchanged), with
+/// the chart's labels and the keep policy; `crds.install=false` leaves them out.
+#[test]
+fn rendered_crds_are_the_generated_ones_kept_on_uninstall() {
+    let rendered = docs(&template(&[]).expect("render"));
+    let crds = find(&rendered, "CustomResourceDefinition");
+    let generated = crd_files(&repo_root().join("crds"));
+    assert_eq!(
+        crds.len(),
+        generated.len(),
+        "one rendered CRD per file in crds/"
+    );
+    for (name, bytes) in &generated {
+        let want: Value =
+            serde_yaml_ng::from_slice(bytes).unwrap_or_else(|e| panic!("crds/{name}: {e}"));
+        let got = crds
+            .iter()
+            .find(|c| c["metadata"]["name"] == want["metadata"]["name"])
+            .unwrap_or_else(|| panic!("crds/{name} is not rendered"));
+        assert_eq!(
+            numbers_as_f64(&got["spec"]),
+            numbers_as_f64(&want["spec"]),
+            "rendered spec of crds/{name}"
+        );
+        assert_eq!(got["apiVersion"], want["apiVersion"]);
+        assert_eq!(
+            got["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "crds/{name}: no keep policy"
+        );
+    }
+    let no_keep = docs(&template(&["--set", "crds.keep=false"]).expect("render"));
+    assert!(
+        one(&no_keep, "CustomResourceDefinition")["metadata"]["annotations"].is_null(),
+        "crds.keep=false still annotates the CRD"
+    );
+    let without = docs(&template(&["--set", "crds.install=false"]).expect("render"));
+    assert!(find(&without, "CustomResourceDefinition").is_empty());
+    assert_eq!(find(&without, "Deployment").len(), 1);
+}
+
+/// `version = "..."` of `[workspace.package]` in the root Cargo.toml.
+fn workspace_version() -> String {
+    let text = std::fs::read_to_string(repo_root().join("Cargo.toml")).expect("Cargo.toml");
+    let mut in_package = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_package = line == "[workspace.package]";
+        } else if in_package && let Some(v) = line.strip_prefix("version = ") {
+            return v.trim_matches('"').to_owned();
+        }
+    }
+    panic!("no version in [workspace.package] of Cargo.toml");
+}
+
+fn yaml_file(path: &Path) -> Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+/// The chart's default images are what `.github/workflows/release.yml`
+/// pushes (its OPERATOR_IMAGE and SIDECAR_IMAGE, tagged with the version),
+/// and the chart, its appVersion and the crates share one version, as the
+/// workflow requires of a release tag.
+#[test]
+fn default_images_are_the_released_images() {
+    let chart = yaml_file(&chart_dir().join("Chart.yaml"));
+    let app_version = chart["appVersion"].as_str().expect("appVersion").to_owned();
+    assert_eq!(
+        chart["version"],
+        app_version.as_str(),
+        "chart version vs appVersion"
+    );
+    assert_eq!(
+        workspace_version(),
+        app_version,
+        "Cargo.toml version vs appVersion"
+    );
+
+    let workflow = yaml_file(&repo_root().join(".github/workflows/release.yml"));
+    let env = |k: &str| {
+        workflow["env"][k]
+            .as_str()
+            .unwrap_or_else(|| panic!("release.yml sets no env {k}"))
+            .to_owned()
+    };
+    let (operator_image, sidecar_image) = (env("OPERATOR_IMAGE"), env("SIDECAR_IMAGE"));
+    // Every job's `run:` scripts, as one text.
+    let steps: String = workflow["jobs"]
+        .as_object()
+        .expect("jobs")
+        .values()
+        .flat_map(|job| job["steps"].as_array().cloned().unwrap_or_default())
+        .filter_map(|step| step["run"].as_str().map(str::to_owned))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for c in ["operator", "sidecar"] {
+        assert!(
+            repo_root().join(c).join("Containerfile").is_file(),
+            "{c}/Containerfile missing"
+        );
+    }
+    assert!(
+        steps.contains("-f \"$c/Containerfile\"") && steps.contains("for c in operator sidecar"),
+        "release.yml no longer builds operator/Containerfile and sidecar/Containerfile"
+    );
+    assert!(
+        steps.contains("${c^^}_IMAGE"),
+        "release.yml tags images by another name"
+    );
+    assert!(
+        env("CHART_REPO").starts_with("oci://") && steps.contains("helm push"),
+        "release.yml pushes the chart to an OCI registry"
+    );
+
+    let values = yaml_file(&chart_dir().join("values.yaml"));
+    assert_eq!(values["image"]["repository"], operator_image.as_str());
+    let docs = docs(&template(&[]).expect("render"));
+    let container = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        format!("{operator_image}:{app_version}").as_str()
+    );
+    assert!(
+        operator_args(&docs).contains(&format!("--sidecar-image={sidecar_image}:{app_version}")),
+        "default sidecar image: {:?}",
+        operator_args(&docs)
+    );
+}
+
+/// The images run as the chart's non-root user: the Containerfiles' USER is
+/// the uid/gid the chart and the webhook ask for, on an empty base.
+#[test]
+fn containerfiles_are_scratch_and_non_root() {
+    for c in ["operator", "sidecar"] {
+        let text = std::fs::read_to_string(repo_root().join(c).join("Containerfile"))
+            .expect("Containerfile");
+        let instr: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert_eq!(instr.first(), Some(&"FROM scratch"), "{c}: base");
+        assert!(instr.contains(&"USER 65532:65532"), "{c}: USER");
+        assert!(
+            !instr.iter().any(|l| l.starts_with("RUN ")),
+            "{c}: a RUN needs a shell the image does not have"
+        );
+        assert!(
+            instr
+                .iter()
+                .any(|l| l.starts_with("COPY")
+                    && l.ends_with(&format!("/usr/local/bin/sametag-{c}"))),
+            "{c}: binary"
+        );
+        assert!(
+            text.contains("/etc/ssl/certs/ca-certificates.crt"),
+            "{c}: CA roots"
+        );
+    }
+    let docs = docs(&template(&[]).expect("render"));
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+}
+
+/// As a subchart (a parent depending on it through file://): helm hands it
+/// the parent's `global` values, which the schema must accept, while unknown
+/// keys are still refused; the parent's values reach it.
+#[test]
+fn works_as_a_subchart() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let p = parent.path();
+    std::fs::write(
+        p.join("Chart.yaml"),
+        format!(
+            "apiVersion: v2\nname: platform\nversion: 1.0.0\ndependencies:\n  - name: sametag\n    version: \"{}\"\n    repository: \"file://{}\"\n",
+            yaml_file(&chart_dir().join("Chart.yaml"))["version"]
+                .as_str()
+                .expect("version"),
+            chart_dir().display()
+        ),
+    )
+    .expect("write Chart.yaml");
+    std::fs::write(
+        p.join("values.yaml"),
+        "global:\n  imageRegistry: registry.example\n  labels: {team: web}\nsametag:\n  replicaCount: 2\n  logFormat: text\n",
+    )
+    .expect("write values.yaml");
+    let helm_in = |args: &[&str]| {
+        let out = Command::new(helm())
+            .args(args)
+            .current_dir(p)
+            .env("HELM_CACHE_HOME", p.join(".helm/cache"))
+            .env("HELM_CONFIG_HOME", p.join(".helm/config"))
+            .env("HELM_DATA_HOME", p.join(".helm/data"))
+            .output()
+            .expect("run helm");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = helm_in(&["dependency", "update", "."]);
+    assert!(ok, "helm dependency update: {text}");
+    let (ok, text) = helm_in(&["lint", "--strict", "."]);
+    assert!(
+        ok && !text.contains("[WARNING]"),
+        "helm lint of the parent: {text}"
+    );
+    let (ok, text) = helm_in(&["template", "p", ".", "--kube-version", "1.34.0"]);
+    assert!(ok, "helm template of the parent: {text}");
+    let rendered = docs(&text);
+    assert_eq!(one(&rendered, "Deployment")["spec"]["replicas"], 2);
+    assert!(operator_args(&rendered).contains(&"--log-format=text".to_string()));
+    assert_eq!(find(&rendered, "CustomResourceDefinition").len(), 1);
+    let (ok, text) = helm_in(&[
+        "template",
+        "p",
+        ".",
+        "--kube-version",
+        "1.34.0",
+        "--set",
+        "sametag.nosuchkey=1",
+    ]);
+    assert!(
+        !ok && text.contains("nosuchkey"),
+        "an unknown subchart key was accepted: {text}"
+    );
 }
 
 #[test]

@@ -119,7 +119,7 @@ async fn chart_operator_and_webhook_against_a_real_control_plane() {
         injection::injects(&ctx)
     );
     scenario!(
-        "12 metrics: the operator's /metrics has every README metric and passes promtool",
+        "16 metrics: the operator's /metrics has every README metric and passes promtool",
         metrics::documented(&ctx)
     );
     scenario!(
@@ -168,6 +168,10 @@ async fn chart_operator_and_webhook_against_a_real_control_plane() {
     );
     scenario!("1b helm upgrade", chart::upgrade(&ctx));
     scenario!("1c helm uninstall", chart::uninstall(&mut ctx));
+    scenario!(
+        "17 helm upgrade from the previous chart version: CRD adopted and upgraded, a store made before reconciles",
+        chart::upgrade_from_previous(&mut ctx)
+    );
 
     eprintln!("e2e wall time: {:.1}s", started.elapsed().as_secs_f64());
     if !failures.is_empty() {

@@ -58,7 +58,7 @@ func TestSametagOnTheNode(t *testing.T) {
 	c := client()
 	var svcURL string
 
-	step(t, "1 helm install: the operator runs as pods, serves its webhook, patches its caBundle", func(t *testing.T) {
+	step(t, "1 helm install: the operator runs as pods (the release image, non-root), serves its webhook, patches its caBundle", func(t *testing.T) {
 		chart := filepath.Join(e.repo, "charts", "sametag")
 		if _, err := helm("install", release, chart, "-n", operatorNS, "--create-namespace",
 			"--set", "image.repository=sametag.local/sametag-operator", "--set", "image.tag=dev",
@@ -74,6 +74,8 @@ func TestSametagOnTheNode(t *testing.T) {
 		if len(pods) != 2 {
 			t.Fatalf("want 2 operator pods, got %v", pods)
 		}
+		// The release image (operator/Containerfile), non-root, no shell.
+		e.assertReleaseImage(t, operatorNS, pods[0], "operator", "sametag-operator")
 		sa := strings.TrimSpace(e.k(t, "-n", operatorNS, "get", "pod", pods[0], "-o", "jsonpath={.spec.serviceAccountName}"))
 		if sa == "" || sa == "default" {
 			t.Fatalf("operator pod runs as ServiceAccount %q, not the chart's", sa)
@@ -173,7 +175,7 @@ spec:
 		}
 	})
 
-	step(t, "3 annotated Deployment: native sidecar injected, Ready through its probes, Service reaches it", func(t *testing.T) {
+	step(t, "3 annotated Deployment: native sidecar injected (the release image, non-root), Ready through its probes, Service reaches it", func(t *testing.T) {
 		e.apply(t, demoManifest(appNS, 3, `sametag.dev/inject: "true"`))
 		e.rollout(t, appNS, "deployment", "demo", 4*time.Minute)
 		pods := e.podNames(t, appNS, "app=demo")
@@ -191,6 +193,9 @@ spec:
 				t.Fatalf("pod %s not Ready", p)
 			}
 		}
+		// The injected sidecar runs the release image (sidecar/Containerfile)
+		// under the webhook's security context: non-root, no shell.
+		e.assertReleaseImage(t, appNS, pods[0], "sametag-sidecar", "sametag-sidecar")
 		svcURL = "http://" + e.clusterIP(t, appNS, "demo")
 		waitRoutable(t, c, svcURL+"/healthz")
 		resp, err := c.Get(svcURL + "/healthz")
