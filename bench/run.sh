@@ -38,8 +38,9 @@ python3 bench/plot.py "$out"
 # Webhook admission latency, ETagStore create -> children, Redis ready -> Ready.
 # Writes controlplane.json/.md into $out and appends controlplane.md to
 # RESULTS.md. Needs the harness binaries: $SAMETAG_HARNESS_BIN_DIR, else
-# tests/harness/build.sh (cached in ~/.cache/sametag; a cold build needs Go
-# and ~20 CPU-minutes). BENCH_CONTROLPLANE=0 skips it; BENCH_CP_ARGS (e.g.
+# tests/harness/build.sh (cached in $SAMETAG_CACHE_DIR, default
+# ~/.cache/sametag as tests/run uses; a cold build needs Go and ~20
+# CPU-minutes). BENCH_CONTROLPLANE=0 skips it; BENCH_CP_ARGS (e.g.
 # "--quick" or "--rate 20 --seconds 15 --stores 10") and BENCH_CP_NOTE (a
 # remark printed in the section) go to sametag-cp-bench.
 cp_failed=0
@@ -51,7 +52,8 @@ controlplane() {
       return 0
     fi
     echo "[bench] control plane: harness binaries (bash tests/harness/build.sh, cached)"
-    if ! bin_dir=$(bash tests/harness/build.sh | tail -n 1); then
+    if ! bin_dir=$(SAMETAG_CACHE_DIR="${SAMETAG_CACHE_DIR:-$HOME/.cache/sametag}" \
+      bash tests/harness/build.sh | tail -n 1); then
       echo "[bench] control plane: skipped (tests/harness/build.sh failed)" >&2
       cp_failed=1
       return 0

@@ -110,7 +110,14 @@ pub async fn run(
         rate_per_s: params.rate,
         seconds: params.seconds,
         kubernetes: cluster.kubernetes.clone(),
-        operator_bin: cluster.operator.config.bin.display().to_string(),
+        operator_bin: {
+            let bin = &cluster.operator.config.bin;
+            let bin = bin.canonicalize().unwrap_or_else(|_| bin.clone());
+            bin.strip_prefix(crate::repo_root())
+                .unwrap_or(&bin)
+                .display()
+                .to_string()
+        },
         ready_simulation: READY_SIMULATION.into(),
         ..Default::default()
     };
@@ -177,8 +184,8 @@ pub async fn run(
     match (before, scrape_histogram(metrics_port).await) {
         (_, Err(e)) => r.webhook_metric_note = format!("cannot read the operator's /metrics: {e}"),
         (_, Ok(None)) => {
-            r.webhook_metric_note = "the operator exports no admission duration histogram \
-                 (no `*admission*duration*_bucket` series on /metrics)"
+            r.webhook_metric_note = "the operator exports no admission duration histogram: no \
+                 `*admission*duration*_bucket` series on its /metrics"
                 .into()
         }
         (b, Ok(Some(after))) => {

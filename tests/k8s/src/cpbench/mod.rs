@@ -348,7 +348,8 @@ pub fn markdown(r: &ControlPlaneResults) -> String {
     );
     let _ = writeln!(
         s,
-        "\n### Admission latency ({} pods/s for {} s per series, open loop: latency counted from each request's scheduled start)\n\n\
+        "\n### Admission latency ({} pods/s for {} s per series; open loop: each request is sent on \
+         schedule whether or not earlier ones have answered, and timed from its send to its answer)\n\n\
          | path | requests | errors | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|",
         r.rate_per_s, r.seconds
     );
