@@ -33,4 +33,47 @@ SAMETAG_SIDECAR_BIN="$target/release/sametag-sidecar" \
 
 echo "[bench] drawing plots"
 python3 bench/plot.py "$out"
+
+# --- Control plane (sametag-cp-bench on the k8s tier's real kube-apiserver) ---
+# Webhook admission latency, ETagStore create -> children, Redis ready -> Ready.
+# Writes controlplane.json/.md into $out and appends controlplane.md to
+# RESULTS.md. Needs the harness binaries: $SAMETAG_HARNESS_BIN_DIR, else
+# tests/harness/build.sh (cached in $SAMETAG_CACHE_DIR, default
+# ~/.cache/sametag as tests/run uses; a cold build needs Go and ~20
+# CPU-minutes). BENCH_CONTROLPLANE=0 skips it; BENCH_CP_ARGS (e.g.
+# "--quick" or "--rate 20 --seconds 15 --stores 10") and BENCH_CP_NOTE (a
+# remark printed in the section) go to sametag-cp-bench.
+cp_failed=0
+controlplane() {
+  local bin_dir="${SAMETAG_HARNESS_BIN_DIR:-}"
+  if [ -z "$bin_dir" ]; then
+    if ! command -v go >/dev/null 2>&1; then
+      echo "[bench] control plane: skipped (no Go to build the harness: tests/harness/README.md)"
+      return 0
+    fi
+    echo "[bench] control plane: harness binaries (bash tests/harness/build.sh, cached)"
+    if ! bin_dir=$(SAMETAG_CACHE_DIR="${SAMETAG_CACHE_DIR:-$HOME/.cache/sametag}" \
+      bash tests/harness/build.sh | tail -n 1); then
+      echo "[bench] control plane: skipped (tests/harness/build.sh failed)" >&2
+      cp_failed=1
+      return 0
+    fi
+  fi
+  echo "[bench] control plane: building release sametag-operator and sametag-cp-bench"
+  cargo build --release -p sametag-operator -p sametag-k8s-e2e --bins
+  rm -f "$out/controlplane.md"
+  # shellcheck disable=SC2086 # BENCH_CP_ARGS is a list of flags
+  if SAMETAG_HARNESS_BIN_DIR="$bin_dir" SAMETAG_OPERATOR_BIN="$target/release/sametag-operator" \
+    "$target/release/sametag-cp-bench" --out "$out" --note "${BENCH_CP_NOTE:-}" ${BENCH_CP_ARGS:-}; then
+    cat "$out/controlplane.md" >>"$out/RESULTS.md"
+  else
+    echo "[bench] control plane: sametag-cp-bench failed; RESULTS.md has no Control plane section" >&2
+    cp_failed=1
+  fi
+}
+if [ "${BENCH_CONTROLPLANE:-1}" != 0 ]; then
+  controlplane
+fi
+
 echo "[bench] done: $out/RESULTS.md"
+exit "$cp_failed"

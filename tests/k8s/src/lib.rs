@@ -7,6 +7,7 @@
 
 pub mod bins;
 pub mod controlplane;
+pub mod cpbench;
 pub mod ets;
 pub mod operator;
 pub mod tools;
