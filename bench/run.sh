@@ -20,6 +20,14 @@ fi
 echo "[bench] building release binaries (sametag-sidecar, sametag-lb-e2e bins)"
 cargo build --release -p sametag-sidecar -p sametag-lb-e2e --bins
 
+# oha: the fixed-rate latency runs (rate limiting with coordinated-omission
+# correction, which wrk's closed loop cannot do).
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if ! command -v oha >/dev/null 2>&1; then
+  echo "[bench] installing oha (cargo install --locked oha, a few minutes once)"
+  cargo install --locked --quiet oha
+fi
+
 if ! python3 -c 'import matplotlib' >/dev/null 2>&1; then
   echo "[bench] installing matplotlib (pip)"
   python3 -m pip install --quiet matplotlib

@@ -178,6 +178,52 @@ async fn hot_lookups_cost_no_redis_commands_and_invalidations_still_arrive() {
     assert!(b.lookup(&k, &w).await.unwrap().is_none());
 }
 
+/// Concurrent trusted hits share the barrier's `PING`s (one in flight
+/// answers every hit that arrived before it was sent), and hits that begin
+/// after another replica's write has returned still never trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_trusted_hits_share_barrier_round_trips() {
+    let redis = RedisServer::start();
+    let a = store(&redis.url(), "barrier", test_options(Duration::ZERO)).await;
+    let b = Arc::new(store(&redis.url(), "barrier", test_options(Duration::ZERO)).await);
+    let k = key("/shared");
+    a.record(&k, &[], &V(), &tag("S"), true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.lookup(&k, &[]).await.unwrap();
+    b.lookup(&k, &[]).await.unwrap();
+    let burst = |n: usize| {
+        let hits: Vec<_> = (0..n)
+            .map(|_| {
+                let (b, k) = (b.clone(), k.clone());
+                tokio::spawn(async move { b.lookup(&k, &[]).await })
+            })
+            .collect();
+        async move {
+            let mut found = Vec::new();
+            for h in hits {
+                found.push(h.await.unwrap().unwrap().unwrap());
+            }
+            found
+        }
+    };
+    let trips0 = b.metrics().round_trips.get();
+    let found = burst(200).await;
+    let trips = b.metrics().round_trips.get() - trips0;
+    assert!(found.iter().all(|r| r.variants[0].1.validated_at.is_some()));
+    assert!(
+        (1..=20).contains(&trips),
+        "200 concurrent trusted hits took {trips} round trips"
+    );
+    // Another replica's write has returned: every hit that starts now sees it.
+    a.invalidate(&k, &[]).await.unwrap();
+    for r in burst(100).await {
+        assert_eq!(
+            r.variants[0].1.validated_at, None,
+            "a hit trusted after the write"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_fails_fast_then_bumps_the_epoch_on_reconnect() {
     let mut redis = RedisServer::start();
