@@ -333,7 +333,9 @@ async fn namespaced(ctx: &Ctx) -> Result<()> {
             "--namespace",
             NSOP_NS,
             "--create-namespace",
-            "--skip-crds",
+            // The first release owns the (templated) CRD.
+            "--set",
+            "crds.install=false",
             "--set",
             &format!("watchNamespaces={{{WATCHED}}}"),
             "--set",
