@@ -213,31 +213,22 @@ pub fn profile(coding: Coding) -> &'static str {
 /// The strong tag of `identity`'s representation encoded with `coding`.
 pub fn encoded_tag(identity: &EntityTag, coding: Coding) -> EntityTag {
     let suffix = profile(coding);
-    let mut opaque = String::with_capacity(identity.opaque.len() + 1 + suffix.len());
-    opaque.push_str(&identity.opaque);
+    let mut opaque = String::with_capacity(identity.opaque().len() + 1 + suffix.len());
+    opaque.push_str(identity.opaque());
     opaque.push('.');
     opaque.push_str(suffix);
-    EntityTag {
-        weak: identity.weak,
-        opaque,
-    }
+    EntityTag::assemble(identity.is_weak(), &opaque)
 }
 
 /// The identity tag and coding of a tag [`encoded_tag`] made; `None` for
 /// any other tag.
 pub fn decode_tag(tag: &EntityTag) -> Option<(EntityTag, Coding)> {
-    let (base, suffix) = tag.opaque.rsplit_once('.')?;
+    let (base, suffix) = tag.opaque().rsplit_once('.')?;
     let coding = Coding::ALL.into_iter().find(|c| profile(*c) == suffix)?;
     if base.is_empty() || base.contains('.') {
         return None;
     }
-    Some((
-        EntityTag {
-            weak: tag.weak,
-            opaque: base.to_owned(),
-        },
-        coding,
-    ))
+    Some((EntityTag::assemble(tag.is_weak(), base), coding))
 }
 
 /// A write's conditions with every encoded tag read as its identity tag: a

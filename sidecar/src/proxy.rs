@@ -110,10 +110,7 @@ type Answer = Result<(Response<Body>, Outcome), ProxyError>;
 /// `no-store`, `Vary: *`). Its tag contains a space, which no client can
 /// send, so it can satisfy `If-Match: *` but never a listed tag.
 fn untagged_marker() -> EntityTag {
-    EntityTag {
-        weak: false,
-        opaque: " untagged".to_owned(),
-    }
+    EntityTag::assemble(false, " untagged")
 }
 
 // === impl Proxy ===

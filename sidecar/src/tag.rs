@@ -12,8 +12,9 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::HeaderMap;
+use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue};
 
 use crate::policy::Steady;
 
@@ -38,17 +39,20 @@ const TAG_CONTEXT: &str = "sametag.dev 2026 representation tag v1";
 /// differently, so no steady tag can equal a plain one.
 const STEADY_CONTEXT: &str = "sametag.dev 2026 steady representation tag v1";
 
-/// An entity tag. `opaque` excludes the quotes.
+/// An entity tag, kept as its field value (`"x"` or `W/"x"`), formatted
+/// once: a clone shares it (a stored tag is cloned into every Trust 304)
+/// and every response's `ETag` is that value, with no formatting per
+/// request.
 ///
 /// Tags received with `obs-text` bytes that are not UTF-8 are kept lossily
 /// (as U+FFFD); they can never equal a derived tag, which is ASCII, so the
 /// loss cannot turn a mismatch into a match.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct EntityTag {
     /// `W/` prefix: a weak validator.
-    pub weak: bool,
-    /// The characters between the quotes.
-    pub opaque: String,
+    weak: bool,
+    /// The field value; always UTF-8 (built only from `&str`).
+    field: Bytes,
 }
 
 /// Why a tag or a tag list could not be parsed.
@@ -70,17 +74,52 @@ pub enum TagError {
 }
 
 impl EntityTag {
-    /// The field-value form (`"x"` or `W/"x"`), built without the
-    /// formatting machinery (it runs on every tagged response).
-    pub fn to_field_value(&self) -> String {
-        let mut out = String::with_capacity(self.opaque.len() + 4);
-        if self.weak {
+    /// A tag from parts already known to be valid (derived, stored by us, or
+    /// the proxy's own markers); [`EntityTag::new`] checks them.
+    pub(crate) fn assemble(weak: bool, opaque: &str) -> Self {
+        let mut out = String::with_capacity(opaque.len() + 4);
+        if weak {
             out.push_str("W/");
         }
         out.push('"');
-        out.push_str(&self.opaque);
+        out.push_str(opaque);
         out.push('"');
-        out
+        Self {
+            weak,
+            field: Bytes::from(out),
+        }
+    }
+
+    /// Whether the tag is weak (`W/` prefix).
+    pub fn is_weak(&self) -> bool {
+        self.weak
+    }
+
+    /// The characters between the quotes.
+    pub fn opaque(&self) -> &str {
+        let start = if self.weak { 3 } else { 1 };
+        let inner = self
+            .field
+            .get(start..self.field.len() - 1)
+            .unwrap_or_default();
+        // Built from `&str` and cut at ASCII quotes: always UTF-8.
+        std::str::from_utf8(inner).unwrap_or_default()
+    }
+
+    /// The field-value form (`"x"` or `W/"x"`).
+    pub fn to_field_value(&self) -> String {
+        self.as_field().to_owned()
+    }
+
+    /// The field-value form, borrowed.
+    pub fn as_field(&self) -> &str {
+        std::str::from_utf8(&self.field).unwrap_or_default()
+    }
+
+    /// The `ETag` header value: shares the tag's bytes (no copy). Fails only
+    /// for the proxy's internal markers, which are never sent.
+    pub fn header_value(&self) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+        HeaderValue::from_maybe_shared(self.field.clone())
     }
 
     /// A strong tag; fails if `opaque` holds a character not allowed in a tag.
@@ -105,7 +144,7 @@ impl EntityTag {
         if let Some(at) = opaque.bytes().position(|b| !is_etagc(b)) {
             return Err(TagError::Malformed { at });
         }
-        Ok(Self { weak, opaque })
+        Ok(Self::assemble(weak, &opaque))
     }
 
     /// Parse one `entity-tag` (an `ETag` or `If-Range` value), surrounding
@@ -128,21 +167,24 @@ impl EntityTag {
 
     /// Strong comparison (RFC 9110 §8.8.3.2): both strong, same opaque.
     pub fn strong_eq(&self, other: &EntityTag) -> bool {
-        !self.weak && !other.weak && self.opaque == other.opaque
+        !self.weak && !other.weak && self.field == other.field
     }
 
     /// Weak comparison: same opaque, either may be weak.
     pub fn weak_eq(&self, other: &EntityTag) -> bool {
-        self.opaque == other.opaque
+        self.opaque() == other.opaque()
     }
 }
 
 impl fmt::Display for EntityTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.weak {
-            f.write_str("W/")?;
-        }
-        write!(f, "\"{}\"", self.opaque)
+        f.write_str(self.as_field())
+    }
+}
+
+impl fmt::Debug for EntityTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EntityTag({})", self.as_field())
     }
 }
 
@@ -309,8 +351,8 @@ fn parse_tag_at(v: &[u8], i: usize) -> Result<(EntityTag, usize), TagError> {
             max: MAX_TAG_BYTES,
         });
     }
-    let opaque = String::from_utf8_lossy(&v[body..j]).into_owned();
-    Ok((EntityTag { weak, opaque }, j + 1))
+    let opaque = String::from_utf8_lossy(&v[body..j]);
+    Ok((EntityTag::assemble(weak, &opaque), j + 1))
 }
 
 /// The tag hasher with its derive-key context absorbed once.
@@ -378,10 +420,7 @@ impl TagHasher {
     pub fn finish(&self) -> EntityTag {
         let hash = self.hasher.finalize();
         let opaque = URL_SAFE_NO_PAD.encode(&hash.as_bytes()[..TAG_HASH_BYTES]);
-        EntityTag {
-            weak: false,
-            opaque,
-        }
+        EntityTag::assemble(false, &opaque)
     }
 }
 

@@ -33,10 +33,7 @@ fuzz_target!(|data: &[u8]| {
         );
         let conditions = Conditions::from_headers(&headers);
         let current = Validators {
-            tag: EntityTag {
-                weak: false,
-                opaque: "abc".into(),
-            },
+            tag: EntityTag::strong("abc").expect("a valid tag"),
             last_modified: Some(std::time::UNIX_EPOCH),
         };
         for method in [http::Method::GET, http::Method::PUT] {

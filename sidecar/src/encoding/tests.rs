@@ -123,7 +123,7 @@ fn encoded_tags_round_trip_and_differ_per_coding() {
     let tags: Vec<EntityTag> = ALL.iter().map(|c| encoded_tag(&t, *c)).collect();
     assert_eq!(tags[0].to_field_value(), "\"Xk3_-abcdefghijklmnopq.br5\"");
     for (tag, coding) in tags.iter().zip(ALL) {
-        assert!(!tag.weak && *tag != t);
+        assert!(!tag.is_weak() && *tag != t);
         assert_eq!(decode_tag(tag), Some((t.clone(), coding)));
         assert!(EntityTag::parse(tag.to_field_value().as_bytes()).is_ok());
     }
@@ -148,7 +148,7 @@ fn write_conditions_read_encoded_tags_as_identity() {
     let c = Conditions::from_headers(&h);
     let mapped = conditions_as_identity(&c);
     let tags = |l: &Option<Result<TagList, crate::tag::TagError>>| match l {
-        Some(Ok(TagList::Tags(t))) => t.iter().map(|t| t.opaque.clone()).collect::<Vec<_>>(),
+        Some(Ok(TagList::Tags(t))) => t.iter().map(|t| t.opaque().to_owned()).collect::<Vec<_>>(),
         _ => vec![],
     };
     assert_eq!(tags(&mapped.if_match), ["other", "T1"]);

@@ -189,7 +189,7 @@ impl Context {
                     .and_then(|v| EntityTag::parse(v.as_bytes()).ok())
                     .and_then(|t| decode_tag(&t));
                 if let Some((tag, _)) = identity
-                    && let Ok(v) = HeaderValue::try_from(tag.to_field_value())
+                    && let Ok(v) = tag.header_value()
                 {
                     head.headers.insert(ETAG, v);
                 }
@@ -282,7 +282,7 @@ fn holds_encoded(conditions: &Conditions, identity: &EntityTag) -> bool {
             Some(Ok(TagList::Tags(tags))) => tags
                 .iter()
                 .filter_map(decode_tag)
-                .any(|(t, _)| t.opaque == identity.opaque),
+                .any(|(t, _)| t.opaque() == identity.opaque()),
             _ => false,
         })
 }
@@ -351,28 +351,25 @@ pub(super) struct Eligibility(Mutex<Generations>);
 
 #[derive(Default)]
 struct Generations {
-    new: HashMap<String, bool>,
-    old: HashMap<String, bool>,
+    new: HashMap<EntityTag, bool>,
+    old: HashMap<EntityTag, bool>,
 }
 
 impl Eligibility {
     fn remember(&self, tag: &EntityTag, eligible: bool) {
         let Ok(mut g) = self.0.lock() else { return };
-        if g.new.get(&tag.opaque) == Some(&eligible) {
+        if g.new.get(tag) == Some(&eligible) {
             return;
         }
         if g.new.len() >= ELIGIBILITY_CAPACITY {
             g.old = std::mem::take(&mut g.new);
         }
-        g.new.insert(tag.opaque.clone(), eligible);
+        g.new.insert(tag.clone(), eligible);
     }
 
     fn get(&self, tag: &EntityTag) -> Option<bool> {
         let g = self.0.lock().ok()?;
-        g.new
-            .get(&tag.opaque)
-            .or_else(|| g.old.get(&tag.opaque))
-            .copied()
+        g.new.get(tag).or_else(|| g.old.get(tag)).copied()
     }
 }
 

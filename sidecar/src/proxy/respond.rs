@@ -30,7 +30,7 @@ const NOT_MODIFIED_KEEPS: [HeaderName; 6] = [
 
 /// Put the canonical `ETag` and `Last-Modified` in place of the app's.
 pub fn set_validators(headers: &mut HeaderMap, validators: &Validators) {
-    if let Ok(tag) = HeaderValue::try_from(validators.tag.to_field_value()) {
+    if let Ok(tag) = validators.tag.header_value() {
         headers.insert(ETAG, tag);
     }
     match validators.last_modified {

@@ -579,10 +579,7 @@ mod tests {
     }
 
     fn tag(s: &str) -> EntityTag {
-        EntityTag {
-            weak: false,
-            opaque: s.to_owned(),
-        }
+        EntityTag::assemble(false, s)
     }
 
     const V: VariantKey = VariantKey(String::new());

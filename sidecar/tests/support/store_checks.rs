@@ -17,10 +17,7 @@ pub fn key(path: &str) -> ResourceKey {
 
 /// A strong tag.
 pub fn tag(s: &str) -> EntityTag {
-    EntityTag {
-        weak: false,
-        opaque: s.to_owned(),
-    }
+    EntityTag::strong(s).expect("a valid test tag")
 }
 
 /// The variant of a response without `Vary`.

@@ -174,7 +174,7 @@ pub(crate) fn pairs(flat: Vec<String>) -> RawHash {
 
 /// Tags are stored with their weakness: `s:<opaque>` or `w:<opaque>`.
 pub(crate) fn encode_tag(tag: &EntityTag) -> String {
-    format!("{}:{}", if tag.weak { 'w' } else { 's' }, tag.opaque)
+    format!("{}:{}", if tag.is_weak() { 'w' } else { 's' }, tag.opaque())
 }
 
 pub(crate) fn decode_tag(s: &str) -> Option<EntityTag> {
@@ -184,10 +184,7 @@ pub(crate) fn decode_tag(s: &str) -> Option<EntityTag> {
         "w:" => true,
         _ => return None,
     };
-    Some(EntityTag {
-        weak,
-        opaque: opaque.to_owned(),
-    })
+    Some(EntityTag::assemble(weak, opaque))
 }
 
 /// `Vary` names as one field value (lower-case names never contain commas).
@@ -294,6 +291,15 @@ pub(crate) fn build_resource(
         vary: decode_vary(vary),
         ..Resource::default()
     };
+    // One buffer for every `x|<variant>` field name: this runs on every
+    // cached lookup (twice on a Trust hit), so no allocation per field.
+    let mut name = String::new();
+    let mut field_of = |prefix: &str, v: &str| -> Option<&String> {
+        name.clear();
+        name.push_str(prefix);
+        name.push_str(v);
+        res.get(name.as_str())
+    };
     for (field, value) in res {
         let Some(v) = field.strip_prefix("t|") else {
             continue;
@@ -301,12 +307,12 @@ pub(crate) fn build_resource(
         let Some(tag) = decode_tag(value) else {
             continue;
         };
-        let Some(lm) = stamp(res.get(&format!("m|{v}"))) else {
+        let Some(lm) = stamp(field_of("m|", v)) else {
             continue;
         };
-        let validated = stamp(res.get(&format!("a|{v}")));
-        let ve = res.get(&format!("e|{v}"));
-        let vp = res.get(&format!("p|{v}"));
+        let validated = stamp(field_of("a|", v));
+        let ve = field_of("e|", v);
+        let vp = field_of("p|", v);
         let trusted = match (validated, ve, epoch, vp, generation) {
             (Some(a), Some(ve), Some(epoch), Some(vp), Some(g))
                 if ve == epoch
@@ -320,9 +326,10 @@ pub(crate) fn build_resource(
         };
         // Labels: missing (recorded before labels existed) or `*` (more
         // than the bound) never trust.
-        let trusted = trusted.filter(|_| res.get(&format!("k|{v}")).is_some_and(|l| l != "*"));
+        let labels = field_of("k|", v).map(String::as_str);
+        let trusted = trusted.filter(|_| labels.is_some_and(|l| l != "*"));
         let purged = trusted.is_some_and(|a| {
-            let labels = res.get(&format!("k|{v}")).map_or("", String::as_str);
+            let labels = labels.unwrap_or("");
             let newest = labels
                 .split(' ')
                 .filter_map(KeyId::from_stored)
@@ -429,10 +436,7 @@ mod tests {
     #[test]
     fn tags_round_trip() {
         for (weak, opaque) in [(false, "abc"), (true, "W/x"), (false, "")] {
-            let t = EntityTag {
-                weak,
-                opaque: opaque.into(),
-            };
+            let t = EntityTag::assemble(weak, opaque);
             assert_eq!(decode_tag(&encode_tag(&t)), Some(t));
         }
         assert_eq!(decode_tag("x"), None);
@@ -456,7 +460,7 @@ mod tests {
         let r = build(&res, &path, &meta, &g, off).unwrap();
         assert_eq!(r.vary, vec!["accept-encoding".to_owned()]);
         let e = r.variant(&VariantKey("gzip".into())).unwrap();
-        assert_eq!(e.tag.opaque, "T");
+        assert_eq!(e.tag.opaque(), "T");
         assert_eq!(
             e.validated_at,
             Some(UNIX_EPOCH + Duration::from_micros(2000))
