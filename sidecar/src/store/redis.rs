@@ -29,7 +29,10 @@
 //! effort). One replica is enough: Sentinel promotes the replica with the
 //! largest replication offset, which holds everything any replica acked.
 //! Renewals wait too (a lost renewal could end a lease early on the new
-//! primary). Records (tag dates, trusted validations) do not: losing one
+//! primary). Releases do not wait: each is repeated on every new
+//! connection for a few minutes (its fencing token makes a repeat
+//! harmless), so one lost in a failover cannot leave the lock on the new
+//! primary for a whole lease. Records (tag dates, trusted validations) do not: losing one
 //! costs a later app call, never correctness, since the primary change
 //! bumps the epoch; they stay one round trip on the read path.
 //!
@@ -46,10 +49,10 @@
 //! off from its replicas refuses writes instead of accepting ones a
 //! failover would drop).
 //!
-//! A primary change is a reconnect: a `READONLY`/`MASTERDOWN` reply, the
-//! role check (every [`RedisOptions::role_check`]) finding a replica or a
-//! new replication id, or fewer connected replicas than writes wait for,
-//! drops the connection; the supervisor resolves the primary again
+//! A primary change is a reconnect: a `READONLY`/`MASTERDOWN` reply, or
+//! the role check (every [`RedisOptions::role_check`]) finding a replica, a
+//! new replication id or a replica gone (Sentinel detaches the replica it
+//! promotes first), drops the connection; the supervisor resolves the primary again
 //! (through the sentinels for a sentinel URL, and asks them once more
 //! after connecting, so a primary that was frozen through its own failover
 //! is refused), re-enables `CLIENT TRACKING` on the new connection with an
@@ -178,16 +181,6 @@ impl WaitReplicas {
             WaitReplicas::Exactly(n) => n,
         }
     }
-
-    /// Whether a primary with `connected` replicas now, after `seen`, lost
-    /// replicas writes need: a sign it was cut off or replaced.
-    fn lost(self, seen: u32, connected: u32) -> bool {
-        let needed = match self {
-            WaitReplicas::Auto => 1,
-            WaitReplicas::Exactly(n) => n,
-        };
-        connected < seen.min(needed)
-    }
 }
 
 impl Default for RedisOptions {
@@ -282,6 +275,13 @@ impl Shared {
     }
 }
 
+/// How long a lock release is repeated on new connections: longer than
+/// any lease the proxy takes (its default is about a minute).
+const RELEASE_MEMORY: Duration = Duration::from_secs(300);
+
+/// Most releases remembered (their leases end the older ones anyway).
+const MAX_RELEASES: usize = 10_000;
+
 /// A resource's watched invalidation globs.
 type Globs = Arc<[Arc<str>]>;
 
@@ -324,6 +324,9 @@ pub(crate) struct Inner {
     /// Wakes the supervisor to check the primary's role now (a `WAIT`
     /// fell short).
     recheck: tokio::sync::Notify,
+    /// Recent lock releases, `(when, key, token)`, repeated on every new
+    /// connection before it serves (see [`Inner::note_release`]).
+    releases: Mutex<std::collections::VecDeque<(Instant, String, String)>>,
     offset_us: AtomicI64,
     down_reason: Mutex<String>,
     metrics: RedisMetrics,
@@ -402,6 +405,7 @@ impl RedisStore {
             wait_for: AtomicU32::new(0),
             replicas_seen: AtomicU32::new(0),
             recheck: tokio::sync::Notify::new(),
+            releases: Mutex::new(std::collections::VecDeque::new()),
             offset_us: AtomicI64::new(0),
             down_reason: Mutex::new(String::new()),
             metrics: RedisMetrics::default(),
@@ -476,6 +480,38 @@ impl Inner {
 
     fn ms(d: Duration) -> u64 {
         u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// A lock survives a failover (its acquisition waited for a replica),
+    /// but its release may not: it may fail while the store is away, or be
+    /// applied by the old primary (and a replica that is not the one
+    /// promoted) after the promotion. Left alone, the resource would stay
+    /// locked on the new primary for a whole lease (a minute by default).
+    /// So every release of the last [`RELEASE_MEMORY`] is remembered and
+    /// repeated on each new connection before it serves; the fencing token
+    /// makes a repeat harmless (it deletes only that holder's own lock).
+    fn note_release(&self, key: String, token: String) {
+        let mut releases = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while releases
+            .front()
+            .is_some_and(|(at, _, _)| now.duration_since(*at) > RELEASE_MEMORY)
+            || releases.len() >= MAX_RELEASES
+        {
+            releases.pop_front();
+        }
+        releases.push_back((now, key, token));
+    }
+
+    /// The releases to repeat on a new connection.
+    pub(crate) fn recent_releases(&self) -> Vec<(String, String)> {
+        let releases = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        releases
+            .iter()
+            .filter(|(at, _, _)| now.duration_since(*at) <= RELEASE_MEMORY)
+            .map(|(_, k, t)| (k.clone(), t.clone()))
+            .collect()
     }
 
     /// Give up connection `id` if it is still the installed one, and wake
@@ -1111,6 +1147,9 @@ impl Store for RedisStore {
         let inner = &self.inner;
         let lk = inner.shared.keys.lock(&lock.resource.lock);
         let token = lock.token.to_string();
+        // Repeated on every new connection for a while, so a release lost
+        // in a failover does not leave the lock on the new primary.
+        inner.note_release(lk.clone(), token.clone());
         let _: i64 = inner
             .run(false, |mut c| async move {
                 SCRIPTS.unlock.key(lk).arg(token).invoke_async(&mut c).await
@@ -1143,17 +1182,5 @@ mod tests {
         assert_eq!(WaitReplicas::Auto.count(3), 1);
         assert_eq!(WaitReplicas::Exactly(2).count(0), 2);
         assert_eq!(WaitReplicas::Exactly(0).count(5), 0);
-    }
-
-    #[test]
-    fn losing_needed_replicas_is_a_reason_to_resolve_again() {
-        // Auto: the last replica gone after we saw one.
-        assert!(WaitReplicas::Auto.lost(2, 0));
-        assert!(!WaitReplicas::Auto.lost(2, 1));
-        // A primary that never had one did not lose it.
-        assert!(!WaitReplicas::Auto.lost(0, 0));
-        assert!(WaitReplicas::Exactly(2).lost(2, 1));
-        assert!(!WaitReplicas::Exactly(2).lost(1, 1));
-        assert!(!WaitReplicas::Exactly(0).lost(3, 0));
     }
 }

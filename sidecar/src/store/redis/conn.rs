@@ -132,7 +132,18 @@ pub(crate) async fn open(
         Target::Sentinel(sentinels, _) => {
             // Resolved afresh on every connect: after a failover the
             // sentinels name the new primary.
-            let client = sentinels.lock().await.async_get_client().await?;
+            // Bounded: the crate asks the named primary its ROLE without a
+            // timeout, and a frozen primary would hold this attempt until
+            // the supervisor's budget runs out.
+            let lookup = async { sentinels.lock().await.async_get_client().await };
+            let client = tokio::time::timeout(connect_timeout, lookup)
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "the sentinels' primary did not answer in time",
+                    ))
+                })??;
             let primary = match client.get_connection_info().addr() {
                 ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
                     Some((host.clone(), *port))

@@ -123,6 +123,7 @@ async fn run(inner: Arc<Inner>) {
             }
             Err(e) => {
                 let now = classify(&e);
+                tracing::debug!(url = %inner.url, error = %e, "redis store connection attempt failed");
                 if state != Some(now) {
                     match now {
                         State::Auth => tracing::error!(
@@ -222,6 +223,7 @@ async fn connect_once(inner: &Arc<Inner>) -> Result<bool, SetupError> {
     }
     measure_offset(inner, &mut c).await?;
     let replicas = note_primary(inner, &mut c, opened.primary).await?;
+    repeat_releases(inner, &mut c).await?;
     loop {
         if inner.pending_bump.swap(false, Ordering::SeqCst)
             && let Err(e) = bump_epoch(inner, &mut c).await
@@ -325,11 +327,15 @@ async fn check_primary(inner: &Inner) {
         return;
     }
     let seen = inner.replicas_seen.load(Ordering::SeqCst);
-    if inner.opts.wait_replicas.lost(seen, repl.replicas) {
+    // A replica left: it may have been promoted (Sentinel detaches the
+    // one it promotes first), so writes here may be lost soon. Resolve the
+    // primary again (and learn the replicas afresh if it is still this
+    // one).
+    if repl.replicas < seen {
         inner.drop_live(
             id,
             &format!(
-                "the primary lost its replicas ({} connected, {seen} before): resolving the primary again",
+                "a replica left the primary ({} connected, {seen} before): resolving the primary again",
                 repl.replicas
             ),
         );
@@ -347,6 +353,36 @@ async fn check_primary(inner: &Inner) {
             );
         }
     }
+}
+
+/// Repeat the recent lock releases (`Inner::note_release`) on a new
+/// connection before it serves writes: one pipelined round trip.
+async fn repeat_releases(inner: &Inner, c: &mut Conn) -> Result<(), RedisError> {
+    let releases = inner.recent_releases();
+    if releases.is_empty() {
+        return Ok(());
+    }
+    if matches!(c, Conn::Cluster(_)) {
+        for (key, token) in &releases {
+            let _: i64 = SCRIPTS.unlock.key(key).arg(token).invoke_async(c).await?;
+        }
+        return Ok(());
+    }
+    let sha = SCRIPTS.unlock.get_hash();
+    let mut p = redis::pipe();
+    for (key, token) in &releases {
+        p.cmd("EVALSHA").arg(sha).arg(1).arg(key).arg(token);
+    }
+    let released: Vec<i64> = p.query_async(c).await?;
+    let released = released.iter().filter(|n| **n == 1).count();
+    if released > 0 {
+        tracing::info!(
+            url = %inner.url,
+            locks = released,
+            "released write locks whose release was lost (the store was away or failed over)"
+        );
+    }
+    Ok(())
 }
 
 async fn enable_tracking(inner: &Inner, c: &mut Conn) -> bool {
