@@ -94,10 +94,12 @@ async fn run(inner: Arc<Inner>) {
             Err(_) => Err(SetupError::Timeout),
         };
         match attempt {
-            Ok(tracking) => {
+            Ok(up) => {
                 tracing::info!(
                     url = %inner.url,
-                    client_cache = tracking,
+                    client_cache = up.tracking,
+                    replicas = up.replicas,
+                    wait_for_replicas = up.wait_for,
                     "redis store connected"
                 );
                 backoff.reset();
@@ -192,9 +194,18 @@ fn on_push(shared: &Shared, id: u64, info: PushInfo) {
     }
 }
 
-/// One connection attempt; on success the connection is installed and the
-/// return says whether the client-side cache is on.
-async fn connect_once(inner: &Arc<Inner>) -> Result<bool, SetupError> {
+/// What a successful connection attempt installed.
+struct Connected {
+    /// The client-side cache is on.
+    tracking: bool,
+    /// Replicas connected to the primary.
+    replicas: u32,
+    /// Replicas each lock and invalidation waits for.
+    wait_for: u32,
+}
+
+/// One connection attempt; on success the connection is installed.
+async fn connect_once(inner: &Arc<Inner>) -> Result<Connected, SetupError> {
     let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
     let pusher = || {
         let shared = inner.shared.clone();
@@ -248,14 +259,11 @@ async fn connect_once(inner: &Arc<Inner>) -> Result<bool, SetupError> {
         });
         inner.shared.live_id.store(id, Ordering::SeqCst);
         inner.metrics.up.set(1);
-        drop(live);
-        tracing::info!(
-            url = %inner.url,
+        return Ok(Connected {
+            tracking,
             replicas,
             wait_for,
-            "redis store primary: locks and invalidations wait for {wait_for} replica(s)"
-        );
-        return Ok(tracking);
+        });
     }
 }
 
