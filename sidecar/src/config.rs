@@ -12,6 +12,8 @@ use clap::Parser;
 use http::uri::Authority;
 use sametag_policy::duration::{DurationError, DurationSyntax, parse_duration_with};
 
+use crate::store::redis::WaitReplicas;
+
 /// sametag sidecar: a reverse proxy in front of one app replica that gives
 /// every replica the same ETag and Last-Modified for the same representation,
 /// answers conditional requests itself (RFC 9110 §13) and, with a shared
@@ -36,6 +38,18 @@ pub struct Cli {
     /// roots (a store whose certificate a private CA signed).
     #[arg(long, env = "SAMETAG_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
+
+    /// Replicas that must acknowledge a write lock or an invalidation
+    /// (Redis `WAIT`) before it counts: `auto` (one once the primary has a
+    /// connected replica, none without) or a number (0: never wait).
+    #[arg(long, env = "SAMETAG_REDIS_WAIT_REPLICAS", default_value = "auto")]
+    pub redis_wait_replicas: WaitReplicas,
+
+    /// Longest a write lock or an invalidation waits for its replicas
+    /// before the write fails with 503 (capped at three quarters of the
+    /// 300 ms store call bound).
+    #[arg(long, env = "SAMETAG_REDIS_WAIT_TIMEOUT", default_value = "200ms", value_parser = parse_duration)]
+    pub redis_wait_timeout: Duration,
 
     /// At start, how long to wait for the first connection to the store
     /// before serving anyway (degraded: content-derived tags, the app's
@@ -244,6 +258,10 @@ pub struct Config {
     pub redis: Option<String>,
     /// CA bundle for `rediss://`.
     pub redis_ca_file: Option<PathBuf>,
+    /// Replicas a lock or an invalidation waits for.
+    pub redis_wait_replicas: WaitReplicas,
+    /// How long it waits for them.
+    pub redis_wait_timeout: Duration,
     /// How long start-up waits for the store.
     pub store_wait: Duration,
     /// Policy file; `None`: Validate everywhere.
@@ -297,6 +315,8 @@ impl Cli {
             },
             redis: self.redis,
             redis_ca_file: self.redis_ca_file,
+            redis_wait_replicas: self.redis_wait_replicas,
+            redis_wait_timeout: self.redis_wait_timeout,
             store_wait: self.store_wait,
             store_prefix: self.store_prefix,
             workers: match self.workers {

@@ -111,6 +111,8 @@ async fn run(config: Config) -> ExitCode {
                 // do not trust validations younger than the app may take.
                 trust_guard: config.proxy.upstream_timeout,
                 tls_ca_file: config.redis_ca_file.clone(),
+                wait_replicas: config.redis_wait_replicas,
+                wait_timeout: config.redis_wait_timeout,
                 ..RedisOptions::default()
             };
             match RedisStore::connect(url, &config.store_prefix, options) {

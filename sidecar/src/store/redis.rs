@@ -12,6 +12,56 @@
 //!   backoff, logs one line per state change; every call fails fast with
 //!   [`StoreError::Unavailable`] while down. A failed invalidation bumps the
 //!   store's epoch on reconnect, so nothing validated before is trusted.
+//!
+//! ## Failover: nothing acknowledged is lost
+//!
+//! Redis replicates asynchronously, so a write the primary acknowledged
+//! can vanish when a replica is promoted. Two kinds of writes must not:
+//! a write lock (lost, a second writer takes it on the new primary: a lost
+//! update) and an invalidation or purge (lost, a validation it ended is
+//! trusted again, and the trust guard loses the write's mark: a stale
+//! 304). Each is followed by `WAIT 1 <ms>` on a connection of its own
+//! ([`conn::Opened::writer`]; `WAIT` blocks the connection it is sent on,
+//! and must not hold up lookups). A write no replica acknowledged within
+//! [`RedisOptions::wait_timeout`] (itself inside the op timeout) is a
+//! store failure, never a success: the proxy answers 503 + `Retry-After`
+//! and the write never reaches the app (a lock is released again, best
+//! effort). One replica is enough: Sentinel promotes the replica with the
+//! largest replication offset, which holds everything any replica acked.
+//! Renewals wait too (a lost renewal could end a lease early on the new
+//! primary). Releases do not wait: each is repeated on every new
+//! connection for a few minutes (its fencing token makes a repeat
+//! harmless), so one lost in a failover cannot leave the lock on the new
+//! primary for a whole lease. Records (tag dates, trusted validations) do not: losing one
+//! costs a later app call, never correctness, since the primary change
+//! bumps the epoch; they stay one round trip on the read path.
+//!
+//! Why not `WAITAOF`: it proves the write reached an fsynced append-only
+//! file, which protects against a restart of the same server, not against
+//! promoting a replica; the managed store runs without AOF, and a restart
+//! with a new run id already bumps the epoch. Redis 7.2+ only, too.
+//!
+//! With no replica connected (a single Redis) there is nothing to wait
+//! for. How many replicas to wait for is [`RedisOptions::wait_replicas`]:
+//! by default 1 once the primary reports a connected replica (learned on
+//! connect from `INFO replication`, and raised by the periodic role check
+//! when one appears; never lowered on a live connection, so a primary cut
+//! off from its replicas refuses writes instead of accepting ones a
+//! failover would drop).
+//!
+//! A primary change is a reconnect: a `READONLY`/`MASTERDOWN` reply, or
+//! the role check (every [`RedisOptions::role_check`]) finding a replica, a
+//! new replication id or a replica gone (Sentinel detaches the replica it
+//! promotes first), drops the connection; the supervisor resolves the primary again
+//! (through the sentinels for a sentinel URL, and asks them once more
+//! after connecting, so a primary that was frozen through its own failover
+//! is refused), re-enables `CLIENT TRACKING` on the new connection with an
+//! empty client-side cache (a promoted replica has no tracking table for
+//! us, and Redis never says a client lost it), and bumps the epoch when
+//! the server's run id or replication id changed. No subscription to the
+//! sentinels' `+switch-master`: a demoted primary is caught by `READONLY`
+//! at the first write and by the role check within a second, a dead or
+//! frozen one by the op timeout.
 
 mod barrier;
 mod cache;
@@ -21,7 +71,7 @@ mod supervisor;
 mod target;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -87,6 +137,50 @@ pub struct RedisOptions {
     /// Reconnect backoff: first delay and cap (doubling, with jitter).
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// How many replicas must acknowledge a lock or an invalidation
+    /// (`WAIT`) before it counts (see the module docs).
+    pub wait_replicas: WaitReplicas,
+    /// Longest a lock or an invalidation waits for its replicas; never more
+    /// than three quarters of [`RedisOptions::op_timeout`].
+    pub wait_timeout: Duration,
+    /// How often the connected server's role, replication id and replicas
+    /// are checked (one `INFO replication`).
+    pub role_check: Duration,
+}
+
+/// How many replicas a lock or an invalidation waits for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WaitReplicas {
+    /// One, once the primary reports a connected replica; none before.
+    #[default]
+    Auto,
+    /// Exactly this many (0: never wait). Writes fail while fewer replicas
+    /// acknowledge them.
+    Exactly(u32),
+}
+
+impl std::str::FromStr for WaitReplicas {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(WaitReplicas::Auto);
+        }
+        s.parse()
+            .map(WaitReplicas::Exactly)
+            .map_err(|_| format!("expected `auto` or a number of replicas, got {s:?}"))
+    }
+}
+
+impl WaitReplicas {
+    /// Replicas to wait for on a connection whose primary had `seen`
+    /// replicas connected at most.
+    fn count(self, seen: u32) -> u32 {
+        match self {
+            WaitReplicas::Auto => seen.min(1),
+            WaitReplicas::Exactly(n) => n,
+        }
+    }
 }
 
 impl Default for RedisOptions {
@@ -107,6 +201,9 @@ impl Default for RedisOptions {
             tls_ca_file: None,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            wait_replicas: WaitReplicas::Auto,
+            wait_timeout: Duration::from_millis(200),
+            role_check: Duration::from_secs(1),
         }
     }
 }
@@ -136,8 +233,12 @@ pub struct RedisMetrics {
     pub cache_hits: Counter,
     /// Calls that failed (unreachable, timeout, protocol).
     pub errors: Counter,
-    /// Epoch bumps after a failed invalidation or a Redis restart.
+    /// Epoch bumps after a failed invalidation, a Redis restart or a
+    /// primary change.
     pub epoch_bumps: Counter,
+    /// Locks and invalidations no replica acknowledged in time (each
+    /// reported to the caller as a store failure).
+    pub replica_wait_failures: Counter,
     /// 1 while connected. Not exported: `sametag_store_up` (read from
     /// [`Store::health`]) is the one store-up gauge for both stores.
     pub up: Gauge,
@@ -174,6 +275,13 @@ impl Shared {
     }
 }
 
+/// How long a lock release is repeated on new connections: longer than
+/// any lease the proxy takes (its default is about a minute).
+const RELEASE_MEMORY: Duration = Duration::from_secs(300);
+
+/// Most releases remembered (their leases end the older ones anyway).
+const MAX_RELEASES: usize = 10_000;
+
 /// A resource's watched invalidation globs.
 type Globs = Arc<[Arc<str>]>;
 
@@ -183,6 +291,17 @@ type CompiledGlobs = (Vec<(String, u64)>, Arc<GlobMarks<u64>>);
 struct Live {
     id: u64,
     conn: Conn,
+    /// Writes followed by `WAIT` ([`conn::Opened::writer`]).
+    writer: Conn,
+}
+
+/// A write that must survive a failover, after its `WAIT`.
+enum Durable<T> {
+    /// Enough replicas have it (or none are waited for).
+    Acked(T),
+    /// The primary applied it, but too few replicas acknowledged it: the
+    /// caller must report a failure (and may undo it).
+    Unacked(T, StoreError),
 }
 
 pub(crate) struct Inner {
@@ -195,9 +314,19 @@ pub(crate) struct Inner {
     /// An invalidation failed (or Redis restarted): bump the epoch before
     /// serving again.
     pending_bump: AtomicBool,
-    /// The run id of the Redis last connected to (a change is a restart or
-    /// a failover).
-    run_id: Mutex<Option<String>>,
+    /// The run id and replication id of the primary last connected to (a
+    /// change is a restart or a failover).
+    identity: Mutex<Option<(String, String)>>,
+    /// Replicas a durable write waits for on the live connection.
+    wait_for: AtomicU32,
+    /// Most replicas the live connection's primary reported connected.
+    replicas_seen: AtomicU32,
+    /// Wakes the supervisor to check the primary's role now (a `WAIT`
+    /// fell short).
+    recheck: tokio::sync::Notify,
+    /// Recent lock releases, `(when, key, token)`, repeated on every new
+    /// connection before it serves (see [`Inner::note_release`]).
+    releases: Mutex<std::collections::VecDeque<(Instant, String, String)>>,
     offset_us: AtomicI64,
     down_reason: Mutex<String>,
     metrics: RedisMetrics,
@@ -272,7 +401,11 @@ impl RedisStore {
             live: RwLock::new(None),
             next_id: AtomicU64::new(1),
             pending_bump: AtomicBool::new(false),
-            run_id: Mutex::new(None),
+            identity: Mutex::new(None),
+            wait_for: AtomicU32::new(0),
+            replicas_seen: AtomicU32::new(0),
+            recheck: tokio::sync::Notify::new(),
+            releases: Mutex::new(std::collections::VecDeque::new()),
             offset_us: AtomicI64::new(0),
             down_reason: Mutex::new(String::new()),
             metrics: RedisMetrics::default(),
@@ -308,8 +441,13 @@ impl RedisStore {
         );
         registry.register(
             "sametag_redis_epoch_bumps",
-            "Epoch bumps after an invalidation failed during an outage or Redis restarted",
+            "Epoch bumps after an invalidation failed during an outage, Redis restarted or the primary changed",
             m.epoch_bumps.clone(),
+        );
+        registry.register(
+            "sametag_redis_replica_wait_failures",
+            "Locks and invalidations no replica acknowledged in time (reported as store failures)",
+            m.replica_wait_failures.clone(),
         );
     }
 
@@ -344,6 +482,38 @@ impl Inner {
         u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
     }
 
+    /// A lock survives a failover (its acquisition waited for a replica),
+    /// but its release may not: it may fail while the store is away, or be
+    /// applied by the old primary (and a replica that is not the one
+    /// promoted) after the promotion. Left alone, the resource would stay
+    /// locked on the new primary for a whole lease (a minute by default).
+    /// So every release of the last [`RELEASE_MEMORY`] is remembered and
+    /// repeated on each new connection before it serves; the fencing token
+    /// makes a repeat harmless (it deletes only that holder's own lock).
+    fn note_release(&self, key: String, token: String) {
+        let mut releases = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while releases
+            .front()
+            .is_some_and(|(at, _, _)| now.duration_since(*at) > RELEASE_MEMORY)
+            || releases.len() >= MAX_RELEASES
+        {
+            releases.pop_front();
+        }
+        releases.push_back((now, key, token));
+    }
+
+    /// The releases to repeat on a new connection.
+    pub(crate) fn recent_releases(&self) -> Vec<(String, String)> {
+        let releases = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        releases
+            .iter()
+            .filter(|(at, _, _)| now.duration_since(*at) <= RELEASE_MEMORY)
+            .map(|(_, k, t)| (k.clone(), t.clone()))
+            .collect()
+    }
+
     /// Give up connection `id` if it is still the installed one, and wake
     /// the supervisor to reconnect.
     pub(crate) fn drop_live(&self, id: u64, reason: &str) {
@@ -361,11 +531,89 @@ impl Inner {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        self.run_on(false, bump_on_failure, f).await
+    }
+
+    /// A write that must survive a failover (a lock, a renewal, an
+    /// invalidation, a purge): run on the writer connection, then `WAIT`
+    /// for the replicas the live connection needs, within the same op
+    /// timeout (see the module docs).
+    async fn run_durable<T, F, Fut>(
+        &self,
+        bump_on_failure: bool,
+        f: F,
+    ) -> Result<Durable<T>, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let want = self.wait_for.load(Ordering::SeqCst);
+        let budget = self
+            .opts
+            .wait_timeout
+            .min(self.opts.op_timeout * 3 / 4)
+            .max(Duration::from_millis(1));
+        let (value, acked, ms) = self
+            .run_on(true, bump_on_failure, |c| async move {
+                let mut w = c.clone();
+                let value = f(c).await?;
+                if want == 0 {
+                    return Ok((value, 0, 0));
+                }
+                // WAIT 0 would block forever: at least 1 ms.
+                let ms = Inner::ms(budget.saturating_sub(started.elapsed()));
+                let acked: i64 = redis::cmd("WAIT")
+                    .arg(want)
+                    .arg(ms)
+                    .query_async(&mut w)
+                    .await?;
+                Ok((value, acked, ms))
+            })
+            .await?;
+        if want == 0 {
+            return Ok(Durable::Acked(value));
+        }
+        self.metrics.round_trips.inc();
+        if acked >= i64::from(want) {
+            return Ok(Durable::Acked(value));
+        }
+        self.metrics.errors.inc();
+        self.metrics.replica_wait_failures.inc();
+        if bump_on_failure {
+            // Applied on this primary only: if it fails over now, the
+            // invalidation is gone (the new primary's run id bumps the
+            // epoch too; this covers a reconnect to the same server).
+            self.pending_bump.store(true, Ordering::SeqCst);
+        }
+        // Perhaps this is no longer the primary: check now, not at the
+        // next tick.
+        self.recheck.notify_one();
+        Ok(Durable::Unacked(
+            value,
+            StoreError::Unavailable(format!(
+                "redis: {acked} of {want} replica(s) acknowledged the write within {ms} ms (WAIT); not counted as done"
+            )),
+        ))
+    }
+
+    /// [`Inner::run`] on the main connection or (`writer`) the writer.
+    async fn run_on<T, F, Fut>(
+        &self,
+        writer: bool,
+        bump_on_failure: bool,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let (id, conn) = {
             let live = self.live.read().unwrap_or_else(|e| e.into_inner());
             match &*live {
                 Some(l) if self.shared.live_id.load(Ordering::SeqCst) == l.id => {
-                    (l.id, l.conn.clone())
+                    let conn = if writer { &l.writer } else { &l.conn };
+                    (l.id, conn.clone())
                 }
                 _ => {
                     // Set while holding the lock: a reconnect installing a
@@ -407,10 +655,12 @@ impl Inner {
         if connection_lost || bump_on_failure {
             self.drop_live(id, &err.to_string());
             Err(StoreError::Unavailable(err.to_string()))
-        } else if matches!(
-            err.code(),
-            Some("OOM" | "LOADING" | "MASTERDOWN" | "READONLY" | "BUSY")
-        ) {
+        } else if not_primary(&err) {
+            // A demoted primary (or a replica that lost its primary): find
+            // the primary again now rather than failing every write.
+            self.drop_live(id, &format!("the server is no longer the primary: {err}"));
+            Err(StoreError::Unavailable(err.to_string()))
+        } else if matches!(err.code(), Some("OOM" | "LOADING" | "BUSY")) {
             // Reachable but refusing work (maxmemory without eviction, a
             // replica, a failover, a busy script): an outage for the caller.
             Err(StoreError::Unavailable(err.to_string()))
@@ -547,6 +797,12 @@ fn entry_from_cache(
     }
     let lm: u64 = res.get(&format!("m|{}", variant.0))?.parse().ok()?;
     Some(UNIX_EPOCH + Duration::from_secs(lm))
+}
+
+/// A reply saying the server is not (or no longer) a writable primary.
+fn not_primary(err: &redis::RedisError) -> bool {
+    matches!(err.code(), Some("READONLY" | "MASTERDOWN"))
+        || err.to_string().contains("read only replica")
 }
 
 fn parse_u64(s: &str) -> Result<u64, StoreError> {
@@ -731,21 +987,24 @@ impl Store for RedisStore {
         let (pk, mk, ck) = (keys.path(&path_id), keys.meta(), keys.clock());
         let meta_ttl = Inner::ms(inner.opts.meta_ttl);
         let globs_owned: Vec<String> = globs.iter().map(|g| g.to_string()).collect();
-        let _: String = inner
-            .run(true, |mut c| async move {
+        let done = inner
+            .run_durable(true, |mut c| async move {
                 let mut inv = SCRIPTS.invalidate.key(pk);
                 inv.key(mk).key(ck).arg(meta_ttl);
                 for g in globs_owned {
                     inv.arg(g);
                 }
-                inv.invoke_async(&mut c).await
+                inv.invoke_async::<String>(&mut c).await
             })
             .await?;
         if let Some(t) = ticket {
             inner.await_own_push(t, Hit::Path(path_id.clone())).await;
         }
         forget();
-        Ok(())
+        match done {
+            Durable::Acked(_) => Ok(()),
+            Durable::Unacked(_, e) => Err(e),
+        }
     }
 
     async fn purge(&self, purge: &Purge) -> Result<PurgeReport, StoreError> {
@@ -793,11 +1052,10 @@ impl Store for RedisStore {
         }
         // A purge that may have failed half-way bumps the epoch on reconnect,
         // as a write's invalidation does.
-        let (_stamp, raised, held): (String, i64, i64) = inner
-            .run(
-                true,
-                |mut c| async move { script.invoke_async(&mut c).await },
-            )
+        let done = inner
+            .run_durable(true, |mut c| async move {
+                script.invoke_async::<(String, i64, i64)>(&mut c).await
+            })
             .await?;
         if let Some(t) = ticket {
             // Every key the script wrote is pushed in the same event-loop
@@ -805,6 +1063,10 @@ impl Store for RedisStore {
             inner.await_own_push(t, Hit::Purge).await;
         }
         forget();
+        let (_stamp, raised, held) = match done {
+            Durable::Acked(v) => v,
+            Durable::Unacked(_, e) => return Err(e),
+        };
         Ok(PurgeReport {
             marks: u64::try_from(held).unwrap_or(0),
             floor_raised: raised == 1,
@@ -820,18 +1082,36 @@ impl Store for RedisStore {
         let keys = &inner.shared.keys;
         let (lk, ck) = (keys.lock(&resource.lock), keys.clock());
         let (lease, clock_ttl) = (Inner::ms(lease), Inner::ms(inner.opts.meta_ttl));
-        let token: Option<String> = inner
-            .run(false, |mut c| async move {
+        let done = inner
+            .run_durable(false, |mut c| async move {
                 SCRIPTS
                     .lock
                     .key(lk)
                     .key(ck)
                     .arg(lease)
                     .arg(clock_ttl)
-                    .invoke_async(&mut c)
+                    .invoke_async::<Option<String>>(&mut c)
                     .await
             })
             .await?;
+        let token = match done {
+            Durable::Acked(token) => token,
+            // Held by someone else: nothing was written.
+            Durable::Unacked(None, _) => None,
+            Durable::Unacked(token, e) => {
+                // Taken on this primary only: give it back (best effort;
+                // the lease ends it otherwise) so other writers need not
+                // wait for the lease.
+                if let Some(t) = token.and_then(|t| t.parse::<u64>().ok()) {
+                    let lock = WriteLock {
+                        resource: resource.clone(),
+                        token: t,
+                    };
+                    let _ = self.unlock(&lock).await;
+                }
+                return Err(e);
+            }
+        };
         match token {
             Some(t) => Ok(Some(WriteLock {
                 resource: resource.clone(),
@@ -845,24 +1125,31 @@ impl Store for RedisStore {
         let inner = &self.inner;
         let lk = inner.shared.keys.lock(&lock.resource.lock);
         let (token, lease) = (lock.token.to_string(), Inner::ms(lease));
-        let renewed: i64 = inner
-            .run(false, |mut c| async move {
+        let done = inner
+            .run_durable(false, |mut c| async move {
                 SCRIPTS
                     .renew
                     .key(lk)
                     .arg(token)
                     .arg(lease)
-                    .invoke_async(&mut c)
+                    .invoke_async::<i64>(&mut c)
                     .await
             })
             .await?;
-        Ok(renewed == 1)
+        match done {
+            Durable::Acked(renewed) => Ok(renewed == 1),
+            // The holder retries; the lease still runs.
+            Durable::Unacked(_, e) => Err(e),
+        }
     }
 
     async fn unlock(&self, lock: &WriteLock) -> Result<(), StoreError> {
         let inner = &self.inner;
         let lk = inner.shared.keys.lock(&lock.resource.lock);
         let token = lock.token.to_string();
+        // Repeated on every new connection for a while, so a release lost
+        // in a failover does not leave the lock on the new primary.
+        inner.note_release(lk.clone(), token.clone());
         let _: i64 = inner
             .run(false, |mut c| async move {
                 SCRIPTS.unlock.key(lk).arg(token).invoke_async(&mut c).await
@@ -877,5 +1164,23 @@ impl Store for RedisStore {
         } else {
             StoreHealth::Down
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WaitReplicas;
+
+    #[test]
+    fn wait_replicas_parse_and_count() {
+        assert_eq!("auto".parse(), Ok(WaitReplicas::Auto));
+        assert_eq!("AUTO".parse(), Ok(WaitReplicas::Auto));
+        assert_eq!("2".parse(), Ok(WaitReplicas::Exactly(2)));
+        assert!("two".parse::<WaitReplicas>().is_err());
+        // Auto: one replica once the primary has any, none without.
+        assert_eq!(WaitReplicas::Auto.count(0), 0);
+        assert_eq!(WaitReplicas::Auto.count(3), 1);
+        assert_eq!(WaitReplicas::Exactly(2).count(0), 2);
+        assert_eq!(WaitReplicas::Exactly(0).count(5), 0);
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Script, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisFuture, RedisResult, Script, Value,
+};
 
 use super::target::Target;
 
@@ -95,32 +97,120 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// Open a connection (AUTH, HELLO 3 and SELECT happen inside the crate).
-/// `push` receives tracking invalidations and the crate's disconnect notice.
+/// What [`open`] returns: the connection every read and the tracking
+/// pushes use, and the one writes that wait for replicas use.
+pub(crate) struct Opened {
+    pub(crate) main: Conn,
+    /// Locks and invalidations, each followed by `WAIT`: a `WAIT` blocks
+    /// the connection it is sent on, so it gets one of its own and never
+    /// holds up lookups or read barriers. A clone of `main` on a cluster.
+    pub(crate) writer: Conn,
+    /// The primary's address as the sentinels named it (sentinel URLs).
+    pub(crate) primary: Option<(String, u16)>,
+}
+
+/// Open the connections (AUTH, HELLO 3 and SELECT happen inside the
+/// crate); both reach the same server. `push`/`writer_push` receive
+/// tracking invalidations and the crate's disconnect notices.
 pub(crate) async fn open(
     target: &Target,
     push: impl AsyncPushSender,
+    writer_push: impl AsyncPushSender,
     connect_timeout: Duration,
     response_timeout: Duration,
-) -> RedisResult<Conn> {
+) -> RedisResult<Opened> {
+    let timeouts = (connect_timeout, response_timeout);
+    match target {
+        Target::Single(client) => {
+            let (main, writer) = pair(client, push, writer_push, timeouts).await?;
+            Ok(Opened {
+                main,
+                writer,
+                primary: None,
+            })
+        }
+        Target::Sentinel(sentinels, _) => {
+            // Resolved afresh on every connect: after a failover the
+            // sentinels name the new primary.
+            // Bounded: the crate asks the named primary its ROLE without a
+            // timeout, and a frozen primary would hold this attempt until
+            // the supervisor's budget runs out.
+            let lookup = async { sentinels.lock().await.async_get_client().await };
+            let client = tokio::time::timeout(connect_timeout, lookup)
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "the sentinels' primary did not answer in time",
+                    ))
+                })??;
+            let primary = match client.get_connection_info().addr() {
+                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                    Some((host.clone(), *port))
+                }
+                _ => None,
+            };
+            let (main, writer) = pair(&client, push, writer_push, timeouts).await?;
+            Ok(Opened {
+                main,
+                writer,
+                primary,
+            })
+        }
+        Target::Cluster(client) => {
+            let main = Conn::Cluster(client.get_async_connection().await?);
+            Ok(Opened {
+                writer: main.clone(),
+                main,
+                primary: None,
+            })
+        }
+    }
+}
+
+/// Two connections to the server `client` names.
+async fn pair(
+    client: &redis::Client,
+    push: impl AsyncPushSender,
+    writer_push: impl AsyncPushSender,
+    (connect_timeout, response_timeout): (Duration, Duration),
+) -> RedisResult<(Conn, Conn)> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(Some(response_timeout))
-        .set_push_sender(push);
-    match target {
-        Target::Single(client) => Ok(Conn::Single(
-            client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?,
-        )),
-        Target::Sentinel(client) => {
-            let mut client = client.lock().await;
-            Ok(Conn::Single(
-                client.get_async_connection_with_config(&config).await?,
-            ))
-        }
-        Target::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
-    }
+        .set_response_timeout(Some(response_timeout));
+    let main = client
+        .get_multiplexed_async_connection_with_config(&config.clone().set_push_sender(push))
+        .await?;
+    let writer = client
+        .get_multiplexed_async_connection_with_config(&config.set_push_sender(writer_push))
+        .await?;
+    Ok((Conn::Single(main), Conn::Single(writer)))
+}
+
+/// The primary the sentinels name now (`None`: not a sentinel URL, or no
+/// sentinel knows the master). Asked after connecting: a primary that was
+/// frozen while the sentinels replaced it still says "master" when it
+/// wakes up, until the sentinels demote it.
+pub(crate) async fn sentinel_primary(
+    target: &Target,
+    timeout: Duration,
+) -> RedisResult<Option<(String, u16)>> {
+    let Target::Sentinel(sentinels, master) = target else {
+        return Ok(None);
+    };
+    let client = sentinels.lock().await.async_get_sentinel_client().await?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let mut c = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+        .arg("GET-MASTER-ADDR-BY-NAME")
+        .arg(master)
+        .query_async(&mut c)
+        .await?;
+    Ok(addr.and_then(|(host, port)| Some((host, port.parse().ok()?))))
 }
 
 /// Load every script (one pipelined round trip), so requests only EVALSHA.

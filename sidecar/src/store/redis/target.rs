@@ -23,7 +23,9 @@ use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, TlsCertificates
 /// A parsed `--redis` URL.
 pub(crate) enum Target {
     Single(redis::Client),
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    /// The sentinels' client and the master's name (asked again after
+    /// connecting, so a primary a failover just replaced is refused).
+    Sentinel(tokio::sync::Mutex<SentinelClient>, String),
     Cluster(ClusterClient),
 }
 
@@ -221,9 +223,10 @@ pub(crate) fn parse(
             if let Some(pw) = &p.password {
                 b = b.set_client_to_redis_password(pw);
             }
-            Ok(Target::Sentinel(tokio::sync::Mutex::new(
-                b.build().map_err(invalid)?,
-            )))
+            Ok(Target::Sentinel(
+                tokio::sync::Mutex::new(b.build().map_err(invalid)?),
+                master.clone(),
+            ))
         }
         "redis+cluster" | "rediss+cluster" => {
             let p = parts(rest, scheme.starts_with("rediss"))?;
@@ -286,7 +289,7 @@ mod tests {
                 T,
                 None
             ),
-            Ok(Target::Sentinel(_))
+            Ok(Target::Sentinel(..))
         ));
         assert!(matches!(
             parse("redis+cluster://h1:7000,[::1]:7001", T, T, None),
