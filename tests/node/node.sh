@@ -185,6 +185,7 @@ down() {
 	# The node stops the kubelet, then stops and removes every pod sandbox
 	# through the CRI (CNI DEL, netns removed), then containerd.
 	stop_pid "$dir/node.pid" 60
+	grep -ho 'removed [0-9]* of [0-9]* pod sandboxes' "$dir/log/node.log" 2>/dev/null | tail -n 1 | sed 's/^/node.sh: /' >&2 || true
 	# Shims outlive containerd by design; those of this node name its socket.
 	local sock=$dir/containerd/containerd.sock shim
 	for shim in $(pgrep -f -- "containerd-shim-runc-v2 .*-address $sock" || true); do
