@@ -198,7 +198,7 @@ down() {
 	done
 	stop_pid "$dir/forward.pid" 5
 	stop_pid "$dir/controlplane.pid" 30
-	if ip netns list | grep -qw "$NETNS"; then
+	if ip netns list 2>/dev/null | grep -qw "$NETNS"; then
 		ip netns del "$NETNS"
 	fi
 	ip link del "$HOST_IF" 2>/dev/null || true
