@@ -8,6 +8,7 @@ pub mod config;
 pub mod crd;
 pub mod error;
 pub mod fleet;
+pub mod heal;
 pub mod invalidate;
 pub mod metrics;
 pub mod owner;

@@ -28,6 +28,7 @@ use crate::children::{self, BuildError, FIELD_MANAGER, OWNER_LABEL, STORE_LABEL,
 use crate::crd::{ETagStore, ETagStoreStatus, ExternalRedis, ManagedRedis};
 use crate::error::{Error, Result};
 use crate::fleet::{self, Fleet, SIDECARS_INJECTED};
+use crate::heal;
 use crate::metrics::Metrics;
 use crate::secret_watch;
 use crate::status::{self, CHILD_NOT_OWNED, DEGRADED, Health, INVALID_POLICY, READY};
@@ -318,23 +319,96 @@ async fn apply_managed(
     )
     .await?;
 
+    let health = redis_health(store, ctx, ns, &sts, redis.replicas).await?;
+    Ok((health, Some(children::service::endpoint(store))))
+}
+
+/// The health of a StatefulSet of `replicas` Redis pods: a stuck pod's own
+/// reason before the ready count, after replacing the pod that blocks a
+/// rollout to the spec (see `heal`).
+async fn redis_health(
+    store: &ETagStore,
+    ctx: &Context,
+    ns: &str,
+    sts: &StatefulSet,
+    replicas: i32,
+) -> Result<Health> {
+    let selector = children::selector_labels(store)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let diagnosis = heal::diagnose(sts, &pods, jiff::Timestamp::now());
+    if let Some(r) = &diagnosis.replace
+        && let Some(message) = replace_pod(store, ctx, ns, r).await?
+    {
+        return Ok(Health::Progressing {
+            reason: heal::REPLACED_STUCK_POD,
+            message,
+        });
+    }
+    if let Some(p) = diagnosis.problem {
+        return Ok(Health::Degraded {
+            reason: p.reason,
+            message: p.message,
+        });
+    }
     let ready = sts
         .status
         .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
-    let health = if ready >= redis.replicas {
+    Ok(if ready >= replicas {
         Health::Ready {
             reason: "RedisReady",
-            message: format!("{ready}/{} Redis pods ready", redis.replicas),
+            message: format!("{ready}/{replicas} Redis pods ready"),
         }
     } else {
         Health::Progressing {
             reason: "WaitingForRedis",
-            message: format!("{ready}/{} Redis pods ready", redis.replicas),
+            message: format!("{ready}/{replicas} Redis pods ready"),
         }
-    };
-    Ok((health, Some(children::service::endpoint(store))))
+    })
+}
+
+/// Delete a stuck pod (uid precondition) so its StatefulSet recreates it at
+/// the update revision; one log line and one Event. `None` when it was gone
+/// or replaced already.
+async fn replace_pod(
+    store: &ETagStore,
+    ctx: &Context,
+    ns: &str,
+    r: &heal::Replacement,
+) -> Result<Option<String>> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let mut params = DeleteParams::background();
+    params.preconditions = Some(Preconditions {
+        uid: Some(r.uid.clone()),
+        resource_version: None,
+    });
+    match api.delete(&r.pod, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let message = format!(
+        "deleted pod {} ({}, revision {}) so that the StatefulSet recreates it at revision {}",
+        r.pod, r.why, r.from_revision, r.to_revision
+    );
+    tracing::info!(store = %store.name_any(), namespace = %ns, pod = %r.pod, why = %r.why,
+        from = %r.from_revision, to = %r.to_revision, "replaced a stuck Redis pod of an outdated revision");
+    ctx.event(
+        store,
+        EventType::Normal,
+        heal::REPLACED_STUCK_POD,
+        message.clone(),
+    )
+    .await;
+    Ok(Some(message))
 }
 
 /// The value a generated Secret already holds (read by `existing`), or a
@@ -812,7 +886,14 @@ async fn run_one(
     let controller = Controller::new(stores, watcher::Config::default())
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(250)));
     let referencing = secret_watch::mapper(controller.store());
-    let pods_to_stores = fleet::pod_mapper(controller.store());
+    let opted_in = fleet::pod_mapper(controller.store());
+    // Redis pods (labelled with their store) wake it too: a pod stuck in
+    // ImagePullBackOff changes no StatefulSet status, yet the store must say so.
+    let pods_to_stores = move |pod: PartialObjectMeta<Pod>| {
+        let mut stores = heal::store_of_pod(&pod.metadata);
+        stores.extend(opted_in(pod));
+        stores
+    };
     controller
         .owns(api::<StatefulSet>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())

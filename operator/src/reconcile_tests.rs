@@ -32,6 +32,8 @@ struct Fake {
     pods: Vec<Value>,
     /// Services of the namespace, as JSON.
     services: Vec<Value>,
+    /// The Redis StatefulSet's status, when a test sets more than the ready count.
+    sts_status: Option<Value>,
     seen: Vec<Seen>,
 }
 
@@ -103,7 +105,7 @@ impl Fake {
                 // The apiserver gives every object a uid.
                 obj["metadata"]["uid"] = json!(format!("uid:{path}"));
                 if path.contains("/statefulsets/") {
-                    obj["status"] = json!({"replicas": self.ready_replicas, "readyReplicas": self.ready_replicas});
+                    obj["status"] = self.sts_status.clone().unwrap_or_else(|| json!({"replicas": self.ready_replicas, "readyReplicas": self.ready_replicas}));
                 }
                 self.objects.insert(path, obj.clone());
                 (200, obj)
@@ -735,6 +737,105 @@ async fn pods_without_the_sidecar_and_outdated_ones_are_reported() {
     assert!(f.seen.iter().any(|s| s.method == "POST"
         && s.body["reason"] == "AllInjected"
         && s.body["type"] == "Normal"));
+}
+
+/// A Redis pod of revision `rev` stuck in ImagePullBackOff, controlled by
+/// the fake's StatefulSet (which gets uid `uid:<its path>`).
+fn stuck_redis_pod(rev: &str) -> Value {
+    json!({"apiVersion":"v1","kind":"Pod",
+        "metadata":{"name":"cache-redis-0","namespace":"shop","uid":"pod-0",
+            "labels":{"sametag.dev/etagstore":"cache","controller-revision-hash":rev},
+            "ownerReferences":[{"apiVersion":"apps/v1","kind":"StatefulSet","name":"cache-redis",
+                "uid":"uid:/apis/apps/v1/namespaces/shop/statefulsets/cache-redis","controller":true}]},
+        "spec":{"containers":[{"name":"redis","image":"registry.invalid/redis:nope"}]},
+        "status":{"conditions":[{"type":"Ready","status":"False"}],
+            "containerStatuses":[{"name":"redis","image":"registry.invalid/redis:nope","imageID":"",
+                "ready":false,"restartCount":0,
+                "state":{"waiting":{"reason":"ImagePullBackOff","message":"Back-off pulling image"}}}]}})
+}
+
+#[tokio::test]
+async fn a_stuck_pod_is_reported_and_replaced_once_the_spec_moved_on() {
+    let (ctx, fake, _server) = context();
+    {
+        let mut f = fake.lock().unwrap();
+        // The StatefulSet still at the pod's revision: the bad image is the spec.
+        f.sts_status = Some(json!({"replicas":1,"readyReplicas":0,
+            "currentRevision":"r1","updateRevision":"r1"}));
+        f.pods.push(stuck_redis_pod("r1"));
+        f.objects
+            .insert(format!("{BASE}/pods/cache-redis-0"), stuck_redis_pod("r1"));
+    }
+    let action = reconcile(Arc::new(fixtures::managed()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let store = {
+        let f = fake.lock().unwrap();
+        assert!(
+            !f.seen.iter().any(|s| s.method == "DELETE"),
+            "a pod of the current revision is never deleted"
+        );
+        // The Redis pods are listed by their selector.
+        assert!(f.seen.iter().any(|s| s.path == format!("{BASE}/pods")
+            && s.query.contains("app.kubernetes.io%2Fname%3Dsametag-redis")));
+        let st = status_of(&f).unwrap();
+        let d = cond(&st, "Degraded");
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "ImagePullBackOff")
+        );
+        assert_eq!(
+            d.message,
+            r#"pod cache-redis-0: image "registry.invalid/redis:nope" cannot be pulled (ImagePullBackOff)"#
+        );
+        assert_eq!(cond(&st, "Ready").reason, "ImagePullBackOff");
+        assert!(f.seen.iter().any(|s| s.method == "POST"
+            && s.body["reason"] == "ImagePullBackOff"
+            && s.body["type"] == "Warning"));
+        let mut store = fixtures::managed();
+        store.status = Some(st);
+        store
+    };
+
+    // The user fixed the image: the controller has a new update revision,
+    // but waits forever for the stuck pod of the old one.
+    {
+        let mut f = fake.lock().unwrap();
+        f.sts_status = Some(json!({"replicas":1,"readyReplicas":0,
+            "currentRevision":"r1","updateRevision":"r2"}));
+        f.seen.clear();
+    }
+    let action = reconcile(Arc::new(store), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+    let f = fake.lock().unwrap();
+    let deletes: Vec<&Seen> = f.seen.iter().filter(|s| s.method == "DELETE").collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert_eq!(deletes[0].path, format!("{BASE}/pods/cache-redis-0"));
+    assert_eq!(deletes[0].body["preconditions"]["uid"], "pod-0");
+    let st = status_of(&f).unwrap();
+    let p = cond(&st, "Progressing");
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_str()),
+        ("True", "ReplacedStuckPod")
+    );
+    assert!(
+        p.message
+            .contains("deleted pod cache-redis-0 (ImagePullBackOff, revision r1)")
+            && p.message.contains("at revision r2"),
+        "{}",
+        p.message
+    );
+    assert_eq!(cond(&st, "Degraded").status, "False");
+    assert!(f.seen.iter().any(|s| {
+        s.method == "POST"
+            && s.body["reason"] == "ReplacedStuckPod"
+            && s.body["type"] == "Normal"
+            && s.body["note"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("cache-redis-0")
+    }));
 }
 
 #[test]

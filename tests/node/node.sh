@@ -168,10 +168,24 @@ stop_pid() { # pidfile seconds
 	rm -f "$f"
 }
 
+# The network namespaces of this node's pod sandboxes (containerd names them
+# /var/run/netns/cni-<uuid>), read from its own metadata so that no other
+# runtime's are ever touched; works with containerd stopped or crashed.
+node_netns() {
+	local db=$dir/containerd/root/io.containerd.metadata.v1.bolt/meta.db
+	[ -f "$db" ] || return 0
+	grep -aoE '/var/run/netns/cni-[0-9a-f-]{36}' "$db" | sort -u || true
+}
+
 down() {
 	[ "$(id -u)" = 0 ] || die "must run as root"
-	log "stopping node (kubelet, proxy, scheduler, containers, containerd)"
+	local netns
+	netns=$(node_netns)
+	log "stopping node (kubelet, proxy, scheduler, pod sandboxes, containerd)"
+	# The node stops the kubelet, then stops and removes every pod sandbox
+	# through the CRI (CNI DEL, netns removed), then containerd.
 	stop_pid "$dir/node.pid" 60
+	grep -ho 'removed [0-9]* of [0-9]* pod sandboxes' "$dir/log/node.log" 2>/dev/null | tail -n 1 | sed 's/^/node.sh: /' >&2 || true
 	# Shims outlive containerd by design; those of this node name its socket.
 	local sock=$dir/containerd/containerd.sock shim
 	for shim in $(pgrep -f -- "containerd-shim-runc-v2 .*-address $sock" || true); do
@@ -184,14 +198,24 @@ down() {
 	done
 	stop_pid "$dir/forward.pid" 5
 	stop_pid "$dir/controlplane.pid" 30
-	if ip netns list | grep -qw "$NETNS"; then
+	if ip netns list 2>/dev/null | grep -qw "$NETNS"; then
 		ip netns del "$NETNS"
 	fi
 	ip link del "$HOST_IF" 2>/dev/null || true
+	# What a node killed before it removed its sandboxes left behind (its
+	# processes are gone, so these are only mount points or empty files).
+	local ns left=()
+	for ns in $netns; do
+		[ -e "$ns" ] || continue
+		umount -l "$ns" 2>/dev/null || true
+		rm -f "$ns" 2>/dev/null || true
+		[ -e "$ns" ] && left+=("$ns")
+	done
 	sleep 0.5
 	for d in $(cgroup_dirs); do
 		[ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
 	done
+	[ ${#left[@]} -eq 0 ] || die "pod network namespaces left behind: ${left[*]}"
 	log "node down"
 }
 

@@ -13,8 +13,24 @@ started=$(date +%s)
 
 bash "$here/setup-packages.sh"
 bash "$here/node.sh" down "$dir" >/dev/null 2>&1 || true
+cni_netns() { ls /var/run/netns 2>/dev/null | grep '^cni-' | sort || true; }
+netns_before=$(cni_netns)
+# Down, then check that no pod network namespace outlived the node: one left
+# behind fails the run.
+teardown() {
+	local rc=$? left
+	bash "$here/node.sh" down "$dir" || rc=1
+	left=$(comm -13 <(echo "$netns_before") <(cni_netns))
+	if [ -n "$left" ]; then
+		echo "run.sh: network namespaces left behind after node.sh down: $(echo "$left" | tr '\n' ' ')" >&2
+		rc=1
+	else
+		echo "run.sh: node down, no pod network namespace left behind" >&2
+	fi
+	exit "$rc"
+}
 if [ "${SAMETAG_NODE_KEEP:-0}" != 1 ]; then
-	trap 'bash "$here/node.sh" down "$dir"' EXIT
+	trap teardown EXIT
 fi
 env_file=$(bash "$here/node.sh" up "$dir" | tail -n 1)
 # shellcheck disable=SC1090

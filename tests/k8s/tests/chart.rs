@@ -888,6 +888,35 @@ fn chart_rbac_is_the_operators_rbac() {
     );
 }
 
+/// The operator replaces stuck Redis pods (it deletes them; their
+/// StatefulSet recreates them) and never creates or changes a pod, in the
+/// cluster-wide rules and in a watched namespace's Role alike.
+#[test]
+fn pods_may_be_deleted_never_created_or_changed() {
+    let pods_verbs = |rules: &Value| -> Value {
+        let rules = rules.as_array().expect("rules");
+        let pods: Vec<&Value> = rules
+            .iter()
+            .filter(|r| {
+                r["resources"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == "pods"))
+            })
+            .collect();
+        assert_eq!(pods.len(), 1, "one rule on pods: {pods:?}");
+        pods[0]["verbs"].clone()
+    };
+    let want = serde_json::json!(["get", "list", "watch", "delete"]);
+    let cluster = docs(&render_case("default"));
+    assert_eq!(pods_verbs(&one(&cluster, "ClusterRole")["rules"]), want);
+    let watched = docs_of(&["--set", "watchNamespaces={shop}"]);
+    let role = find(&watched, "Role")
+        .into_iter()
+        .find(|r| r["metadata"]["namespace"] == "shop")
+        .expect("Role in shop");
+    assert_eq!(pods_verbs(&role["rules"]), want);
+}
+
 #[test]
 fn monitoring_is_off_by_default() {
     let docs = docs(&render_case("default"));

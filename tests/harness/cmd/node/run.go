@@ -17,7 +17,10 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"k8s.io/client-go/tools/clientcmd"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // runOptions are the flags of `node run`.
@@ -308,6 +311,7 @@ func stopAll(children []*child, sock string) {
 	for i := len(children) - 1; i >= 0; i-- {
 		c := children[i]
 		if c.name == "containerd" {
+			removeSandboxes(sock)
 			killContainers(sock)
 		}
 		_ = c.cmd.Process.Signal(syscall.SIGTERM)
@@ -330,4 +334,38 @@ func killContainers(sock string) {
 	for _, id := range strings.Fields(string(out)) {
 		_ = exec.Command("ctr", "--address", sock, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
 	}
+}
+
+// removeSandboxes stops and removes every pod sandbox through the CRI (the
+// kubelet is stopped by then, so none comes back): containerd tears down
+// each pod's network (CNI DEL) and deletes its network namespace
+// (/var/run/netns/cni-*), which killing containerd would leave behind.
+func removeSandboxes(sock string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		step("CRI: " + err.Error())
+		return
+	}
+	defer conn.Close()
+	rs := runtimeapi.NewRuntimeServiceClient(conn)
+	list, err := rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		step("CRI: listing pod sandboxes: " + err.Error())
+		return
+	}
+	removed := 0
+	for _, sb := range list.Items {
+		if _, err := rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.Id}); err != nil {
+			step(fmt.Sprintf("CRI: stopping sandbox %s: %v", sb.Id, err))
+			continue
+		}
+		if _, err := rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.Id}); err != nil {
+			step(fmt.Sprintf("CRI: removing sandbox %s: %v", sb.Id, err))
+			continue
+		}
+		removed++
+	}
+	step(fmt.Sprintf("removed %d of %d pod sandboxes", removed, len(list.Items)))
 }
