@@ -263,6 +263,15 @@ fn the_pod_runs_on_redis_and_on_valkey_images() {
 }
 
 #[test]
+fn an_image_without_a_server_says_so() {
+    let s = store(ManagedRedis::default());
+    let empty = Image::new(Path::new("/bin/true"), &[], true, false);
+    let (child, _) = start_pod(&s, &empty, free_port(), "pw");
+    let out = child.wait_with_output().expect("the script ends");
+    assert_eq!(out.status.code(), Some(127));
+}
+
+#[test]
 fn the_engine_picks_the_default_image_and_image_overrides_it() {
     let image = |m: ManagedRedis| container(&store(m)).image.expect("an image");
     assert_eq!(image(ManagedRedis::default()), DEFAULT_REDIS_IMAGE);

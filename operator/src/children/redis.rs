@@ -32,7 +32,7 @@ pub const CONFIG_HASH_ANNOTATION: &str = "sametag.dev/config-hash";
 pub const START_SCRIPT: &str = r#"set -e
 set -- /etc/redis/redis.conf --requirepass "$REDIS_PASSWORD" --masterauth "$REDIS_PASSWORD"
 if [ "${POD_INDEX:-0}" != "0" ]; then set -- "$@" --replicaof "$PRIMARY_HOST" 6379; fi
-server=$(command -v valkey-server || command -v redis-server)
+server=$(command -v valkey-server || command -v redis-server) || { echo "the image has neither valkey-server nor redis-server" >&2; exit 127; }
 exec "$server" "$@""#;
 
 /// The readiness probe: a PING with whichever CLI the image has; the

@@ -19,8 +19,12 @@ use clap::Parser;
 struct Args {
     /// The server (an empty, dedicated one: the run fills it and reads its
     /// `INFO`).
+    #[arg(long, required_unless_present = "render_only")]
+    redis: Option<String>,
+    /// Measure nothing: read `<out>.json` and write the projection and
+    /// `<out>.md` again (after a change to the report's layout).
     #[arg(long)]
-    redis: String,
+    render_only: bool,
     /// Client counts, ascending.
     #[arg(long, value_delimiter = ',', default_value = "25,50,100,200")]
     clients: Vec<usize>,
@@ -54,6 +58,13 @@ struct Args {
     /// ... and this many resources.
     #[arg(long, default_value_t = 10_000_000)]
     project_resources: u64,
+    /// The store clients' local cache and client tracking (`false`: no
+    /// pushes to them, a round trip per lookup).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    client_cache: bool,
+    /// A line on where it ran, kept in the report.
+    #[arg(long, default_value = "")]
+    note: String,
     /// Output path without extension (`.json` and `.md` are written).
     #[arg(long)]
     out: std::path::PathBuf,
@@ -77,6 +88,7 @@ fn main() -> ExitCode {
         observers: a.observers,
         fill_concurrency: a.fill_concurrency,
         prefix: "scale".into(),
+        client_cache: a.client_cache,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -89,9 +101,21 @@ fn main() -> ExitCode {
         }
     };
     let started = std::time::Instant::now();
-    let report = rt.block_on(sim::run(&a.redis, &params, |line| {
-        println!("[{:>5.1}s] {line}", started.elapsed().as_secs_f64());
-    }));
+    let report = if a.render_only {
+        std::fs::read_to_string(a.out.with_extension("json"))
+            .map_err(|e| e.to_string())
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).map_err(|e| e.to_string()))
+            .and_then(|v| {
+                serde_json::from_value::<sim::Report>(v["report"].clone())
+                    .map_err(|e| e.to_string())
+            })
+    } else {
+        let url = a.redis.clone().unwrap_or_default();
+        rt.block_on(sim::run(&url, &params, |line| {
+            println!("[{:>5.1}s] {line}", started.elapsed().as_secs_f64());
+        }))
+        .map_err(|e| e.to_string())
+    };
     let report = match report {
         Ok(r) => r,
         Err(e) => {
@@ -99,6 +123,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut report = report;
+    if !a.note.is_empty() {
+        report.note = a.note.clone();
+    }
     let projection = report.project(a.project_pods, a.project_resources);
     let json = serde_json::json!({ "report": report, "projection": projection });
     let written = serde_json::to_string_pretty(&json)

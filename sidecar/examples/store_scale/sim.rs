@@ -27,7 +27,7 @@ use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
 use sametag_sidecar::store::{ResourceKey, Store, VariantKey};
 use sametag_sidecar::tag::EntityTag;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub enum SimError {
 }
 
 /// What to run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Params {
     /// Client counts, ascending (each a number of store handles).
     pub clients: Vec<usize>,
@@ -65,6 +65,10 @@ pub struct Params {
     pub fill_concurrency: usize,
     /// The store prefix (hash tag).
     pub prefix: String,
+    /// The store clients' local cache (and so their `CLIENT TRACKING`).
+    /// Off: no client receives pushes (only the observers), and every
+    /// lookup is a round trip.
+    pub client_cache: bool,
 }
 
 impl Params {
@@ -81,12 +85,13 @@ impl Params {
             observers: 2,
             fill_concurrency: 8,
             prefix: "scale".into(),
+            client_cache: true,
         }
     }
 }
 
 /// One (clients, resources) measurement.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Cell {
     pub clients: usize,
     pub resources: usize,
@@ -104,7 +109,7 @@ pub struct Cell {
     /// Invalidated key names one tracking client received per write.
     pub push_keys_per_write_per_client: f64,
     /// Push messages the server sent per write, to every tracking client
-    /// (the N store clients and the observers).
+    /// (the N store clients, unless their cache is off, and the observers).
     pub push_msgs_per_write_total: f64,
     /// Server CPU (sys + user) per write, idle rate subtracted.
     pub cpu_us_per_write: f64,
@@ -126,7 +131,7 @@ pub struct Cell {
 }
 
 /// The memory a fill to `resources` added.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Fill {
     pub resources: usize,
     pub clients: usize,
@@ -139,7 +144,7 @@ pub struct Fill {
 }
 
 /// Everything a run measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     /// `redis_version` (and `valkey_version` when Valkey) from `INFO server`.
     pub server: String,
@@ -147,6 +152,9 @@ pub struct Report {
     pub fills: Vec<Fill>,
     pub cells: Vec<Cell>,
     pub secs: f64,
+    /// Where it ran (cores, load, client build), printed under the tables.
+    #[serde(default)]
+    pub note: String,
 }
 
 /// The resource `i` of the simulated app.
@@ -277,8 +285,9 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// Connect one more store handle.
-async fn connect(url: &str, prefix: &str) -> Result<RedisStore, SimError> {
+async fn connect(url: &str, prefix: &str, client_cache: bool) -> Result<RedisStore, SimError> {
     let opts = RedisOptions {
+        client_cache,
         // Time spent queued behind other clients on a busy machine is
         // latency to measure, not an outage.
         op_timeout: Duration::from_secs(5),
@@ -380,7 +389,7 @@ pub async fn run(
         let n0 = p.clients[0];
         stores.truncate(n0);
         while stores.len() < n0 {
-            stores.push(connect(url, &p.prefix).await?);
+            stores.push(connect(url, &p.prefix, p.client_cache).await?);
         }
         settle_clients(&mut admin, n0 as u64 + others).await?;
         let before = num(&info(&mut admin).await?, "used_memory") as u64;
@@ -408,7 +417,7 @@ pub async fn run(
         filled = r;
         for &n in &p.clients {
             while stores.len() < n {
-                stores.push(connect(url, &p.prefix).await?);
+                stores.push(connect(url, &p.prefix, p.client_cache).await?);
             }
             stores.truncate(n);
             let connected = settle_clients(&mut admin, n as u64 + others).await?;
@@ -421,6 +430,7 @@ pub async fn run(
 
             // Fixed-rate writes, spread round-robin over the clients.
             let total = (p.write_rate * p.write_secs).round().max(1.0) as u64;
+            let tracking = if p.client_cache { n } else { 0 };
             let (m0, k0) = (
                 pushes.msgs.load(Ordering::SeqCst),
                 pushes.keys.load(Ordering::SeqCst),
@@ -506,7 +516,7 @@ pub async fn run(
                 write_max_ms: lat.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
                 push_msgs_per_write_per_client: per_obs(msgs),
                 push_keys_per_write_per_client: per_obs(keys_pushed),
-                push_msgs_per_write_total: per_obs(msgs) * (n + p.observers) as f64,
+                push_msgs_per_write_total: per_obs(msgs) * (tracking + p.observers) as f64,
                 cpu_us_per_write,
                 cpu_idle_pct: idle_rate * 100.0,
                 cpu_write_pct: cpu_write / (elapsed + 0.1) * 100.0,
@@ -544,13 +554,14 @@ pub async fn run(
         fills,
         cells,
         secs: started.elapsed().as_secs_f64(),
+        note: String::new(),
     })
 }
 
 /// The measurements extrapolated to a fleet of `pods` store clients and
 /// `resources` resources on one server (one store is one hash slot, so one
 /// node: nothing here can be spread over a cluster).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Projection {
     pub pods: usize,
     pub resources: u64,
@@ -564,8 +575,8 @@ pub struct Projection {
     /// write to the whole fleet.
     pub push_msgs_per_write_per_client: f64,
     pub push_msgs_per_write_fleet: f64,
-    /// Server CPU per write as `a + b * clients` (least squares over the
-    /// cells of the most resources), in microseconds.
+    /// Server CPU per write as `a + b * clients` (least squares over every
+    /// cell: it does not depend on the resource count), in microseconds.
     pub cpu_us_per_write_base: f64,
     pub cpu_us_per_write_per_client: f64,
     pub cpu_us_per_write_at_pods: f64,
@@ -587,17 +598,20 @@ impl Report {
             .map(|c| c.bytes_per_client)
             .fold(0.0, f64::max);
         let n_cells = self.cells.len().max(1) as f64;
-        let per_client = self
-            .cells
-            .iter()
-            .map(|c| c.push_msgs_per_write_per_client)
-            .sum::<f64>()
-            / n_cells;
-        let max_r = self.cells.iter().map(|c| c.resources).max().unwrap_or(0);
+        // Without the local cache no sidecar tracks: the observers' pushes
+        // are theirs alone.
+        let per_client = if self.params.client_cache {
+            self.cells
+                .iter()
+                .map(|c| c.push_msgs_per_write_per_client)
+                .sum::<f64>()
+                / n_cells
+        } else {
+            0.0
+        };
         let pts: Vec<(f64, f64)> = self
             .cells
             .iter()
-            .filter(|c| c.resources == max_r)
             .map(|c| (c.clients as f64, c.cpu_us_per_write))
             .collect();
         let (a, b) = fit(&pts);
@@ -629,7 +643,7 @@ impl Report {
     pub fn markdown(&self, projection: &Projection) -> String {
         let mut s = String::new();
         s.push_str(&format!(
-            "# The store at scale\n\nServer: {}. Generated by `bench/store-scale.sh` \
+            "# The store at scale\n\nServer: {}; store clients' local cache (client tracking): {}. Generated by `bench/store-scale.sh` \
              (`sidecar/examples/store_scale`) in {:.0} s. Each client is one sidecar's \
              store handle (`RedisStore`: its own connection, RESP3 `CLIENT TRACKING BCAST`). \
              A write is the store's part of one conditional write (lock, invalidate, record \
@@ -638,6 +652,7 @@ impl Report {
              server's `used_cpu_sys + used_cpu_user`; the idle rate measured just before \
              is subtracted from CPU per write.\n\n",
             self.server,
+            if self.params.client_cache { "on" } else { "off" },
             self.secs,
             self.params.write_rate,
             self.params.write_secs,
@@ -699,6 +714,9 @@ impl Report {
             p.idle_cpu_pct_per_client,
             p.idle_cpu_pct_per_client * p.pods as f64,
         ));
+        if !self.note.is_empty() {
+            s.push_str(&format!("\n{}\n", self.note));
+        }
         s
     }
 }
