@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 
 /// API group of every sametag resource, annotation and label.
 pub const GROUP: &str = "sametag.dev";
-/// Default Redis image for managed stores.
+/// Default image of a managed store whose engine is Redis.
 pub const DEFAULT_REDIS_IMAGE: &str = "docker.io/library/redis:7.4-alpine";
+/// Default image of a managed store whose engine is Valkey.
+pub const DEFAULT_VALKEY_IMAGE: &str = "docker.io/valkey/valkey:8.1-alpine";
 /// Default `maxmemory` of a managed Redis.
 pub const DEFAULT_MAXMEMORY: &str = "256mb";
 /// Default body size above which the sidecar streams responses untagged.
@@ -86,9 +88,17 @@ impl Default for RedisSpec {
 #[x_kube(validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)")
     .message("spec.redis.managed.storage cannot be changed after creation (StatefulSet volume claim templates are immutable)"))]
 pub struct ManagedRedis {
-    /// Redis container image.
-    #[serde(default = "default_redis_image")]
-    pub image: String,
+    /// Which server runs the store: `Redis` or `Valkey` (the store speaks
+    /// the same protocol to both). Picks the default image; the pod runs
+    /// whichever of `valkey-server`/`redis-server` the image has.
+    #[serde(default)]
+    pub engine: RedisEngine,
+    /// Container image; unset: the engine's default
+    /// (`docker.io/library/redis:7.4-alpine` or
+    /// `docker.io/valkey/valkey:8.1-alpine`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
     /// Pods in the StatefulSet. Pod 0 is the primary that the Service
     /// targets; the others replicate it as warm standbys (no automatic
     /// failover).
@@ -112,10 +122,44 @@ pub struct ManagedRedis {
     pub eviction_policy: EvictionPolicy,
 }
 
+impl ManagedRedis {
+    /// The image the pods run: `image`, else the engine's default. An image
+    /// equal to the Redis default with engine `Valkey` is the default an
+    /// older CRD filled in (it defaulted `image`), so it follows the engine.
+    pub fn image(&self) -> &str {
+        match (&self.image, self.engine) {
+            (Some(i), RedisEngine::Valkey) if i == DEFAULT_REDIS_IMAGE => DEFAULT_VALKEY_IMAGE,
+            (Some(i), _) => i,
+            (None, engine) => engine.default_image(),
+        }
+    }
+}
+
+/// The server a managed store runs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RedisEngine {
+    /// Redis (`redis-server`).
+    #[default]
+    Redis,
+    /// Valkey (`valkey-server`), the Linux Foundation's fork of Redis.
+    Valkey,
+}
+
+impl RedisEngine {
+    /// The image a managed store of this engine runs unless `image` is set.
+    pub fn default_image(self) -> &'static str {
+        match self {
+            Self::Redis => DEFAULT_REDIS_IMAGE,
+            Self::Valkey => DEFAULT_VALKEY_IMAGE,
+        }
+    }
+}
+
 impl Default for ManagedRedis {
     fn default() -> Self {
         Self {
-            image: default_redis_image(),
+            engine: RedisEngine::default(),
+            image: None,
             replicas: default_replicas(),
             resources: None,
             storage: None,
@@ -465,9 +509,6 @@ pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
     serde_yaml_ng::to_string(&ETagStore::crd())
 }
 
-fn default_redis_image() -> String {
-    DEFAULT_REDIS_IMAGE.to_owned()
-}
 fn default_replicas() -> i32 {
     1
 }

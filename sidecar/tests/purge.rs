@@ -559,9 +559,8 @@ fn none_trust(found: Vec<bool>, what: &str) {
     assert_eq!(found, vec![false; found.len()], "{what}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_losing_purge_state_never_re_trusts() {
-    let redis = RedisServer::start();
+async fn redis_losing_purge_state_never_re_trusts(kind: StoreKind) {
+    let redis = RedisServer::start_on(kind.engine().expect("a Redis-protocol store"));
     let s = replicas(&redis, "purge", test_options(Duration::ZERO)).await;
     let (a, b) = (key("/a"), key("/b"));
     record(&s[0], &a, &["ka"]).await;
@@ -639,9 +638,8 @@ async fn redis_losing_purge_state_never_re_trusts() {
     none_trust(found, "a after FLUSHALL");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_mark_cap_raises_the_floor_and_the_guard_holds() {
-    let redis = RedisServer::start();
+async fn redis_mark_cap_raises_the_floor_and_the_guard_holds(kind: StoreKind) {
+    let redis = RedisServer::start_on(kind.engine().expect("a Redis-protocol store"));
     let o = RedisOptions {
         max_key_marks: 3,
         max_glob_marks: 2,
@@ -720,9 +718,8 @@ async fn redis_mark_cap_raises_the_floor_and_the_guard_holds() {
     none_trust(trusted_on(&s, &c).await, "c with too many labels");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purge_api_answers_503_while_the_store_is_down() {
-    let mut redis = RedisServer::start();
+async fn purge_api_answers_503_while_the_store_is_down(kind: StoreKind) {
+    let mut redis = RedisServer::start_on(kind.engine().expect("a Redis-protocol store"));
     let s = replicas(&redis, "down", test_options(Duration::ZERO)).await;
     let token = TokenFile::new(TOKEN);
     let (addr, metrics) = admin(Arc::new(s[0].clone()), Some(token.0.clone())).await;
@@ -748,4 +745,10 @@ async fn purge_api_answers_503_while_the_store_is_down() {
         1,
         "only the acknowledged one"
     );
+}
+
+support::over_engines! {
+    redis_losing_purge_state_never_re_trusts,
+    redis_mark_cap_raises_the_floor_and_the_guard_holds,
+    purge_api_answers_503_while_the_store_is_down,
 }

