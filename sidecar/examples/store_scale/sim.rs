@@ -168,10 +168,8 @@ fn resource(i: usize) -> ResourceKey {
 }
 
 fn tag(s: String) -> EntityTag {
-    EntityTag {
-        weak: false,
-        opaque: s,
-    }
+    // Derived from a counter: always a valid tag.
+    EntityTag::strong(s).expect("a counter is a valid tag")
 }
 
 /// A cheap deterministic PRNG (xorshift64*): which resource a write hits.
