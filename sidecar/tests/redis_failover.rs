@@ -26,6 +26,9 @@ use support::redis_server::{RedisConfig, RedisServer, test_options};
 use support::store_checks::{V, key, tag};
 use support::{Db, FLEET_SECRET, Proto, Sidecar, call, db_app};
 
+/// Longest failover window a run may show: the target, not the measure.
+const WINDOW_BOUND: Duration = Duration::from_secs(15);
+
 /// A server that may become a primary or a replica: fast diskless syncs,
 /// `DEBUG` from loopback (to freeze it).
 fn node(replica_of: Option<u16>) -> RedisServer {
@@ -751,9 +754,13 @@ async fn sidecars_lose_nothing_across_failovers() {
         let window = last_503.map(|l| l.duration_since(fault_at));
         // No stream of 503s once the new primary is named: sidecars move
         // within a role check, a READONLY or a timeout.
+        // The bound is the failover window's target (15 s), not the
+        // measured window (2–4 s on a quiet machine, printed below): a
+        // loaded CI machine must not turn timing into a failure, a sidecar
+        // stuck on the old primary (the bug this guards) never recovers.
         if let Some(l) = last_503 {
             assert!(
-                l.saturating_duration_since(promoted_at) < Duration::from_secs(3),
+                l.saturating_duration_since(promoted_at) < WINDOW_BOUND,
                 "{fault}: 503s went on {:?} after the failover",
                 l.saturating_duration_since(promoted_at)
             );
@@ -777,7 +784,7 @@ async fn sidecars_lose_nothing_across_failovers() {
                 )
             });
         assert!(
-            back < Duration::from_secs(3),
+            back < WINDOW_BOUND,
             "{fault}: the first write after the failover succeeded {back:?} after it"
         );
         // The epoch moved on the new primary, bumped by the sidecars.
