@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod invalidate;
 pub mod metrics;
 pub mod owner;
+pub mod primary;
 pub mod reconcile;
 pub mod run;
 pub mod secret_watch;
