@@ -85,14 +85,22 @@ if [ "$primary" != "$me" ]; then set -- "$@" --replicaof "$primary" 6379; fi
 exec redis-server "$@""#;
 
 /// preStop of a Redis pod: a primary hands its role over before it stops
-/// and turns replica, so no write lands on it after the promotion.
+/// and turns replica, so no write lands on it after the promotion, then
+/// drops its clients so they ask the sentinels at once instead of getting
+/// READONLY until the pod is gone (measured: 16 s of 503s without it).
 const REDIS_PRE_STOP: &str = r#"me="$(hostname).$ANNOUNCE_DOMAIN"
 [ "$(redis-cli -p 6379 role 2>/dev/null | head -n 1)" = master ] || exit 0
 failover || exit 0
 i=0
 while [ $i -lt 20 ]; do
   p=$(ask)
-  if [ -n "$p" ] && [ "$p" != "$me" ]; then redis-cli -p 6379 replicaof "$p" 6379 >/dev/null 2>&1; exit 0; fi
+  if [ -n "$p" ] && [ "$p" != "$me" ]; then
+    redis-cli -p 6379 replicaof "$p" 6379 >/dev/null 2>&1
+    # Clients would get READONLY until this pod is gone: send them to the sentinels now.
+    redis-cli -p 6379 client kill type normal >/dev/null 2>&1
+    redis-cli -p 6379 client kill type pubsub >/dev/null 2>&1
+    exit 0
+  fi
   sleep 0.5; i=$((i+1))
 done"#;
 
@@ -704,6 +712,7 @@ mod tests {
             .unwrap()[2];
         assert!(pre.contains("sentinel failover"), "{pre}");
         assert!(pre.contains("replicaof"), "{pre}");
+        assert!(pre.contains("client kill type normal"), "{pre}");
         let env = c.env.as_ref().unwrap();
         assert_eq!(env.iter().filter(|e| e.name == "PRIMARY_HOST").count(), 1);
         assert!(env.iter().any(|e| e.name == "SENTINEL_HOSTS"

@@ -379,7 +379,7 @@ spec:
 	if reason != "FailedOver" {
 		problems = append(problems, fmt.Sprintf("PrimaryAvailable reason %q, want FailedOver", reason))
 	}
-	ev, _ := e.kTry(t, "-n", failoverNS, "get", "events", "--field-selector", "reason=FailedOver", "-o", "jsonpath={.items[*].note}")
+	ev, _ := e.kTry(t, "-n", failoverNS, "get", "events", "--field-selector", "reason=FailedOver", "-o", "jsonpath={.items[*].message}")
 	if !strings.Contains(ev, newPrimary) {
 		problems = append(problems, fmt.Sprintf("no FailedOver Event naming %s (events: %q)", newPrimary, ev))
 	} else {
