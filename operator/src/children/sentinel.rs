@@ -62,6 +62,13 @@ const ASK: &str = r#"ask() {
     echo "$a"; return 0
   done
 }
+all_name_me() {
+  for h in $SENTINEL_HOSTS; do
+    a=$(env -u REDISCLI_AUTH timeout 3 redis-cli -h "$h" -p 26379 --raw sentinel get-master-addr-by-name "$MASTER_NAME" 2>/dev/null | head -n 1) || a=""
+    [ "$a" = "$me" ] && return 0
+  done
+  return 1
+}
 failover() {
   for h in $SENTINEL_HOSTS; do
     if env -u REDISCLI_AUTH timeout 3 redis-cli -h "$h" -p 26379 sentinel failover "$MASTER_NAME" 2>/dev/null | grep -q OK; then return 0; fi
@@ -96,6 +103,11 @@ while [ $i -lt 20 ]; do
   p=$(ask)
   if [ -n "$p" ] && [ "$p" != "$me" ]; then
     redis-cli -p 6379 replicaof "$p" 6379 >/dev/null 2>&1
+    # The other sentinels learn the switch from the leader's hellos: wait
+    # (up to 10 s) until none names this pod, so clients sent back to the
+    # sentinels find the new primary at the first try.
+    j=0
+    while [ $j -lt 20 ] && all_name_me; do sleep 0.5; j=$((j+1)); done
     # Clients would get READONLY until this pod is gone: send them to the sentinels now.
     redis-cli -p 6379 client kill type normal >/dev/null 2>&1
     redis-cli -p 6379 client kill type pubsub >/dev/null 2>&1
