@@ -1,7 +1,11 @@
 //! The `ETagStore` custom resource (`sametag.dev/v1alpha1`): spec, status and
 //! the CEL rules that guard it. Depends on nothing else in the crate.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -35,6 +39,7 @@ pub const DEFAULT_MAX_BODY_BYTES: &str = "8Mi";
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.policy.mode"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(name = "Primary", type_ = "string", json_path = ".status.redis.primary"),
     printcolumn(name = "Injected", type_ = "string", json_path = ".status.injected"),
     printcolumn(name = "Sidecars", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"SidecarsInjected\")].reason"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
@@ -85,8 +90,12 @@ impl Default for RedisSpec {
 /// A Redis run by the operator.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)")
-    .message("spec.redis.managed.storage cannot be changed after creation (StatefulSet volume claim templates are immutable)"))]
+#[x_kube(
+    validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)")
+        .message("spec.redis.managed.storage cannot be changed after creation (StatefulSet volume claim templates are immutable)"),
+    validation = Rule::new("!has(self.mode) || self.mode != 'Failover' || self.replicas >= 3")
+        .message("spec.redis.managed.mode Failover needs replicas >= 3 (a primary and two replicas, one per sentinel vote)")
+)]
 pub struct ManagedRedis {
     /// Which server runs the store: `Redis` or `Valkey` (the store speaks
     /// the same protocol to both). Picks the default image; the pod runs
@@ -99,13 +108,27 @@ pub struct ManagedRedis {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
-    /// Pods in the StatefulSet. Pod 0 is the primary that the Service
-    /// targets; the others replicate it as warm standbys (no automatic
-    /// failover).
+    /// Pods in the StatefulSet. `Single` mode: pod 0 is the primary that the
+    /// Service targets, the others are warm standbys (no failover). `Failover`
+    /// mode (the default from 3 replicas): a primary and replicas watched by
+    /// 3 sentinels that promote a replica when the primary fails. The image
+    /// also runs the sentinels (`--sentinel`).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 5))]
     pub replicas: i32,
-    /// Resources of the Redis container.
+    /// `Single` or `Failover`; unset: `Failover` when `replicas >= 3`,
+    /// `Single` below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RedisMode>,
+    /// The sentinels of `Failover` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelSpec>,
+    /// Scheduling of the Redis (and sentinel) pods: affinity, tolerations,
+    /// priority class, image pull secrets, node selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<RedisPodTemplate>,
+    /// Resources of the Redis container; requests of 50m CPU and 64Mi
+    /// (not BestEffort) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Persistent storage. Without it Redis keeps tags in memory only
@@ -161,12 +184,77 @@ impl Default for ManagedRedis {
             engine: RedisEngine::default(),
             image: None,
             replicas: default_replicas(),
+            mode: None,
+            sentinel: None,
+            pod_template: None,
             resources: None,
             storage: None,
             maxmemory: default_maxmemory(),
             eviction_policy: EvictionPolicy::default(),
         }
     }
+}
+
+/// How a managed store survives the loss of its primary.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One primary (pod 0); other pods are warm standbys, no failover.
+    Single,
+    /// A primary, replicas and 3 sentinels (quorum 2) running Redis's own
+    /// Sentinel failover; sidecars connect through the sentinels.
+    Failover,
+}
+
+/// The sentinels of a `Failover` store.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SentinelSpec {
+    /// How long the primary must be unreachable before the sentinels call
+    /// it down (Sentinel `down-after-milliseconds`).
+    #[serde(default = "default_down_after")]
+    #[schemars(range(min = 1000, max = 60000))]
+    pub down_after_milliseconds: i32,
+    /// Sentinel `failover-timeout`: how long a failover may take before
+    /// another sentinel retries it.
+    #[serde(default = "default_failover_timeout")]
+    #[schemars(range(min = 3000, max = 600000))]
+    pub failover_timeout_milliseconds: i32,
+    /// Resources of each sentinel container; requests of 10m CPU and 16Mi
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for SentinelSpec {
+    fn default() -> Self {
+        Self {
+            down_after_milliseconds: default_down_after(),
+            failover_timeout_milliseconds: default_failover_timeout(),
+            resources: None,
+        }
+    }
+}
+
+/// Pod settings applied to the Redis and sentinel pods: the parts of a pod
+/// template that clusters need to place them.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisPodTemplate {
+    /// Replaces the default (soft anti-affinity between the store's pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Secrets for pulling the Redis image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Node labels the pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
 }
 
 /// A PersistentVolumeClaim template for each Redis pod.
@@ -474,6 +562,9 @@ pub struct ETagStoreStatus {
     /// The `metadata.generation` the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What the operator last saw of a managed Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisStatus>,
     /// Redis URL sidecars use, without the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -495,12 +586,50 @@ pub struct ETagStoreStatus {
     pub injected: Option<String>,
 }
 
+/// Observed state of a managed Redis.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisStatus {
+    /// `Single` or `Failover`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RedisMode>,
+    /// The pod serving as primary: pod 0 in Single mode; in Failover mode
+    /// the one the sentinels name (`SENTINEL get-master-addr-by-name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// How many sentinels answered the last query and named `primary`, of
+    /// how many asked (e.g. `3/3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinels: Option<String>,
+}
+
 // === helpers ===
 
 impl ETagStore {
     /// Whether the operator runs Redis for this store.
     pub fn managed(&self) -> Option<&ManagedRedis> {
         self.spec.redis.managed.as_ref()
+    }
+}
+
+impl ManagedRedis {
+    /// The effective mode: `mode`, else Failover from 3 replicas.
+    pub fn effective_mode(&self) -> RedisMode {
+        self.mode.unwrap_or(if self.replicas >= 3 {
+            RedisMode::Failover
+        } else {
+            RedisMode::Single
+        })
+    }
+
+    /// Whether sentinels run for this store.
+    pub fn failover(&self) -> bool {
+        self.effective_mode() == RedisMode::Failover
+    }
+
+    /// The sentinel settings, defaults when unset.
+    pub fn sentinel_spec(&self) -> SentinelSpec {
+        self.sentinel.clone().unwrap_or_default()
     }
 }
 
@@ -511,6 +640,12 @@ pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
 
 fn default_replicas() -> i32 {
     1
+}
+fn default_down_after() -> i32 {
+    5000
+}
+fn default_failover_timeout() -> i32 {
+    10000
 }
 fn default_maxmemory() -> String {
     DEFAULT_MAXMEMORY.to_owned()

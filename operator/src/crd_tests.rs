@@ -51,6 +51,7 @@ fn crd_names_scope_subresource_and_columns() {
             ("Ready", r#".status.conditions[?(@.type=="Ready")].status"#),
             ("Mode", ".spec.policy.mode"),
             ("Endpoint", ".status.endpoint"),
+            ("Primary", ".status.redis.primary"),
             ("Injected", ".status.injected"),
             (
                 "Sidecars",
@@ -376,4 +377,37 @@ fn max_body_bytes_is_a_bounded_byte_count() {
     ] {
         rejects(with(bad), "maxBodyBytes must be a byte count from 1 to 1Gi");
     }
+}
+
+#[test]
+fn failover_mode_needs_three_replicas_and_defaults_from_three() {
+    let mut redis = MANAGED();
+    redis["managed"]["mode"] = json!("Failover");
+    rejects(
+        store(json!({"redis": redis.clone()})),
+        "mode Failover needs replicas >= 3",
+    );
+    redis["managed"]["replicas"] = json!(3);
+    redis["managed"]["sentinel"] = json!({"downAfterMilliseconds": 3000});
+    redis["managed"]["podTemplate"] = json!({
+        "priorityClassName": "critical",
+        "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+        "imagePullSecrets": [{"name": "regcred"}],
+        "nodeSelector": {"disk": "ssd"}
+    });
+    check(store(json!({"redis": redis.clone()}))).unwrap();
+    // Three warm standbys without failover stay possible.
+    redis["managed"]["mode"] = json!("Single");
+    check(store(json!({"redis": redis}))).unwrap();
+
+    let parsed: crate::crd::ManagedRedis = serde_json::from_value(json!({"replicas": 3})).unwrap();
+    assert!(parsed.failover(), "3 replicas default to Failover");
+    assert_eq!(parsed.sentinel_spec().down_after_milliseconds, 5000);
+    let single: crate::crd::ManagedRedis = serde_json::from_value(json!({"replicas": 2})).unwrap();
+    assert!(!single.failover());
+    // The sentinel timing is bounded by the schema.
+    let crd = serde_json::to_value(ETagStore::crd()).unwrap();
+    let da = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["redis"]["properties"]["managed"]["properties"]["sentinel"]["properties"]["downAfterMilliseconds"];
+    assert_eq!(da["minimum"].as_f64(), Some(1000.0), "{da}");
 }

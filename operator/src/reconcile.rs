@@ -12,6 +12,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -25,14 +26,34 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::children::{self, BuildError, FIELD_MANAGER, OWNER_LABEL, STORE_LABEL, names};
-use crate::crd::{ETagStore, ETagStoreStatus, ExternalRedis, ManagedRedis};
+use crate::crd::{ETagStore, ETagStoreStatus, ExternalRedis, ManagedRedis, RedisMode, RedisStatus};
 use crate::error::{Error, Result};
 use crate::fleet::{self, Fleet, SIDECARS_INJECTED};
 use crate::heal;
 use crate::metrics::Metrics;
 use crate::secret_watch;
-use crate::status::{self, CHILD_NOT_OWNED, DEGRADED, Health, INVALID_POLICY, READY};
+use crate::status::{
+    self, CHILD_NOT_OWNED, DEGRADED, Health, INVALID_POLICY, PrimaryObservation, READY,
+};
 use crate::webhook::inject::{INJECT, NAMESPACE_ENABLED};
+
+/// Asks the sentinels at these addresses which primary the master name
+/// (second argument) has; one answer (a host) per address, `None` for no
+/// answer. Swapped for a fake in tests.
+pub type PrimaryProbe = Arc<
+    dyn Fn(Vec<String>, String) -> futures::future::BoxFuture<'static, Vec<Option<String>>>
+        + Send
+        + Sync,
+>;
+
+/// A managed store's Redis as one reconcile saw it, for the status.
+#[derive(Clone, Debug)]
+pub struct RedisState {
+    /// `status.redis` before the failover fields are filled in.
+    pub status: RedisStatus,
+    /// Failover mode: what the sentinels said.
+    pub observed: Option<PrimaryObservation>,
+}
 
 /// Shared state of the controller.
 pub struct Context {
@@ -51,6 +72,8 @@ pub struct Context {
     pub sidecar_image: String,
     /// Leave UIDs to the platform in the Redis pods (`--omit-uids`).
     pub omit_uids: bool,
+    /// Asks a failover store's sentinels for its primary.
+    pub primary_probe: PrimaryProbe,
     /// Consecutive failures per store, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<ETagStore>, u32>>,
     /// Services already warned about (one Event per bypassing port).
@@ -79,6 +102,9 @@ impl Context {
             resync,
             sidecar_image: crate::config::DEFAULT_SIDECAR_IMAGE.to_owned(),
             omit_uids: false,
+            primary_probe: Arc::new(|addrs, master| {
+                crate::primary::ask_sentinels(addrs, master).boxed()
+            }),
             failures: Mutex::new(HashMap::new()),
             warned: Mutex::new(BTreeSet::new()),
             gauged: Mutex::new(BTreeSet::new()),
@@ -88,6 +114,12 @@ impl Context {
     /// The same context with the operator's default sidecar image.
     pub fn with_sidecar_image(mut self, image: String) -> Self {
         self.sidecar_image = image;
+        self
+    }
+
+    /// The same context asking sentinels through `probe`.
+    pub fn with_primary_probe(mut self, probe: PrimaryProbe) -> Self {
+        self.primary_probe = probe;
         self
     }
 
@@ -152,7 +184,7 @@ pub async fn reconcile(store: Arc<ETagStore>, ctx: Arc<Context>) -> Result<Actio
     tracing::debug!(store = %store.name_any(), namespace = %ns, "reconciling");
 
     let outcome = apply_children(&store, &ctx, &ns).await;
-    let (health, endpoint) = match outcome {
+    let (health, endpoint, redis) = match outcome {
         Ok(v) => v,
         Err(e) => {
             // Say why in the status before backing off, so `kubectl get ets` shows it.
@@ -160,13 +192,14 @@ pub async fn reconcile(store: Arc<ETagStore>, ctx: Arc<Context>) -> Result<Actio
                 reason: "ApplyFailed",
                 message: e.to_string(),
             };
-            let _ = write_status(&store, &ctx, &ns, &health, None).await;
+            let _ = write_status(&store, &ctx, &ns, &health, None, None).await;
             return Err(e);
         }
     };
     let degraded = matches!(health, Health::Degraded { .. });
     let progressing = matches!(health, Health::Progressing { .. });
-    write_status(&store, &ctx, &ns, &health, endpoint).await?;
+    let failover = redis.as_ref().is_some_and(|r| r.observed.is_some());
+    write_status(&store, &ctx, &ns, &health, endpoint, redis).await?;
     ctx.record_success(&ObjectRef::from_obj(&*store));
     Ok(if degraded {
         // Secret changes wake the store at once (secret_watch); this
@@ -174,6 +207,10 @@ pub async fn reconcile(store: Arc<ETagStore>, ctx: Arc<Context>) -> Result<Actio
         Action::requeue(Duration::from_secs(30))
     } else if progressing {
         Action::requeue(Duration::from_secs(10))
+    } else if failover {
+        // A failover changes no Kubernetes object the controller watches
+        // when no pod restarts (a hung primary): ask the sentinels often.
+        Action::requeue(ctx.resync.min(Duration::from_secs(30)))
     } else {
         Action::requeue(ctx.resync)
     })
@@ -196,11 +233,10 @@ pub fn error_policy(store: Arc<ETagStore>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(wait)
 }
 
-async fn apply_children(
-    store: &ETagStore,
-    ctx: &Context,
-    ns: &str,
-) -> Result<(Health, Option<String>)> {
+/// The store's health, its endpoint, and (managed) what its Redis looks like.
+type Applied = (Health, Option<String>, Option<RedisState>);
+
+async fn apply_children(store: &ETagStore, ctx: &Context, ns: &str) -> Result<Applied> {
     let client = &ctx.client;
     // Never overwrite (or later delete) an object the store does not own:
     // a name already taken is reported and nothing is applied.
@@ -217,6 +253,7 @@ async fn apply_children(
                     if foreign.len() == 1 { "it" } else { "them" },
                 ),
             },
+            None,
             None,
         ));
     }
@@ -238,7 +275,8 @@ async fn apply_children(
             if was_managed(store) {
                 delete_managed(client, ns, store).await?;
             }
-            check_external(ctx, ns, external).await?
+            let (h, e) = check_external(ctx, ns, external).await?;
+            (h, e, None)
         }
         // CEL forbids this; say so rather than guess.
         (None, None) => (
@@ -246,6 +284,7 @@ async fn apply_children(
                 reason: "NoRedis",
                 message: "spec.redis sets neither managed nor external".into(),
             },
+            None,
             None,
         ),
     };
@@ -265,7 +304,7 @@ async fn apply_children(
         }
         Err(e) => return Err(e.into()),
     };
-    Ok((health, result.1))
+    Ok((health, result.1, result.2))
 }
 
 /// Leave the policy ConfigMap as it is, or create the fallback (Validate
@@ -289,7 +328,7 @@ async fn apply_managed(
     ctx: &Context,
     ns: &str,
     redis: &ManagedRedis,
-) -> Result<(Health, Option<String>)> {
+) -> Result<Applied> {
     let client = &ctx.client;
     let name = store.name_any();
     let password = generated_once(
@@ -310,7 +349,35 @@ async fn apply_managed(
         &children::redis::desired(store, redis, ctx.omit_uids)?,
     )
     .await?;
-    apply(client, ns, &children::service::desired(store)?).await?;
+    let ready_of = |sts: &StatefulSet| {
+        sts.status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+    };
+    let previous = store.status.as_ref().and_then(|s| s.redis.as_ref());
+    let (primary, observed, sentinels_ready) = if redis.failover() {
+        let sentinels = apply_sentinels(store, ctx, ns, redis).await?;
+        let observed = ask_primary(store, ctx, ns).await?;
+        // The client Service follows the primary; the last known one while
+        // no sentinel answers.
+        let primary = observed
+            .primary
+            .clone()
+            .or_else(|| previous.and_then(|r| r.primary.clone()));
+        (primary, Some(observed), Some(ready_of(&sentinels)))
+    } else {
+        if previous.and_then(|r| r.mode) == Some(RedisMode::Failover) {
+            delete_sentinels(client, ns, store).await?;
+        }
+        (None, None, None)
+    };
+    apply(
+        client,
+        ns,
+        &children::service::desired(store, primary.as_deref())?,
+    )
+    .await?;
     apply(client, ns, &children::service::headless(store)?).await?;
     apply(
         client,
@@ -319,19 +386,31 @@ async fn apply_managed(
     )
     .await?;
 
-    let health = redis_health(store, ctx, ns, &sts, redis.replicas).await?;
-    Ok((health, Some(children::service::endpoint(store))))
+    let sentinels = sentinels_ready.zip(observed.as_ref().map(|o| o.primary.as_deref()));
+    let health = redis_health(store, ctx, ns, &sts, redis.replicas, sentinels).await?;
+    let state = RedisState {
+        status: RedisStatus {
+            mode: Some(redis.effective_mode()),
+            primary: Some(primary.unwrap_or_else(|| format!("{}-0", names::redis(&name)))),
+            sentinels: None,
+        },
+        observed,
+    };
+    Ok((health, Some(managed_endpoint(store, redis)), Some(state)))
 }
 
 /// The health of a StatefulSet of `replicas` Redis pods: a stuck pod's own
 /// reason before the ready count, after replacing the pod that blocks a
-/// rollout to the spec (see `heal`).
+/// rollout to the spec (see `heal`). In failover mode `sentinels` is how many
+/// sentinels are ready and the primary they named: Ready needs all of them
+/// and a primary.
 async fn redis_health(
     store: &ETagStore,
     ctx: &Context,
     ns: &str,
     sts: &StatefulSet,
     replicas: i32,
+    sentinels: Option<(i32, Option<&str>)>,
 ) -> Result<Health> {
     let selector = children::selector_labels(store)
         .iter()
@@ -362,15 +441,25 @@ async fn redis_health(
         .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
-    Ok(if ready >= replicas {
+    let mut message = format!("{ready}/{replicas} Redis pods ready");
+    let mut all_ready = ready >= replicas;
+    if let Some((s, primary)) = sentinels {
+        message.push_str(&format!(
+            ", {s}/{} sentinels ready, primary {}",
+            children::sentinel::SENTINELS,
+            primary.unwrap_or("unknown")
+        ));
+        all_ready &= s >= children::sentinel::SENTINELS && primary.is_some();
+    }
+    Ok(if all_ready {
         Health::Ready {
             reason: "RedisReady",
-            message: format!("{ready}/{replicas} Redis pods ready"),
+            message,
         }
     } else {
         Health::Progressing {
             reason: "WaitingForRedis",
-            message: format!("{ready}/{replicas} Redis pods ready"),
+            message,
         }
     })
 }
@@ -409,6 +498,77 @@ async fn replace_pod(
     )
     .await;
     Ok(Some(message))
+}
+
+/// The endpoint sidecars of a managed store use.
+fn managed_endpoint(store: &ETagStore, redis: &ManagedRedis) -> String {
+    if redis.failover() {
+        children::sentinel::endpoint(store)
+    } else {
+        children::service::endpoint(store)
+    }
+}
+
+/// The sentinels of a failover store and the disruption budgets; returns the
+/// sentinel StatefulSet as applied.
+async fn apply_sentinels(
+    store: &ETagStore,
+    ctx: &Context,
+    ns: &str,
+    redis: &ManagedRedis,
+) -> Result<StatefulSet> {
+    use children::sentinel;
+    let client = &ctx.client;
+    let sts = apply(client, ns, &sentinel::desired(store, redis, ctx.omit_uids)?).await?;
+    apply(client, ns, &sentinel::headless(store)?).await?;
+    apply(client, ns, &sentinel::redis_pdb(store)?).await?;
+    apply(client, ns, &sentinel::sentinel_pdb(store)?).await?;
+    apply(
+        client,
+        ns,
+        &sentinel::network_policy(store, &ctx.operator_namespace)?,
+    )
+    .await?;
+    Ok(sts)
+}
+
+/// Ask every running sentinel pod (by pod IP: the operator may not resolve
+/// cluster DNS names) which pod is the primary.
+async fn ask_primary(store: &ETagStore, ctx: &Context, ns: &str) -> Result<PrimaryObservation> {
+    let selector = children::sentinel::sentinel_selector(store)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let addrs: Vec<String> = pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    let asked = usize::try_from(children::sentinel::SENTINELS).unwrap_or(3);
+    let answers = (ctx.primary_probe)(addrs, children::sentinel::master_name(store)).await;
+    let found = children::sentinel::primary_from_answers(&answers);
+    Ok(PrimaryObservation {
+        agreeing: found.as_ref().map_or(0, |(_, n)| *n),
+        primary: found.map(|(p, _)| p),
+        asked,
+    })
+}
+
+async fn delete_sentinels(client: &Client, ns: &str, store: &ETagStore) -> Result<()> {
+    let name = store.name_any();
+    let uid = store.uid().unwrap_or_default();
+    let sentinel = names::sentinel(&name);
+    delete::<StatefulSet>(client, ns, &sentinel, &uid).await?;
+    delete::<Service>(client, ns, &sentinel, &uid).await?;
+    delete::<PodDisruptionBudget>(client, ns, &sentinel, &uid).await?;
+    delete::<PodDisruptionBudget>(client, ns, &names::redis_pdb(&name), &uid).await?;
+    delete::<NetworkPolicy>(client, ns, &sentinel, &uid).await?;
+    Ok(())
 }
 
 /// The value a generated Secret already holds (read by `existing`), or a
@@ -477,8 +637,9 @@ fn has_key(secret: &Secret, key: &str) -> bool {
 
 // The status endpoint says whether the last successful reconcile ran Redis.
 fn was_managed(store: &ETagStore) -> bool {
-    store.status.as_ref().and_then(|s| s.endpoint.as_deref())
-        == Some(children::service::endpoint(store).as_str())
+    let endpoint = store.status.as_ref().and_then(|s| s.endpoint.as_deref());
+    endpoint == Some(children::service::endpoint(store).as_str())
+        || endpoint == Some(children::sentinel::endpoint(store).as_str())
 }
 
 /// The children of `store` whose names are taken by objects it does not
@@ -524,6 +685,36 @@ async fn foreign_children(store: &ETagStore, client: &Client, ns: &str) -> Resul
             ),
         ]);
     }
+    if store.managed().is_some_and(ManagedRedis::failover) {
+        let (sentinel, pdb) = (names::sentinel(&name), names::redis_pdb(&name));
+        found.extend([
+            (
+                "StatefulSet",
+                meta::<StatefulSet>(client, ns, &sentinel).await?,
+                sentinel.clone(),
+            ),
+            (
+                "Service",
+                meta::<Service>(client, ns, &sentinel).await?,
+                sentinel.clone(),
+            ),
+            (
+                "PodDisruptionBudget",
+                meta::<PodDisruptionBudget>(client, ns, &pdb).await?,
+                pdb,
+            ),
+            (
+                "PodDisruptionBudget",
+                meta::<PodDisruptionBudget>(client, ns, &sentinel).await?,
+                sentinel.clone(),
+            ),
+            (
+                "NetworkPolicy",
+                meta::<NetworkPolicy>(client, ns, &sentinel).await?,
+                sentinel,
+            ),
+        ]);
+    }
     let foreign = found
         .into_iter()
         .filter(|(_, m, _)| m.as_ref().is_some_and(|m| !owned_by(m, &uid)))
@@ -560,7 +751,7 @@ async fn delete_managed(client: &Client, ns: &str, store: &ETagStore) -> Result<
     delete::<ConfigMap>(client, ns, &names::redis_config(&name), &uid).await?;
     delete::<NetworkPolicy>(client, ns, &names::network_policy(&name), &uid).await?;
     delete::<Secret>(client, ns, &names::secret(&name), &uid).await?;
-    Ok(())
+    delete_sentinels(client, ns, store).await
 }
 
 /// Delete `name` if the store with `uid` owns it (checked again by the
@@ -613,25 +804,55 @@ async fn write_status(
     ns: &str,
     health: &Health,
     endpoint: Option<String>,
+    redis: Option<RedisState>,
 ) -> Result<()> {
     let name = store.name_any();
     let fleet = survey(store, ctx, ns).await?;
     let previous = store.status.as_ref();
     let endpoint = endpoint.or_else(|| previous.and_then(|p| p.endpoint.clone()));
     let now = Time(jiff::Timestamp::now());
-    let new = status::desired(
+    let mut new = status::desired(
         previous,
         store.metadata.generation,
         health,
         endpoint,
         &fleet,
-        now,
+        now.clone(),
     );
+    let failover = match redis {
+        Some(r) => status::with_redis(previous, &mut new, r.status, r.observed.as_ref(), now),
+        // An apply failure or an external store: keep what was known.
+        None => {
+            new.redis = previous.and_then(|p| p.redis.clone());
+            if let Some(c) = previous.and_then(|p| {
+                p.conditions
+                    .iter()
+                    .find(|c| c.type_ == status::PRIMARY_AVAILABLE)
+            }) && store.managed().is_some()
+            {
+                new.conditions.push(c.clone());
+            }
+            None
+        }
+    };
     // Writing an unchanged status would trigger another reconcile: compare first.
     if previous == Some(&new) {
         return Ok(());
     }
     announce(store, ctx, previous, &new, health).await;
+    if let Some(f) = failover {
+        tracing::warn!(store = %name, namespace = %ns, from = %f.from, to = %f.to, "failover");
+        ctx.event(
+            store,
+            EventType::Warning,
+            status::FAILED_OVER,
+            format!(
+                "the sentinels promoted {} to primary; the primary was {}",
+                f.to, f.from
+            ),
+        )
+        .await;
+    }
     announce_fleet(store, ctx, previous, &new).await;
     let api: Api<ETagStore> = Api::namespaced(ctx.client.clone(), ns);
     let body = serde_json::json!({ "status": new });
@@ -899,7 +1120,8 @@ async fn run_one(
         .owns(api::<Service>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Secret>(&client, ns), owned.clone())
-        .owns(api::<NetworkPolicy>(&client, ns), owned)
+        .owns(api::<NetworkPolicy>(&client, ns), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, ns), owned)
         // Opted-in and injected pods come and go: keep the pod counts and
         // SidecarsInjected current. Metadata only, and no cache is kept.
         .watches(

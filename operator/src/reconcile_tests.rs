@@ -845,3 +845,162 @@ fn backoff_is_exponential_and_bounded() {
     assert_eq!(backoff(3), Duration::from_secs(20));
     assert_eq!(backoff(50), Duration::from_secs(300));
 }
+
+/// A context whose sentinels answer what `answers` holds.
+fn failover_context(
+    answers: Arc<Mutex<Vec<Option<String>>>>,
+) -> (Arc<Context>, Arc<Mutex<Fake>>, tokio::task::JoinHandle<()>) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let fake = Arc::new(Mutex::new(Fake::default()));
+    let server = spawn_fake(handle, fake.clone());
+    let probe: PrimaryProbe = Arc::new(move |_addrs, master| {
+        assert_eq!(master, "cache");
+        let a = answers.lock().unwrap().clone();
+        async move { a }.boxed()
+    });
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            Arc::new(Metrics::default()),
+            "sametag-system".into(),
+            Duration::from_secs(300),
+        )
+        .with_primary_probe(probe),
+    );
+    (ctx, fake, server)
+}
+
+fn failover_store() -> ETagStore {
+    let mut s = fixtures::managed();
+    s.spec.redis.managed.as_mut().unwrap().replicas = 3;
+    s
+}
+
+fn host(pod: &str) -> Option<String> {
+    Some(format!("{pod}.cache-redis-headless.shop.svc"))
+}
+
+#[tokio::test]
+async fn failover_store_runs_sentinels_and_reports_a_failover() {
+    let answers = Arc::new(Mutex::new(vec![host("cache-redis-0"); 3]));
+    let (ctx, fake, _server) = failover_context(answers.clone());
+    fake.lock().unwrap().ready_replicas = 3;
+    let action = reconcile(Arc::new(failover_store()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(30)),
+        "failover stores ask their sentinels often"
+    );
+    let mut store = failover_store();
+    {
+        let f = fake.lock().unwrap();
+        let paths: Vec<&str> = applies(&f).iter().map(|s| s.path.as_str()).collect();
+        for want in [
+            "/apis/apps/v1/namespaces/shop/statefulsets/cache-sentinel",
+            "/api/v1/namespaces/shop/services/cache-sentinel",
+            "/apis/policy/v1/namespaces/shop/poddisruptionbudgets/cache-redis",
+            "/apis/policy/v1/namespaces/shop/poddisruptionbudgets/cache-sentinel",
+            "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/cache-sentinel",
+        ] {
+            assert!(paths.contains(&want), "{want} not applied: {paths:?}");
+        }
+        let svc = &f.objects[&format!("{BASE}/services/cache-redis")];
+        assert_eq!(
+            svc["spec"]["selector"]["statefulset.kubernetes.io/pod-name"],
+            "cache-redis-0"
+        );
+        let st = status_of(&f).unwrap();
+        assert_eq!(cond(&st, "Ready").status, "True");
+        assert!(cond(&st, "Ready").message.contains("primary cache-redis-0"));
+        assert_eq!(cond(&st, "PrimaryAvailable").reason, "PrimaryElected");
+        let r = st.redis.clone().unwrap();
+        assert_eq!(r.primary.as_deref(), Some("cache-redis-0"));
+        assert_eq!(r.mode, Some(RedisMode::Failover));
+        assert_eq!(r.sentinels.as_deref(), Some("3/3"));
+        assert!(
+            st.endpoint
+                .as_deref()
+                .unwrap()
+                .starts_with("redis+sentinel://cache-sentinel-0.")
+        );
+        store.status = Some(st);
+    }
+
+    // The sentinels promote pod 1 (one still names the old primary).
+    *answers.lock().unwrap() = vec![
+        host("cache-redis-1"),
+        host("cache-redis-1"),
+        host("cache-redis-0"),
+    ];
+    fake.lock().unwrap().seen.clear();
+    reconcile(Arc::new(store.clone()), ctx.clone())
+        .await
+        .unwrap();
+    {
+        let f = fake.lock().unwrap();
+        let st = status_of(&f).unwrap();
+        let c = cond(&st, "PrimaryAvailable");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "FailedOver")
+        );
+        assert_eq!(
+            st.redis.as_ref().unwrap().primary.as_deref(),
+            Some("cache-redis-1")
+        );
+        assert_eq!(st.redis.as_ref().unwrap().sentinels.as_deref(), Some("2/3"));
+        let ev = f
+            .seen
+            .iter()
+            .find(|s| s.method == "POST" && s.body["reason"] == "FailedOver")
+            .expect("a FailedOver Event");
+        assert_eq!(ev.body["type"], "Warning");
+        assert!(ev.body["note"].as_str().unwrap().contains("cache-redis-1"));
+        let svc = &f.objects[&format!("{BASE}/services/cache-redis")];
+        assert_eq!(
+            svc["spec"]["selector"]["statefulset.kubernetes.io/pod-name"], "cache-redis-1",
+            "the client Service follows the primary"
+        );
+        store.status = Some(st);
+    }
+
+    // No sentinel answers: the last known primary is kept, not Ready.
+    answers.lock().unwrap().clear();
+    reconcile(Arc::new(store.clone()), ctx.clone())
+        .await
+        .unwrap();
+    {
+        let f = fake.lock().unwrap();
+        let st = status_of(&f).unwrap();
+        assert_eq!(cond(&st, "PrimaryAvailable").status, "False");
+        assert_eq!(cond(&st, "Ready").status, "False");
+        assert_eq!(
+            st.redis.as_ref().unwrap().primary.as_deref(),
+            Some("cache-redis-1")
+        );
+        let svc = &f.objects[&format!("{BASE}/services/cache-redis")];
+        assert_eq!(
+            svc["spec"]["selector"]["statefulset.kubernetes.io/pod-name"],
+            "cache-redis-1"
+        );
+        store.status = Some(st);
+    }
+
+    // Back to Single: the sentinels and budgets go.
+    store.spec.redis.managed.as_mut().unwrap().mode = Some(RedisMode::Single);
+    reconcile(Arc::new(store), ctx.clone()).await.unwrap();
+    let f = fake.lock().unwrap();
+    for gone in [
+        "/apis/apps/v1/namespaces/shop/statefulsets/cache-sentinel",
+        "/apis/policy/v1/namespaces/shop/poddisruptionbudgets/cache-redis",
+        "/api/v1/namespaces/shop/services/cache-sentinel",
+    ] {
+        assert!(!f.objects.contains_key(gone), "{gone} left behind");
+    }
+    let st = status_of(&f).unwrap();
+    assert!(!st.conditions.iter().any(|c| c.type_ == "PrimaryAvailable"));
+    assert_eq!(st.redis.unwrap().mode, Some(RedisMode::Single));
+}

@@ -5,7 +5,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::ETagStoreStatus;
+use crate::crd::{ETagStoreStatus, RedisStatus};
 use crate::fleet::{Fleet, SIDECARS_INJECTED};
 
 /// What one reconcile found, from which the conditions follow.
@@ -67,6 +67,118 @@ pub const CHILD_NOT_OWNED: &str = "ChildNotOwned";
 /// parser refuses it, so it was not written to the policy ConfigMap.
 pub const INVALID_POLICY: &str = "InvalidPolicy";
 
+/// Condition type of a failover store: whether the sentinels name a primary.
+pub const PRIMARY_AVAILABLE: &str = "PrimaryAvailable";
+/// PrimaryAvailable reason: the sentinels name another primary than before.
+pub const FAILED_OVER: &str = "FailedOver";
+
+/// What the sentinels of a failover store said, for the status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrimaryObservation {
+    /// The primary pod most sentinels named; `None`: no sentinel answered.
+    pub primary: Option<String>,
+    /// How many sentinels named it.
+    pub agreeing: usize,
+    /// How many sentinels were asked.
+    pub asked: usize,
+}
+
+/// A failover the status records: the primary moved from `from` to `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failover {
+    /// The previous primary pod.
+    pub from: String,
+    /// The new primary pod.
+    pub to: String,
+}
+
+/// Add the managed Redis's state to `new`: `status.redis` and, in failover
+/// mode (`observed` is `Some`), the PrimaryAvailable condition. A change of
+/// primary is a `FailedOver` condition (its lastTransitionTime is the time
+/// the operator saw the change, even though the status stays True) and is
+/// returned so the caller publishes an Event. While no sentinel answers, the
+/// last known primary is kept.
+pub fn with_redis(
+    previous: Option<&ETagStoreStatus>,
+    new: &mut ETagStoreStatus,
+    redis: RedisStatus,
+    observed: Option<&PrimaryObservation>,
+    now: Time,
+) -> Option<Failover> {
+    let before = previous.and_then(|p| p.redis.as_ref());
+    let before_primary = before.and_then(|r| r.primary.clone());
+    let mut redis = redis;
+    let Some(obs) = observed else {
+        new.redis = Some(redis);
+        return None;
+    };
+    let prev_cond = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == PRIMARY_AVAILABLE))
+        .cloned();
+    let generation = new.observed_generation;
+    let mut failover = None;
+    let cond = match &obs.primary {
+        None => {
+            redis.primary = before_primary;
+            let status = "False".to_owned();
+            Condition {
+                type_: PRIMARY_AVAILABLE.into(),
+                last_transition_time: prev_cond
+                    .as_ref()
+                    .filter(|c| c.status == status)
+                    .map(|c| c.last_transition_time.clone())
+                    .unwrap_or_else(|| now.clone()),
+                status,
+                reason: "SentinelsUnreachable".into(),
+                message: format!(
+                    "none of the {} sentinels named a primary (the last known one is kept)",
+                    obs.asked
+                ),
+                observed_generation: generation,
+            }
+        }
+        Some(p) => {
+            redis.primary = Some(p.clone());
+            match before_primary.filter(|b| b != p) {
+                Some(from) => {
+                    failover = Some(Failover {
+                        from: from.clone(),
+                        to: p.clone(),
+                    });
+                    Condition {
+                        type_: PRIMARY_AVAILABLE.into(),
+                        status: "True".into(),
+                        reason: FAILED_OVER.into(),
+                        message: format!("the sentinels promoted {p}; the primary was {from}"),
+                        observed_generation: generation,
+                        last_transition_time: now.clone(),
+                    }
+                }
+                // Same primary: the condition stays as it was (a failover
+                // stays on record until the next change).
+                None => match prev_cond.filter(|c| c.status == "True") {
+                    Some(mut c) => {
+                        c.observed_generation = generation;
+                        c
+                    }
+                    None => Condition {
+                        type_: PRIMARY_AVAILABLE.into(),
+                        status: "True".into(),
+                        reason: "PrimaryElected".into(),
+                        message: format!("the sentinels name {p} as the primary"),
+                        observed_generation: generation,
+                        last_transition_time: now.clone(),
+                    },
+                },
+            }
+        }
+    };
+    redis.sentinels = Some(format!("{}/{}", obs.agreeing, obs.asked));
+    new.conditions.push(cond);
+    new.redis = Some(redis);
+    failover
+}
+
 /// The new status given `health`, the previous status and `now`.
 pub fn desired(
     previous: Option<&ETagStoreStatus>,
@@ -125,6 +237,8 @@ pub fn desired(
             ),
         ],
         observed_generation: generation,
+        // Filled in by `with_redis`.
+        redis: None,
         endpoint,
         injected_pods: fleet.injected,
         opted_in_pods: fleet.opted_in,
@@ -184,6 +298,93 @@ mod tests {
         assert_eq!(s.injected.as_deref(), Some("2/3"));
         assert_eq!(get(SIDECARS_INJECTED).status, "False");
         assert_eq!(get(SIDECARS_INJECTED).reason, "PodsWithoutSidecar");
+    }
+
+    fn obs(primary: Option<&str>) -> PrimaryObservation {
+        PrimaryObservation {
+            primary: primary.map(str::to_owned),
+            agreeing: usize::from(primary.is_some()) * 3,
+            asked: 3,
+        }
+    }
+
+    fn failover_status(
+        previous: Option<&ETagStoreStatus>,
+        primary: Option<&str>,
+        at: i64,
+    ) -> (ETagStoreStatus, Option<Failover>) {
+        let mut s = desired(previous, Some(1), &ready(), None, &Fleet::default(), t(at));
+        let redis = RedisStatus {
+            mode: Some(crate::crd::RedisMode::Failover),
+            ..RedisStatus::default()
+        };
+        let f = with_redis(previous, &mut s, redis, Some(&obs(primary)), t(at));
+        (s, f)
+    }
+
+    fn primary_cond(s: &ETagStoreStatus) -> Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == PRIMARY_AVAILABLE)
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn a_changed_primary_is_a_failover_and_stays_on_record() {
+        let (first, f) = failover_status(None, Some("cache-redis-0"), 100);
+        assert_eq!(f, None);
+        assert_eq!(primary_cond(&first).reason, "PrimaryElected");
+        assert_eq!(
+            first.redis.as_ref().unwrap().primary.as_deref(),
+            Some("cache-redis-0")
+        );
+        assert_eq!(
+            first.redis.as_ref().unwrap().sentinels.as_deref(),
+            Some("3/3")
+        );
+        let (same, f) = failover_status(Some(&first), Some("cache-redis-0"), 200);
+        assert_eq!(f, None);
+        assert_eq!(same, first, "nothing changed: no status write");
+
+        let (moved, f) = failover_status(Some(&first), Some("cache-redis-2"), 300);
+        assert_eq!(
+            f,
+            Some(Failover {
+                from: "cache-redis-0".into(),
+                to: "cache-redis-2".into()
+            })
+        );
+        let c = primary_cond(&moved);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", FAILED_OVER)
+        );
+        assert!(c.message.contains("cache-redis-2") && c.message.contains("cache-redis-0"));
+        assert_eq!(c.last_transition_time, t(300));
+        let (later, f) = failover_status(Some(&moved), Some("cache-redis-2"), 400);
+        assert_eq!(f, None);
+        assert_eq!(later, moved, "the failover stays on record, unchanged");
+    }
+
+    #[test]
+    fn unreachable_sentinels_keep_the_last_primary() {
+        let (first, _) = failover_status(None, Some("cache-redis-1"), 100);
+        let (lost, f) = failover_status(Some(&first), None, 200);
+        assert_eq!(f, None);
+        let c = primary_cond(&lost);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "SentinelsUnreachable")
+        );
+        assert_eq!(
+            lost.redis.as_ref().unwrap().primary.as_deref(),
+            Some("cache-redis-1")
+        );
+        assert_eq!(
+            lost.redis.as_ref().unwrap().sentinels.as_deref(),
+            Some("0/3")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod policy_config_map;
 pub mod redis;
 pub mod redis_config;
 pub mod secret;
+pub mod sentinel;
 pub mod service;
 
 use std::collections::BTreeMap;
@@ -67,6 +68,15 @@ pub mod names {
     /// The headless Service that governs the StatefulSet.
     pub fn headless(store: &str) -> String {
         format!("{store}-redis-headless")
+    }
+    /// The sentinel StatefulSet, its headless Service, PodDisruptionBudget
+    /// and NetworkPolicy (failover mode).
+    pub fn sentinel(store: &str) -> String {
+        format!("{store}-sentinel")
+    }
+    /// The PodDisruptionBudget of the Redis pods (failover mode).
+    pub fn redis_pdb(store: &str) -> String {
+        format!("{store}-redis")
     }
     /// The NetworkPolicy in front of Redis.
     pub fn network_policy(store: &str) -> String {

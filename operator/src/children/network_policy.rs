@@ -1,5 +1,5 @@
 //! The NetworkPolicy in front of a managed Redis: only pods injected for this
-//! store, the store's own Redis pods (replication) and the operator may
+//! store, the store's own Redis pods (replication), its sentinels and the operator may
 //! connect, and only to the Redis port.
 
 use std::collections::BTreeMap;
@@ -26,6 +26,21 @@ fn selector(labels: BTreeMap<String, String>) -> Option<LabelSelector> {
     })
 }
 
+/// The operator's pods, in `operator_namespace`.
+pub fn operator_peer(operator_namespace: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: selector(BTreeMap::from([(
+            NAMESPACE_NAME_LABEL.to_owned(),
+            operator_namespace.to_owned(),
+        )])),
+        pod_selector: selector(BTreeMap::from([(
+            OPERATOR_POD_LABEL.0.to_owned(),
+            OPERATOR_POD_LABEL.1.to_owned(),
+        )])),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
 /// The NetworkPolicy for `store`; `operator_namespace` is where the operator runs.
 pub fn desired(store: &ETagStore, operator_namespace: &str) -> Result<NetworkPolicy, BuildError> {
     let name = store.metadata.name.clone().unwrap_or_default();
@@ -36,17 +51,9 @@ pub fn desired(store: &ETagStore, operator_namespace: &str) -> Result<NetworkPol
     let from = vec![
         peer(BTreeMap::from([(STORE_LABEL.to_owned(), name.clone())])),
         peer(selector_labels(store)),
-        NetworkPolicyPeer {
-            namespace_selector: selector(BTreeMap::from([(
-                NAMESPACE_NAME_LABEL.to_owned(),
-                operator_namespace.to_owned(),
-            )])),
-            pod_selector: selector(BTreeMap::from([(
-                OPERATOR_POD_LABEL.0.to_owned(),
-                OPERATOR_POD_LABEL.1.to_owned(),
-            )])),
-            ..NetworkPolicyPeer::default()
-        },
+        // Failover mode: the sentinels ping, promote and reconfigure Redis.
+        peer(super::sentinel::sentinel_selector(store)),
+        operator_peer(operator_namespace),
     ];
     Ok(NetworkPolicy {
         metadata: meta(store, names::network_policy(&name))?,
@@ -86,7 +93,18 @@ mod tests {
         let rules = spec.ingress.unwrap();
         assert_eq!(rules.len(), 1);
         let from = rules[0].from.as_ref().unwrap();
-        assert_eq!(from.len(), 3);
+        assert_eq!(from.len(), 4);
+        assert_eq!(
+            from[2]
+                .pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app.kubernetes.io/name"],
+            "sametag-sentinel",
+            "the sentinels reach Redis"
+        );
         let injected = from[0]
             .pod_selector
             .as_ref()
@@ -99,7 +117,7 @@ mod tests {
             from[0].namespace_selector.is_none(),
             "injected pods must be in the store's namespace"
         );
-        let op = &from[2];
+        let op = &from[3];
         assert_eq!(
             op.namespace_selector
                 .as_ref()

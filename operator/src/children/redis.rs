@@ -1,6 +1,8 @@
 //! The Redis StatefulSet of a managed store: pod 0 is the primary, further
-//! pods replicate it; restricted security context, probes, and either an
-//! emptyDir or a PersistentVolumeClaim for /data.
+//! pods replicate it (in failover mode the sentinels pick the primary:
+//! [`sentinel::make_failover_member`]); restricted security context, probes,
+//! default requests, soft spreading, and either an emptyDir or a
+//! PersistentVolumeClaim for /data.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +18,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{BuildError, PASSWORD_KEY, REDIS_PORT, meta, names, redis_config, selector_labels};
+use super::{
+    BuildError, PASSWORD_KEY, REDIS_PORT, meta, names, redis_config, selector_labels, sentinel,
+};
 use crate::crd::{ETagStore, ManagedRedis};
 
 /// UID/GID of the `redis` user in the official images.
@@ -107,7 +111,12 @@ pub fn desired(
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        resources: redis.resources.clone(),
+        resources: Some(
+            redis
+                .resources
+                .clone()
+                .unwrap_or_else(sentinel::default_redis_resources),
+        ),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "data".into(),
@@ -187,7 +196,23 @@ pub fn desired(
         }
     };
 
-    Ok(StatefulSet {
+    let mut pod = PodSpec {
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: uid,
+            run_as_group: uid,
+            fs_group: uid,
+            seccomp_profile: Some(runtime_default()),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![container],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    };
+    sentinel::schedule(&mut pod, redis, selector_labels(store));
+    let mut sts = StatefulSet {
         metadata: meta(store, names::redis(&name))?,
         spec: Some(StatefulSetSpec {
             replicas: Some(redis.replicas),
@@ -205,27 +230,17 @@ pub fn desired(
                     )])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: uid,
-                        run_as_group: uid,
-                        fs_group: uid,
-                        seccomp_profile: Some(runtime_default()),
-                        ..PodSecurityContext::default()
-                    }),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod),
             },
             volume_claim_templates: claims,
             ..StatefulSetSpec::default()
         }),
         status: None,
-    })
+    };
+    if redis.failover() {
+        sentinel::make_failover_member(store, &mut sts);
+    }
+    Ok(sts)
 }
 
 /// The `restricted` Pod Security Standard for a container running as `uid`
@@ -372,6 +387,45 @@ mod tests {
         };
         assert_ne!(hash(&a), hash(&b));
         assert_eq!(hash(&a), hash(&sts(&fixtures::managed())));
+    }
+
+    #[test]
+    fn default_requests_and_soft_spreading_in_every_mode() {
+        let pod = sts(&fixtures::managed())
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let req = pod.containers[0]
+            .resources
+            .clone()
+            .unwrap()
+            .requests
+            .unwrap();
+        assert!(
+            req.contains_key("cpu") && req.contains_key("memory"),
+            "not BestEffort"
+        );
+        assert_eq!(
+            pod.topology_spread_constraints.unwrap()[0].when_unsatisfiable,
+            "ScheduleAnyway"
+        );
+        // Single mode keeps the pod-index start script and no preStop.
+        let c = &pod.containers[0];
+        assert!(c.command.as_ref().unwrap()[2].contains("POD_INDEX"));
+        assert!(c.lifecycle.is_none());
+    }
+
+    #[test]
+    fn three_replicas_mean_failover_unless_single_is_asked() {
+        let mut store = fixtures::managed();
+        store.spec.redis.managed.as_mut().unwrap().replicas = 3;
+        let pod = sts(&store).spec.unwrap().template.spec.unwrap();
+        assert!(pod.containers[0].lifecycle.is_some(), "failover member");
+        store.spec.redis.managed.as_mut().unwrap().mode = Some(crate::crd::RedisMode::Single);
+        let pod = sts(&store).spec.unwrap().template.spec.unwrap();
+        assert!(pod.containers[0].lifecycle.is_none(), "warm standbys");
     }
 
     #[test]

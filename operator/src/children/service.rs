@@ -20,12 +20,14 @@ fn port() -> ServicePort {
     }
 }
 
-/// The client Service `<store>-redis`: sidecars connect here. It selects
-/// pod 0 only, because the other pods are read-only replicas.
-pub fn desired(store: &ETagStore) -> Result<Service, BuildError> {
+/// The client Service `<store>-redis`: sidecars of a Single store connect
+/// here. It selects the primary only (pod 0, or in failover mode the pod the
+/// sentinels name: `primary`), because the other pods are read-only replicas.
+pub fn desired(store: &ETagStore, primary: Option<&str>) -> Result<Service, BuildError> {
     let name = store.metadata.name.clone().unwrap_or_default();
     let mut selector = selector_labels(store);
-    selector.insert(POD_NAME_LABEL.into(), format!("{}-0", names::redis(&name)));
+    let pod = primary.map_or_else(|| format!("{}-0", names::redis(&name)), str::to_owned);
+    selector.insert(POD_NAME_LABEL.into(), pod);
     Ok(Service {
         metadata: meta(store, names::redis(&name))?,
         spec: Some(ServiceSpec {
@@ -70,8 +72,17 @@ mod tests {
     use crate::children::fixtures;
 
     #[test]
+    fn client_service_follows_the_named_primary() {
+        let s = desired(&fixtures::managed(), Some("cache-redis-2")).unwrap();
+        assert_eq!(
+            s.spec.unwrap().selector.unwrap()[POD_NAME_LABEL],
+            "cache-redis-2"
+        );
+    }
+
+    #[test]
     fn client_service_targets_the_primary_only() {
-        let s = desired(&fixtures::managed()).unwrap();
+        let s = desired(&fixtures::managed(), None).unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some("cache-redis"));
         let spec = s.spec.unwrap();
         assert_eq!(

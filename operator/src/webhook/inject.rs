@@ -388,6 +388,21 @@ fn redis_env(namespace: &str, store: &ETagStore) -> (String, SecretKeySelector) 
                 },
             )
         }
+        (Some(m), _) if m.failover() => {
+            // The sentinels name the primary; the password is the primary's.
+            let endpoint = crate::children::sentinel::endpoint(store);
+            let rest = endpoint
+                .strip_prefix("redis+sentinel://")
+                .unwrap_or(&endpoint);
+            (
+                format!("redis+sentinel://:$(SAMETAG_REDIS_PASSWORD)@{rest}"),
+                SecretKeySelector {
+                    name: names::secret(&name),
+                    key: PASSWORD_KEY.into(),
+                    optional: Some(true),
+                },
+            )
+        }
         _ => (
             format!(
                 "redis://:$(SAMETAG_REDIS_PASSWORD)@{}.{namespace}.svc:6379",

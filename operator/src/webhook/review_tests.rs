@@ -520,3 +520,24 @@ async fn https_server_answers_and_reloads_its_certificate() {
     );
     server.abort();
 }
+
+#[test]
+fn failover_store_injects_a_sentinel_url_with_the_password_from_env() {
+    let mut store = fixtures::managed();
+    store.spec.redis.managed.as_mut().unwrap().replicas = 3;
+    let view = View {
+        stores: vec![store],
+        enabled: vec![],
+    };
+    let (outcome, _, p) = run(&view, &pod(json!({"sametag.dev/inject": "true"})));
+    assert_eq!(outcome, Outcome::Injected);
+    let s = sidecar(&p);
+    assert_eq!(
+        env(s, "SAMETAG_REDIS_URL")["value"],
+        "redis+sentinel://:$(SAMETAG_REDIS_PASSWORD)@cache-sentinel-0.cache-sentinel.shop.svc:26379,cache-sentinel-1.cache-sentinel.shop.svc:26379,cache-sentinel-2.cache-sentinel.shop.svc:26379/cache"
+    );
+    assert_eq!(
+        env(s, "SAMETAG_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]["name"],
+        "cache-redis"
+    );
+}

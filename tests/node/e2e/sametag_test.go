@@ -400,6 +400,10 @@ spec:
 		}
 	})
 
+	step(t, "5b failover store: deleting the primary under checked traffic fails no GET, loses nothing, 503s only in the window; the PDB refuses a second eviction", func(t *testing.T) {
+		failoverStep(t, e)
+	})
+
 	step(t, "6 uninstall leaves nothing behind", func(t *testing.T) {
 		e.k(t, "delete", "namespace", appNS, "--wait=true", "--timeout=180s")
 		if _, err := helm("uninstall", release, "-n", operatorNS, "--wait", "--timeout=3m"); err != nil {

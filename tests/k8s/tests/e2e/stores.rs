@@ -191,7 +191,11 @@ pub async fn managed(ctx: &Ctx) -> Result<()> {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    if header != ["NAME", "READY", "MODE", "ENDPOINT", "INJECTED", "AGE"] {
+    if header
+        != [
+            "NAME", "READY", "MODE", "ENDPOINT", "PRIMARY", "INJECTED", "AGE",
+        ]
+    {
         return Err(err(format!("kubectl get ets header: {header:?}\n{out}")));
     }
     let row: Vec<&str> = out
@@ -200,7 +204,18 @@ pub async fn managed(ctx: &Ctx) -> Result<()> {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    if row.get(..5) != Some(&["web", "True", "Validate", endpoint.as_str(), "0/0"][..]) {
+    if row.get(..6)
+        != Some(
+            &[
+                "web",
+                "True",
+                "Validate",
+                endpoint.as_str(),
+                "web-redis-0",
+                "0/0",
+            ][..],
+        )
+    {
         return Err(err(format!("kubectl get ets row: {row:?}")));
     }
 

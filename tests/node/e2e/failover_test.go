@@ -1,0 +1,459 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const failoverNS = "node-failover"
+
+// historyOp is one request of the failover history, as the client saw it.
+type historyOp struct {
+	kind       string // "get", "cond-get", "write"
+	start, end time.Time
+	status     int    // 0: transport error
+	err        error  // transport error
+	sent       int    // cond-get: the version of the tag sent; write: the base version
+	got        int    // get: the version of the body received; write: the version written
+	retryAfter string // 503s must carry one
+}
+
+// history records the operations of concurrent clients.
+type history struct {
+	mu   sync.Mutex
+	ops  []historyOp
+	done chan struct{} // closed when every client has stopped
+}
+
+func (h *history) add(op historyOp) {
+	h.mu.Lock()
+	h.ops = append(h.ops, op)
+	h.mu.Unlock()
+}
+
+// runHistory drives readers and If-Match writers at one document whose body
+// is its version number, until stop is closed.
+func runHistory(c *http.Client, url string, stop <-chan struct{}) *history {
+	h := &history{done: make(chan struct{})}
+	var wg sync.WaitGroup
+	do := func(method, body, header, value string) (*http.Response, string, error) {
+		var rd io.Reader
+		if body != "" {
+			rd = strings.NewReader(body)
+		}
+		req, _ := http.NewRequest(method, url, rd)
+		if header != "" {
+			req.Header.Set(header, value)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return nil, "", err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, strings.TrimSpace(string(b)), nil
+	}
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return false
+		}
+	}
+	// Readers: a GET, then a revalidation with the tag it returned.
+	for r := 0; r < 2; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stopped() {
+				start := time.Now()
+				resp, body, err := do(http.MethodGet, "", "", "")
+				op := historyOp{kind: "get", start: start, end: time.Now(), err: err, got: -1}
+				if err == nil {
+					op.status = resp.StatusCode
+					op.got, _ = strconv.Atoi(body)
+				}
+				h.add(op)
+				if err != nil || resp.StatusCode != 200 {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				tag := resp.Header.Get("ETag")
+				start = time.Now()
+				resp, _, err = do(http.MethodGet, "", "If-None-Match", tag)
+				op = historyOp{kind: "cond-get", start: start, end: time.Now(), err: err, sent: op.got}
+				if err == nil {
+					op.status = resp.StatusCode
+				}
+				h.add(op)
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	}
+	// Writers: read-modify-write increments with If-Match.
+	for w := 0; w < 3; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stopped() {
+				start := time.Now()
+				resp, body, err := do(http.MethodGet, "", "", "")
+				read := historyOp{kind: "get", start: start, end: time.Now(), err: err, got: -1}
+				if err == nil {
+					read.status = resp.StatusCode
+					read.got, _ = strconv.Atoi(body)
+				}
+				h.add(read)
+				if err != nil || resp.StatusCode != 200 {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				n := read.got
+				start = time.Now()
+				wresp, _, err := do(http.MethodPut, strconv.Itoa(n+1), "If-Match", resp.Header.Get("ETag"))
+				op := historyOp{kind: "write", start: start, end: time.Now(), err: err, sent: n, got: n + 1}
+				if err == nil {
+					op.status = wresp.StatusCode
+					op.retryAfter = wresp.Header.Get("Retry-After")
+				}
+				h.add(op)
+				if err == nil && wresp.StatusCode == http.StatusServiceUnavailable {
+					time.Sleep(200 * time.Millisecond)
+				} else {
+					time.Sleep(30 * time.Millisecond)
+				}
+			}
+		}()
+	}
+	go func() { <-stop; wg.Wait(); close(h.done) }()
+	return h
+}
+
+// verdict is what the checker found in a history.
+type verdict struct {
+	gets, condGets, writes, acked, conflicts, unavailable int
+	failedGets, badWrites                                 []string
+	missingRetryAfter, staleOK                            int
+	lostUpdates                                           []string
+	window                                                time.Duration // first 503 sent to last 503 answered
+	first503, last503                                     time.Time
+}
+
+// check judges a history: no failed GET; writes end 2xx, 412 or 503 with
+// Retry-After; every acknowledged write applied exactly once on top of the
+// version it read (final value = number of acknowledged writes + initial,
+// no two acknowledged writes on one base); no stale 304 (a revalidation
+// that started after a write of a newer version was acknowledged).
+func (h *history) check(initial, final int) verdict {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var v verdict
+	type ack struct {
+		end     time.Time
+		version int
+	}
+	var acks []ack
+	bases := map[int]int{}
+	for _, op := range h.ops {
+		switch op.kind {
+		case "get", "cond-get":
+			if op.kind == "get" {
+				v.gets++
+			} else {
+				v.condGets++
+			}
+			if op.err != nil || (op.status != 200 && op.status != 304) {
+				v.failedGets = append(v.failedGets, fmt.Sprintf("%s at %s: %d %v", op.kind, op.start.Format("15:04:05.000"), op.status, op.err))
+			}
+		case "write":
+			v.writes++
+			switch {
+			case op.err != nil:
+				v.badWrites = append(v.badWrites, fmt.Sprintf("write at %s: %v", op.start.Format("15:04:05.000"), op.err))
+			case op.status/100 == 2:
+				v.acked++
+				acks = append(acks, ack{op.end, op.got})
+				bases[op.sent]++
+			case op.status == http.StatusPreconditionFailed:
+				v.conflicts++
+			case op.status == http.StatusServiceUnavailable:
+				v.unavailable++
+				if op.retryAfter == "" {
+					v.missingRetryAfter++
+				}
+				if v.first503.IsZero() || op.start.Before(v.first503) {
+					v.first503 = op.start
+				}
+				if op.end.After(v.last503) {
+					v.last503 = op.end
+				}
+			default:
+				v.badWrites = append(v.badWrites, fmt.Sprintf("write at %s: status %d", op.start.Format("15:04:05.000"), op.status))
+			}
+		}
+	}
+	if !v.first503.IsZero() {
+		v.window = v.last503.Sub(v.first503)
+	}
+	for base, n := range bases {
+		if n > 1 {
+			v.lostUpdates = append(v.lostUpdates, fmt.Sprintf("%d acknowledged writes on version %d", n, base))
+		}
+	}
+	if final != initial+v.acked {
+		v.lostUpdates = append(v.lostUpdates, fmt.Sprintf("final version %d after %d acknowledged writes from %d", final, v.acked, initial))
+	}
+	sort.Slice(acks, func(i, j int) bool { return acks[i].end.Before(acks[j].end) })
+	for _, op := range h.ops {
+		if op.kind != "cond-get" || op.status != 304 {
+			continue
+		}
+		// The newest version acknowledged before this revalidation started.
+		newest := -1
+		for _, a := range acks {
+			if a.end.After(op.start) {
+				break
+			}
+			if a.version > newest {
+				newest = a.version
+			}
+		}
+		if newest > op.sent {
+			v.staleOK++
+		}
+	}
+	return v
+}
+
+func (v verdict) String() string {
+	return fmt.Sprintf("GETs %d + revalidations %d (failed %d); writes %d: %d acknowledged, %d 412, %d 503 (%d without Retry-After), %d other; stale 304s %d; lost updates %v; 503 window %s",
+		v.gets, v.condGets, len(v.failedGets), v.writes, v.acked, v.conflicts, v.unavailable, v.missingRetryAfter, len(v.badWrites), v.staleOK, v.lostUpdates, v.window.Round(100*time.Millisecond))
+}
+
+// storeField reads one jsonpath of the failover ETagStore.
+func (e env) storeField(t *testing.T, path string) string {
+	t.Helper()
+	out, _ := e.kTry(t, "-n", failoverNS, "get", "ets", "ha", "-o", "jsonpath="+path)
+	return strings.TrimSpace(out)
+}
+
+// evict asks the Eviction API (policy/v1) to evict a pod.
+func (e env) evict(t *testing.T, pod string) error {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), pod+".json")
+	body := fmt.Sprintf(`{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":%q,"namespace":%q}}`, pod, failoverNS)
+	if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.kTry(t, "create", "--raw", "/api/v1/namespaces/"+failoverNS+"/pods/"+pod+"/eviction", "-f", f)
+	return err
+}
+
+// failoverStep is issue 13's node-tier check of a failover store: the
+// primary pod deleted under history-checked traffic, then a drain-style
+// eviction refused by the PodDisruptionBudget.
+func failoverStep(t *testing.T, e env) {
+	_, _ = e.kTry(t, "delete", "namespace", failoverNS, "--wait=true", "--timeout=120s")
+	e.k(t, "create", "namespace", failoverNS)
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := e.kTry(t, "-n", failoverNS, "get", "all,ets,pdb,events", "-o", "wide")
+			logs, _ := e.kTry(t, "-n", failoverNS, "logs", "-l", "app.kubernetes.io/name=sametag-sentinel", "--tail=40")
+			sidecars, _ := e.kTry(t, "-n", failoverNS, "logs", "-l", "app=demo", "-c", "sametag-sidecar", "--tail=30", "--prefix")
+			t.Logf("namespace %s at failure:\n%s\nsentinel logs:\n%s\nsidecar logs:\n%s", failoverNS, out, logs, sidecars)
+		}
+		_, _ = e.kTry(t, "delete", "namespace", failoverNS, "--wait=true", "--timeout=180s")
+	})
+	e.apply(t, fmt.Sprintf(`apiVersion: sametag.dev/v1alpha1
+kind: ETagStore
+metadata: {name: ha, namespace: %s}
+spec:
+  redis:
+    managed:
+      image: sametag.local/redis:dev
+      replicas: 3
+      sentinel: {downAfterMilliseconds: 3000, failoverTimeoutMilliseconds: 10000}
+  policy: {mode: Validate}
+  sidecar: {image: sametag.local/sametag-sidecar:dev, imagePullPolicy: Never}
+`, failoverNS))
+	eventually(t, 4*time.Minute, "failover ETagStore Ready with a primary named by the sentinels", func() error {
+		out := e.storeField(t, `{.status.conditions[?(@.type=="Ready")].status} {.status.redis.primary} {.status.redis.sentinels} {.status.conditions[?(@.type=="PrimaryAvailable")].reason}`)
+		if !strings.HasPrefix(out, "True ha-redis-") || !strings.Contains(out, " 3/3 ") {
+			return fmt.Errorf("status %q", out)
+		}
+		return nil
+	})
+	t.Logf("kubectl get ets:\n%s", e.k(t, "-n", failoverNS, "get", "ets", "-o", "wide"))
+	endpoint := e.storeField(t, "{.status.endpoint}")
+	if !strings.HasPrefix(endpoint, "redis+sentinel://ha-sentinel-0.ha-sentinel."+failoverNS+".svc:26379,") {
+		t.Fatalf("endpoint %q is not the sentinels", endpoint)
+	}
+	e.apply(t, demoManifest(failoverNS, 3, `sametag.dev/inject: "true"`))
+	e.rollout(t, failoverNS, "deployment", "demo", 4*time.Minute)
+	pods := e.podNames(t, failoverNS, "app=demo")
+	url := e.k(t, "-n", failoverNS, "get", "pod", pods[0], "-o",
+		`jsonpath={.spec.initContainers[?(@.name=="sametag-sidecar")].env[?(@.name=="SAMETAG_REDIS_URL")].value}`)
+	if !strings.HasPrefix(url, "redis+sentinel://:$(SAMETAG_REDIS_PASSWORD)@ha-sentinel-0.") {
+		t.Fatalf("injected SAMETAG_REDIS_URL %q is not the sentinel URL", url)
+	}
+	c := client()
+	svcURL := "http://" + e.clusterIP(t, failoverNS, "demo")
+	waitRoutable(t, c, svcURL+"/healthz")
+	doc := svcURL + "/items/ha-counter"
+	put(t, c, doc, "0")
+	// Conditional writes work before the failover.
+	eventually(t, 60*time.Second, "conditional writes before the failover", func() error {
+		res, err := increment(c, doc, writer{user: "Bearer warmup"})
+		if err != nil || res != applied {
+			return fmt.Errorf("increment: %v %v", res, err)
+		}
+		return nil
+	})
+	initial := counterValue(t, c, doc)
+
+	oldPrimary := e.storeField(t, "{.status.redis.primary}")
+	stop := make(chan struct{})
+	h := runHistory(c, doc, stop)
+	time.Sleep(5 * time.Second)
+	deleted := time.Now()
+	e.k(t, "-n", failoverNS, "delete", "pod", oldPrimary, "--wait=false")
+	var newPrimary string
+	eventually(t, 90*time.Second, "the status names a new primary", func() error {
+		newPrimary = e.storeField(t, "{.status.redis.primary}")
+		if newPrimary == oldPrimary || newPrimary == "" {
+			return fmt.Errorf("primary still %q", newPrimary)
+		}
+		return nil
+	})
+	statusSeen := time.Since(deleted)
+	// Keep the traffic going until the old pod is back as a replica.
+	e.rollout(t, failoverNS, "statefulset", "ha-redis", 3*time.Minute)
+	time.Sleep(10 * time.Second)
+	close(stop)
+	select {
+	case <-h.done:
+	case <-time.After(time.Minute):
+		t.Fatal("history clients did not stop")
+	}
+	final := counterValue(t, c, doc)
+	v := h.check(initial, final)
+	t.Logf("failover %s -> %s: status showed it %s after the delete; history: %s", oldPrimary, newPrimary, statusSeen.Round(100*time.Millisecond), v)
+	if !v.first503.IsZero() {
+		t.Logf("503s from %s to %s after the delete", v.first503.Sub(deleted).Round(100*time.Millisecond), v.last503.Sub(deleted).Round(100*time.Millisecond))
+	}
+	var problems []string
+	if len(v.failedGets) > 0 {
+		problems = append(problems, fmt.Sprintf("failed GETs: %v", v.failedGets))
+	}
+	if len(v.badWrites) > 0 {
+		problems = append(problems, fmt.Sprintf("writes neither 2xx, 412 nor 503: %v", v.badWrites))
+	}
+	if v.missingRetryAfter > 0 {
+		problems = append(problems, fmt.Sprintf("%d 503s without Retry-After", v.missingRetryAfter))
+	}
+	if len(v.lostUpdates) > 0 {
+		problems = append(problems, fmt.Sprintf("lost updates: %v", v.lostUpdates))
+	}
+	if v.staleOK > 0 {
+		problems = append(problems, fmt.Sprintf("%d stale 304s", v.staleOK))
+	}
+	if !v.first503.IsZero() && (v.first503.Before(deleted) || v.window > 15*time.Second) {
+		problems = append(problems, fmt.Sprintf("503s outside a failover window of at most 15s: %s to %s after the delete",
+			v.first503.Sub(deleted).Round(100*time.Millisecond), v.last503.Sub(deleted).Round(100*time.Millisecond)))
+	}
+	if v.acked < 10 {
+		problems = append(problems, fmt.Sprintf("only %d writes acknowledged: the history proves little", v.acked))
+	}
+	// The story in the status: FailedOver, and an Event.
+	reason := e.storeField(t, `{.status.conditions[?(@.type=="PrimaryAvailable")].reason}`)
+	if reason != "FailedOver" {
+		problems = append(problems, fmt.Sprintf("PrimaryAvailable reason %q, want FailedOver", reason))
+	}
+	ev, _ := e.kTry(t, "-n", failoverNS, "get", "events", "--field-selector", "reason=FailedOver", "-o", "jsonpath={.items[*].message}")
+	if !strings.Contains(ev, newPrimary) {
+		problems = append(problems, fmt.Sprintf("no FailedOver Event naming %s (events: %q)", newPrimary, ev))
+	} else {
+		t.Logf("FailedOver Event: %s", ev)
+	}
+	if len(problems) > 0 {
+		t.Fatal(strings.Join(problems, "\n"))
+	}
+
+	// Drain-style eviction: the PodDisruptionBudget lets one Redis pod go
+	// and refuses a second while the first is away.
+	eventually(t, 2*time.Minute, "the Redis PDB allows one disruption", func() error {
+		out, err := e.kTry(t, "-n", failoverNS, "get", "pdb", "ha-redis", "-o", "jsonpath={.status.disruptionsAllowed}")
+		if err != nil || strings.TrimSpace(out) != "1" {
+			return fmt.Errorf("disruptionsAllowed %q (%v)", out, err)
+		}
+		return nil
+	})
+	var replicas []string
+	for _, p := range []string{"ha-redis-0", "ha-redis-1", "ha-redis-2"} {
+		if p != newPrimary {
+			replicas = append(replicas, p)
+		}
+	}
+	if err := e.evict(t, replicas[0]); err != nil {
+		t.Fatalf("first eviction refused: %v", err)
+	}
+	err := e.evict(t, replicas[1])
+	if err == nil {
+		t.Fatalf("second concurrent eviction (%s) allowed: the PDB did not hold", replicas[1])
+	}
+	if !strings.Contains(err.Error(), "429") && !strings.Contains(err.Error(), "disruption budget") {
+		t.Fatalf("second eviction refused for another reason: %v", err)
+	}
+	t.Logf("eviction of %s allowed; %s refused: %v", replicas[0], replicas[1], err)
+	e.rollout(t, failoverNS, "statefulset", "ha-redis", 3*time.Minute)
+	eventually(t, 2*time.Minute, "the store Ready again after the eviction", func() error {
+		if out := e.storeField(t, `{.status.conditions[?(@.type=="Ready")].status}`); out != "True" {
+			return fmt.Errorf("Ready %q", out)
+		}
+		return nil
+	})
+
+	// A crash: the primary's redis-server exits without the preStop
+	// hand-over; the sentinels notice after downAfterMilliseconds (3 s here)
+	// and the restarted container asks them to fail over before it serves.
+	crashed := e.storeField(t, "{.status.redis.primary}")
+	initial = counterValue(t, c, doc)
+	stop = make(chan struct{})
+	h = runHistory(c, doc, stop)
+	time.Sleep(5 * time.Second)
+	killed := time.Now()
+	_, _ = e.kTry(t, "-n", failoverNS, "exec", crashed, "-c", "redis", "--", "sh", "-c", "redis-cli -p 6379 shutdown nosave")
+	eventually(t, 90*time.Second, "the status names a new primary after the crash", func() error {
+		if p := e.storeField(t, "{.status.redis.primary}"); p == crashed || p == "" {
+			return fmt.Errorf("primary still %q", p)
+		}
+		return nil
+	})
+	statusSeen = time.Since(killed)
+	time.Sleep(15 * time.Second)
+	close(stop)
+	select {
+	case <-h.done:
+	case <-time.After(time.Minute):
+		t.Fatal("history clients did not stop")
+	}
+	v = h.check(initial, counterValue(t, c, doc))
+	t.Logf("crash of %s: status showed the new primary %s after the crash; history: %s", crashed, statusSeen.Round(100*time.Millisecond), v)
+	if !v.first503.IsZero() {
+		t.Logf("503s from %s to %s after the crash", v.first503.Sub(killed).Round(100*time.Millisecond), v.last503.Sub(killed).Round(100*time.Millisecond))
+	}
+	if len(v.failedGets) > 0 || len(v.badWrites) > 0 || v.missingRetryAfter > 0 || len(v.lostUpdates) > 0 || v.staleOK > 0 ||
+		(!v.first503.IsZero() && (v.first503.Before(killed) || v.window > 15*time.Second)) {
+		t.Fatalf("after a crash of the primary: failed GETs %v, bad writes %v, lost updates %v, %s", v.failedGets, v.badWrites, v.lostUpdates, v)
+	}
+}
