@@ -12,6 +12,7 @@ pub mod heal;
 pub mod invalidate;
 pub mod metrics;
 pub mod owner;
+pub mod reachability;
 pub mod reconcile;
 pub mod run;
 pub mod secret_watch;
