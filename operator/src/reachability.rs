@@ -141,8 +141,11 @@ fn classify(e: &RedisError, user: String) -> Unreachable {
     }
 }
 
+/// The `host:port` list and the path segments of a URL.
+type HostsAndPath = (Vec<(String, u16)>, Vec<String>);
+
 /// `host:port` list and path segments of a sentinel or cluster URL.
-fn hosts_and_path(rest: &str) -> Result<(Vec<(String, u16)>, Vec<String>), Failure> {
+fn hosts_and_path(rest: &str) -> Result<HostsAndPath, Failure> {
     let rest = rest.split(['?', '#']).next().unwrap_or("");
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let hosts = authority
