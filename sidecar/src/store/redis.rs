@@ -101,8 +101,9 @@ pub struct RedisOptions {
     /// Bound on every store call: past it the call fails `Unavailable` and
     /// the connection is replaced (a request is never held longer).
     pub op_timeout: Duration,
-    /// TTL of resource hashes (refreshed when used). Every key has a TTL so
-    /// a Redis with `maxmemory` and an eviction policy stays healthy.
+    /// TTL of resource hashes (refreshed when used). Every key but a write
+    /// lock has a TTL, so a Redis with `maxmemory` and a `volatile-*`
+    /// policy evicts tag state and never a held lock (`lock.lua`).
     pub entry_ttl: Duration,
     /// TTL of the meta hash (epoch, glob marks) and the clock.
     pub meta_ttl: Duration,
