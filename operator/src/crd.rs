@@ -269,19 +269,22 @@ pub struct StorageSpec {
     pub storage_class_name: Option<String>,
 }
 
-/// What Redis evicts when `maxmemory` is reached. Evicting a tag is always
-/// safe (it is re-derived from content), so an `allkeys-*` policy is the default.
+/// What Redis evicts when `maxmemory` is reached. Evicting tag state is
+/// always safe (it is re-derived from content, and every tag-state key has a
+/// TTL); evicting a held write lock is not (two writers could then hold it).
+/// Locks have no TTL, so the default `volatile-lru` never evicts one;
+/// `allkeys-*` policies can, under memory pressure.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum EvictionPolicy {
-    /// Evict the least recently used keys.
-    #[default]
+    /// Evict the least recently used keys (held write locks too).
     AllkeysLru,
     /// Evict the least frequently used keys.
     AllkeysLfu,
     /// Evict random keys.
     AllkeysRandom,
-    /// Evict least recently used keys with a TTL.
+    /// Evict least recently used keys with a TTL: tag state, never a lock.
+    #[default]
     VolatileLru,
     /// Evict least frequently used keys with a TTL.
     VolatileLfu,
@@ -313,18 +316,50 @@ impl EvictionPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalRedis {
-    /// `redis://` or `rediss://` URL without credentials, e.g.
-    /// `redis://redis.shared.svc:6379/0`. The password comes from `secretRef`.
+    /// Redis URL without credentials: `redis://` or `rediss://` (one
+    /// server), `redis+sentinel://` or `rediss+sentinel://` (`host:port`
+    /// list of sentinels, then `/<master name>[/db]`), `redis+cluster://` or
+    /// `rediss+cluster://` (`host:port` list of seed nodes), e.g.
+    /// `rediss+sentinel://s1:26379,s2:26379/mymaster`. The password comes
+    /// from `secretRef`, the ACL user from `username`.
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(
-        validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')")
-            .message("spec.redis.external.url must start with redis:// or rediss://"),
-        validation = Rule::new("!self.matches('^rediss?://[^/]*@')")
-            .message("spec.redis.external.url must not carry credentials; put the password in secretRef")
+        validation = Rule::new("self.matches('^rediss?([+](sentinel|cluster))?://[^/?#@]+')")
+            .message("spec.redis.external.url must start with redis://, rediss://, redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster:// followed by a host"),
+        validation = Rule::new("!self.matches('^[a-z+]+://[^/]*@')")
+            .message("spec.redis.external.url must not carry credentials; put the password in secretRef and the user in username")
     )]
     pub url: String,
     /// The Secret (in the ETagStore's namespace) holding the Redis password.
+    /// Any characters work: it reaches the sidecar and the operator as a
+    /// value, never inside a URL.
     pub secret_ref: SecretKeyRef,
+    /// ACL user (Redis 6+) the sidecars and the operator authenticate as;
+    /// unset: the `default` user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("!self.matches('[[:space:]@:/]')")
+        .message("spec.redis.external.username must not contain whitespace, '@', ':' or '/'"))]
+    pub username: Option<String>,
+    /// A Secret (in the ETagStore's namespace) holding the PEM CA bundle
+    /// that signed the store's TLS certificate (`rediss` schemes): the only
+    /// roots trusted, by the operator and by every sidecar
+    /// (`--redis-ca-file`). Unset: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaSecretRef>,
+}
+
+/// A PEM CA bundle in a Secret of the ETagStore's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
 }
 
 /// A key in a Secret of the ETagStore's namespace.
@@ -649,6 +684,9 @@ fn default_failover_timeout() -> i32 {
 }
 fn default_maxmemory() -> String {
     DEFAULT_MAXMEMORY.to_owned()
+}
+fn default_ca_key() -> String {
+    "ca.crt".to_owned()
 }
 fn default_secret_key() -> String {
     "password".to_owned()

@@ -199,15 +199,55 @@ fn route_paths_are_sane() {
 
 #[test]
 fn external_url_rules() {
-    let mut e = EXTERNAL();
-    e["external"]["url"] = json!("http://r:6379");
-    rejects(
-        store(json!({"redis": e})),
-        "must start with redis:// or rediss://",
-    );
-    let mut e = EXTERNAL();
-    e["external"]["url"] = json!("redis://user:pw@r:6379");
-    rejects(store(json!({"redis": e})), "must not carry credentials");
+    for bad in [
+        "http://r:6379",
+        "redis+foo://r:1",
+        "redis://",
+        "rediss+sentinel:///m",
+    ] {
+        let mut e = EXTERNAL();
+        e["external"]["url"] = json!(bad);
+        rejects(
+            store(json!({"redis": e})),
+            "must start with redis://, rediss://, redis+sentinel://",
+        );
+    }
+    for creds in [
+        "redis://user:pw@r:6379",
+        "rediss+sentinel://:pw@s1:26379,s2:26379/m",
+        "redis+cluster://u@n1:7000",
+    ] {
+        let mut e = EXTERNAL();
+        e["external"]["url"] = json!(creds);
+        rejects(store(json!({"redis": e})), "must not carry credentials");
+    }
+    // Every scheme the sidecar speaks, with an ACL user and a CA Secret.
+    for good in [
+        "redis://r.shared.svc:6379/0",
+        "rediss://r.shared.svc:6380",
+        "redis+sentinel://s1:26379,s2:26379/mymaster",
+        "rediss+sentinel://s1:26379,s2:26379/mymaster/2",
+        "redis+cluster://n1:7000,n2:7001",
+        "rediss+cluster://[::1]:7000",
+    ] {
+        let mut e = EXTERNAL();
+        e["external"]["url"] = json!(good);
+        e["external"]["username"] = json!("sametag-app");
+        e["external"]["caSecretRef"] = json!({"name": "redis-ca"});
+        check(store(json!({"redis": e}))).unwrap_or_else(|err| panic!("{good}: {err}"));
+    }
+    for user in ["a b", "a:b", "a@b"] {
+        let mut e = EXTERNAL();
+        e["external"]["username"] = json!(user);
+        rejects(store(json!({"redis": e})), "username must not contain");
+    }
+    // The CA key defaults to ca.crt.
+    let ext: ExternalRedis = serde_json::from_value(json!({
+        "url": "rediss://r:1", "secretRef": {"name": "pw"}, "caSecretRef": {"name": "ca"}
+    }))
+    .unwrap();
+    assert_eq!(ext.ca_secret_ref.unwrap().key, "ca.crt");
+    assert_eq!(ext.secret_ref.key, "password");
 }
 
 #[test]

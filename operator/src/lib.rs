@@ -13,6 +13,7 @@ pub mod invalidate;
 pub mod metrics;
 pub mod owner;
 pub mod primary;
+pub mod reachability;
 pub mod reconcile;
 pub mod run;
 pub mod secret_watch;

@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::fleet::{self, Fleet, SIDECARS_INJECTED};
 use crate::heal;
 use crate::metrics::Metrics;
+use crate::reachability;
 use crate::secret_watch;
 use crate::status::{
     self, CHILD_NOT_OWNED, DEGRADED, Health, INVALID_POLICY, PrimaryObservation, READY,
@@ -341,7 +342,22 @@ async fn apply_managed(
         "the Redis password",
     )
     .await?;
-    apply(client, ns, &children::secret::desired(store, &password)?).await?;
+    let sidecar_password = generated_once(
+        store,
+        ctx,
+        ns,
+        names::secret(&name),
+        children::secret::existing_sidecar_password,
+        "SidecarPasswordCreated",
+        "the sidecars' Redis password (ACL user sametag)",
+    )
+    .await?;
+    apply(
+        client,
+        ns,
+        &children::secret::desired(store, &password, &sidecar_password)?,
+    )
+    .await?;
     apply(client, ns, &children::redis_config::desired(store, redis)?).await?;
     let sts = apply(
         client,
@@ -604,35 +620,81 @@ async fn check_external(
 ) -> Result<(Health, Option<String>)> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let r = &external.secret_ref;
-    let health = match secrets.get_opt(&r.name).await? {
-        None => Health::Degraded {
-            reason: "SecretMissing",
-            message: format!(
+    let endpoint = Some(external.url.clone());
+    let password = match secrets.get_opt(&r.name).await? {
+        None => {
+            let message = format!(
                 "Secret {ns}/{} (spec.redis.external.secretRef) does not exist; create it with the Redis password under key {:?}",
                 r.name, r.key
-            ),
-        },
-        Some(s) if !has_key(&s, &r.key) => Health::Degraded {
-            reason: "SecretKeyMissing",
-            message: format!(
-                "Secret {ns}/{} has no key {:?} (spec.redis.external.secretRef.key)",
-                r.name, r.key
-            ),
-        },
-        Some(_) => Health::Ready {
-            reason: "ExternalRedis",
-            message: "using the external Redis; its password Secret exists".into(),
+            );
+            return Ok((degraded("SecretMissing", message), endpoint));
+        }
+        Some(s) => match secret_value(&s, &r.key) {
+            Some(v) => v,
+            None => {
+                let message = format!(
+                    "Secret {ns}/{} has no key {:?} (spec.redis.external.secretRef.key)",
+                    r.name, r.key
+                );
+                return Ok((degraded("SecretKeyMissing", message), endpoint));
+            }
         },
     };
-    Ok((health, Some(external.url.clone())))
+    let ca = match &external.ca_secret_ref {
+        None => None,
+        Some(c) => match secrets
+            .get_opt(&c.name)
+            .await?
+            .and_then(|s| secret_value(&s, &c.key))
+        {
+            Some(pem) => Some(pem),
+            None => {
+                let message = format!(
+                    "Secret {ns}/{} (spec.redis.external.caSecretRef) does not exist or has no key {:?}; create it with the PEM CA bundle",
+                    c.name, c.key
+                );
+                return Ok((degraded("CASecretMissing", message), endpoint));
+            }
+        },
+    };
+    let password = String::from_utf8_lossy(&password).into_owned();
+    let target = reachability::Target {
+        url: &external.url,
+        username: external.username.as_deref(),
+        password: Some(password.as_str()).filter(|p| !p.is_empty()),
+        ca,
+    };
+    let health = match reachability::check(&target).await {
+        Ok(()) => Health::Ready {
+            reason: "ExternalRedis",
+            message: format!(
+                "the operator connected to the external Redis as user {:?}, authenticated and pinged it",
+                external.username.as_deref().unwrap_or("default")
+            ),
+        },
+        Err(e) => degraded(e.reason(), e.to_string()),
+    };
+    Ok((health, endpoint))
 }
 
-fn has_key(secret: &Secret, key: &str) -> bool {
-    secret.data.as_ref().is_some_and(|d| d.contains_key(key))
-        || secret
-            .string_data
-            .as_ref()
-            .is_some_and(|d| d.contains_key(key))
+fn degraded(reason: &'static str, message: String) -> Health {
+    Health::Degraded { reason, message }
+}
+
+/// The value of `key` in `secret` (`data`, or `stringData` as written).
+fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        })
 }
 
 // The status endpoint says whether the last successful reconcile ran Redis.
@@ -819,6 +881,7 @@ async fn write_status(
         &fleet,
         now.clone(),
     );
+    set_reachability(store, previous, &mut new, health, now.clone());
     let failover = match redis {
         Some(r) => status::with_redis(previous, &mut new, r.status, r.observed.as_ref(), now),
         // An apply failure or an external store: keep what was known.
@@ -859,6 +922,55 @@ async fn write_status(
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
         .await?;
     Ok(())
+}
+
+/// The `StoreReachable` condition of an external store: True once the
+/// operator connected, authenticated and pinged it (`check_external`),
+/// False with the failure's reason, or `NotChecked` while its Secrets are
+/// missing. Managed stores have none (their pods' readiness says it).
+fn set_reachability(
+    store: &ETagStore,
+    previous: Option<&ETagStoreStatus>,
+    new: &mut ETagStoreStatus,
+    health: &Health,
+    now: Time,
+) {
+    new.conditions
+        .retain(|c| c.type_ != reachability::STORE_REACHABLE);
+    if store.spec.redis.external.is_none() || store.managed().is_some() {
+        return;
+    }
+    let (on, reason, message) = match health.reason() {
+        "ExternalRedis" => (true, reachability::REACHABLE, health.message().to_owned()),
+        r @ ("InvalidURL"
+        | "AuthenticationFailed"
+        | "TLSFailed"
+        | "StoreTimeout"
+        | "StoreUnreachable") => (false, r, health.message().to_owned()),
+        _ => (
+            false,
+            "NotChecked",
+            format!("not checked: {}", health.message()),
+        ),
+    };
+    let status = if on { "True" } else { "False" };
+    let last = previous
+        .and_then(|p| {
+            p.conditions
+                .iter()
+                .find(|c| c.type_ == reachability::STORE_REACHABLE)
+        })
+        .filter(|c| c.status == status)
+        .map_or(now, |c| c.last_transition_time.clone());
+    new.conditions
+        .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: reachability::STORE_REACHABLE.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: store.metadata.generation,
+            last_transition_time: last,
+        });
 }
 
 // Events for what a person would want to see in `kubectl describe ets`.

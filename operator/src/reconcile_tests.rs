@@ -353,19 +353,64 @@ async fn external_without_secret_is_degraded_and_requeued() {
 }
 
 #[tokio::test]
-async fn external_with_secret_is_ready() {
+async fn external_with_secret_is_ready_only_once_reached() {
     let (ctx, fake, _server) = context();
     fake.lock().unwrap().objects.insert(
         format!("{BASE}/secrets/shared-redis"),
         json!({"apiVersion":"v1","kind":"Secret","metadata":{"name":"shared-redis","namespace":"shop"},"data":{"pw":"c2VjcmV0"}}),
     );
-    reconcile(Arc::new(fixtures::external()), ctx.clone())
+    // Nothing listens on 127.0.0.1:1: the Secret alone is not Ready.
+    let mut store = fixtures::external();
+    store.spec.redis.external.as_mut().unwrap().url = "redis://127.0.0.1:1".into();
+    reconcile(Arc::new(store.clone()), ctx.clone())
         .await
         .unwrap();
+    {
+        let f = fake.lock().unwrap();
+        let st = status_of(&f).unwrap();
+        assert_eq!(cond(&st, "Ready").status, "False");
+        assert_eq!(cond(&st, "Degraded").reason, "StoreUnreachable");
+        assert_eq!(cond(&st, "StoreReachable").status, "False");
+        assert_eq!(cond(&st, "StoreReachable").reason, "StoreUnreachable");
+        assert!(!cond(&st, "StoreReachable").message.contains("secret"));
+    }
+    // A listener that speaks RESP enough for HELLO/AUTH/PING: Ready.
+    let fake_redis = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = fake_redis.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = fake_redis.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]).to_ascii_uppercase();
+                    // One reply per command in the packet.
+                    for _ in 0..text.matches('*').count() {
+                        let reply: &[u8] = if text.contains("HELLO") {
+                            b"%1\r\n+proto\r\n:3\r\n"
+                        } else if text.contains("PING") {
+                            b"+PONG\r\n"
+                        } else {
+                            b"+OK\r\n"
+                        };
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    store.spec.redis.external.as_mut().unwrap().url = format!("redis://{addr}");
+    reconcile(Arc::new(store), ctx.clone()).await.unwrap();
     let f = fake.lock().unwrap();
     let st = status_of(&f).unwrap();
     assert_eq!(cond(&st, "Ready").status, "True");
     assert_eq!(cond(&st, "Ready").reason, "ExternalRedis");
+    assert_eq!(cond(&st, "StoreReachable").status, "True");
 }
 
 #[tokio::test]

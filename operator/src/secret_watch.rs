@@ -21,7 +21,7 @@ use crate::crd::ETagStore;
 
 /// The stores among `stores` that live in `secret_ns` and name `secret_name`
 /// in `spec.redis.external.secretRef` (a Secret is always looked up in the
-/// store's own namespace), or whose own Secret would have that name.
+/// store's own namespace) or `caSecretRef`, or whose own Secret would have that name.
 pub fn stores_referencing(
     secret_ns: &str,
     secret_name: &str,
@@ -32,12 +32,12 @@ pub fn stores_referencing(
         .filter(|s| s.meta().namespace.as_deref() == Some(secret_ns))
         .filter(|s| {
             let name = s.name_any();
-            s.spec
-                .redis
-                .external
-                .as_ref()
-                .is_some_and(|e| e.secret_ref.name == secret_name)
-                || names::secret(&name) == secret_name
+            s.spec.redis.external.as_ref().is_some_and(|e| {
+                e.secret_ref.name == secret_name
+                    || e.ca_secret_ref
+                        .as_ref()
+                        .is_some_and(|c| c.name == secret_name)
+            }) || names::secret(&name) == secret_name
                 || names::purge(&name) == secret_name
         })
         .map(|s| ObjectRef::from_obj(&**s))
@@ -154,5 +154,19 @@ mod tests {
         );
         secret.metadata.namespace = None;
         assert!(map(secret).is_empty());
+    }
+
+    #[test]
+    fn the_ca_secret_wakes_its_store() {
+        let mut s = fixtures::external();
+        if let Some(e) = s.spec.redis.external.as_mut() {
+            e.ca_secret_ref = Some(crate::crd::CaSecretRef {
+                name: "redis-ca".into(),
+                key: "ca.crt".into(),
+            });
+        }
+        let stores = [Arc::new(s)];
+        assert_eq!(stores_referencing("shop", "redis-ca", &stores).len(), 1);
+        assert!(stores_referencing("other", "redis-ca", &stores).is_empty());
     }
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::store::redis::Credentials;
 use clap::Parser;
 use http::uri::Authority;
 use sametag_policy::duration::{DurationError, DurationSyntax, parse_duration_with};
@@ -50,6 +51,15 @@ pub struct Cli {
     /// 300 ms store call bound).
     #[arg(long, env = "SAMETAG_REDIS_WAIT_TIMEOUT", default_value = "200ms", value_parser = parse_duration)]
     pub redis_wait_timeout: Duration,
+    /// ACL username for the store; overrides the URL's.
+    #[arg(long, env = "SAMETAG_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// Password for the store; overrides the URL's. Any characters work (it
+    /// is never put into a URL). Prefer the environment variable: a flag is
+    /// visible in `ps`.
+    #[arg(long, env = "SAMETAG_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
 
     /// At start, how long to wait for the first connection to the store
     /// before serving anyway (degraded: content-derived tags, the app's
@@ -262,6 +272,8 @@ pub struct Config {
     pub redis_wait_replicas: WaitReplicas,
     /// How long it waits for them.
     pub redis_wait_timeout: Duration,
+    /// ACL user and password given apart from the URL.
+    pub redis_credentials: Credentials,
     /// How long start-up waits for the store.
     pub store_wait: Duration,
     /// Policy file; `None`: Validate everywhere.
@@ -283,9 +295,14 @@ pub struct Config {
 impl Cli {
     /// Validate and resolve defaults that depend on other flags.
     pub fn into_config(self) -> Config {
+        let redis_credentials = Credentials {
+            username: self.redis_username.filter(|u| !u.is_empty()),
+            password: self.redis_password.filter(|p| !p.is_empty()),
+        };
         let credential_secret = credential_secret(
             self.credential_secret.as_deref(),
             self.redis.as_deref(),
+            &redis_credentials,
             &self.store_prefix,
         );
         Config {
@@ -317,6 +334,7 @@ impl Cli {
             redis_ca_file: self.redis_ca_file,
             redis_wait_replicas: self.redis_wait_replicas,
             redis_wait_timeout: self.redis_wait_timeout,
+            redis_credentials,
             store_wait: self.store_wait,
             store_prefix: self.store_prefix,
             workers: match self.workers {
@@ -328,10 +346,16 @@ impl Cli {
 }
 
 /// The credential-hash secret: the explicit one; else, for a shared store,
-/// one every replica derives alike from the Redis URL (it holds the store's
-/// password, which only this app's replicas know) and the prefix; else a
-/// random one, which is fine for the embedded store (one process).
-pub fn credential_secret(explicit: Option<&str>, redis: Option<&str>, prefix: &str) -> Vec<u8> {
+/// one every replica derives alike from the Redis URL and the credentials
+/// given apart from it (one of them holds the store's password, which only
+/// this app's replicas know) and the prefix; else a random one, which is
+/// fine for the embedded store (one process).
+pub fn credential_secret(
+    explicit: Option<&str>,
+    redis: Option<&str>,
+    creds: &Credentials,
+    prefix: &str,
+) -> Vec<u8> {
     if let Some(secret) = explicit {
         return secret.as_bytes().to_vec();
     }
@@ -340,6 +364,12 @@ pub fn credential_secret(explicit: Option<&str>, redis: Option<&str>, prefix: &s
         hasher.update(&(prefix.len() as u64).to_le_bytes());
         hasher.update(prefix.as_bytes());
         hasher.update(url.as_bytes());
+        // Length-prefixed, so no two (user, password) pairs hash alike; a
+        // URL-only setup hashes exactly as before.
+        for part in [&creds.username, &creds.password].into_iter().flatten() {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
         return hasher.finalize().as_bytes().to_vec();
     }
     let mut hasher = blake3::Hasher::new_derive_key("sametag.dev 2026 credential secret v1");
@@ -458,17 +488,62 @@ mod tests {
 
     #[test]
     fn shared_store_secret_is_shared_and_embedded_is_random() {
-        let a = credential_secret(None, Some("redis://:pw@r:6379"), "p");
-        let b = credential_secret(None, Some("redis://:pw@r:6379"), "p");
+        let none = Credentials::default();
+        let a = credential_secret(None, Some("redis://:pw@r:6379"), &none, "p");
+        let b = credential_secret(None, Some("redis://:pw@r:6379"), &none, "p");
         assert_eq!(a, b);
         assert_ne!(
             a,
-            credential_secret(None, Some("redis://:other@r:6379"), "p")
+            credential_secret(None, Some("redis://:other@r:6379"), &none, "p")
         );
         assert_ne!(
-            credential_secret(None, None, "p"),
-            credential_secret(None, None, "p")
+            credential_secret(None, None, &none, "p"),
+            credential_secret(None, None, &none, "p")
         );
-        assert_eq!(credential_secret(Some("s"), None, "p"), b"s".to_vec());
+        assert_eq!(
+            credential_secret(Some("s"), None, &none, "p"),
+            b"s".to_vec()
+        );
+        // A password given apart from the URL keys the secret like one inside it.
+        let with = |pw: &str| Credentials {
+            username: Some("app".into()),
+            password: Some(pw.into()),
+        };
+        let url = Some("redis://r:6379");
+        assert_eq!(
+            credential_secret(None, url, &with("x y@z"), "p"),
+            credential_secret(None, url, &with("x y@z"), "p")
+        );
+        assert_ne!(
+            credential_secret(None, url, &with("x y@z"), "p"),
+            credential_secret(None, url, &with("other"), "p")
+        );
+        assert_ne!(
+            credential_secret(None, url, &with("x y@z"), "p"),
+            credential_secret(None, url, &none, "p")
+        );
+    }
+
+    #[test]
+    fn redis_credentials_come_from_the_environment() {
+        // Flags here (the env is process-wide; clap reads both the same way).
+        let cli = Cli::try_parse_from([
+            "sametag-sidecar",
+            "--redis-username",
+            "app",
+            "--redis-password",
+            "p@ss w:/%#?",
+        ])
+        .unwrap()
+        .into_config();
+        assert_eq!(cli.redis_credentials.username.as_deref(), Some("app"));
+        assert_eq!(
+            cli.redis_credentials.password.as_deref(),
+            Some("p@ss w:/%#?")
+        );
+        let empty = Cli::try_parse_from(["sametag-sidecar", "--redis-password", ""])
+            .unwrap()
+            .into_config();
+        assert_eq!(empty.redis_credentials, Credentials::default());
     }
 }

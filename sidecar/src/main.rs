@@ -113,6 +113,7 @@ async fn run(config: Config) -> ExitCode {
                 tls_ca_file: config.redis_ca_file.clone(),
                 wait_replicas: config.redis_wait_replicas,
                 wait_timeout: config.redis_wait_timeout,
+                credentials: config.redis_credentials.clone(),
                 ..RedisOptions::default()
             };
             match RedisStore::connect(url, &config.store_prefix, options) {

@@ -418,3 +418,71 @@ async fn a_sidecar_killed_after_the_app_committed_leaves_nothing_trusted() {
     assert_eq!(r.text(), "v2");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A password with every character a URL would have to escape (`@:/%#?`
+/// and spaces) reaches Redis from `SAMETAG_REDIS_PASSWORD`, with the ACL
+/// user from `SAMETAG_REDIS_USERNAME`, over `rediss://` trusting only the
+/// `--redis-ca-file` CA; the default user is off, so nothing else could
+/// have authenticated. The wrong password leaves the store unreachable.
+#[tokio::test]
+async fn acl_user_with_special_password_from_the_env_over_tls() {
+    const PASSWORD: &str = "p@ss w:/rd%41#?x ";
+    let app = App::fixed("doc", "\"app-tag\"").await;
+    let redis = redis_server::RedisServer::with(redis_server::RedisConfig {
+        tls: true,
+        acl_user: Some(("admin".into(), "adminpw".into())),
+        extra: vec![
+            "user default off".into(),
+            // Quoted: redis.conf splits on spaces otherwise.
+            format!("user app on \">{PASSWORD}\" ~* &* +@all"),
+        ],
+        ..Default::default()
+    });
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let ca = redis.ca_file();
+    let spawn = |password: &str| {
+        Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--upstream", &app.addr.to_string(), "--redis", &url])
+            .args(["--redis-ca-file", ca.to_str().unwrap()])
+            .args(["--store-wait", "5s"])
+            .env("SAMETAG_REDIS_USERNAME", "app")
+            .env("SAMETAG_REDIS_PASSWORD", password)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn(PASSWORD);
+    let (addr, before) = started_after(&mut child).await;
+    assert!(
+        before.iter().any(|m| m == "store reachable"),
+        "authenticated as app: {before:?}"
+    );
+    let first = get(addr, "/doc", &[]).await;
+    assert!(
+        first.header("cache-status").ends_with("; stored"),
+        "{}",
+        first.header("cache-status")
+    );
+    // `ps` shows no password: it travelled in the environment only.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("p@ss"));
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // One character off: never reachable, served degraded.
+    let mut wrong = spawn(&PASSWORD[..PASSWORD.len() - 1]);
+    let (addr, before) = started_after(&mut wrong).await;
+    assert!(!before.iter().any(|m| m == "store reachable"), "{before:?}");
+    let degraded = get(addr, "/doc", &[]).await;
+    assert_eq!(degraded.status, StatusCode::OK);
+    assert!(
+        !degraded.header("cache-status").ends_with("; stored"),
+        "{}",
+        degraded.header("cache-status")
+    );
+    let _ = wrong.kill();
+    let _ = wrong.wait();
+}

@@ -30,7 +30,7 @@ async fn store(url: &str, prefix: &str, o: RedisOptions) -> RedisStore {
     s
 }
 
-async fn every_key_has_a_ttl_and_one_hash_tag(kind: StoreKind) {
+async fn every_key_but_a_held_lock_has_a_ttl_and_one_hash_tag(kind: StoreKind) {
     let engine = engine(kind);
     let redis = RedisServer::start_on(engine);
     // A cluster-enabled server, only to ask CLUSTER KEYSLOT.
@@ -69,6 +69,12 @@ async fn every_key_has_a_ttl_and_one_hash_tag(kind: StoreKind) {
     for k in &keys {
         assert!(k.starts_with("{layout:1}:"), "{k}");
         let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut admin).unwrap();
+        // A held lock and the lock deadlines have none, so a volatile-*
+        // eviction policy never evicts a lock; the lease is in the value.
+        if k.starts_with("{layout:1}:l:") || k == "{layout:1}:z:l" {
+            assert_eq!(ttl, -1, "{k} has no TTL");
+            continue;
+        }
         assert!(ttl > 0, "{k} has a TTL ({ttl})");
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
@@ -78,6 +84,57 @@ async fn every_key_has_a_ttl_and_one_hash_tag(kind: StoreKind) {
         seen_slots.insert(slot);
     }
     assert_eq!(seen_slots.len(), 1, "one slot for the whole store");
+    // Released, the lock leaves no key behind.
+    s.unlock(&_held).await.unwrap();
+    let left: Vec<String> = redis
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("{layout:1}:l:") || k == "{layout:1}:z:l")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A holder that crashed leaves its lock key (no TTL) behind: the next
+/// try_lock of any resource of the store sweeps it once its lease is over,
+/// and the resource itself is free for the next writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_lock_is_swept_after_its_lease() {
+    let redis = RedisServer::start();
+    let s = store(&redis.url(), "sweep", test_options(Duration::ZERO)).await;
+    let abandoned = s
+        .try_lock(&key("/crashed"), Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.try_lock(&key("/crashed"), Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none(),
+        "held within its lease"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !s.renew(&abandoned, Duration::from_secs(5)).await.unwrap(),
+        "a lease that ended is not renewed"
+    );
+    let other = s
+        .try_lock(&key("/other"), Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let keys = redis.keys();
+    let locks = keys.iter().filter(|k| k.starts_with("{sweep}:l:")).count();
+    assert_eq!(locks, 1, "only /other's lock is left: {keys:?}");
+    s.unlock(&other).await.unwrap();
+    let next = s
+        .try_lock(&key("/crashed"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        next.is_some_and(|l| l.token > abandoned.token),
+        "a newer token"
+    );
 }
 
 async fn stores_are_isolated_by_prefix_and_by_server(kind: StoreKind) {
@@ -530,7 +587,7 @@ async fn sentinel_urls_reach_the_master(kind: StoreKind) {
 }
 
 support::over_engines! {
-    every_key_has_a_ttl_and_one_hash_tag,
+    every_key_but_a_held_lock_has_a_ttl_and_one_hash_tag,
     stores_are_isolated_by_prefix_and_by_server,
     hot_lookups_cost_no_redis_commands_and_invalidations_still_arrive,
     concurrent_trusted_hits_share_barrier_round_trips,

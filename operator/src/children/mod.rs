@@ -24,6 +24,16 @@ pub const STORE_LABEL: &str = "sametag.dev/store";
 pub const OWNER_LABEL: &str = "sametag.dev/etagstore";
 /// Key of the Redis password in the password Secret.
 pub const PASSWORD_KEY: &str = "password";
+/// Key of the sidecars' own Redis password (ACL user [`SIDECAR_USER`]) in
+/// the password Secret of a managed store.
+pub const SIDECAR_PASSWORD_KEY: &str = "sidecar-password";
+/// Key of the rendered ACL users and `masterauth` (see
+/// [`redis_config::auth_conf`]) in the password Secret of a managed store.
+pub const AUTH_CONF_KEY: &str = "auth.conf";
+/// Where the Redis pods mount [`AUTH_CONF_KEY`] (redis.conf includes it).
+pub const AUTH_DIR: &str = "/etc/redis-auth";
+/// The ACL user injected sidecars of a managed store authenticate as.
+pub const SIDECAR_USER: &str = "sametag";
 /// Key of the purge token in the purge-token Secret.
 pub const PURGE_TOKEN_KEY: &str = "token";
 /// Key of the policy file in the policy ConfigMap.
@@ -184,6 +194,8 @@ pub(crate) mod fixtures {
                     name: "shared-redis".into(),
                     key: "pw".into(),
                 },
+                username: None,
+                ca_secret_ref: None,
             }),
         };
         s

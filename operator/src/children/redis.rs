@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
+    EnvVarSource, ExecAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecurityContext, TCPSocketAction, Volume, VolumeMount,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, TCPSocketAction, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -19,7 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    BuildError, PASSWORD_KEY, REDIS_PORT, meta, names, redis_config, selector_labels, sentinel,
+    AUTH_CONF_KEY, AUTH_DIR, BuildError, PASSWORD_KEY, REDIS_PORT, meta, names, redis_config,
+    selector_labels, sentinel,
 };
 use crate::crd::{ETagStore, ManagedRedis};
 
@@ -32,9 +33,11 @@ pub const CONFIG_HASH_ANNOTATION: &str = "sametag.dev/config-hash";
 // Pod 0 is the primary; the others replicate it. A shell picks the role
 // because only the pod index (downward API label) tells them apart. The
 // server is whichever the image has (engine-neutral: Valkey's images ship
-// `valkey-server`, with or without `redis-*` links).
+// `valkey-server`, with or without `redis-*` links). No password on this
+// command line (`ps` would show it): redis.conf includes the ACL users and
+// masterauth from the Secret mounted at AUTH_DIR.
 pub const START_SCRIPT: &str = r#"set -e
-set -- /etc/redis/redis.conf --requirepass "$REDIS_PASSWORD" --masterauth "$REDIS_PASSWORD"
+set -- /etc/redis/redis.conf
 if [ "${POD_INDEX:-0}" != "0" ]; then set -- "$@" --replicaof "$PRIMARY_HOST" 6379; fi
 server=$(command -v valkey-server || command -v redis-server) || { echo "the image has neither valkey-server nor redis-server" >&2; exit 127; }
 exec "$server" "$@""#;
@@ -71,7 +74,6 @@ pub fn desired(
         ..EnvVar::default()
     };
     let env = vec![
-        secret_env("REDIS_PASSWORD"),
         // redis-cli reads the password from here (probes), keeping it off argv.
         secret_env("REDISCLI_AUTH"),
         EnvVar {
@@ -129,6 +131,12 @@ pub fn desired(
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
+            VolumeMount {
+                name: "auth".into(),
+                mount_path: AUTH_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
         ]),
         startup_probe: Some(Probe {
             tcp_socket: Some(tcp()),
@@ -164,6 +172,22 @@ pub fn desired(
         }),
         ..Volume::default()
     }];
+    // The ACL users and masterauth (redis.conf includes them), readable by
+    // the pod's group only.
+    volumes.push(Volume {
+        name: "auth".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names::secret(&name)),
+            items: Some(vec![KeyToPath {
+                key: AUTH_CONF_KEY.into(),
+                path: AUTH_CONF_KEY.into(),
+                ..KeyToPath::default()
+            }]),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
     let claims = match &redis.storage {
         Some(storage) => Some(vec![PersistentVolumeClaim {
             metadata: ObjectMeta {
@@ -330,9 +354,29 @@ mod tests {
             vols.iter()
                 .any(|v| v.name == "data" && v.empty_dir.is_some())
         );
-        // Password from the Secret, never a literal.
+        // No password on redis-server's command line (`ps`): the ACL users
+        // come from the Secret's auth.conf, mounted where redis.conf
+        // includes it.
+        let command = c.command.as_ref().unwrap().join(" ");
+        assert!(
+            !command.contains("PASSWORD") && !command.contains("pass"),
+            "{command}"
+        );
+        assert!(c.args.is_none());
+        let auth = vols.iter().find(|v| v.name == "auth").unwrap();
+        let secret = auth.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("cache-redis"));
+        assert_eq!(secret.items.as_ref().unwrap()[0].key, "auth.conf");
+        assert!(
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.name == "auth" && m.mount_path == "/etc/redis-auth")
+        );
+        // The probes' password from the Secret, never a literal.
         let env = c.env.as_ref().unwrap();
-        let pw = env.iter().find(|e| e.name == "REDIS_PASSWORD").unwrap();
+        let pw = env.iter().find(|e| e.name == "REDISCLI_AUTH").unwrap();
         assert!(pw.value.is_none());
         assert_eq!(
             pw.value_from

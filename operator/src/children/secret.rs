@@ -1,6 +1,9 @@
 //! The Secrets a store owns, each generated once, then carried into every
 //! later apply so it never changes:
-//! - the Redis password of a managed store (`<store>-redis`, key `password`);
+//! - the Redis passwords of a managed store (`<store>-redis`): `password`
+//!   (the `default`, administrative user) and `sidecar-password` (the
+//!   sidecars' ACL user), with `auth.conf` rendered from both (the ACL
+//!   users Redis includes; see `redis_config.rs`);
 //! - the purge token of every store (`<store>-purge`, key `token`): what the
 //!   sidecars' purge API and `sametag-operator invalidate` authenticate with.
 
@@ -11,16 +14,34 @@ use k8s_openapi::api::core::v1::Secret;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-use super::{BuildError, PASSWORD_KEY, PURGE_TOKEN_KEY, meta, names};
+use super::{
+    AUTH_CONF_KEY, BuildError, PASSWORD_KEY, PURGE_TOKEN_KEY, SIDECAR_PASSWORD_KEY, meta, names,
+    redis_config,
+};
 use crate::crd::ETagStore;
 
 /// Length of a generated password or token (alphanumeric: URL-safe, ~190
 /// bits).
 pub const PASSWORD_LEN: usize = 32;
 
-/// The password Secret holding `password`.
-pub fn desired(store: &ETagStore, password: &str) -> Result<Secret, BuildError> {
-    opaque(store, names::secret(&name(store)), PASSWORD_KEY, password)
+/// The password Secret: `password`, `sidecar-password` and the `auth.conf`
+/// rendered from them.
+pub fn desired(
+    store: &ETagStore,
+    password: &str,
+    sidecar_password: &str,
+) -> Result<Secret, BuildError> {
+    let mut secret = opaque(store, names::secret(&name(store)), PASSWORD_KEY, password)?;
+    let data = secret.data.get_or_insert_with(BTreeMap::new);
+    data.insert(
+        SIDECAR_PASSWORD_KEY.to_owned(),
+        ByteString(sidecar_password.as_bytes().to_vec()),
+    );
+    data.insert(
+        AUTH_CONF_KEY.to_owned(),
+        ByteString(redis_config::auth_conf(store, password, sidecar_password).into_bytes()),
+    );
+    Ok(secret)
 }
 
 /// The purge-token Secret holding `token`.
@@ -49,6 +70,11 @@ pub fn existing_password(existing: &Secret) -> Option<String> {
     existing_value(existing, PASSWORD_KEY)
 }
 
+/// The sidecars' password already stored in `existing`, if usable.
+pub fn existing_sidecar_password(existing: &Secret) -> Option<String> {
+    existing_value(existing, SIDECAR_PASSWORD_KEY)
+}
+
 /// The purge token already stored in `existing`, if it holds a usable one.
 pub fn existing_purge_token(existing: &Secret) -> Option<String> {
     existing_value(existing, PURGE_TOKEN_KEY)
@@ -57,8 +83,8 @@ pub fn existing_purge_token(existing: &Secret) -> Option<String> {
 fn existing_value(existing: &Secret, key: &str) -> Option<String> {
     let bytes = existing.data.as_ref()?.get(key)?;
     let s = std::str::from_utf8(&bytes.0).ok()?;
-    // Only keep values this module could have made: anything else would
-    // break the redis:// URL the sidecar builds from a password.
+    // Only keep values this module could have made: anything else could
+    // break the auth.conf line it is written into.
     (!s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| s.to_owned())
 }
 
@@ -77,11 +103,19 @@ mod tests {
     use crate::children::fixtures;
 
     #[test]
-    fn secret_holds_the_given_password() {
-        let s = desired(&fixtures::managed(), "abc123").unwrap();
+    fn secret_holds_the_given_passwords_and_the_acl() {
+        let s = desired(&fixtures::managed(), "abc123", "side456").unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some("cache-redis"));
-        assert_eq!(s.data.as_ref().unwrap()[PASSWORD_KEY].0, b"abc123");
+        let data = s.data.as_ref().unwrap();
+        assert_eq!(data[PASSWORD_KEY].0, b"abc123");
+        assert_eq!(data[SIDECAR_PASSWORD_KEY].0, b"side456");
+        let auth = String::from_utf8(data[AUTH_CONF_KEY].0.clone()).unwrap();
+        assert!(
+            auth.contains(" >abc123 ") && auth.contains(" >side456 "),
+            "{auth}"
+        );
         assert_eq!(existing_password(&s).as_deref(), Some("abc123"));
+        assert_eq!(existing_sidecar_password(&s).as_deref(), Some("side456"));
     }
 
     #[test]
@@ -108,7 +142,7 @@ mod tests {
 
     #[test]
     fn unusable_existing_password_is_ignored() {
-        let mut s = desired(&fixtures::managed(), "x").unwrap();
+        let mut s = desired(&fixtures::managed(), "x", "y").unwrap();
         s.data = Some(BTreeMap::from([(
             PASSWORD_KEY.to_owned(),
             ByteString(b"a@b".to_vec()),

@@ -92,7 +92,7 @@ if [ "$primary" = "$me" ] && failover; then
   while [ "$primary" = "$me" ] && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); primary=$(ask); done
 fi
 [ -n "$primary" ] || primary="$PRIMARY_HOST"
-set -- /etc/redis/redis.conf --requirepass "$REDIS_PASSWORD" --masterauth "$REDIS_PASSWORD" --replica-announce-ip "$me"
+set -- /etc/redis/redis.conf --replica-announce-ip "$me"
 if [ "$primary" != "$me" ]; then set -- "$@" --replicaof "$primary" 6379; fi
 exec "$server" "$@""#;
 

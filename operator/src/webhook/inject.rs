@@ -13,15 +13,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Pod,
-    Probe, ResourceRequirements, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    KeyToPath, Pod, Probe, ResourceRequirements, SecretKeySelector, SecretVolumeSource, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::children::{
-    PASSWORD_KEY, PURGE_TOKEN_KEY, STORE_LABEL, names, redis::restricted_container,
+    PURGE_TOKEN_KEY, SIDECAR_PASSWORD_KEY, SIDECAR_USER, STORE_LABEL, names,
+    redis::restricted_container,
 };
 use crate::crd::ETagStore;
 use crate::webhook::tuning::{self, Rejected};
@@ -333,12 +335,12 @@ pub fn inject_tuned(
         }),
         ..Volume::default()
     });
-    // Every reference is optional, so a pod never waits on its store: one
+    // Every reference but an external store's CA bundle (`ca_volume`) is
+    // optional, so a pod never waits on its store: one
     // admitted before the store's first reconcile starts, and so does a
     // sidecar restarting after its ETagStore was deleted (its children are
-    // garbage-collected). Without the password the Redis URL keeps a literal
-    // `$(SAMETAG_REDIS_PASSWORD)`, the store is unreachable and the sidecar
-    // serves degraded (content-derived tags, Validate); without the policy
+    // garbage-collected). Without the password the store refuses the
+    // sidecar, which serves degraded (content-derived tags, Validate); without the policy
     // file it uses the default policy (SAMETAG_POLICY_OPTIONAL); without the
     // purge token, purges are refused.
     spec.volumes.get_or_insert_with(Vec::new).push(Volume {
@@ -350,6 +352,9 @@ pub fn inject_tuned(
         }),
         ..Volume::default()
     });
+    if let Some(ca) = ca_volume(store) {
+        spec.volumes.get_or_insert_with(Vec::new).push(ca);
+    }
     out.metadata
         .labels
         .get_or_insert_with(BTreeMap::new)
@@ -369,51 +374,63 @@ fn env(name: &str, value: String) -> EnvVar {
     }
 }
 
-/// The Redis URL with `$(SAMETAG_REDIS_PASSWORD)` spliced in (Kubernetes
-/// expands references to earlier env vars), plus the password's Secret.
-fn redis_env(namespace: &str, store: &ETagStore) -> (String, SecretKeySelector) {
+/// Where the sidecar mounts an external store's CA bundle.
+pub const REDIS_CA_DIR: &str = "/etc/sametag-redis-ca";
+/// Volume holding an external store's CA bundle.
+pub const REDIS_CA_VOLUME: &str = "sametag-redis-ca";
+/// File name of the CA bundle inside [`REDIS_CA_DIR`].
+const REDIS_CA_FILE: &str = "ca.crt";
+
+/// How the sidecar reaches the store: the URL (never with credentials), the
+/// ACL user, the password's Secret key (`SAMETAG_REDIS_PASSWORD`: a value
+/// the sidecar hands to the client as is, so any character works) and the
+/// CA bundle's Secret key, if any.
+struct RedisEnv {
+    url: String,
+    username: Option<String>,
+    password: SecretKeySelector,
+    ca: Option<(String, String)>,
+}
+
+fn redis_env(namespace: &str, store: &ETagStore) -> RedisEnv {
     let name = store.name_any();
     match (&store.spec.redis.managed, &store.spec.redis.external) {
-        (None, Some(ext)) => {
-            let (scheme, rest) = ext
-                .url
-                .split_once("://")
-                .unwrap_or(("redis", ext.url.as_str()));
-            (
-                format!("{scheme}://:$(SAMETAG_REDIS_PASSWORD)@{rest}"),
-                SecretKeySelector {
-                    name: ext.secret_ref.name.clone(),
-                    key: ext.secret_ref.key.clone(),
-                    optional: Some(true),
-                },
-            )
-        }
-        (Some(m), _) if m.failover() => {
-            // The sentinels name the primary; the password is the primary's.
-            let endpoint = crate::children::sentinel::endpoint(store);
-            let rest = endpoint
-                .strip_prefix("redis+sentinel://")
-                .unwrap_or(&endpoint);
-            (
-                format!("redis+sentinel://:$(SAMETAG_REDIS_PASSWORD)@{rest}"),
-                SecretKeySelector {
-                    name: names::secret(&name),
-                    key: PASSWORD_KEY.into(),
-                    optional: Some(true),
-                },
-            )
-        }
-        _ => (
-            format!(
-                "redis://:$(SAMETAG_REDIS_PASSWORD)@{}.{namespace}.svc:6379",
-                names::redis(&name)
-            ),
-            SecretKeySelector {
-                name: names::secret(&name),
-                key: PASSWORD_KEY.into(),
+        (None, Some(ext)) => RedisEnv {
+            url: ext.url.clone(),
+            username: ext.username.clone(),
+            password: SecretKeySelector {
+                name: ext.secret_ref.name.clone(),
+                key: ext.secret_ref.key.clone(),
                 optional: Some(true),
             },
-        ),
+            ca: ext
+                .ca_secret_ref
+                .as_ref()
+                .map(|c| (c.name.clone(), c.key.clone())),
+        },
+        // Failover: the sentinels name the primary; the credentials are the
+        // primary's (sentinels have no AUTH).
+        (Some(m), _) if m.failover() => RedisEnv {
+            url: crate::children::sentinel::endpoint(store),
+            username: Some(SIDECAR_USER.to_owned()),
+            password: SecretKeySelector {
+                name: names::secret(&name),
+                key: SIDECAR_PASSWORD_KEY.into(),
+                optional: Some(true),
+            },
+            ca: None,
+        },
+        _ => RedisEnv {
+            url: format!("redis://{}.{namespace}.svc:6379", names::redis(&name)),
+            // The managed store's ACL user, confined to this store's keys.
+            username: Some(SIDECAR_USER.to_owned()),
+            password: SecretKeySelector {
+                name: names::secret(&name),
+                key: SIDECAR_PASSWORD_KEY.into(),
+                optional: Some(true),
+            },
+            ca: None,
+        },
     }
 }
 
@@ -426,7 +443,7 @@ fn sidecar(
     port_name: &str,
     app_port: i32,
 ) -> Container {
-    let (url, secret) = redis_env(namespace, store);
+    let redis = redis_env(namespace, store);
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -439,7 +456,7 @@ fn sidecar(
         ..Probe::default()
     };
     let sc = &store.spec.sidecar;
-    Container {
+    let mut container = Container {
         name: SIDECAR_NAME.into(),
         image: Some(
             sc.image
@@ -455,12 +472,12 @@ fn sidecar(
             EnvVar {
                 name: "SAMETAG_REDIS_PASSWORD".into(),
                 value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(secret),
+                    secret_key_ref: Some(redis.password),
                     ..EnvVarSource::default()
                 }),
                 ..EnvVar::default()
             },
-            env("SAMETAG_REDIS_URL", url),
+            env("SAMETAG_REDIS_URL", redis.url),
             env("SAMETAG_POLICY", format!("{POLICY_DIR}/policy.yaml")),
             env("SAMETAG_POLICY_OPTIONAL", "true".into()),
             env(
@@ -509,7 +526,49 @@ fn sidecar(
             (!cfg.omit_uids).then_some(SIDECAR_UID),
         )),
         ..Container::default()
+    };
+    let env = container.env.get_or_insert_with(Vec::new);
+    if let Some(user) = redis.username {
+        env.push(self::env("SAMETAG_REDIS_USERNAME", user));
     }
+    if redis.ca.is_some() {
+        env.push(self::env(
+            "SAMETAG_REDIS_CA_FILE",
+            format!("{REDIS_CA_DIR}/{REDIS_CA_FILE}"),
+        ));
+        container
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: REDIS_CA_VOLUME.into(),
+                mount_path: REDIS_CA_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+    }
+    container
+}
+
+/// The volume holding the store's CA bundle as `ca.crt`, if it names one.
+/// Not optional: without its CA the sidecar could not verify the store, so
+/// the pod waits for the Secret (an Event says which) rather than start
+/// and crash-loop.
+fn ca_volume(store: &ETagStore) -> Option<Volume> {
+    let ca = store.spec.redis.external.as_ref()?.ca_secret_ref.as_ref()?;
+    Some(Volume {
+        name: REDIS_CA_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(ca.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: ca.key.clone(),
+                path: REDIS_CA_FILE.into(),
+                ..KeyToPath::default()
+            }]),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    })
 }
 
 fn default_resources() -> ResourceRequirements {

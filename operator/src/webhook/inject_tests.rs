@@ -188,6 +188,73 @@ fn every_store_reference_is_optional_so_pods_outlive_their_store() {
 }
 
 #[test]
+fn external_store_credentials_and_ca_reach_the_sidecar_apart_from_the_url() {
+    let mut store = fixtures::external();
+    let ext = store.spec.redis.external.as_mut().unwrap();
+    ext.url = "rediss+sentinel://s1:26379,s2:26379/mymaster".into();
+    ext.username = Some("app".into());
+    ext.ca_secret_ref = Some(crate::crd::CaSecretRef {
+        name: "redis-ca".into(),
+        key: "bundle.pem".into(),
+    });
+    let p = app_pod(json!([{"name": "http", "containerPort": 8080}]));
+    let out = inject(&p, "shop", &store, &InjectConfig::default()).unwrap();
+    let s = side(&out);
+    let env = s.env.clone().unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        value("SAMETAG_REDIS_URL"),
+        "rediss+sentinel://s1:26379,s2:26379/mymaster"
+    );
+    assert_eq!(value("SAMETAG_REDIS_USERNAME"), "app");
+    assert_eq!(
+        value("SAMETAG_REDIS_CA_FILE"),
+        "/etc/sametag-redis-ca/ca.crt"
+    );
+    let password = env
+        .iter()
+        .find(|e| e.name == "SAMETAG_REDIS_PASSWORD")
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+        .unwrap();
+    assert_eq!(
+        (password.name.as_str(), password.key.as_str()),
+        ("shared-redis", "pw")
+    );
+    // No env value carries the password or a reference to it.
+    assert!(
+        env.iter()
+            .all(|e| !e.value.as_deref().unwrap_or("").contains('@'))
+    );
+    let vols = out.spec.as_ref().unwrap().volumes.clone().unwrap();
+    let ca = vols.iter().find(|v| v.name == "sametag-redis-ca").unwrap();
+    let secret = ca.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("redis-ca"));
+    let item = &secret.items.as_ref().unwrap()[0];
+    assert_eq!(
+        (item.key.as_str(), item.path.as_str()),
+        ("bundle.pem", "ca.crt")
+    );
+    assert!(
+        s.volume_mounts
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "sametag-redis-ca" && m.mount_path == "/etc/sametag-redis-ca")
+    );
+    // Without a CA or a user, neither is injected.
+    let plain = inject(&p, "shop", &fixtures::external(), &InjectConfig::default()).unwrap();
+    let env = side(&plain).env.unwrap();
+    assert!(
+        !env.iter()
+            .any(|e| e.name == "SAMETAG_REDIS_USERNAME" || e.name == "SAMETAG_REDIS_CA_FILE")
+    );
+}
+
+#[test]
 fn omit_uids_leaves_the_sidecar_uid_to_the_platform() {
     let cfg = InjectConfig {
         omit_uids: true,

@@ -138,28 +138,21 @@ fn opt_in_by_annotation_injects_a_native_sidecar_and_moves_the_named_port() {
     assert_eq!(env(s, "SAMETAG_UPSTREAM")["value"], "127.0.0.1:8080");
     assert_eq!(
         env(s, "SAMETAG_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"],
-        json!({"name": "cache-redis", "key": "password", "optional": true}),
+        json!({"name": "cache-redis", "key": "sidecar-password", "optional": true}),
         "optional: a pod outlives its store"
     );
+    // No credentials in the URL: the ACL user and password travel apart.
     assert_eq!(
         env(s, "SAMETAG_REDIS_URL")["value"],
-        "redis://:$(SAMETAG_REDIS_PASSWORD)@cache-redis.shop.svc:6379"
+        "redis://cache-redis.shop.svc:6379"
     );
+    assert_eq!(env(s, "SAMETAG_REDIS_USERNAME")["value"], "sametag");
     assert_eq!(
         env(s, "SAMETAG_POLICY")["value"],
         "/etc/sametag/policy.yaml"
     );
     assert_eq!(env(s, "SAMETAG_STORE_PREFIX")["value"], "shop/cache");
     assert_eq!(env(s, "SAMETAG_ADMIN")["value"], "0.0.0.0:9901");
-    // The password env var comes before the URL that references it.
-    let names: Vec<&str> = s["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
-    let pos = |n| names.iter().position(|x| *x == n).unwrap();
-    assert!(pos("SAMETAG_REDIS_PASSWORD") < pos("SAMETAG_REDIS_URL"));
     assert_eq!(s["startupProbe"]["httpGet"]["port"], 9901);
     assert_eq!(s["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(s["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -329,7 +322,7 @@ fn two_stores_need_the_annotation() {
     let s = sidecar(&p);
     assert_eq!(
         env(s, "SAMETAG_REDIS_URL")["value"],
-        "redis://:$(SAMETAG_REDIS_PASSWORD)@redis.shared.svc:6379/0"
+        "redis://redis.shared.svc:6379/0"
     );
     assert_eq!(
         env(s, "SAMETAG_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]["name"],
@@ -522,7 +515,7 @@ async fn https_server_answers_and_reloads_its_certificate() {
 }
 
 #[test]
-fn failover_store_injects_a_sentinel_url_with_the_password_from_env() {
+fn failover_store_injects_a_sentinel_url_and_the_sidecar_user() {
     let mut store = fixtures::managed();
     store.spec.redis.managed.as_mut().unwrap().replicas = 3;
     let view = View {
@@ -534,10 +527,11 @@ fn failover_store_injects_a_sentinel_url_with_the_password_from_env() {
     let s = sidecar(&p);
     assert_eq!(
         env(s, "SAMETAG_REDIS_URL")["value"],
-        "redis+sentinel://:$(SAMETAG_REDIS_PASSWORD)@cache-sentinel-0.cache-sentinel.shop.svc:26379,cache-sentinel-1.cache-sentinel.shop.svc:26379,cache-sentinel-2.cache-sentinel.shop.svc:26379/cache"
+        "redis+sentinel://cache-sentinel-0.cache-sentinel.shop.svc:26379,cache-sentinel-1.cache-sentinel.shop.svc:26379,cache-sentinel-2.cache-sentinel.shop.svc:26379/cache"
     );
-    assert_eq!(
-        env(s, "SAMETAG_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]["name"],
-        "cache-redis"
-    );
+    // The primary's credentials: the store's ACL user, never in the URL.
+    assert_eq!(env(s, "SAMETAG_REDIS_USERNAME")["value"], "sametag");
+    let password = &env(s, "SAMETAG_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"];
+    assert_eq!(password["name"], "cache-redis");
+    assert_eq!(password["key"], "sidecar-password");
 }

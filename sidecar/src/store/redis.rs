@@ -85,7 +85,7 @@ use self::cache::{Cache, Cached, Hit};
 use self::conn::{Conn, SCRIPTS};
 pub use self::model::PrefixError;
 use self::model::{ClockOffset, Hashes, Keys, RawHash, TrustRules};
-pub use self::target::UrlError;
+pub use self::target::{Credentials, UrlError};
 use crate::store::{
     Entry, Labels, Purge, PurgeReport, Resource, ResourceKey, Store, StoreError, StoreHealth,
     VariantKey, WriteLock,
@@ -101,8 +101,9 @@ pub struct RedisOptions {
     /// Bound on every store call: past it the call fails `Unavailable` and
     /// the connection is replaced (a request is never held longer).
     pub op_timeout: Duration,
-    /// TTL of resource hashes (refreshed when used). Every key has a TTL so
-    /// a Redis with `maxmemory` and an eviction policy stays healthy.
+    /// TTL of resource hashes (refreshed when used). Every key but a write
+    /// lock has a TTL, so a Redis with `maxmemory` and a `volatile-*`
+    /// policy evicts tag state and never a held lock (`lock.lua`).
     pub entry_ttl: Duration,
     /// TTL of the meta hash (epoch, glob marks) and the clock.
     pub meta_ttl: Duration,
@@ -134,6 +135,9 @@ pub struct RedisOptions {
     /// A PEM CA bundle to trust for `rediss://` instead of the system roots
     /// (a store with a private CA).
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// ACL user and password given apart from the URL (they override its
+    /// userinfo; never formatted into a URL).
+    pub credentials: Credentials,
     /// Reconnect backoff: first delay and cap (doubling, with jitter).
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -199,6 +203,7 @@ impl Default for RedisOptions {
             max_key_marks: 100_000,
             max_trust_age: sametag_policy::MAX_MAX_AGE,
             tls_ca_file: None,
+            credentials: Credentials::default(),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             wait_replicas: WaitReplicas::Auto,
@@ -377,7 +382,13 @@ impl RedisStore {
             ),
             None => None,
         };
-        let target = target::parse(url, opts.connect_timeout, opts.op_timeout, ca)?;
+        let target = target::parse(
+            url,
+            opts.connect_timeout,
+            opts.op_timeout,
+            ca,
+            &opts.credentials,
+        )?;
         let client_cache = opts.client_cache && !matches!(target, target::Target::Cluster(_));
         let opts = RedisOptions {
             client_cache,
@@ -1080,7 +1091,11 @@ impl Store for RedisStore {
     ) -> Result<Option<WriteLock>, StoreError> {
         let inner = &self.inner;
         let keys = &inner.shared.keys;
-        let (lk, ck) = (keys.lock(&resource.lock), keys.clock());
+        let (lk, ck, dk) = (
+            keys.lock(&resource.lock),
+            keys.clock(),
+            keys.lock_deadlines(),
+        );
         let (lease, clock_ttl) = (Inner::ms(lease), Inner::ms(inner.opts.meta_ttl));
         let done = inner
             .run_durable(false, |mut c| async move {
@@ -1088,6 +1103,7 @@ impl Store for RedisStore {
                     .lock
                     .key(lk)
                     .key(ck)
+                    .key(dk)
                     .arg(lease)
                     .arg(clock_ttl)
                     .invoke_async::<Option<String>>(&mut c)
@@ -1124,12 +1140,14 @@ impl Store for RedisStore {
     async fn renew(&self, lock: &WriteLock, lease: Duration) -> Result<bool, StoreError> {
         let inner = &self.inner;
         let lk = inner.shared.keys.lock(&lock.resource.lock);
+        let dk = inner.shared.keys.lock_deadlines();
         let (token, lease) = (lock.token.to_string(), Inner::ms(lease));
         let done = inner
             .run_durable(false, |mut c| async move {
                 SCRIPTS
                     .renew
                     .key(lk)
+                    .key(dk)
                     .arg(token)
                     .arg(lease)
                     .invoke_async::<i64>(&mut c)
@@ -1146,13 +1164,20 @@ impl Store for RedisStore {
     async fn unlock(&self, lock: &WriteLock) -> Result<(), StoreError> {
         let inner = &self.inner;
         let lk = inner.shared.keys.lock(&lock.resource.lock);
+        let dk = inner.shared.keys.lock_deadlines();
         let token = lock.token.to_string();
         // Repeated on every new connection for a while, so a release lost
         // in a failover does not leave the lock on the new primary.
         inner.note_release(lk.clone(), token.clone());
         let _: i64 = inner
             .run(false, |mut c| async move {
-                SCRIPTS.unlock.key(lk).arg(token).invoke_async(&mut c).await
+                SCRIPTS
+                    .unlock
+                    .key(lk)
+                    .key(dk)
+                    .arg(token)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await?;
         Ok(())

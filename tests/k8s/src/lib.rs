@@ -10,6 +10,7 @@ pub mod controlplane;
 pub mod cpbench;
 pub mod ets;
 pub mod operator;
+pub mod redis;
 pub mod tools;
 pub mod wait;
 

@@ -111,6 +111,10 @@ async fn chart_operator_and_webhook_against_a_real_control_plane() {
         stores::external(&ctx)
     );
     scenario!(
+        "18 external store over rediss:// with a private CA and an ACL user: Ready only once pinged, a wrong password named",
+        stores::external_tls_acl(&ctx)
+    );
+    scenario!(
         "10 invalid policy: Degraded/InvalidPolicy, the policy ConfigMap keeps the last valid one",
         stores::invalid_policy(&ctx)
     );

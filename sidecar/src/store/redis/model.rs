@@ -13,7 +13,8 @@
 //! | `{P}:k` | hash | purged surrogate keys: `e` the epoch, `<key id>` stamp per key |
 //! | `{P}:z:x`, `{P}:z:k` | sorted set | the same glob and key marks by stamp, to prune the oldest (not tracked) |
 //! | `{P}:c` | string | the store's hybrid clock (fencing tokens and stamps) |
-//! | `{P}:l:<lock key>` | string | a write lock (path + query): the holder's fencing token, with the lease as TTL |
+//! | `{P}:l:<lock key>` | string | a write lock (path + query): `<fencing token> <lease deadline ms>`; no TTL, so a `volatile-*` eviction policy never evicts a held lock |
+//! | `{P}:z:l` | sorted set | lock keys by lease deadline, to sweep those a crashed holder left (no TTL, not tracked) |
 //!
 //! A write invalidates the canonical path, not a read key: every read key
 //! of the path (any Host spelling, query or user) carries the path
@@ -95,6 +96,11 @@ impl Keys {
 
     pub(crate) fn lock(&self, id: &str) -> String {
         format!("{}:l:{id}", self.tag)
+    }
+
+    /// Lock keys by lease deadline (locks have no TTL; see `lock.lua`).
+    pub(crate) fn lock_deadlines(&self) -> String {
+        format!("{}:z:l", self.tag)
     }
 
     pub(crate) fn meta(&self) -> String {

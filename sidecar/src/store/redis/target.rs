@@ -13,12 +13,36 @@
 //!   (`rediss+cluster://`): Redis Cluster. Every key of a store shares one
 //!   hash tag, so all scripts run on one node. No client-side cache
 //!   (tracking pushes are per node): each lookup is one round trip.
+//!
+//! [`Credentials`] given apart from the URL (`--redis-username`,
+//! `SAMETAG_REDIS_PASSWORD`) override the URL's userinfo. They are handed to
+//! the client as values, never spliced into a URL string, so a password with
+//! `@`, `:`, `/`, `%`, `#`, `?` or spaces needs no escaping.
 
 use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, TlsCertificates, TlsMode};
+
+/// An ACL username and password given apart from the URL. `Debug` never
+/// prints the password.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// ACL user; `None`: the URL's, else `default`.
+    pub username: Option<String>,
+    /// Password; `None`: the URL's, if any.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
 
 /// A parsed `--redis` URL.
 pub(crate) enum Target {
@@ -107,6 +131,19 @@ fn parse_host(h: &str) -> Result<(String, u16), UrlError> {
     Ok((host.to_owned(), port))
 }
 
+impl Parts {
+    /// The URL's credentials, overridden by those given apart.
+    fn with(mut self, creds: &Credentials) -> Self {
+        if creds.username.is_some() {
+            self.user.clone_from(&creds.username);
+        }
+        if creds.password.is_some() {
+            self.password.clone_from(&creds.password);
+        }
+        self
+    }
+}
+
 /// Split `[user[:password]@]h1:p1,h2:p2[/path...]`.
 fn parts(rest: &str, tls: bool) -> Result<Parts, UrlError> {
     let rest = rest.split(['?', '#']).next().unwrap_or("");
@@ -148,12 +185,13 @@ fn parts(rest: &str, tls: bool) -> Result<Parts, UrlError> {
 
 /// Parse a `--redis` URL (see the module docs). Speaks RESP3 everywhere so
 /// tracking invalidations arrive on the data connection. `ca`: a PEM bundle
-/// to trust for TLS instead of the system roots.
+/// to trust for TLS instead of the system roots; `creds` override the URL's.
 pub(crate) fn parse(
     url: &str,
     connect_timeout: Duration,
     response_timeout: Duration,
     ca: Option<Vec<u8>>,
+    creds: &Credentials,
 ) -> Result<Target, UrlError> {
     let certs = || TlsCertificates {
         client_tls: None,
@@ -166,10 +204,16 @@ pub(crate) fn parse(
     match scheme {
         "redis" | "rediss" | "unix" | "redis+unix" => {
             let info = url.into_connection_info().map_err(invalid)?;
-            let settings = info
+            let mut settings = info
                 .redis_settings()
                 .clone()
                 .set_protocol(ProtocolVersion::RESP3);
+            if let Some(u) = &creds.username {
+                settings = settings.set_username(u);
+            }
+            if let Some(pw) = &creds.password {
+                settings = settings.set_password(pw);
+            }
             let info = info.set_redis_settings(settings);
             let client = match (&ca, info.addr()) {
                 (Some(_), ConnectionAddr::TcpTls { .. }) => {
@@ -180,7 +224,7 @@ pub(crate) fn parse(
             Ok(Target::Single(client.map_err(invalid)?))
         }
         "redis+sentinel" | "rediss+sentinel" => {
-            let p = parts(rest, scheme.starts_with("rediss"))?;
+            let p = parts(rest, scheme.starts_with("rediss"))?.with(creds);
             let master = p
                 .path
                 .first()
@@ -229,7 +273,7 @@ pub(crate) fn parse(
             ))
         }
         "redis+cluster" | "rediss+cluster" => {
-            let p = parts(rest, scheme.starts_with("rediss"))?;
+            let p = parts(rest, scheme.starts_with("rediss"))?.with(creds);
             let nodes: Vec<String> = p
                 .hosts
                 .iter()
@@ -271,15 +315,27 @@ mod tests {
     #[test]
     fn forms_parse() {
         assert!(matches!(
-            parse("redis://127.0.0.1:6379", T, T, None),
+            parse(
+                "redis://127.0.0.1:6379",
+                T,
+                T,
+                None,
+                &Credentials::default()
+            ),
             Ok(Target::Single(_))
         ));
         assert!(matches!(
-            parse("redis://u:p%40ss@127.0.0.1:1/2", T, T, None),
+            parse(
+                "redis://u:p%40ss@127.0.0.1:1/2",
+                T,
+                T,
+                None,
+                &Credentials::default()
+            ),
             Ok(Target::Single(_))
         ));
         assert!(matches!(
-            parse("rediss://h:6380", T, T, None),
+            parse("rediss://h:6380", T, T, None, &Credentials::default()),
             Ok(Target::Single(_))
         ));
         assert!(matches!(
@@ -287,12 +343,19 @@ mod tests {
                 "redis+sentinel://:pw@h1:26379,h2:26379/mymaster",
                 T,
                 T,
-                None
+                None,
+                &Credentials::default()
             ),
             Ok(Target::Sentinel(..))
         ));
         assert!(matches!(
-            parse("redis+cluster://h1:7000,[::1]:7001", T, T, None),
+            parse(
+                "redis+cluster://h1:7000,[::1]:7001",
+                T,
+                T,
+                None,
+                &Credentials::default()
+            ),
             Ok(Target::Cluster(_))
         ));
     }
@@ -300,12 +363,30 @@ mod tests {
     #[test]
     fn bad_urls_are_clear_errors() {
         assert!(matches!(
-            parse("http://x", T, T, None),
+            parse("http://x", T, T, None, &Credentials::default()),
             Err(UrlError::Scheme(_))
         ));
-        assert!(parse("nonsense", T, T, None).is_err());
-        assert!(parse("redis+sentinel://h1:26379", T, T, None).is_err());
-        assert!(parse("redis+cluster://h1:notaport", T, T, None).is_err());
+        assert!(parse("nonsense", T, T, None, &Credentials::default()).is_err());
+        assert!(
+            parse(
+                "redis+sentinel://h1:26379",
+                T,
+                T,
+                None,
+                &Credentials::default()
+            )
+            .is_err()
+        );
+        assert!(
+            parse(
+                "redis+cluster://h1:notaport",
+                T,
+                T,
+                None,
+                &Credentials::default()
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -315,6 +396,29 @@ mod tests {
         assert_eq!(p.password.as_deref(), Some("p@ss"));
         assert_eq!(p.hosts, vec![("h1".into(), 1), ("h2".into(), 6379)]);
         assert_eq!(p.path, vec!["m".to_owned(), "3".to_owned()]);
+    }
+
+    #[test]
+    fn separate_credentials_override_the_url_and_stay_out_of_debug() {
+        let creds = Credentials {
+            username: Some("app".into()),
+            password: Some("p@ss:w/o%rd #?x".into()),
+        };
+        let p = parts("u:old@h1:1/m", false).unwrap().with(&creds);
+        assert_eq!(p.user.as_deref(), Some("app"));
+        assert_eq!(p.password.as_deref(), Some("p@ss:w/o%rd #?x"));
+        let kept = parts("u:old@h1:1/m", false)
+            .unwrap()
+            .with(&Credentials::default());
+        assert_eq!(kept.password.as_deref(), Some("old"));
+        assert!(!format!("{creds:?}").contains("p@ss"));
+        for url in [
+            "redis://h:1",
+            "rediss+sentinel://h:1/m",
+            "redis+cluster://h:1",
+        ] {
+            assert!(parse(url, T, T, None, &creds).is_ok(), "{url}");
+        }
     }
 
     #[test]

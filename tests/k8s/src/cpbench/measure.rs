@@ -124,7 +124,9 @@ pub async fn run(
     progress.say(&format!(
         "namespace {INJECT_NS} with a Ready external ETagStore `web` (the pods' store)"
     ));
-    injection_store(&cluster.admin).await?;
+    // The operator makes an external store Ready only once it pinged it.
+    let redis = crate::redis::TestRedis::start(&["requirepass pw".to_owned()], false)?;
+    injection_store(&cluster.admin, &redis.url()).await?;
 
     let n = params.requests();
     progress.say(&format!(
@@ -236,7 +238,7 @@ fn report(what: &str, l: &Latency, first_error: Option<String>) {
 }
 
 /// The store the injected pods name, Ready (external Redis: no StatefulSet).
-async fn injection_store(admin: &kube::Client) -> Result<()> {
+async fn injection_store(admin: &kube::Client, url: &str) -> Result<()> {
     create_namespace(admin, INJECT_NS, &[]).await?;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), INJECT_NS);
     let secret = Secret {
@@ -251,7 +253,7 @@ async fn injection_store(admin: &kube::Client) -> Result<()> {
     let api = etagstores(admin, INJECT_NS);
     let obj = etagstore(
         "web",
-        json!({ "redis": { "external": { "url": "redis://redis.shared.svc:6379/0", "secretRef": { "name": "redis-pass" } } } }),
+        json!({ "redis": { "external": { "url": url, "secretRef": { "name": "redis-pass" } } } }),
     )?;
     api.create(&PostParams::default(), &obj).await?;
     wait_condition(&api, "web", "Ready", "True", Duration::from_secs(60)).await?;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sametag_k8s_e2e::controlplane::ControlPlane;
 use sametag_k8s_e2e::operator::{Operator, OperatorConfig, sa_kubeconfig};
+use sametag_k8s_e2e::redis::TestRedis;
 use sametag_k8s_e2e::tools::Tools;
 use sametag_k8s_e2e::{Error, Result, repo_root};
 
@@ -28,6 +29,10 @@ pub struct Ctx {
     pub op_config: OperatorConfig,
     /// The operator, when running.
     pub operator: Option<Operator>,
+    /// A real redis-server the external stores of the scenarios name (the
+    /// operator pings a store before it is Ready); the default user takes
+    /// either password the scenarios' Secrets hold.
+    pub redis: TestRedis,
 }
 
 impl Ctx {
@@ -46,12 +51,17 @@ impl Ctx {
             t.elapsed().as_secs_f64(),
             op_config.bin.display()
         );
+        let redis = TestRedis::start(
+            &["user default on >pw >s3cret ~* &* +@all".to_owned()],
+            false,
+        )?;
         Ok(Self {
             cp,
             admin,
             tools,
             op_config,
             operator: None,
+            redis,
         })
     }
 
@@ -70,6 +80,11 @@ impl Ctx {
         .await?;
         self.operator = Some(Operator::start(self.op_config.clone()).await?);
         Ok(())
+    }
+
+    /// The URL of [`Ctx::redis`] (no credentials).
+    pub fn redis_url(&self) -> String {
+        self.redis.url()
     }
 
     /// Stop the operator (SIGTERM).

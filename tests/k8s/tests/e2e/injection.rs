@@ -48,7 +48,7 @@ pub(crate) async fn store(ctx: &Ctx, ns: &str, labels: &[(&str, &str)]) -> Resul
     if api.get_opt("web").await?.is_none() {
         let obj = etagstore(
             "web",
-            json!({ "redis": { "external": { "url": "redis://redis.shared.svc:6379/0", "secretRef": { "name": "redis-pass" } } } }),
+            json!({ "redis": { "external": { "url": ctx.redis_url(), "secretRef": { "name": "redis-pass" } } } }),
         )?;
         api.create(&PostParams::default(), &obj).await?;
     }

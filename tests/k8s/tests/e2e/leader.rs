@@ -175,7 +175,7 @@ async fn check_handover(ctx: &mut Ctx, second: &Operator) -> Result<()> {
     let api = etagstores(&ctx.admin, ns);
     let obj = etagstore(
         "after-handover",
-        json!({ "redis": { "external": { "url": "redis://redis.shared.svc:6379/0", "secretRef": { "name": "redis-pass" } } } }),
+        json!({ "redis": { "external": { "url": ctx.redis_url(), "secretRef": { "name": "redis-pass" } } } }),
     )?;
     api.create(&PostParams::default(), &obj).await?;
     wait_condition(

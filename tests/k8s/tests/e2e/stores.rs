@@ -343,7 +343,7 @@ pub async fn external(ctx: &Ctx) -> Result<()> {
     let api = etagstores(&ctx.admin, ns);
     let obj = etagstore(
         "ext",
-        json!({ "redis": { "external": { "url": "redis://redis.shared.svc:6379/0", "secretRef": { "name": "redis-pass" } } } }),
+        json!({ "redis": { "external": { "url": ctx.redis_url(), "secretRef": { "name": "redis-pass" } } } }),
     )?;
     api.create(&PostParams::default(), &obj).await?;
 
@@ -383,7 +383,7 @@ pub async fn external(ctx: &Ctx) -> Result<()> {
     let endpoint = store.data["status"]["endpoint"]
         .as_str()
         .unwrap_or_default();
-    if endpoint != "redis://redis.shared.svc:6379/0" {
+    if endpoint != ctx.redis_url() {
         return Err(err(format!("status.endpoint {endpoint:?}")));
     }
     // External mode runs no Redis.
@@ -412,7 +412,7 @@ pub async fn invalid_policy(ctx: &Ctx) -> Result<()> {
     let obj = etagstore(
         "shop",
         json!({
-            "redis": { "external": { "url": "redis://redis.shared.svc:6379/0", "secretRef": { "name": "redis-pass" } } },
+            "redis": { "external": { "url": ctx.redis_url(), "secretRef": { "name": "redis-pass" } } },
             "policy": { "mode": "Trust", "maxAge": "30s", "routes": [{ "path": "/api/items/**", "maxAge": "1m" }] }
         }),
     )?;
@@ -506,5 +506,102 @@ pub async fn invalid_policy(ctx: &Ctx) -> Result<()> {
             "the operator wrote a policy the sidecar refuses: {e}\n{fixed}"
         ))
     })?;
+    Ok(())
+}
+
+/// Scenario 18: an external store as production runs one: `rediss://` with
+/// a private CA (a real redis-server serving TLS only, its certificate made
+/// with rcgen), an ACL user (the default user is off) whose password has
+/// every character a URL would mangle. Degraded while the CA Secret is
+/// missing; Ready (and StoreReachable) only once the operator connected,
+/// authenticated and pinged it; a wrong password is AuthenticationFailed,
+/// with a message that names the user, not the password.
+pub async fn external_tls_acl(ctx: &Ctx) -> Result<()> {
+    ctx.require_operator()?;
+    const PASSWORD: &str = "p@ss w:/rd%41#?x";
+    let redis = sametag_k8s_e2e::redis::TestRedis::start(
+        &[
+            "user default off".to_owned(),
+            format!("user app on \">{PASSWORD}\" ~* &* +@all"),
+        ],
+        true,
+    )?;
+    let ca = redis.ca_pem.clone().unwrap_or_default();
+    let ns = "e2e-external-tls";
+    create_namespace(&ctx.admin, ns, &[]).await?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.admin.clone(), ns);
+    let secret = |name: &str, key: &str, value: &str| Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            key.to_owned(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret("redis-auth", "password", PASSWORD),
+        )
+        .await?;
+    let api = etagstores(&ctx.admin, ns);
+    let obj = etagstore(
+        "tls",
+        json!({ "redis": { "external": {
+            "url": redis.url(),
+            "username": "app",
+            "secretRef": { "name": "redis-auth" },
+            "caSecretRef": { "name": "redis-ca" },
+        } } }),
+    )?;
+    api.create(&PostParams::default(), &obj).await?;
+    wait_reason(&api, "tls", "CASecretMissing").await?;
+
+    secrets
+        .create(&PostParams::default(), &secret("redis-ca", "ca.crt", &ca))
+        .await?;
+    let store = wait_condition(&api, "tls", "Ready", "True", FAST).await?;
+    match condition(&store, "StoreReachable") {
+        Some((s, r, _)) if s == "True" && r == "Reachable" => {}
+        other => return Err(err(format!("StoreReachable: {other:?}"))),
+    }
+
+    // One character off: the operator is refused, and says so.
+    tokio::time::sleep(SETTLE).await;
+    secrets
+        .replace(
+            "redis-auth",
+            &PostParams::default(),
+            &secret("redis-auth", "password", &PASSWORD[1..]),
+        )
+        .await?;
+    wait_reason(&api, "tls", "AuthenticationFailed").await?;
+    let store = api.get("tls").await?;
+    let (status, reason, message) = condition(&store, "StoreReachable").unwrap_or_default();
+    if status != "False" || reason != "AuthenticationFailed" || !message.contains("\"app\"") {
+        return Err(err(format!(
+            "StoreReachable {status}/{reason}: {message:?}"
+        )));
+    }
+    let all = serde_json::to_string(&store.data["status"]).unwrap_or_default();
+    if all.contains(&PASSWORD[1..]) {
+        return Err(err(format!("the status shows the password: {all}")));
+    }
+    if condition(&store, "Ready").is_some_and(|(s, _, _)| s == "True") {
+        return Err(err("Ready=True with a wrong password"));
+    }
+
+    // Fixed again: Ready again, within seconds (the Secret is watched).
+    secrets
+        .replace(
+            "redis-auth",
+            &PostParams::default(),
+            &secret("redis-auth", "password", PASSWORD),
+        )
+        .await?;
+    wait_condition(&api, "tls", "Ready", "True", FAST).await?;
     Ok(())
 }

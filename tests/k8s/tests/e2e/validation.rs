@@ -43,11 +43,19 @@ pub async fn rejected(ctx: &Ctx) -> Result<()> {
         ),
         (
             json!({ "redis": { "external": { "url": "http://r:6379", "secretRef": { "name": "pw" } } } }),
-            "must start with redis:// or rediss://",
+            "must start with redis://, rediss://, redis+sentinel://",
         ),
         (
             json!({ "redis": { "external": { "url": "redis://user:secret@r:6379", "secretRef": { "name": "pw" } } } }),
             "must not carry credentials",
+        ),
+        (
+            json!({ "redis": { "external": { "url": "rediss+sentinel://:secret@s1:26379,s2:26379/m", "secretRef": { "name": "pw" } } } }),
+            "must not carry credentials",
+        ),
+        (
+            json!({ "redis": { "external": { "url": "redis+cluster://n1:7000", "username": "a b", "secretRef": { "name": "pw" } } } }),
+            "username must not contain",
         ),
         (
             json!({ "policy": { "mode": "Validate", "maxAge": "30s" } }),
