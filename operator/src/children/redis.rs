@@ -223,14 +223,7 @@ pub fn desired(
     let mut pod = PodSpec {
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: uid,
-            run_as_group: uid,
-            fs_group: uid,
-            seccomp_profile: Some(runtime_default()),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(restricted_pod(uid)),
         containers: vec![container],
         volumes: Some(volumes),
         ..PodSpec::default()
@@ -265,6 +258,20 @@ pub fn desired(
         sentinel::make_failover_member(store, &mut sts);
     }
     Ok(sts)
+}
+
+/// The `restricted` Pod Security Standard for a pod running as `uid`
+/// (`None`: as the platform assigns); its containers take
+/// [`restricted_container`].
+pub fn restricted_pod(uid: Option<i64>) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: uid,
+        run_as_group: uid,
+        fs_group: uid,
+        seccomp_profile: Some(runtime_default()),
+        ..PodSecurityContext::default()
+    }
 }
 
 /// The `restricted` Pod Security Standard for a container running as `uid`

@@ -28,10 +28,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
-    LifecycleHandler, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector, Service, ServicePort,
-    ServiceSpec, TCPSocketAction, TopologySpreadConstraint, Volume, VolumeMount,
-    WeightedPodAffinityTerm,
+    LifecycleHandler, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    TopologySpreadConstraint, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -447,14 +446,7 @@ pub fn desired(
     let mut pod = PodSpec {
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: uid,
-            run_as_group: uid,
-            fs_group: uid,
-            seccomp_profile: super::redis::restricted_container(uid).seccomp_profile,
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(super::redis::restricted_pod(uid)),
         containers: vec![container],
         // Sentinel rewrites its configuration file: a writable /data.
         volumes: Some(vec![Volume {

@@ -408,20 +408,14 @@ fn redis_env(namespace: &str, store: &ETagStore) -> RedisEnv {
                 .as_ref()
                 .map(|c| (c.name.clone(), c.key.clone())),
         },
-        // Failover: the sentinels name the primary; the credentials are the
-        // primary's (sentinels have no AUTH).
-        (Some(m), _) if m.failover() => RedisEnv {
-            url: crate::children::sentinel::endpoint(store),
-            username: Some(SIDECAR_USER.to_owned()),
-            password: SecretKeySelector {
-                name: names::secret(&name),
-                key: SIDECAR_PASSWORD_KEY.into(),
-                optional: Some(true),
+        (managed, _) => RedisEnv {
+            // Failover: the sentinels name the primary; the credentials are
+            // the primary's (sentinels have no AUTH).
+            url: if managed.as_ref().is_some_and(|m| m.failover()) {
+                crate::children::sentinel::endpoint(store)
+            } else {
+                format!("redis://{}.{namespace}.svc:6379", names::redis(&name))
             },
-            ca: None,
-        },
-        _ => RedisEnv {
-            url: format!("redis://{}.{namespace}.svc:6379", names::redis(&name)),
             // The managed store's ACL user, confined to this store's keys.
             username: Some(SIDECAR_USER.to_owned()),
             password: SecretKeySelector {

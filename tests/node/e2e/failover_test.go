@@ -303,8 +303,14 @@ spec:
 	pods := e.podNames(t, failoverNS, "app=demo")
 	url := e.k(t, "-n", failoverNS, "get", "pod", pods[0], "-o",
 		`jsonpath={.spec.initContainers[?(@.name=="sametag-sidecar")].env[?(@.name=="SAMETAG_REDIS_URL")].value}`)
-	if !strings.HasPrefix(url, "redis+sentinel://:$(SAMETAG_REDIS_PASSWORD)@ha-sentinel-0.") {
-		t.Fatalf("injected SAMETAG_REDIS_URL %q is not the sentinel URL", url)
+	if !strings.HasPrefix(url, "redis+sentinel://ha-sentinel-0.") {
+		t.Fatalf("injected SAMETAG_REDIS_URL %q is not the sentinel URL (without credentials)", url)
+	}
+	// The primary's credentials: the store's ACL user, the password from env.
+	user := e.k(t, "-n", failoverNS, "get", "pod", pods[0], "-o",
+		`jsonpath={.spec.initContainers[?(@.name=="sametag-sidecar")].env[?(@.name=="SAMETAG_REDIS_USERNAME")].value}`)
+	if user != "sametag" {
+		t.Fatalf("injected SAMETAG_REDIS_USERNAME %q, want the store's ACL user sametag", user)
 	}
 	c := client()
 	svcURL := "http://" + e.clusterIP(t, failoverNS, "demo")
