@@ -370,16 +370,30 @@ async fn repeat_releases(inner: &Inner, c: &mut Conn) -> Result<(), RedisError> 
     if releases.is_empty() {
         return Ok(());
     }
+    // The same keys as `RedisStore::unlock`: the lock and the store's
+    // lock-deadline set.
+    let deadlines = inner.shared.keys.lock_deadlines();
     if matches!(c, Conn::Cluster(_)) {
         for (key, token) in &releases {
-            let _: i64 = SCRIPTS.unlock.key(key).arg(token).invoke_async(c).await?;
+            let _: i64 = SCRIPTS
+                .unlock
+                .key(key)
+                .key(&deadlines)
+                .arg(token)
+                .invoke_async(c)
+                .await?;
         }
         return Ok(());
     }
     let sha = SCRIPTS.unlock.get_hash();
     let mut p = redis::pipe();
     for (key, token) in &releases {
-        p.cmd("EVALSHA").arg(sha).arg(1).arg(key).arg(token);
+        p.cmd("EVALSHA")
+            .arg(sha)
+            .arg(2)
+            .arg(key)
+            .arg(&deadlines)
+            .arg(token);
     }
     let released: Vec<i64> = p.query_async(c).await?;
     let released = released.iter().filter(|n| **n == 1).count();
