@@ -12,7 +12,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +21,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use sametag_sidecar::store::redis::{RedisOptions, RedisStore, WaitReplicas};
 use sametag_sidecar::store::{Purge, Store, StoreError, StoreHealth};
-use support::redis_server::{RedisConfig, RedisServer, test_options};
+use support::redis_server::{RedisConfig, RedisServer, free_port, test_options};
 use support::store_checks::{V, key, tag};
 use support::{Db, FLEET_SECRET, Proto, Sidecar, call, db_app};
 
@@ -333,13 +332,6 @@ async fn readonly_from_a_demoted_primary_is_a_reconnect() {
             .unwrap()
             .is_some()
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// One `redis-server --sentinel` (quorum 2 of 3, one second to declare a
