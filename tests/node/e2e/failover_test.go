@@ -77,6 +77,18 @@ func runHistory(c *http.Client, url string, stop <-chan struct{}) *history {
 		resp.Body.Close()
 		return resp, strings.TrimSpace(string(b)), nil
 	}
+	// get reads the counter and records the read in the history.
+	get := func() (historyOp, *http.Response, error) {
+		start := time.Now()
+		resp, body, err := do(http.MethodGet, "", "", "")
+		op := historyOp{kind: "get", start: start, end: time.Now(), err: err, got: -1}
+		if err == nil {
+			op.status = resp.StatusCode
+			op.got, _ = strconv.Atoi(body)
+		}
+		h.add(op)
+		return op, resp, err
+	}
 	stopped := func() bool {
 		select {
 		case <-stop:
@@ -91,20 +103,13 @@ func runHistory(c *http.Client, url string, stop <-chan struct{}) *history {
 		go func() {
 			defer wg.Done()
 			for !stopped() {
-				start := time.Now()
-				resp, body, err := do(http.MethodGet, "", "", "")
-				op := historyOp{kind: "get", start: start, end: time.Now(), err: err, got: -1}
-				if err == nil {
-					op.status = resp.StatusCode
-					op.got, _ = strconv.Atoi(body)
-				}
-				h.add(op)
+				op, resp, err := get()
 				if err != nil || resp.StatusCode != 200 {
 					time.Sleep(50 * time.Millisecond)
 					continue
 				}
 				tag := resp.Header.Get("ETag")
-				start = time.Now()
+				start := time.Now()
 				resp, _, err = do(http.MethodGet, "", "If-None-Match", tag)
 				op = historyOp{kind: "cond-get", start: start, end: time.Now(), err: err, sent: op.got}
 				if err == nil {
@@ -121,20 +126,13 @@ func runHistory(c *http.Client, url string, stop <-chan struct{}) *history {
 		go func() {
 			defer wg.Done()
 			for !stopped() {
-				start := time.Now()
-				resp, body, err := do(http.MethodGet, "", "", "")
-				read := historyOp{kind: "get", start: start, end: time.Now(), err: err, got: -1}
-				if err == nil {
-					read.status = resp.StatusCode
-					read.got, _ = strconv.Atoi(body)
-				}
-				h.add(read)
+				read, resp, err := get()
 				if err != nil || resp.StatusCode != 200 {
 					time.Sleep(50 * time.Millisecond)
 					continue
 				}
 				n := read.got
-				start = time.Now()
+				start := time.Now()
 				wresp, _, err := do(http.MethodPut, strconv.Itoa(n+1), "If-Match", resp.Header.Get("ETag"))
 				op := historyOp{kind: "write", start: start, end: time.Now(), err: err, sent: n, got: n + 1}
 				if err == nil {
