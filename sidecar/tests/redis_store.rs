@@ -586,6 +586,117 @@ async fn sentinel_urls_reach_the_master(kind: StoreKind) {
     assert!(!master.keys().is_empty());
 }
 
+/// A TCP relay to Redis that can swallow Redis's replies (while commands
+/// still reach it): a reply lost in a failover or a network cut.
+struct ReplyEater {
+    port: u16,
+    eating: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ReplyEater {
+    async fn start(redis_port: u16) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let eating = Arc::new(AtomicBool::new(false));
+        let flag = eating.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                });
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if !flag.load(Ordering::SeqCst) && cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = cw.shutdown().await;
+                });
+            }
+        });
+        Self { port, eating }
+    }
+
+    fn eat(&self, on: bool) {
+        self.eating.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A lock call whose reply is lost (here swallowed; in production a
+/// failover or a cut connection) may have been granted all the same. Its
+/// holder does not know the token, yet must not leave the resource locked
+/// for a whole lease: the next connection releases it by the holder id
+/// chosen before asking.
+async fn a_lock_granted_but_unanswered_is_released_on_reconnect(kind: StoreKind) {
+    let engine = engine(kind);
+    let redis = RedisServer::start_on(engine);
+    let relay = ReplyEater::start(redis.port).await;
+    let opts = RedisOptions {
+        op_timeout: Duration::from_millis(300),
+        ..test_options(Duration::ZERO)
+    };
+    let a = store(&format!("redis://127.0.0.1:{}", relay.port), "lost", opts).await;
+    let b = store(&redis.url(), "lost", test_options(Duration::ZERO)).await;
+    let k = key("/doc");
+    relay.eat(true);
+    let lease = Duration::from_secs(60);
+    assert!(
+        matches!(a.try_lock(&k, lease).await, Err(StoreError::Unavailable(_))),
+        "no reply: a store failure"
+    );
+    // Granted all the same: the key is there, with a whole lease to run.
+    assert!(
+        redis.keys().iter().any(|k| k.starts_with("{lost}:l:")),
+        "the unanswered lock call took the lock: {:?}",
+        redis.keys()
+    );
+    assert!(b.try_lock(&k, lease).await.unwrap().is_none(), "held");
+    relay.eat(false);
+    assert!(a.wait_up(Duration::from_secs(5)).await, "A reconnects");
+    // Released by A's next connection, long before the lease would end.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let taken = loop {
+        if let Some(l) = b.try_lock(&k, lease).await.unwrap() {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lost grant still blocks writers: {:?}",
+            redis.keys()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The replay is by holder: it never releases the next holder's lock.
+    assert!(a.wait_up(Duration::from_secs(5)).await);
+    a.unlock(&sametag_sidecar::store::WriteLock {
+        resource: k.clone(),
+        token: 0,
+        holder: taken.holder.wrapping_add(1),
+    })
+    .await
+    .unwrap();
+    assert!(
+        a.try_lock(&k, lease).await.unwrap().is_none(),
+        "B still holds its lock"
+    );
+    b.unlock(&taken).await.unwrap();
+    assert!(a.try_lock(&k, lease).await.unwrap().is_some());
+}
+
 support::over_engines! {
     every_key_but_a_held_lock_has_a_ttl_and_one_hash_tag,
     stores_are_isolated_by_prefix_and_by_server,
@@ -597,4 +708,5 @@ support::over_engines! {
     eviction_under_maxmemory_keeps_the_store_healthy,
     redis_cluster_runs_every_script_in_one_slot,
     sentinel_urls_reach_the_master,
+    a_lock_granted_but_unanswered_is_released_on_reconnect,
 }

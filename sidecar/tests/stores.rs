@@ -153,6 +153,7 @@ async fn locks_are_exclusive_fenced_and_leased(kind: StoreKind) {
     let fake = sametag_sidecar::store::WriteLock {
         resource: k.clone(),
         token: l1.token + 1,
+        holder: l1.holder.wrapping_add(1),
     };
     b.unlock(&fake).await.unwrap();
     assert!(

@@ -386,6 +386,7 @@ impl Store for MemoryStore {
         Ok(Some(WriteLock {
             resource: resource.clone(),
             token,
+            holder: 0,
         }))
     }
 

@@ -85,6 +85,10 @@ impl Resource {
 pub struct WriteLock {
     pub resource: ResourceKey,
     pub token: u64,
+    /// Who asked, chosen before asking (unique per grant): a grant whose
+    /// reply was lost, so whose token is unknown, can still be released by
+    /// its holder (the Redis store; the memory store leaves it 0).
+    pub holder: u64,
 }
 
 /// Why a store operation failed.

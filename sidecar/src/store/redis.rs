@@ -287,6 +287,25 @@ const RELEASE_MEMORY: Duration = Duration::from_secs(300);
 /// Most releases remembered (their leases end the older ones anyway).
 const MAX_RELEASES: usize = 10_000;
 
+/// A lock release to repeat: `unlock.lua`'s lock key, token (empty when
+/// the grant's reply was lost) and holder.
+#[derive(Clone, Debug)]
+pub(crate) struct Release {
+    pub key: String,
+    pub token: String,
+    pub holder: String,
+}
+
+/// 64 random bits (a clock-and-pid mix if the OS has no randomness).
+fn random_u64() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        nanos ^ (u64::from(std::process::id()) << 32)
+    })
+}
+
 /// A resource's watched invalidation globs.
 type Globs = Arc<[Arc<str>]>;
 
@@ -329,9 +348,12 @@ pub(crate) struct Inner {
     /// Wakes the supervisor to check the primary's role now (a `WAIT`
     /// fell short).
     recheck: tokio::sync::Notify,
-    /// Recent lock releases, `(when, key, token)`, repeated on every new
-    /// connection before it serves (see [`Inner::note_release`]).
-    releases: Mutex<std::collections::VecDeque<(Instant, String, String)>>,
+    /// Recent lock releases, repeated on every new connection before it
+    /// serves (see [`Inner::note_release`]).
+    releases: Mutex<std::collections::VecDeque<(Instant, Release)>>,
+    /// The next lock holder id: a random start, then counted, so ids are
+    /// unique per grant and across sidecars.
+    next_holder: AtomicU64,
     offset_us: AtomicI64,
     down_reason: Mutex<String>,
     metrics: RedisMetrics,
@@ -417,6 +439,7 @@ impl RedisStore {
             replicas_seen: AtomicU32::new(0),
             recheck: tokio::sync::Notify::new(),
             releases: Mutex::new(std::collections::VecDeque::new()),
+            next_holder: AtomicU64::new(random_u64()),
             offset_us: AtomicI64::new(0),
             down_reason: Mutex::new(String::new()),
             metrics: RedisMetrics::default(),
@@ -501,27 +524,29 @@ impl Inner {
     /// So every release of the last [`RELEASE_MEMORY`] is remembered and
     /// repeated on each new connection before it serves; the fencing token
     /// makes a repeat harmless (it deletes only that holder's own lock).
-    fn note_release(&self, key: String, token: String) {
+    /// A lock call that timed out or lost its connection may have been
+    /// granted all the same: it is remembered by its holder alone.
+    fn note_release(&self, release: Release) {
         let mut releases = self.releases.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         while releases
             .front()
-            .is_some_and(|(at, _, _)| now.duration_since(*at) > RELEASE_MEMORY)
+            .is_some_and(|(at, _)| now.duration_since(*at) > RELEASE_MEMORY)
             || releases.len() >= MAX_RELEASES
         {
             releases.pop_front();
         }
-        releases.push_back((now, key, token));
+        releases.push_back((now, release));
     }
 
     /// The releases to repeat on a new connection.
-    pub(crate) fn recent_releases(&self) -> Vec<(String, String)> {
+    pub(crate) fn recent_releases(&self) -> Vec<Release> {
         let releases = self.releases.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         releases
             .iter()
-            .filter(|(at, _, _)| now.duration_since(*at) <= RELEASE_MEMORY)
-            .map(|(_, k, t)| (k.clone(), t.clone()))
+            .filter(|(at, _)| now.duration_since(*at) <= RELEASE_MEMORY)
+            .map(|(_, r)| r.clone())
             .collect()
     }
 
@@ -1097,42 +1122,55 @@ impl Store for RedisStore {
             keys.lock_deadlines(),
         );
         let (lease, clock_ttl) = (Inner::ms(lease), Inner::ms(inner.opts.meta_ttl));
+        let holder = inner.next_holder.fetch_add(1, Ordering::Relaxed);
         let done = inner
-            .run_durable(false, |mut c| async move {
-                SCRIPTS
-                    .lock
-                    .key(lk)
-                    .key(ck)
-                    .key(dk)
-                    .arg(lease)
-                    .arg(clock_ttl)
-                    .invoke_async::<Option<String>>(&mut c)
-                    .await
+            .run_durable(false, |mut c| {
+                let lk = lk.clone();
+                async move {
+                    SCRIPTS
+                        .lock
+                        .key(lk)
+                        .key(ck)
+                        .key(dk)
+                        .arg(lease)
+                        .arg(clock_ttl)
+                        .arg(holder)
+                        .invoke_async::<Option<String>>(&mut c)
+                        .await
+                }
             })
-            .await?;
+            .await;
+        let lock = |token| WriteLock {
+            resource: resource.clone(),
+            token,
+            holder,
+        };
         let token = match done {
-            Durable::Acked(token) => token,
+            Ok(Durable::Acked(token)) => token,
             // Held by someone else: nothing was written.
-            Durable::Unacked(None, _) => None,
-            Durable::Unacked(token, e) => {
+            Ok(Durable::Unacked(None, _)) => None,
+            Ok(Durable::Unacked(Some(token), e)) => {
                 // Taken on this primary only: give it back (best effort;
                 // the lease ends it otherwise) so other writers need not
                 // wait for the lease.
-                if let Some(t) = token.and_then(|t| t.parse::<u64>().ok()) {
-                    let lock = WriteLock {
-                        resource: resource.clone(),
-                        token: t,
-                    };
-                    let _ = self.unlock(&lock).await;
-                }
+                let _ = self.unlock(&lock(parse_u64(&token).unwrap_or(0))).await;
+                return Err(e);
+            }
+            Err(e) => {
+                // Perhaps granted, its reply lost (a timeout, a connection
+                // cut in a failover): left alone it would block every
+                // writer of this resource for a lease. Released by its
+                // holder on the next connection (this one is dropped).
+                inner.note_release(Release {
+                    key: lk,
+                    token: String::new(),
+                    holder: holder.to_string(),
+                });
                 return Err(e);
             }
         };
         match token {
-            Some(t) => Ok(Some(WriteLock {
-                resource: resource.clone(),
-                token: parse_u64(&t)?,
-            })),
+            Some(t) => Ok(Some(lock(parse_u64(&t)?))),
             None => Ok(None),
         }
     }
@@ -1165,17 +1203,22 @@ impl Store for RedisStore {
         let inner = &self.inner;
         let lk = inner.shared.keys.lock(&lock.resource.lock);
         let dk = inner.shared.keys.lock_deadlines();
-        let token = lock.token.to_string();
+        let release = Release {
+            key: lk,
+            token: lock.token.to_string(),
+            holder: lock.holder.to_string(),
+        };
         // Repeated on every new connection for a while, so a release lost
         // in a failover does not leave the lock on the new primary.
-        inner.note_release(lk.clone(), token.clone());
+        inner.note_release(release.clone());
         let _: i64 = inner
             .run(false, |mut c| async move {
                 SCRIPTS
                     .unlock
-                    .key(lk)
+                    .key(release.key)
                     .key(dk)
-                    .arg(token)
+                    .arg(release.token)
+                    .arg(release.holder)
                     .invoke_async(&mut c)
                     .await
             })

@@ -374,12 +374,13 @@ async fn repeat_releases(inner: &Inner, c: &mut Conn) -> Result<(), RedisError> 
     // lock-deadline set.
     let deadlines = inner.shared.keys.lock_deadlines();
     if matches!(c, Conn::Cluster(_)) {
-        for (key, token) in &releases {
+        for r in &releases {
             let _: i64 = SCRIPTS
                 .unlock
-                .key(key)
+                .key(&r.key)
                 .key(&deadlines)
-                .arg(token)
+                .arg(&r.token)
+                .arg(&r.holder)
                 .invoke_async(c)
                 .await?;
         }
@@ -387,13 +388,14 @@ async fn repeat_releases(inner: &Inner, c: &mut Conn) -> Result<(), RedisError> 
     }
     let sha = SCRIPTS.unlock.get_hash();
     let mut p = redis::pipe();
-    for (key, token) in &releases {
+    for r in &releases {
         p.cmd("EVALSHA")
             .arg(sha)
             .arg(2)
-            .arg(key)
+            .arg(&r.key)
             .arg(&deadlines)
-            .arg(token);
+            .arg(&r.token)
+            .arg(&r.holder);
     }
     let released: Vec<i64> = p.query_async(c).await?;
     let released = released.iter().filter(|n| **n == 1).count();
