@@ -21,7 +21,7 @@ use crate::date::parse_http_date;
 use crate::key::{VaryNames, variant_key, vary_names};
 use crate::policy::Mode;
 use crate::precondition::Validators;
-use crate::store::{Entry, Labels, StoreError, VariantKey};
+use crate::store::{Entry, Labels, StoreError, VariantKey, Vary};
 use crate::surrogate;
 use crate::tag::EntityTag;
 
@@ -32,12 +32,12 @@ pub(super) enum Known {
         /// The store's validators for it.
         validators: Validators,
         /// The resource's `Vary` names (a trusted 304 repeats them).
-        vary: Vec<String>,
+        vary: Vary,
     },
     /// Known, but too old or invalidated.
     Stale {
         /// The resource's `Vary` names (with them, the request's variant).
-        vary: Vec<String>,
+        vary: Vary,
         /// When the validation that expired was made; `None` when a write
         /// ended it (or it was never trusted).
         validated_at: Option<SystemTime>,

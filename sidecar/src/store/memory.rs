@@ -17,7 +17,7 @@ use async_trait::async_trait;
 
 use super::{
     Entry, KeyId, Labels, Purge, PurgeReport, Resource, ResourceKey, Store, StoreError,
-    StoreHealth, VariantKey, WriteLock,
+    StoreHealth, VariantKey, Vary, WriteLock,
 };
 use crate::surrogate::GlobMarks;
 use crate::tag::EntityTag;
@@ -128,7 +128,7 @@ struct Validation {
 
 #[derive(Debug)]
 struct ResourceState {
-    vary: Vec<String>,
+    vary: Vary,
     variants: HashMap<VariantKey, VariantState>,
     /// Newest `Last-Modified` handed out for this resource.
     newest_last_modified: SystemTime,
@@ -261,13 +261,15 @@ impl Store for MemoryStore {
             .resources
             .entry(resource.id.clone())
             .or_insert_with(|| ResourceState {
-                vary: Vec::new(),
+                vary: Vary::default(),
                 variants: HashMap::new(),
                 newest_last_modified: UNIX_EPOCH,
                 last_used: seq,
                 last_used_at: clock,
             });
-        state.vary = vary.to_vec();
+        if *state.vary != *vary {
+            state.vary = vary.into();
+        }
         if !state.variants.contains_key(variant) && state.variants.len() >= self.limits.max_variants
         {
             // A resource with more variants than we keep: start over rather

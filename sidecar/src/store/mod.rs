@@ -44,6 +44,10 @@ pub struct ResourceKey {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VariantKey(pub String);
 
+/// Lower-case header names from a response's `Vary`, shared (a lookup hands
+/// out the stored list without copying it).
+pub type Vary = Arc<[String]>;
+
 /// What the store holds for one variant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -63,7 +67,7 @@ pub struct Entry {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resource {
     /// Lower-case header names from the last response's `Vary`.
-    pub vary: Vec<String>,
+    pub vary: Vary,
     /// Known variants.
     pub variants: Vec<(VariantKey, Entry)>,
     /// Variants whose validation only a purge (a glob or key mark, or the

@@ -16,19 +16,20 @@ import (
 
 const failoverNS = "node-failover"
 
-// failoverWindowBound fails a run whose 503s go on past it. The target is
-// 15 s (logged as met or not with the measured window); the bound sits
-// under the default lock lease (65 s), so writers stuck behind a lock the
-// failover lost still fail the test, while a loaded machine does not.
-const failoverWindowBound = 30 * time.Second
+// failoverWindowBound is the target for conditional writes answering 503
+// after the primary is lost: a run whose 503s go on past it fails. Measured
+// 5-8.3 s (Sentinel's 3 s down-after, the promotion, the replica's resync
+// for WAIT). Writers stuck behind a lock whose grant the failover lost
+// (released by holder id since) used to take it to 15-18 s.
+const failoverWindowBound = 15 * time.Second
 
-// logWindow reports the measured 503 window against the 15 s target.
+// logWindow reports the measured 503 window against the target.
 func logWindow(t *testing.T, what string, window time.Duration) {
 	verdict := "met"
-	if window > 15*time.Second {
+	if window > failoverWindowBound {
 		verdict = "NOT met"
 	}
-	t.Logf("%s: 503 window %s, target 15s %s", what, window.Round(100*time.Millisecond), verdict)
+	t.Logf("%s: 503 window %s, target %s %s", what, window.Round(100*time.Millisecond), failoverWindowBound, verdict)
 }
 
 // historyOp is one request of the failover history, as the client saw it.

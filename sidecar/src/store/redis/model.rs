@@ -294,7 +294,7 @@ pub(crate) fn build_resource(
         .chain(globs.newest(path_name))
         .max();
     let mut out = Resource {
-        vary: decode_vary(vary),
+        vary: decode_vary(vary).into(),
         ..Resource::default()
     };
     // One buffer for every `x|<variant>` field name: this runs on every
@@ -464,7 +464,7 @@ mod tests {
         let meta = hash(&[("epoch", "1000")]);
         let path = hash(&[("g", "1500"), ("inv", "1500")]);
         let r = build(&res, &path, &meta, &g, off).unwrap();
-        assert_eq!(r.vary, vec!["accept-encoding".to_owned()]);
+        assert_eq!(*r.vary, ["accept-encoding".to_owned()]);
         let e = r.variant(&VariantKey("gzip".into())).unwrap();
         assert_eq!(e.tag.opaque(), "T");
         assert_eq!(
