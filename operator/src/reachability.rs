@@ -118,6 +118,9 @@ fn classify(e: &RedisError, user: String) -> Unreachable {
             "noauth",
             "invalid password",
             "invalid username-password",
+            // The cluster client wraps it: "Failed to create initial
+            // connections - Io: Password authentication failed".
+            "authentication failed",
         ]
         .iter()
         .any(|m| lower.contains(m))

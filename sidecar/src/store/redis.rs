@@ -393,8 +393,11 @@ impl RedisStore {
     pub fn connect(url: &str, prefix: &str, opts: RedisOptions) -> Result<Self, RedisConfigError> {
         let keys = Keys::new(prefix)?;
         // rediss:// needs a rustls crypto provider; an already installed
-        // one (by another part of the process) is fine too.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // one (by another part of the process) is fine too. Only then: its
+        // setup would map pages of code a plain-TCP store never runs.
+        if url.starts_with("rediss") {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let ca = match &opts.tls_ca_file {
             Some(path) => Some(
                 std::fs::read(path).map_err(|source| RedisConfigError::CaFile {

@@ -568,12 +568,14 @@ fn profiles(s: &mut String, r: &Results) {
          instantiated for sametag's types and inlined into them counts where perf puts it.\n"
     );
     for p in &r.profiles {
+        // `+ 0.0`: an empty float sum is -0.0, printed "-0.0".
         let own: f64 = p
             .categories
             .iter()
             .filter(|(c, _)| c == "sametag code")
             .map(|(_, v)| v)
-            .sum();
+            .sum::<f64>()
+            + 0.0;
         let _ = writeln!(
             s,
             "### {}\n\nsametag's own code: {own:.1}% of self time.\n\n| category | self % |\n|---|---|",

@@ -1,0 +1,212 @@
+//! The operator's own check of an external store (`StoreReachable`), against
+//! real servers of every URL form the CRD accepts: a standalone
+//! `redis-server`, a `redis-sentinel` monitoring it, and a three-node Redis
+//! Cluster. Each with the store's ACL user: the right password reaches it;
+//! a wrong one is `AuthenticationFailed` without the password in the
+//! message; a master name the sentinels do not know and a dead cluster are
+//! named failures within the bound, never a hang.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sametag_operator::reachability::{Target, check_within};
+
+const USER: &str = "sametag";
+/// Characters a URL would mangle: the check hands the password over as a
+/// value, never inside a URL.
+const PASSWORD: &str = "p@ss w:/rd%41#?x";
+const WRONG: &str = "not-the-password";
+const BOUND: Duration = Duration::from_secs(3);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A server process, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `redis-server` from a config file in `dir` (`extra` lines appended),
+/// with the store's ACL user; `default` stays passwordless so the cluster
+/// can be created and the sentinel can watch.
+fn redis_server(dir: &Path, extra: &str, sentinel: bool) -> Server {
+    let port = free_port();
+    let conf = dir.join(format!("{port}.conf"));
+    let mut text = format!(
+        "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {}\n",
+        dir.display()
+    );
+    if !sentinel {
+        text.push_str(&format!(
+            "user {USER} on \">{PASSWORD}\" ~* &* +@all\nuser default on nopass ~* &* +@all\n"
+        ));
+    }
+    text.push_str(extra);
+    std::fs::write(&conf, text).expect("write the config");
+    let mut cmd = Command::new("redis-server");
+    cmd.arg(&conf);
+    if sentinel {
+        cmd.arg("--sentinel");
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (tests/setup-packages.sh)");
+    wait_listening(port);
+    Server { child, port }
+}
+
+fn tempdir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "sametag-reach-{what}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    dir
+}
+
+fn target<'a>(url: &'a str, password: &'a str) -> Target<'a> {
+    Target {
+        url,
+        username: Some(USER),
+        password: Some(password),
+        ca: None,
+    }
+}
+
+async fn assert_reached(url: &str) {
+    if let Err(e) = check_within(&target(url, PASSWORD), BOUND).await {
+        panic!("{url}: {e} ({})", e.reason());
+    }
+}
+
+async fn assert_fails(url: &str, password: &str, reason: &str) {
+    let started = Instant::now();
+    let e = check_within(&target(url, password), BOUND)
+        .await
+        .expect_err(url);
+    assert_eq!(e.reason(), reason, "{url}: {e}");
+    let message = e.to_string();
+    assert!(!message.contains(PASSWORD), "{message}");
+    assert!(
+        started.elapsed() < BOUND + Duration::from_secs(2),
+        "{url}: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_store_is_reached_through_its_sentinel_as_the_acl_user() {
+    let dir = tempdir("sentinel");
+    let master = redis_server(&dir, "", false);
+    let sentinel = redis_server(
+        &dir,
+        &format!(
+            "sentinel monitor ha 127.0.0.1 {} 1\nsentinel auth-user ha {USER}\nsentinel auth-pass ha \"{PASSWORD}\"\n",
+            master.port
+        ),
+        true,
+    );
+    let url = format!("redis+sentinel://127.0.0.1:{}/ha", sentinel.port);
+    assert_reached(&url).await;
+    assert_reached(&format!("redis://127.0.0.1:{}", master.port)).await;
+    assert_fails(&url, WRONG, "AuthenticationFailed").await;
+    // A master name the sentinels do not monitor.
+    let unknown = format!("redis+sentinel://127.0.0.1:{}/nope", sentinel.port);
+    assert_fails(&unknown, PASSWORD, "StoreUnreachable").await;
+    // The primary gone: the sentinel still names it, nothing answers there.
+    drop(master);
+    let e = check_within(&target(&url, PASSWORD), BOUND)
+        .await
+        .expect_err("the primary is down");
+    assert!(
+        matches!(e.reason(), "StoreUnreachable" | "StoreTimeout"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_store_is_reached_as_the_acl_user() {
+    let dir = tempdir("cluster");
+    let nodes: Vec<Server> = (0..3)
+        .map(|_| {
+            redis_server(
+                &dir,
+                &format!(
+                    "cluster-enabled yes\ncluster-config-file nodes-{}.conf\n",
+                    free_port()
+                ),
+                false,
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let created = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&addrs)
+        .arg("--cluster-yes")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("redis-cli");
+    assert!(created.success(), "redis-cli --cluster create");
+    // Every slot assigned and the state ok on every node.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for a in &addrs {
+        let port = a.rsplit(':').next().unwrap_or_default();
+        loop {
+            let out = Command::new("redis-cli")
+                .args(["-p", port, "cluster", "info"])
+                .output()
+                .expect("redis-cli");
+            if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster state of {a}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Any one node names the cluster; several are tried in turn.
+    let url = format!("redis+cluster://{}", addrs.join(","));
+    assert_reached(&url).await;
+    assert_reached(&format!("redis+cluster://{}", addrs[1])).await;
+    assert_fails(&url, WRONG, "AuthenticationFailed").await;
+    drop(nodes);
+    let e = check_within(&target(&url, PASSWORD), BOUND)
+        .await
+        .expect_err("the cluster is down");
+    assert!(
+        matches!(e.reason(), "StoreUnreachable" | "StoreTimeout"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
