@@ -6,7 +6,9 @@
 //! here is a stand-in that reads `VALKEYCLI_AUTH` (as Valkey's does) and
 //! talks through Debian's `redis-cli`; the servers are real.
 
-use std::net::TcpListener;
+use support::free_port;
+
+mod support;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -89,13 +91,6 @@ fn which(name: &str) -> PathBuf {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{name} is installed"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// An image's `PATH`: `server` under each of `server_names`, Debian's

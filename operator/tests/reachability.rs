@@ -6,12 +6,14 @@
 //! message; a master name the sentinels do not know and a dead cluster are
 //! named failures within the bound, never a hang.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sametag_operator::reachability::{Target, check_within};
+use support::free_port;
+
+mod support;
 
 const USER: &str = "sametag";
 /// Characters a URL would mangle: the check hands the password over as a
@@ -19,13 +21,6 @@ const USER: &str = "sametag";
 const PASSWORD: &str = "p@ss w:/rd%41#?x";
 const WRONG: &str = "not-the-password";
 const BOUND: Duration = Duration::from_secs(3);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A server process, killed on drop.
 struct Server {
@@ -119,6 +114,17 @@ async fn assert_fails(url: &str, password: &str, reason: &str) {
     );
 }
 
+/// The store's servers are gone: a named failure within the bound.
+async fn assert_down(url: &str) {
+    let e = check_within(&target(url, PASSWORD), BOUND)
+        .await
+        .expect_err("the store is down");
+    assert!(
+        matches!(e.reason(), "StoreUnreachable" | "StoreTimeout"),
+        "{url}: {e}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_store_is_reached_through_its_sentinel_as_the_acl_user() {
     let dir = tempdir("sentinel");
@@ -140,13 +146,7 @@ async fn a_sentinel_store_is_reached_through_its_sentinel_as_the_acl_user() {
     assert_fails(&unknown, PASSWORD, "StoreUnreachable").await;
     // The primary gone: the sentinel still names it, nothing answers there.
     drop(master);
-    let e = check_within(&target(&url, PASSWORD), BOUND)
-        .await
-        .expect_err("the primary is down");
-    assert!(
-        matches!(e.reason(), "StoreUnreachable" | "StoreTimeout"),
-        "{e}"
-    );
+    assert_down(&url).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -201,12 +201,6 @@ async fn a_cluster_store_is_reached_as_the_acl_user() {
     assert_reached(&format!("redis+cluster://{}", addrs[1])).await;
     assert_fails(&url, WRONG, "AuthenticationFailed").await;
     drop(nodes);
-    let e = check_within(&target(&url, PASSWORD), BOUND)
-        .await
-        .expect_err("the cluster is down");
-    assert!(
-        matches!(e.reason(), "StoreUnreachable" | "StoreTimeout"),
-        "{e}"
-    );
+    assert_down(&url).await;
     let _ = std::fs::remove_dir_all(dir);
 }
