@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::store::{Entry, KeyId, Resource, VariantKey};
+use crate::store::{Entry, KeyId, Resource, VariantKey, Vary};
 use crate::surrogate::GlobMarks;
 use crate::tag::EntityTag;
 
@@ -198,7 +198,11 @@ pub(crate) fn encode_vary(vary: &[String]) -> String {
     vary.join(",")
 }
 
-fn decode_vary(s: &str) -> Vec<String> {
+fn decode_vary(s: &str) -> Vary {
+    if s.is_empty() {
+        // The shared empty list: no allocation on a lookup's path.
+        return Vary::default();
+    }
     s.split(',')
         .filter(|n| !n.is_empty())
         .map(str::to_owned)
@@ -294,7 +298,7 @@ pub(crate) fn build_resource(
         .chain(globs.newest(path_name))
         .max();
     let mut out = Resource {
-        vary: decode_vary(vary).into(),
+        vary: decode_vary(vary),
         ..Resource::default()
     };
     // One buffer for every `x|<variant>` field name: this runs on every
