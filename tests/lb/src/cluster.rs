@@ -198,8 +198,25 @@ impl Cluster {
             http: Http::default(),
             dir,
         };
-        c.wait_all_serving(Duration::from_secs(15)).await?;
+        let answered = c.wait_all_serving(Duration::from_secs(15)).await?;
+        if access_log {
+            c.wait_logged(answered).await;
+        }
         Ok(c)
+    }
+
+    /// HAProxy writes a request's log line after the response has left, so
+    /// a client can be answered before the line exists: wait (briefly) for
+    /// the readiness GETs' lines, so a test counting from "now" never finds
+    /// them among its own requests.
+    async fn wait_logged(&self, n: usize) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if self.lb.access_log().is_ok_and(|log| log.len() >= n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The temp dir holding configs and logs.
@@ -220,19 +237,23 @@ impl Cluster {
         }
     }
 
-    /// Wait until every replica has answered a GET / through the balancer.
-    pub async fn wait_all_serving(&self, timeout: Duration) -> Result<()> {
+    /// Wait until every replica has answered a GET / through the balancer;
+    /// how many GETs the balancer answered (each is a line of its log).
+    pub async fn wait_all_serving(&self, timeout: Duration) -> Result<usize> {
         let start = std::time::Instant::now();
         let mut seen = std::collections::BTreeSet::new();
         let want = self.nginx.len().max(self.apps.len());
+        let mut answered = 0;
         while start.elapsed() < timeout {
-            if let Ok(r) = self.http.get(&self.url("/"), &[]).await
+            let got = self.http.get(&self.url("/"), &[]).await;
+            answered += usize::from(got.is_ok());
+            if let Ok(r) = got
                 && r.status.is_success()
                 && let Some(s) = r.header("x-lb-server")
             {
                 seen.insert(s.to_owned());
                 if seen.len() >= want {
-                    return Ok(());
+                    return Ok(answered);
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
