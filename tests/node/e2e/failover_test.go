@@ -23,6 +23,23 @@ const failoverNS = "node-failover"
 // (released by holder id since) used to take it to 15-18 s.
 const failoverWindowBound = 15 * time.Second
 
+// trustedProblems judges the Trust route's document: nothing failed or
+// lost, no stale 304, and some 304s answered from the store (else the
+// stale-304 check had nothing to judge).
+func trustedProblems(v verdict) []string {
+	var p []string
+	if len(v.failedGets) > 0 || len(v.badWrites) > 0 || v.missingRetryAfter > 0 || len(v.lostUpdates) > 0 {
+		p = append(p, fmt.Sprintf("failed GETs %v, bad writes %v, %d 503s without Retry-After, lost updates %v", v.failedGets, v.badWrites, v.missingRetryAfter, v.lostUpdates))
+	}
+	if v.staleOK > 0 {
+		p = append(p, fmt.Sprintf("%d stale 304s on the Trust route", v.staleOK))
+	}
+	if v.trusted == 0 {
+		p = append(p, "no revalidation of the Trust route was answered from the store: the stale-304 check saw nothing to judge")
+	}
+	return p
+}
+
 // logWindow reports the measured 503 window against the target.
 func logWindow(t *testing.T, what string, window time.Duration) {
 	verdict := "met"
@@ -34,6 +51,7 @@ func logWindow(t *testing.T, what string, window time.Duration) {
 
 // historyOp is one request of the failover history, as the client saw it.
 type historyOp struct {
+	doc        string // the document's URL
 	kind       string // "get", "cond-get", "write"
 	start, end time.Time
 	status     int    // 0: transport error
@@ -41,6 +59,7 @@ type historyOp struct {
 	sent       int    // cond-get: the version of the tag sent; write: the base version
 	got        int    // get: the version of the body received; write: the version written
 	retryAfter string // 503s must carry one
+	trusted    bool   // cond-get: a 304 the sidecar answered from the store (Cache-Status: hit)
 }
 
 // history records the operations of concurrent clients.
@@ -56,12 +75,16 @@ func (h *history) add(op historyOp) {
 	h.mu.Unlock()
 }
 
-// runHistory drives readers and If-Match writers at one document whose body
-// is its version number, until stop is closed.
-func runHistory(c *http.Client, url string, stop <-chan struct{}) *history {
+// runHistory drives readers and If-Match writers at documents whose body is
+// their version number, until stop is closed: at `url`, 2 readers and 3
+// writers as fast as they go (the 503 window's resolution); at `trusted`
+// (a Trust route), the same readers and one writer every 5 s, so that
+// between writes revalidations are answered from the store and the
+// stale-304 check has trusted answers to judge.
+func runHistory(c *http.Client, url, trusted string, stop <-chan struct{}) *history {
 	h := &history{done: make(chan struct{})}
 	var wg sync.WaitGroup
-	do := func(method, body, header, value string) (*http.Response, string, error) {
+	do := func(url, method, body, header, value string) (*http.Response, string, error) {
 		var rd io.Reader
 		if body != "" {
 			rd = strings.NewReader(body)
@@ -79,10 +102,10 @@ func runHistory(c *http.Client, url string, stop <-chan struct{}) *history {
 		return resp, strings.TrimSpace(string(b)), nil
 	}
 	// get reads the counter and records the read in the history.
-	get := func() (historyOp, *http.Response, error) {
+	get := func(url string) (historyOp, *http.Response, error) {
 		start := time.Now()
-		resp, body, err := do(http.MethodGet, "", "", "")
-		op := historyOp{kind: "get", start: start, end: time.Now(), err: err, got: -1}
+		resp, body, err := do(url, http.MethodGet, "", "", "")
+		op := historyOp{doc: url, kind: "get", start: start, end: time.Now(), err: err, got: -1}
 		if err == nil {
 			op.status = resp.StatusCode
 			op.got, _ = strconv.Atoi(body)
@@ -98,23 +121,29 @@ func runHistory(c *http.Client, url string, stop <-chan struct{}) *history {
 			return false
 		}
 	}
-	// Readers: a GET, then a revalidation with the tag it returned.
+	// Readers: a GET, then a revalidation with the tag it returned, of
+	// each document in turn.
 	for r := 0; r < 2; r++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for !stopped() {
-				op, resp, err := get()
+			for i := 0; !stopped(); i++ {
+				doc := url
+				if i%2 == 1 {
+					doc = trusted
+				}
+				op, resp, err := get(doc)
 				if err != nil || resp.StatusCode != 200 {
 					time.Sleep(50 * time.Millisecond)
 					continue
 				}
 				tag := resp.Header.Get("ETag")
 				start := time.Now()
-				resp, _, err = do(http.MethodGet, "", "If-None-Match", tag)
-				op = historyOp{kind: "cond-get", start: start, end: time.Now(), err: err, sent: op.got}
+				resp, _, err = do(doc, http.MethodGet, "", "If-None-Match", tag)
+				op = historyOp{doc: doc, kind: "cond-get", start: start, end: time.Now(), err: err, sent: op.got}
 				if err == nil {
 					op.status = resp.StatusCode
+					op.trusted = op.status == 304 && strings.Contains(resp.Header.Get("Cache-Status"), "hit")
 				}
 				h.add(op)
 				time.Sleep(20 * time.Millisecond)
@@ -122,20 +151,24 @@ func runHistory(c *http.Client, url string, stop <-chan struct{}) *history {
 		}()
 	}
 	// Writers: read-modify-write increments with If-Match.
-	for w := 0; w < 3; w++ {
+	for w := 0; w < 4; w++ {
+		doc, pause := url, 30*time.Millisecond
+		if w == 3 {
+			doc, pause = trusted, 5*time.Second
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for !stopped() {
-				read, resp, err := get()
+				read, resp, err := get(doc)
 				if err != nil || resp.StatusCode != 200 {
 					time.Sleep(50 * time.Millisecond)
 					continue
 				}
 				n := read.got
 				start := time.Now()
-				wresp, _, err := do(http.MethodPut, strconv.Itoa(n+1), "If-Match", resp.Header.Get("ETag"))
-				op := historyOp{kind: "write", start: start, end: time.Now(), err: err, sent: n, got: n + 1}
+				wresp, _, err := do(doc, http.MethodPut, strconv.Itoa(n+1), "If-Match", resp.Header.Get("ETag"))
+				op := historyOp{doc: doc, kind: "write", start: start, end: time.Now(), err: err, sent: n, got: n + 1}
 				if err == nil {
 					op.status = wresp.StatusCode
 					op.retryAfter = wresp.Header.Get("Retry-After")
@@ -144,7 +177,7 @@ func runHistory(c *http.Client, url string, stop <-chan struct{}) *history {
 				if err == nil && wresp.StatusCode == http.StatusServiceUnavailable {
 					time.Sleep(200 * time.Millisecond)
 				} else {
-					time.Sleep(30 * time.Millisecond)
+					time.Sleep(pause)
 				}
 			}
 		}()
@@ -157,20 +190,26 @@ func runHistory(c *http.Client, url string, stop <-chan struct{}) *history {
 type verdict struct {
 	gets, condGets, writes, acked, conflicts, unavailable int
 	failedGets, badWrites                                 []string
-	missingRetryAfter, staleOK                            int
+	missingRetryAfter, staleOK, trusted                   int
 	lostUpdates                                           []string
 	window                                                time.Duration // first 503 sent to last 503 answered
 	first503, last503                                     time.Time
 }
 
-// check judges a history: no failed GET; writes end 2xx, 412 or 503 with
+// check judges the history of one document: no failed GET; writes end 2xx, 412 or 503 with
 // Retry-After; every acknowledged write applied exactly once on top of the
 // version it read (final value = number of acknowledged writes + initial,
 // no two acknowledged writes on one base); no stale 304 (a revalidation
 // that started after a write of a newer version was acknowledged).
-func (h *history) check(initial, final int) verdict {
+func (h *history) check(doc string, initial, final int) verdict {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	var ops []historyOp
+	for _, op := range h.ops {
+		if op.doc == doc {
+			ops = append(ops, op)
+		}
+	}
 	var v verdict
 	type ack struct {
 		end     time.Time
@@ -178,13 +217,16 @@ func (h *history) check(initial, final int) verdict {
 	}
 	var acks []ack
 	bases := map[int]int{}
-	for _, op := range h.ops {
+	for _, op := range ops {
 		switch op.kind {
 		case "get", "cond-get":
 			if op.kind == "get" {
 				v.gets++
 			} else {
 				v.condGets++
+			}
+			if op.trusted {
+				v.trusted++
 			}
 			if op.err != nil || (op.status != 200 && op.status != 304) {
 				v.failedGets = append(v.failedGets, fmt.Sprintf("%s at %s: %d %v", op.kind, op.start.Format("15:04:05.000"), op.status, op.err))
@@ -228,7 +270,7 @@ func (h *history) check(initial, final int) verdict {
 		v.lostUpdates = append(v.lostUpdates, fmt.Sprintf("final version %d after %d acknowledged writes from %d", final, v.acked, initial))
 	}
 	sort.Slice(acks, func(i, j int) bool { return acks[i].end.Before(acks[j].end) })
-	for _, op := range h.ops {
+	for _, op := range ops {
 		if op.kind != "cond-get" || op.status != 304 {
 			continue
 		}
@@ -250,8 +292,8 @@ func (h *history) check(initial, final int) verdict {
 }
 
 func (v verdict) String() string {
-	return fmt.Sprintf("GETs %d + revalidations %d (failed %d); writes %d: %d acknowledged, %d 412, %d 503 (%d without Retry-After), %d other; stale 304s %d; lost updates %v; 503 window %s",
-		v.gets, v.condGets, len(v.failedGets), v.writes, v.acked, v.conflicts, v.unavailable, v.missingRetryAfter, len(v.badWrites), v.staleOK, v.lostUpdates, v.window.Round(100*time.Millisecond))
+	return fmt.Sprintf("GETs %d + revalidations %d (failed %d; %d answered 304 from the store); writes %d: %d acknowledged, %d 412, %d 503 (%d without Retry-After), %d other; stale 304s %d; lost updates %v; 503 window %s",
+		v.gets, v.condGets, len(v.failedGets), v.trusted, v.writes, v.acked, v.conflicts, v.unavailable, v.missingRetryAfter, len(v.badWrites), v.staleOK, v.lostUpdates, v.window.Round(100*time.Millisecond))
 }
 
 // storeField reads one jsonpath of the failover ETagStore.
@@ -297,7 +339,10 @@ spec:
       image: sametag.local/redis:dev
       replicas: 3
       sentinel: {downAfterMilliseconds: 3000, failoverTimeoutMilliseconds: 10000}
-  policy: {mode: Validate}
+  policy:
+    mode: Validate
+    routes:
+    - {path: /items/ha-trusted, mode: Trust, maxAge: 120s}
   sidecar: {image: sametag.local/sametag-sidecar:dev, imagePullPolicy: Never}
 `, failoverNS))
 	eventually(t, 4*time.Minute, "failover ETagStore Ready with a primary named by the sentinels", func() error {
@@ -312,7 +357,12 @@ spec:
 	if !strings.HasPrefix(endpoint, "redis+sentinel://ha-sentinel-0.ha-sentinel."+failoverNS+".svc:26379,") {
 		t.Fatalf("endpoint %q is not the sentinels", endpoint)
 	}
-	e.apply(t, demoManifest(failoverNS, 3, `sametag.dev/inject: "true"`))
+	// The upstream timeout is also the trust guard (a validation counts
+	// from that long after the last write; 30 s by default): 3 s leaves the
+	// trusted document's 5-second writes room for trusted 304s. It keeps
+	// the lock lease (twice the timeout + 5 s = 11 s) long enough that a
+	// lock a failover lost would push the 503 window past its bound.
+	e.apply(t, demoManifest(failoverNS, 3, `sametag.dev/inject: "true", config.sametag.dev/upstream-timeout: "3s"`))
 	e.rollout(t, failoverNS, "deployment", "demo", 4*time.Minute)
 	pods := e.podNames(t, failoverNS, "app=demo")
 	url := e.k(t, "-n", failoverNS, "get", "pod", pods[0], "-o",
@@ -331,6 +381,8 @@ spec:
 	waitRoutable(t, c, svcURL+"/healthz")
 	doc := svcURL + "/items/ha-counter"
 	put(t, c, doc, "0")
+	trustedDoc := svcURL + "/items/ha-trusted"
+	put(t, c, trustedDoc, "0")
 	// Conditional writes work before the failover.
 	eventually(t, 60*time.Second, "conditional writes before the failover", func() error {
 		res, err := increment(c, doc, writer{user: "Bearer warmup"})
@@ -339,11 +391,11 @@ spec:
 		}
 		return nil
 	})
-	initial := counterValue(t, c, doc)
+	initial, initialTrusted := counterValue(t, c, doc), counterValue(t, c, trustedDoc)
 
 	oldPrimary := e.storeField(t, "{.status.redis.primary}")
 	stop := make(chan struct{})
-	h := runHistory(c, doc, stop)
+	h := runHistory(c, doc, trustedDoc, stop)
 	time.Sleep(5 * time.Second)
 	deleted := time.Now()
 	e.k(t, "-n", failoverNS, "delete", "pod", oldPrimary, "--wait=false")
@@ -366,8 +418,9 @@ spec:
 		t.Fatal("history clients did not stop")
 	}
 	final := counterValue(t, c, doc)
-	v := h.check(initial, final)
-	t.Logf("failover %s -> %s: status showed it %s after the delete; history: %s", oldPrimary, newPrimary, statusSeen.Round(100*time.Millisecond), v)
+	v := h.check(doc, initial, final)
+	vt := h.check(trustedDoc, initialTrusted, counterValue(t, c, trustedDoc))
+	t.Logf("failover %s -> %s: status showed it %s after the delete; history: %s; trusted document: %s", oldPrimary, newPrimary, statusSeen.Round(100*time.Millisecond), v, vt)
 	if !v.first503.IsZero() {
 		t.Logf("503s from %s to %s after the delete", v.first503.Sub(deleted).Round(100*time.Millisecond), v.last503.Sub(deleted).Round(100*time.Millisecond))
 	}
@@ -387,6 +440,7 @@ spec:
 	if v.staleOK > 0 {
 		problems = append(problems, fmt.Sprintf("%d stale 304s", v.staleOK))
 	}
+	problems = append(problems, trustedProblems(vt)...)
 	logWindow(t, "delete of the primary", v.window)
 	if !v.first503.IsZero() && (v.first503.Before(deleted) || v.window > failoverWindowBound) {
 		problems = append(problems, fmt.Sprintf("503s outside a failover window of at most %s: %s to %s after the delete", failoverWindowBound,
@@ -448,9 +502,9 @@ spec:
 	// hand-over; the sentinels notice after downAfterMilliseconds (3 s here)
 	// and the restarted container asks them to fail over before it serves.
 	crashed := e.storeField(t, "{.status.redis.primary}")
-	initial = counterValue(t, c, doc)
+	initial, initialTrusted = counterValue(t, c, doc), counterValue(t, c, trustedDoc)
 	stop = make(chan struct{})
-	h = runHistory(c, doc, stop)
+	h = runHistory(c, doc, trustedDoc, stop)
 	time.Sleep(5 * time.Second)
 	killed := time.Now()
 	_, _ = e.kTry(t, "-n", failoverNS, "exec", crashed, "-c", "redis", "--", "sh", "-c", "redis-cli -p 6379 shutdown nosave")
@@ -468,7 +522,12 @@ spec:
 	case <-time.After(time.Minute):
 		t.Fatal("history clients did not stop")
 	}
-	v = h.check(initial, counterValue(t, c, doc))
+	v = h.check(doc, initial, counterValue(t, c, doc))
+	vt = h.check(trustedDoc, initialTrusted, counterValue(t, c, trustedDoc))
+	t.Logf("crash: trusted document: %s", vt)
+	if p := trustedProblems(vt); len(p) > 0 {
+		t.Fatalf("after a crash of the primary, the trusted document: %v", p)
+	}
 	logWindow(t, "crash of the primary", v.window)
 	t.Logf("crash of %s: status showed the new primary %s after the crash; history: %s", crashed, statusSeen.Round(100*time.Millisecond), v)
 	if !v.first503.IsZero() {
