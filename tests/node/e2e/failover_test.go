@@ -23,17 +23,43 @@ const failoverNS = "node-failover"
 // (released by holder id since) used to take it to 15-18 s.
 const failoverWindowBound = 15 * time.Second
 
-// trustedProblems judges the Trust route's document: nothing failed or
-// lost, no stale 304, and some 304s answered from the store (else the
-// stale-304 check had nothing to judge).
-func trustedProblems(v verdict) []string {
+// historyProblems lists what a document's history must not hold: failed
+// GETs, writes other than 2xx/412/503, 503s without Retry-After, lost
+// updates, stale 304s.
+func historyProblems(v verdict) []string {
 	var p []string
-	if len(v.failedGets) > 0 || len(v.badWrites) > 0 || v.missingRetryAfter > 0 || len(v.lostUpdates) > 0 {
-		p = append(p, fmt.Sprintf("failed GETs %v, bad writes %v, %d 503s without Retry-After, lost updates %v", v.failedGets, v.badWrites, v.missingRetryAfter, v.lostUpdates))
+	if len(v.failedGets) > 0 {
+		p = append(p, fmt.Sprintf("failed GETs: %v", v.failedGets))
+	}
+	if len(v.badWrites) > 0 {
+		p = append(p, fmt.Sprintf("writes neither 2xx, 412 nor 503: %v", v.badWrites))
+	}
+	if v.missingRetryAfter > 0 {
+		p = append(p, fmt.Sprintf("%d 503s without Retry-After", v.missingRetryAfter))
+	}
+	if len(v.lostUpdates) > 0 {
+		p = append(p, fmt.Sprintf("lost updates: %v", v.lostUpdates))
 	}
 	if v.staleOK > 0 {
-		p = append(p, fmt.Sprintf("%d stale 304s on the Trust route", v.staleOK))
+		p = append(p, fmt.Sprintf("%d stale 304s", v.staleOK))
 	}
+	return p
+}
+
+// windowProblems: 503s only after the fault and within the bound.
+func windowProblems(v verdict, fault time.Time, what string) []string {
+	if v.first503.IsZero() || (!v.first503.Before(fault) && v.window <= failoverWindowBound) {
+		return nil
+	}
+	return []string{fmt.Sprintf("503s outside a failover window of at most %s: %s to %s after %s", failoverWindowBound,
+		v.first503.Sub(fault).Round(100*time.Millisecond), v.last503.Sub(fault).Round(100*time.Millisecond), what)}
+}
+
+// trustedProblems judges the Trust route's document: the history's
+// problems, and some 304s answered from the store (else the stale-304
+// check had nothing to judge).
+func trustedProblems(v verdict) []string {
+	p := historyProblems(v)
 	if v.trusted == 0 {
 		p = append(p, "no revalidation of the Trust route was answered from the store: the stale-304 check saw nothing to judge")
 	}
@@ -184,6 +210,17 @@ func runHistory(c *http.Client, url, trusted string, stop <-chan struct{}) *hist
 	}
 	go func() { <-stop; wg.Wait(); close(h.done) }()
 	return h
+}
+
+// finish stops the history's clients and waits for them.
+func (h *history) finish(t *testing.T, stop chan struct{}) {
+	t.Helper()
+	close(stop)
+	select {
+	case <-h.done:
+	case <-time.After(time.Minute):
+		t.Fatal("history clients did not stop")
+	}
 }
 
 // verdict is what the checker found in a history.
@@ -411,12 +448,7 @@ spec:
 	// Keep the traffic going until the old pod is back as a replica.
 	e.rollout(t, failoverNS, "statefulset", "ha-redis", 3*time.Minute)
 	time.Sleep(10 * time.Second)
-	close(stop)
-	select {
-	case <-h.done:
-	case <-time.After(time.Minute):
-		t.Fatal("history clients did not stop")
-	}
+	h.finish(t, stop)
 	final := counterValue(t, c, doc)
 	v := h.check(doc, initial, final)
 	vt := h.check(trustedDoc, initialTrusted, counterValue(t, c, trustedDoc))
@@ -424,28 +456,10 @@ spec:
 	if !v.first503.IsZero() {
 		t.Logf("503s from %s to %s after the delete", v.first503.Sub(deleted).Round(100*time.Millisecond), v.last503.Sub(deleted).Round(100*time.Millisecond))
 	}
-	var problems []string
-	if len(v.failedGets) > 0 {
-		problems = append(problems, fmt.Sprintf("failed GETs: %v", v.failedGets))
-	}
-	if len(v.badWrites) > 0 {
-		problems = append(problems, fmt.Sprintf("writes neither 2xx, 412 nor 503: %v", v.badWrites))
-	}
-	if v.missingRetryAfter > 0 {
-		problems = append(problems, fmt.Sprintf("%d 503s without Retry-After", v.missingRetryAfter))
-	}
-	if len(v.lostUpdates) > 0 {
-		problems = append(problems, fmt.Sprintf("lost updates: %v", v.lostUpdates))
-	}
-	if v.staleOK > 0 {
-		problems = append(problems, fmt.Sprintf("%d stale 304s", v.staleOK))
-	}
+	problems := historyProblems(v)
 	problems = append(problems, trustedProblems(vt)...)
 	logWindow(t, "delete of the primary", v.window)
-	if !v.first503.IsZero() && (v.first503.Before(deleted) || v.window > failoverWindowBound) {
-		problems = append(problems, fmt.Sprintf("503s outside a failover window of at most %s: %s to %s after the delete", failoverWindowBound,
-			v.first503.Sub(deleted).Round(100*time.Millisecond), v.last503.Sub(deleted).Round(100*time.Millisecond)))
-	}
+	problems = append(problems, windowProblems(v, deleted, "the delete")...)
 	if v.acked < 10 {
 		problems = append(problems, fmt.Sprintf("only %d writes acknowledged: the history proves little", v.acked))
 	}
@@ -516,12 +530,7 @@ spec:
 	})
 	statusSeen = time.Since(killed)
 	time.Sleep(15 * time.Second)
-	close(stop)
-	select {
-	case <-h.done:
-	case <-time.After(time.Minute):
-		t.Fatal("history clients did not stop")
-	}
+	h.finish(t, stop)
 	v = h.check(doc, initial, counterValue(t, c, doc))
 	vt = h.check(trustedDoc, initialTrusted, counterValue(t, c, trustedDoc))
 	t.Logf("crash: trusted document: %s", vt)
@@ -533,8 +542,7 @@ spec:
 	if !v.first503.IsZero() {
 		t.Logf("503s from %s to %s after the crash", v.first503.Sub(killed).Round(100*time.Millisecond), v.last503.Sub(killed).Round(100*time.Millisecond))
 	}
-	if len(v.failedGets) > 0 || len(v.badWrites) > 0 || v.missingRetryAfter > 0 || len(v.lostUpdates) > 0 || v.staleOK > 0 ||
-		(!v.first503.IsZero() && (v.first503.Before(killed) || v.window > failoverWindowBound)) {
-		t.Fatalf("after a crash of the primary: failed GETs %v, bad writes %v, lost updates %v, %s", v.failedGets, v.badWrites, v.lostUpdates, v)
+	if p := append(historyProblems(v), windowProblems(v, killed, "the crash")...); len(p) > 0 {
+		t.Fatalf("after a crash of the primary: %v; %s", p, v)
 	}
 }
