@@ -7,12 +7,8 @@
 
 use std::time::Duration;
 
-use redis::cluster::ClusterClientBuilder;
-use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
-use redis::{
-    AsyncConnectionConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError,
-    TlsCertificates, TlsMode,
-};
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError};
+use sametag_redis_target::{self as target, Credentials};
 
 /// Condition type: whether the operator reached the external store.
 pub const STORE_REACHABLE: &str = "StoreReachable";
@@ -144,162 +140,37 @@ fn classify(e: &RedisError, user: String) -> Unreachable {
     }
 }
 
-/// The `host:port` list and the path segments of a URL.
-type HostsAndPath = (Vec<(String, u16)>, Vec<String>);
-
-/// `host:port` list and path segments of a sentinel or cluster URL.
-fn hosts_and_path(rest: &str) -> Result<HostsAndPath, Failure> {
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let hosts = authority
-        .split(',')
-        .filter(|h| !h.is_empty())
-        .map(|h| {
-            let (host, port) = match h.strip_prefix('[') {
-                Some(v6) => {
-                    let (host, after) = v6
-                        .split_once(']')
-                        .ok_or_else(|| Failure::Url(format!("bad host {h:?}")))?;
-                    (host, after.strip_prefix(':'))
-                }
-                None => match h.rsplit_once(':') {
-                    Some((host, port)) => (host, Some(port)),
-                    None => (h, None),
-                },
-            };
-            let port = match port {
-                Some(p) => p
-                    .parse()
-                    .map_err(|_| Failure::Url(format!("bad port in {h:?}")))?,
-                None => 6379,
-            };
-            Ok((host.to_owned(), port))
-        })
-        .collect::<Result<Vec<_>, Failure>>()?;
-    if hosts.is_empty() {
-        return Err(Failure::Url("no host".into()));
-    }
-    let path = path
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect();
-    Ok((hosts, path))
-}
-
 async fn ping(t: &Target<'_>, timeout: Duration) -> Result<(), Failure> {
-    let certs = || TlsCertificates {
-        client_tls: None,
-        root_cert: t.ca.clone(),
+    let opts = target::Options {
+        ca: t.ca.clone(),
+        credentials: Credentials {
+            username: t.username.map(str::to_owned),
+            password: t.password.map(str::to_owned),
+        },
+        ..target::Options::new(timeout)
     };
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
-    let (scheme, rest) = t
-        .url
-        .split_once("://")
-        .ok_or_else(|| Failure::Url("missing scheme".into()))?;
-    let tls = scheme.starts_with("rediss");
     let ping = redis::cmd("PING");
-    match scheme {
-        "redis" | "rediss" => {
-            let info = t
-                .url
-                .into_connection_info()
-                .map_err(|e| Failure::Url(e.to_string()))?;
-            let mut settings = info.redis_settings().clone();
-            if let Some(u) = t.username {
-                settings = settings.set_username(u);
-            }
-            if let Some(pw) = t.password {
-                settings = settings.set_password(pw);
-            }
-            let info = info.set_redis_settings(settings);
-            let client = match (&t.ca, info.addr()) {
-                (Some(_), ConnectionAddr::TcpTls { .. }) => {
-                    redis::Client::build_with_tls(info, certs())?
-                }
-                _ => redis::Client::open(info)?,
-            };
+    match target::parse(t.url, &opts).map_err(|e| Failure::Url(e.to_string()))? {
+        target::Target::Single(client) => {
             let mut c = client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
             ping.query_async::<()>(&mut c).await?;
         }
-        "redis+sentinel" | "rediss+sentinel" => {
-            let (hosts, path) = hosts_and_path(rest)?;
-            let master = path
-                .first()
-                .ok_or_else(|| Failure::Url("a sentinel URL needs /<master name>".into()))?;
-            let db = match path.get(1) {
-                Some(d) => d
-                    .parse()
-                    .map_err(|_| Failure::Url(format!("bad db {d:?}")))?,
-                None => 0,
-            };
-            let addrs = hosts.into_iter().map(|(host, port)| {
-                if tls {
-                    ConnectionAddr::TcpTls {
-                        host,
-                        port,
-                        insecure: false,
-                        tls_params: None,
-                    }
-                } else {
-                    ConnectionAddr::Tcp(host, port)
-                }
-            });
-            let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?
-                .set_client_to_redis_db(db);
-            if tls {
-                b = b
-                    .set_client_to_redis_tls_mode(TlsMode::Secure)
-                    .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-                if t.ca.is_some() {
-                    b = b
-                        .set_client_to_redis_certificates(certs())
-                        .set_client_to_sentinel_certificates(certs());
-                }
-            }
-            if let Some(u) = t.username {
-                b = b.set_client_to_redis_username(u);
-            }
-            if let Some(pw) = t.password {
-                b = b.set_client_to_redis_password(pw);
-            }
-            let mut c = b.build()?.get_async_connection_with_config(&config).await?;
+        target::Target::Sentinel(sentinels, _) => {
+            let mut c = sentinels
+                .into_inner()
+                .get_async_connection_with_config(&config)
+                .await?;
             ping.query_async::<()>(&mut c).await?;
         }
-        "redis+cluster" | "rediss+cluster" => {
-            let (hosts, _) = hosts_and_path(rest)?;
-            let nodes: Vec<String> = hosts
-                .iter()
-                .map(|(h, port)| {
-                    let h = if h.contains(':') {
-                        format!("[{h}]")
-                    } else {
-                        h.clone()
-                    };
-                    format!("{}://{h}:{port}", if tls { "rediss" } else { "redis" })
-                })
-                .collect();
-            let mut b = ClusterClientBuilder::new(nodes)
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .retries(0);
-            if tls && t.ca.is_some() {
-                b = b.certs(certs());
-            }
-            if let Some(u) = t.username {
-                b = b.username(u);
-            }
-            if let Some(pw) = t.password {
-                b = b.password(pw);
-            }
-            let mut c = b.build()?.get_async_connection().await?;
+        target::Target::Cluster(client) => {
+            let mut c = client.get_async_connection().await?;
             ping.query_async::<()>(&mut c).await?;
         }
-        other => return Err(Failure::Url(format!("unsupported scheme {other:?}"))),
     }
     Ok(())
 }
@@ -307,24 +178,6 @@ async fn ping(t: &Target<'_>, timeout: Duration) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_and_paths_parse() {
-        let Ok((hosts, path)) = hosts_and_path("s1:26379,[::1]:1,h/m/2") else {
-            panic!("parses");
-        };
-        assert_eq!(
-            hosts,
-            vec![
-                ("s1".to_owned(), 26379),
-                ("::1".to_owned(), 1),
-                ("h".to_owned(), 6379)
-            ]
-        );
-        assert_eq!(path, ["m", "2"]);
-        assert!(hosts_and_path("h:x").is_err());
-        assert!(hosts_and_path("/m").is_err());
-    }
 
     #[tokio::test]
     async fn failures_are_named_without_the_password() {

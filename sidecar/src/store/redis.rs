@@ -68,7 +68,6 @@ mod cache;
 mod conn;
 mod model;
 mod supervisor;
-mod target;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -85,13 +84,14 @@ use self::cache::{Cache, Cached, Hit};
 use self::conn::{Conn, SCRIPTS};
 pub use self::model::PrefixError;
 use self::model::{ClockOffset, Hashes, Keys, RawHash, TrustRules};
-pub use self::target::{Credentials, UrlError};
 use crate::store::{
     Entry, Labels, Purge, PurgeReport, Resource, ResourceKey, Store, StoreError, StoreHealth,
     VariantKey, WriteLock,
 };
 use crate::surrogate::GlobMarks;
 use crate::tag::EntityTag;
+use sametag_redis_target as target;
+pub use sametag_redis_target::{Credentials, UrlError};
 
 /// Tunables of the Redis store; [`Default`] suits production.
 #[derive(Clone, Debug)]
@@ -409,10 +409,12 @@ impl RedisStore {
         };
         let target = target::parse(
             url,
-            opts.connect_timeout,
-            opts.op_timeout,
-            ca,
-            &opts.credentials,
+            &target::Options {
+                connect_timeout: opts.connect_timeout,
+                response_timeout: opts.op_timeout,
+                ca,
+                credentials: opts.credentials.clone(),
+            },
         )?;
         let client_cache = opts.client_cache && !matches!(target, target::Target::Cluster(_));
         let opts = RedisOptions {

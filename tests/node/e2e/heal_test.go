@@ -18,8 +18,8 @@ const healNS = "node-heal"
 // the pod's own terms, within a bounded time; and after `kubectl patch` to a
 // good image it must become Ready on its own, although the StatefulSet
 // controller alone would wait forever for the broken pod of the old
-// revision (kubernetes#67250). The operator runs from the chart, so its
-// RBAC (pods delete) is the chart's.
+// revision (kubernetes#67250). Then the same for a crash loop. The operator
+// runs from the chart, so its RBAC (pods delete) is the chart's.
 func TestStoreHealsWhenTheUserFixesIt(t *testing.T) {
 	e := loadEnv(t)
 	if e.helm == "" {
@@ -130,6 +130,53 @@ spec:
 	degraded, _ := condition("Degraded")
 	if !strings.HasPrefix(degraded, "False ") {
 		t.Fatalf("Degraded = %q after the fix", degraded)
+	}
+
+	// The other way a template breaks: an image that is there but whose
+	// container cannot run (the demo app's image has no shell for the start
+	// script), so the new revision's pod crash-loops. The condition names
+	// the crash loop and its last exit; the fix heals it the same way.
+	const crashing = "sametag.local/demoapp:dev"
+	e.k(t, "-n", ns, "patch", "ets", "demo", "--type=merge",
+		"-p", fmt.Sprintf(`{"spec":{"redis":{"managed":{"image":%q}}}}`, crashing))
+	eventually(t, 2*time.Minute, "Degraded with the crash loop", func() error {
+		got, err := condition("Degraded")
+		if err != nil {
+			return err
+		}
+		if !strings.HasPrefix(got, "True CrashLoopBackOff pod demo-redis-0: container redis keeps crashing (CrashLoopBackOff; last exit: ") {
+			return fmt.Errorf("Degraded = %q", got)
+		}
+		return nil
+	})
+	crashed, _ := condition("Degraded")
+	t.Logf("crashing image: Degraded=%s", crashed)
+	crashUID := strings.TrimSpace(e.k(t, "-n", ns, "get", "pod", "demo-redis-0", "-o", "jsonpath={.metadata.uid}"))
+	fixed = time.Now()
+	e.k(t, "-n", ns, "patch", "ets", "demo", "--type=merge",
+		"-p", fmt.Sprintf(`{"spec":{"redis":{"managed":{"image":%q}}}}`, good))
+	eventually(t, time.Minute, "Ready after the crash loop was fixed", func() error {
+		got, err := condition("Ready")
+		if err != nil {
+			return err
+		}
+		if !strings.HasPrefix(got, "True ") {
+			pods, _ := e.kTry(t, "-n", ns, "get", "pods", "-o", "wide")
+			return fmt.Errorf("Ready = %q; pods:\n%s", got, pods)
+		}
+		return nil
+	})
+	t.Logf("fixed image after a crash loop: Ready=True %s after kubectl patch, no manual step",
+		time.Since(fixed).Round(100*time.Millisecond))
+	pod = e.k(t, "-n", ns, "get", "pod", "demo-redis-0", "-o",
+		`jsonpath={.metadata.uid} {.spec.containers[?(@.name=="redis")].image}`)
+	if f := strings.Fields(pod); len(f) != 2 || f[0] == crashUID || f[1] != good {
+		t.Fatalf("demo-redis-0 is %q; want a new pod (not uid %s) running %s", pod, crashUID, good)
+	}
+	events = e.k(t, "-n", ns, "get", "events", "--field-selector", "reason=ReplacedStuckPod",
+		"-o", "jsonpath={range .items[*]}{.note}{.message}{\"\\n\"}{end}")
+	if !strings.Contains(events, "deleted pod demo-redis-0 (CrashLoopBackOff") {
+		t.Fatalf("no ReplacedStuckPod Event for the crash-looping pod: %q", events)
 	}
 	t.Logf("events:\n%s", e.k(t, "-n", ns, "get", "events", "--sort-by=.lastTimestamp"))
 }

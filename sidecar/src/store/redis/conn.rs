@@ -10,7 +10,7 @@ use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisFuture, RedisResult, Script, Value,
 };
 
-use super::target::Target;
+use sametag_redis_target::Target;
 
 /// The store's scripts; `EVALSHA` after the first load (loaded on connect,
 /// reloaded transparently on `NOSCRIPT`).

@@ -1,10 +1,12 @@
-//! Which Redis deployment a `--redis` URL names, and how to connect to it.
+//! Which Redis deployment a store URL names, and its client: one parser for
+//! the sidecar's store (`--redis`) and the operator's reachability check of
+//! an external store, so both read a URL the same way.
 //!
 //! Supported forms:
 //! - `redis://[user[:password]@]host[:port][/db]` — one server (AUTH with
 //!   password, or an ACL user and password).
 //! - `rediss://...` — the same over TLS (rustls; the system trust roots, or
-//!   only the CA bundle given by [`RedisOptions::tls_ca_file`](super::RedisOptions)).
+//!   only the CA bundle given as [`Options::ca`]).
 //! - `unix:///path/to/redis.sock[?db=N&user=..&pass=..]` / `redis+unix://`.
 //! - `redis+sentinel://[user[:password]@]s1:port[,s2:port...]/<master name>[/db]`
 //!   (`rediss+sentinel://` for TLS): the master named by the sentinels; the
@@ -18,6 +20,7 @@
 //! `SAMETAG_REDIS_PASSWORD`) override the URL's userinfo. They are handed to
 //! the client as values, never spliced into a URL string, so a password with
 //! `@`, `:`, `/`, `%`, `#`, `?` or spaces needs no escaping.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 
@@ -45,7 +48,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// A parsed `--redis` URL.
-pub(crate) enum Target {
+pub enum Target {
     Single(redis::Client),
     /// The sentinels' client and the master's name (asked again after
     /// connecting, so a primary a failover just replaced is refused).
@@ -65,7 +68,7 @@ pub enum UrlError {
 }
 
 /// The URL with any password replaced, for logs.
-pub(crate) fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<invalid url>".into();
     };
@@ -183,16 +186,40 @@ fn parts(rest: &str, tls: bool) -> Result<Parts, UrlError> {
     })
 }
 
-/// Parse a `--redis` URL (see the module docs). Speaks RESP3 everywhere so
-/// tracking invalidations arrive on the data connection. `ca`: a PEM bundle
-/// to trust for TLS instead of the system roots; `creds` override the URL's.
-pub(crate) fn parse(
-    url: &str,
-    connect_timeout: Duration,
-    response_timeout: Duration,
-    ca: Option<Vec<u8>>,
-    creds: &Credentials,
-) -> Result<Target, UrlError> {
+/// How to build a [`Target`]'s client besides its URL.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Bound on connecting (cluster nodes; the others take it per connection).
+    pub connect_timeout: Duration,
+    /// Bound on one reply (cluster nodes; the others take it per connection).
+    pub response_timeout: Duration,
+    /// A PEM bundle to trust for TLS instead of the system roots.
+    pub ca: Option<Vec<u8>>,
+    /// Override the URL's credentials.
+    pub credentials: Credentials,
+}
+
+impl Options {
+    /// Both bounds `timeout`, the system roots, the URL's credentials.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            connect_timeout: timeout,
+            response_timeout: timeout,
+            ca: None,
+            credentials: Credentials::default(),
+        }
+    }
+}
+
+/// Parse a store URL (see the module docs) into its client. Speaks RESP3
+/// everywhere so tracking invalidations arrive on the data connection.
+pub fn parse(url: &str, opts: &Options) -> Result<Target, UrlError> {
+    let Options {
+        connect_timeout,
+        response_timeout,
+        ca,
+        credentials: creds,
+    } = opts;
     let certs = || TlsCertificates {
         client_tls: None,
         root_cert: ca.clone(),
@@ -288,8 +315,8 @@ pub(crate) fn parse(
                 .collect();
             let mut b = ClusterClientBuilder::new(nodes)
                 .use_protocol(ProtocolVersion::RESP3)
-                .connection_timeout(connect_timeout)
-                .response_timeout(response_timeout)
+                .connection_timeout(*connect_timeout)
+                .response_timeout(*response_timeout)
                 .retries(1);
             if p.tls && ca.is_some() {
                 b = b.certs(certs());
@@ -315,47 +342,26 @@ mod tests {
     #[test]
     fn forms_parse() {
         assert!(matches!(
-            parse(
-                "redis://127.0.0.1:6379",
-                T,
-                T,
-                None,
-                &Credentials::default()
-            ),
+            parse("redis://127.0.0.1:6379", &Options::new(T)),
             Ok(Target::Single(_))
         ));
         assert!(matches!(
-            parse(
-                "redis://u:p%40ss@127.0.0.1:1/2",
-                T,
-                T,
-                None,
-                &Credentials::default()
-            ),
+            parse("redis://u:p%40ss@127.0.0.1:1/2", &Options::new(T)),
             Ok(Target::Single(_))
         ));
         assert!(matches!(
-            parse("rediss://h:6380", T, T, None, &Credentials::default()),
+            parse("rediss://h:6380", &Options::new(T)),
             Ok(Target::Single(_))
         ));
         assert!(matches!(
             parse(
                 "redis+sentinel://:pw@h1:26379,h2:26379/mymaster",
-                T,
-                T,
-                None,
-                &Credentials::default()
+                &Options::new(T)
             ),
             Ok(Target::Sentinel(..))
         ));
         assert!(matches!(
-            parse(
-                "redis+cluster://h1:7000,[::1]:7001",
-                T,
-                T,
-                None,
-                &Credentials::default()
-            ),
+            parse("redis+cluster://h1:7000,[::1]:7001", &Options::new(T)),
             Ok(Target::Cluster(_))
         ));
     }
@@ -363,39 +369,27 @@ mod tests {
     #[test]
     fn bad_urls_are_clear_errors() {
         assert!(matches!(
-            parse("http://x", T, T, None, &Credentials::default()),
+            parse("http://x", &Options::new(T)),
             Err(UrlError::Scheme(_))
         ));
-        assert!(parse("nonsense", T, T, None, &Credentials::default()).is_err());
-        assert!(
-            parse(
-                "redis+sentinel://h1:26379",
-                T,
-                T,
-                None,
-                &Credentials::default()
-            )
-            .is_err()
-        );
-        assert!(
-            parse(
-                "redis+cluster://h1:notaport",
-                T,
-                T,
-                None,
-                &Credentials::default()
-            )
-            .is_err()
-        );
+        assert!(parse("nonsense", &Options::new(T)).is_err());
+        assert!(parse("redis+sentinel://h1:26379", &Options::new(T)).is_err());
+        assert!(parse("redis+cluster://h1:notaport", &Options::new(T)).is_err());
     }
 
     #[test]
     fn parts_decode_credentials() {
-        let p = parts("alice:p%40ss@h1:1,h2/m/3", false).unwrap();
+        let p = parts("alice:p%40ss@h1:1,[::1]:2,h2/m/3", false).unwrap();
         assert_eq!(p.user.as_deref(), Some("alice"));
         assert_eq!(p.password.as_deref(), Some("p@ss"));
-        assert_eq!(p.hosts, vec![("h1".into(), 1), ("h2".into(), 6379)]);
+        assert_eq!(
+            p.hosts,
+            vec![("h1".into(), 1), ("::1".into(), 2), ("h2".into(), 6379)]
+        );
         assert_eq!(p.path, vec!["m".to_owned(), "3".to_owned()]);
+        assert!(parts("h:x", false).is_err());
+        assert!(parts("/m", false).is_err());
+        assert!(parts("[::1", false).is_err());
     }
 
     #[test]
@@ -417,7 +411,11 @@ mod tests {
             "rediss+sentinel://h:1/m",
             "redis+cluster://h:1",
         ] {
-            assert!(parse(url, T, T, None, &creds).is_ok(), "{url}");
+            let opts = Options {
+                credentials: creds.clone(),
+                ..Options::new(T)
+            };
+            assert!(parse(url, &opts).is_ok(), "{url}");
         }
     }
 
