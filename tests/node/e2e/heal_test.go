@@ -57,6 +57,25 @@ func TestStoreHealsWhenTheUserFixesIt(t *testing.T) {
 			fmt.Sprintf(`jsonpath={.status.conditions[?(@.type=="%s")].status} {.status.conditions[?(@.type=="%s")].reason} {.status.conditions[?(@.type=="%s")].message}`, typ, typ, typ))
 	}
 
+	// setImage is the fix as a user makes it; nothing else is touched by hand.
+	setImage := func(image string) {
+		e.k(t, "-n", ns, "patch", "ets", "demo", "--type=merge",
+			"-p", fmt.Sprintf(`{"spec":{"redis":{"managed":{"image":%q}}}}`, image))
+	}
+	readyWithin := func(d time.Duration, what string) {
+		eventually(t, d, what, func() error {
+			got, err := condition("Ready")
+			if err != nil {
+				return err
+			}
+			if !strings.HasPrefix(got, "True ") {
+				pods, _ := e.kTry(t, "-n", ns, "get", "pods", "-o", "wide")
+				return fmt.Errorf("Ready = %q; pods:\n%s", got, pods)
+			}
+			return nil
+		})
+	}
+
 	created := time.Now()
 	e.apply(t, fmt.Sprintf(`apiVersion: sametag.dev/v1alpha1
 kind: ETagStore
@@ -85,21 +104,9 @@ spec:
 	t.Logf("kubectl get ets:\n%s", table)
 	oldUID := strings.TrimSpace(e.k(t, "-n", ns, "get", "pod", "demo-redis-0", "-o", "jsonpath={.metadata.uid}"))
 
-	// The fix, as a user makes it; nothing else is touched by hand.
 	fixed := time.Now()
-	e.k(t, "-n", ns, "patch", "ets", "demo", "--type=merge",
-		"-p", fmt.Sprintf(`{"spec":{"redis":{"managed":{"image":%q}}}}`, good))
-	eventually(t, time.Minute, "Ready after the image was fixed", func() error {
-		got, err := condition("Ready")
-		if err != nil {
-			return err
-		}
-		if !strings.HasPrefix(got, "True ") {
-			pods, _ := e.kTry(t, "-n", ns, "get", "pods", "-o", "wide")
-			return fmt.Errorf("Ready = %q; pods:\n%s", got, pods)
-		}
-		return nil
-	})
+	setImage(good)
+	readyWithin(time.Minute, "Ready after the image was fixed")
 	healed := time.Since(fixed).Round(100 * time.Millisecond)
 	t.Logf("fixed image: Ready=True %s after kubectl patch, no manual step", healed)
 
@@ -137,8 +144,7 @@ spec:
 	// script), so the new revision's pod crash-loops. The condition names
 	// the crash loop and its last exit; the fix heals it the same way.
 	const crashing = "sametag.local/demoapp:dev"
-	e.k(t, "-n", ns, "patch", "ets", "demo", "--type=merge",
-		"-p", fmt.Sprintf(`{"spec":{"redis":{"managed":{"image":%q}}}}`, crashing))
+	setImage(crashing)
 	eventually(t, 2*time.Minute, "Degraded with the crash loop", func() error {
 		got, err := condition("Degraded")
 		if err != nil {
@@ -153,19 +159,8 @@ spec:
 	t.Logf("crashing image: Degraded=%s", crashed)
 	crashUID := strings.TrimSpace(e.k(t, "-n", ns, "get", "pod", "demo-redis-0", "-o", "jsonpath={.metadata.uid}"))
 	fixed = time.Now()
-	e.k(t, "-n", ns, "patch", "ets", "demo", "--type=merge",
-		"-p", fmt.Sprintf(`{"spec":{"redis":{"managed":{"image":%q}}}}`, good))
-	eventually(t, time.Minute, "Ready after the crash loop was fixed", func() error {
-		got, err := condition("Ready")
-		if err != nil {
-			return err
-		}
-		if !strings.HasPrefix(got, "True ") {
-			pods, _ := e.kTry(t, "-n", ns, "get", "pods", "-o", "wide")
-			return fmt.Errorf("Ready = %q; pods:\n%s", got, pods)
-		}
-		return nil
-	})
+	setImage(good)
+	readyWithin(time.Minute, "Ready after the crash loop was fixed")
 	t.Logf("fixed image after a crash loop: Ready=True %s after kubectl patch, no manual step",
 		time.Since(fixed).Round(100*time.Millisecond))
 	pod = e.k(t, "-n", ns, "get", "pod", "demo-redis-0", "-o",
