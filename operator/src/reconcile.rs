@@ -145,13 +145,19 @@ impl Context {
     }
 
     async fn event(&self, store: &ETagStore, type_: EventType, reason: &str, note: String) {
-        self.event_on(&store.object_ref(&()), type_, reason, note)
+        self.event_on(&store.object_ref(&()), None, type_, reason, note)
             .await;
     }
 
+    /// An Event on `regarding`. Events of one reason on one object form a
+    /// series (client-go's and kube's recorders key them without the note,
+    /// and a repeat only counts up the first note), so an Event about
+    /// another object names it as `related`: each pod replaced, each
+    /// Service, each new primary gets its own Event and note.
     async fn event_on(
         &self,
         regarding: &ObjectReference,
+        related: Option<ObjectReference>,
         type_: EventType,
         reason: &str,
         note: String,
@@ -161,12 +167,24 @@ impl Context {
             reason: reason.into(),
             note: Some(note),
             action: "Reconcile".into(),
-            secondary: None,
+            secondary: related,
         };
         // Events are best effort: a failure to publish must not fail the reconcile.
         if let Err(e) = self.recorder.publish(&ev, regarding).await {
             tracing::warn!(error = %e, reason, "cannot publish event");
         }
+    }
+}
+
+/// A reference to a pod by name (and uid, when known) in `ns`.
+fn pod_ref(ns: &str, name: &str, uid: Option<&str>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(ns.into()),
+        name: Some(name.into()),
+        uid: uid.map(Into::into),
+        ..ObjectReference::default()
     }
 }
 
@@ -506,8 +524,9 @@ async fn replace_pod(
     );
     tracing::info!(store = %store.name_any(), namespace = %ns, pod = %r.pod, why = %r.why,
         from = %r.from_revision, to = %r.to_revision, "replaced a stuck Redis pod of an outdated revision");
-    ctx.event(
-        store,
+    ctx.event_on(
+        &store.object_ref(&()),
+        Some(pod_ref(ns, &r.pod, Some(&r.uid))),
         EventType::Normal,
         heal::REPLACED_STUCK_POD,
         message.clone(),
@@ -905,8 +924,9 @@ async fn write_status(
     announce(store, ctx, previous, &new, health).await;
     if let Some(f) = failover {
         tracing::warn!(store = %name, namespace = %ns, from = %f.from, to = %f.to, "failover");
-        ctx.event(
-            store,
+        ctx.event_on(
+            &store.object_ref(&()),
+            Some(pod_ref(ns, &f.to, None)),
             EventType::Warning,
             status::FAILED_OVER,
             format!(
@@ -1104,17 +1124,20 @@ async fn warn_bypasses(
     for b in new {
         let note = b.message(ns);
         tracing::warn!(service = %b.service, namespace = %ns, "{note}");
-        if let Some(svc) = services.iter().find(|s| s.name_any() == b.service) {
+        let svc = services.iter().find(|s| s.name_any() == b.service);
+        if let Some(svc) = svc {
             ctx.event_on(
                 &svc.object_ref(&()),
+                None,
                 EventType::Warning,
                 fleet::SERVICE_BYPASSES_SIDECAR,
                 note.clone(),
             )
             .await;
         }
-        ctx.event(
-            store,
+        ctx.event_on(
+            &store.object_ref(&()),
+            svc.map(|s| s.object_ref(&())),
             EventType::Warning,
             fleet::SERVICE_BYPASSES_SIDECAR,
             note,

@@ -880,6 +880,11 @@ async fn a_stuck_pod_is_reported_and_replaced_once_the_spec_moved_on() {
                 .as_str()
                 .unwrap_or_default()
                 .contains("cache-redis-0")
+            // Its own Event per pod: the replaced pod is `related`, which
+            // is part of the recorder's series key (the note is not).
+            && s.body["related"]["kind"] == "Pod"
+            && s.body["related"]["name"] == "cache-redis-0"
+            && s.body["related"]["uid"] == "pod-0"
     }));
 }
 
