@@ -53,6 +53,8 @@ const STUCK_WAITING: &[(&str, &str)] = &[
 pub struct PodProblem {
     /// The pod's name.
     pub pod: String,
+    /// The pod's uid (this incarnation of the name).
+    pub uid: Option<String>,
     /// The kubelet's or scheduler's reason (`ErrImagePull` is reported as
     /// `ImagePullBackOff`: the kubelet alternates between the two, and a
     /// condition that flips would publish an Event each time).
@@ -180,6 +182,7 @@ pub fn problem(pod: &Pod) -> Option<PodProblem> {
     })?;
     Some(PodProblem {
         pod: name.clone(),
+        uid: pod.metadata.uid.clone(),
         reason: "Unschedulable",
         message: format!(
             "pod {name} cannot be scheduled: {}",
@@ -235,6 +238,7 @@ fn container_problem(pod: &Pod, name: &str, c: &ContainerStatus) -> Option<PodPr
     };
     Some(PodProblem {
         pod: name.to_owned(),
+        uid: pod.metadata.uid.clone(),
         reason,
         message,
     })

@@ -207,10 +207,7 @@ pub async fn reconcile(store: Arc<ETagStore>, ctx: Arc<Context>) -> Result<Actio
         Ok(v) => v,
         Err(e) => {
             // Say why in the status before backing off, so `kubectl get ets` shows it.
-            let health = Health::Degraded {
-                reason: "ApplyFailed",
-                message: e.to_string(),
-            };
+            let health = degraded("ApplyFailed", e.to_string());
             let _ = write_status(&store, &ctx, &ns, &health, None, None).await;
             return Err(e);
         }
@@ -262,16 +259,16 @@ async fn apply_children(store: &ETagStore, ctx: &Context, ns: &str) -> Result<Ap
     let foreign = foreign_children(store, client, ns).await?;
     if !foreign.is_empty() {
         return Ok((
-            Health::Degraded {
-                reason: CHILD_NOT_OWNED,
-                message: format!(
+            degraded(
+                CHILD_NOT_OWNED,
+                format!(
                     "{} already exist{} and {} not owned by this ETagStore: left alone, nothing applied; delete or rename {}, or give the store another name",
                     foreign.join(", "),
                     if foreign.len() == 1 { "s" } else { "" },
                     if foreign.len() == 1 { "is" } else { "are" },
                     if foreign.len() == 1 { "it" } else { "them" },
                 ),
-            },
+            ),
             None,
             None,
         ));
@@ -299,10 +296,10 @@ async fn apply_children(store: &ETagStore, ctx: &Context, ns: &str) -> Result<Ap
         }
         // CEL forbids this; say so rather than guess.
         (None, None) => (
-            Health::Degraded {
-                reason: "NoRedis",
-                message: "spec.redis sets neither managed nor external".into(),
-            },
+            degraded(
+                "NoRedis",
+                "spec.redis sets neither managed nor external".into(),
+            ),
             None,
             None,
         ),
@@ -316,10 +313,10 @@ async fn apply_children(store: &ETagStore, ctx: &Context, ns: &str) -> Result<Ap
         // injected sidecars would exit 2 and crash-loop. Keep what they run.
         Err(e @ BuildError::InvalidPolicy(_)) => {
             let kept = keep_policy_config_map(store, client, ns).await?;
-            Health::Degraded {
-                reason: INVALID_POLICY,
-                message: format!("{e}; not applied, sidecars keep {kept}"),
-            }
+            degraded(
+                INVALID_POLICY,
+                format!("{e}; not applied, sidecars keep {kept}"),
+            )
         }
         Err(e) => return Err(e.into()),
     };
@@ -466,6 +463,7 @@ async fn redis_health(
     }
     if let Some(p) = diagnosis.problem {
         return Ok(Health::Degraded {
+            about: Some(pod_ref(ns, &p.pod, p.uid.as_deref())),
             reason: p.reason,
             message: p.message,
         });
@@ -697,7 +695,11 @@ async fn check_external(
 }
 
 fn degraded(reason: &'static str, message: String) -> Health {
-    Health::Degraded { reason, message }
+    Health::Degraded {
+        reason,
+        message,
+        about: None,
+    }
 }
 
 /// The value of `key` in `secret` (`data`, or `stringData` as written).
@@ -1035,8 +1037,9 @@ async fn announce(
     if is(DEGRADED) == Some("True")
         && (was(DEGRADED) != Some("True") || health_changed(previous, health))
     {
-        ctx.event(
-            store,
+        ctx.event_on(
+            &store.object_ref(&()),
+            health.about().cloned(),
             EventType::Warning,
             health.reason(),
             health.message().to_owned(),

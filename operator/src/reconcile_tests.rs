@@ -835,9 +835,13 @@ async fn a_stuck_pod_is_reported_and_replaced_once_the_spec_moved_on() {
             r#"pod cache-redis-0: image "registry.invalid/redis:nope" cannot be pulled (ImagePullBackOff)"#
         );
         assert_eq!(cond(&st, "Ready").reason, "ImagePullBackOff");
+        // The Warning names the pod as `related`: each pod's problem is
+        // its own Event series, not a count on another pod's note.
         assert!(f.seen.iter().any(|s| s.method == "POST"
             && s.body["reason"] == "ImagePullBackOff"
-            && s.body["type"] == "Warning"));
+            && s.body["type"] == "Warning"
+            && s.body["related"]["name"] == "cache-redis-0"
+            && s.body["related"]["uid"] == "pod-0"));
         let mut store = fixtures::managed();
         store.status = Some(st);
         store

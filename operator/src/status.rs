@@ -3,13 +3,14 @@
 //! reconcile saw, keeping `lastTransitionTime` when a condition's status did
 //! not change.
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{ETagStoreStatus, RedisStatus};
 use crate::fleet::{Fleet, SIDECARS_INJECTED};
 
 /// What one reconcile found, from which the conditions follow.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Health {
     /// Redis is serving: managed pods ready, or external Secret present.
     Ready {
@@ -31,6 +32,10 @@ pub enum Health {
         reason: &'static str,
         /// Human-readable detail.
         message: String,
+        /// The object the problem is about when it is not the store (a
+        /// Redis pod, with its uid): the Warning Event names it as
+        /// `related`, so each pod's problem is its own Event series.
+        about: Option<ObjectReference>,
     },
 }
 
@@ -41,6 +46,14 @@ impl Health {
             Self::Ready { reason, .. }
             | Self::Progressing { reason, .. }
             | Self::Degraded { reason, .. } => reason,
+        }
+    }
+
+    /// What a Degraded store's problem is about, when not the store.
+    pub fn about(&self) -> Option<&ObjectReference> {
+        match self {
+            Self::Degraded { about, .. } => about.as_ref(),
+            _ => None,
         }
     }
 
@@ -405,6 +418,7 @@ mod tests {
         let degraded = Health::Degraded {
             reason: "SecretMissing",
             message: "no Secret".into(),
+            about: None,
         };
         let third = desired(
             Some(&again),
