@@ -697,6 +697,71 @@ async fn a_lock_granted_but_unanswered_is_released_on_reconnect(kind: StoreKind)
     assert!(a.try_lock(&k, lease).await.unwrap().is_some());
 }
 
+/// A release refused while the connection stays up (here the ACL takes the
+/// scripts away for a moment; in production an error reply, or a release
+/// that ran while the connection was being replaced) is replayed at the
+/// supervisor's next role check: the lock does not block its resource for
+/// the rest of its lease, and no reconnect is needed for it.
+async fn a_refused_release_is_replayed_without_a_reconnect(kind: StoreKind) {
+    let redis = RedisServer::start_on(engine(kind));
+    // One admin connection for the whole test: the count of connections
+    // the server received then shows any reconnect of the store.
+    let admin = std::cell::RefCell::new(redis.admin());
+    let acl = |rules: &[&str]| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg("locker");
+        for r in rules {
+            cmd.arg(*r);
+        }
+        cmd.query::<()>(&mut *admin.borrow_mut())
+            .expect("ACL SETUSER");
+    };
+    acl(&["on", ">pw", "~*", "&*", "+@all"]);
+    let opts = RedisOptions {
+        role_check: Duration::from_millis(200),
+        ..test_options(Duration::ZERO)
+    };
+    let a = store(
+        &format!("redis://locker:pw@127.0.0.1:{}", redis.port),
+        "refused",
+        opts,
+    )
+    .await;
+    let b = store(&redis.url(), "refused", test_options(Duration::ZERO)).await;
+    let connections = || {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query(&mut *admin.borrow_mut())
+            .expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("total_connections_received")
+    };
+    let k = key("/doc");
+    let lease = Duration::from_secs(60);
+    let held = a.try_lock(&k, lease).await.unwrap().expect("free");
+    acl(&["-evalsha", "-eval"]);
+    let refused = a.unlock(&held).await;
+    assert!(refused.is_err(), "the release is refused: {refused:?}");
+    assert!(b.try_lock(&k, lease).await.unwrap().is_none(), "still held");
+    let before = connections();
+    acl(&["+evalsha", "+eval"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let taken = loop {
+        if let Some(l) = b.try_lock(&k, lease).await.unwrap() {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refused release still blocks writers after 5 s (lease 60 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(connections(), before, "released without a reconnect");
+    b.unlock(&taken).await.unwrap();
+}
+
 support::over_engines! {
     every_key_but_a_held_lock_has_a_ttl_and_one_hash_tag,
     stores_are_isolated_by_prefix_and_by_server,
@@ -709,4 +774,5 @@ support::over_engines! {
     redis_cluster_runs_every_script_in_one_slot,
     sentinel_urls_reach_the_master,
     a_lock_granted_but_unanswered_is_released_on_reconnect,
+    a_refused_release_is_replayed_without_a_reconnect,
 }

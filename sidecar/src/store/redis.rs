@@ -351,6 +351,13 @@ pub(crate) struct Inner {
     /// Recent lock releases, repeated on every new connection before it
     /// serves (see [`Inner::note_release`]).
     releases: Mutex<std::collections::VecDeque<(Instant, Release)>>,
+    /// Releases noted so far: a connection being set up replays again if
+    /// this moved on since its replay (the supervisor's `connect_once`).
+    releases_noted: AtomicU64,
+    /// A release failed on the live connection (or found none): the
+    /// supervisor replays the releases at its next role check instead of
+    /// waiting for a reconnect that may not come.
+    releases_unsent: AtomicBool,
     /// The next lock holder id: a random start, then counted, so ids are
     /// unique per grant and across sidecars.
     next_holder: AtomicU64,
@@ -444,6 +451,8 @@ impl RedisStore {
             replicas_seen: AtomicU32::new(0),
             recheck: tokio::sync::Notify::new(),
             releases: Mutex::new(std::collections::VecDeque::new()),
+            releases_noted: AtomicU64::new(0),
+            releases_unsent: AtomicBool::new(false),
             next_holder: AtomicU64::new(random_u64()),
             offset_us: AtomicI64::new(0),
             down_reason: Mutex::new(String::new()),
@@ -542,6 +551,24 @@ impl Inner {
             releases.pop_front();
         }
         releases.push_back((now, release));
+        self.releases_noted.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A noted release could not be sent: the supervisor replays the
+    /// releases at its next role check (not at once: a store refusing
+    /// every unlock must not turn this into a busy loop).
+    pub(crate) fn release_unsent(&self) {
+        self.releases_unsent.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a release could not be sent since the last call (cleared).
+    pub(crate) fn take_releases_unsent(&self) -> bool {
+        self.releases_unsent.swap(false, Ordering::SeqCst)
+    }
+
+    /// How many releases were noted so far.
+    pub(crate) fn releases_noted(&self) -> u64 {
+        self.releases_noted.load(Ordering::SeqCst)
     }
 
     /// The releases to repeat on a new connection.
@@ -1171,6 +1198,7 @@ impl Store for RedisStore {
                     token: String::new(),
                     holder: holder.to_string(),
                 });
+                inner.release_unsent();
                 return Err(e);
             }
         };
@@ -1216,7 +1244,7 @@ impl Store for RedisStore {
         // Repeated on every new connection for a while, so a release lost
         // in a failover does not leave the lock on the new primary.
         inner.note_release(release.clone());
-        let _: i64 = inner
+        let done: Result<i64, _> = inner
             .run(false, |mut c| async move {
                 SCRIPTS
                     .unlock
@@ -1227,8 +1255,11 @@ impl Store for RedisStore {
                     .invoke_async(&mut c)
                     .await
             })
-            .await?;
-        Ok(())
+            .await;
+        if done.is_err() {
+            inner.release_unsent();
+        }
+        done.map(drop)
     }
 
     fn health(&self) -> StoreHealth {

@@ -358,12 +358,23 @@ func (e env) evict(t *testing.T, pod string) error {
 func failoverStep(t *testing.T, e env) {
 	_, _ = e.kTry(t, "delete", "namespace", failoverNS, "--wait=true", "--timeout=120s")
 	e.k(t, "create", "namespace", failoverNS)
+	// The failure, said again after the state dump below: a CI log that
+	// keeps only the tail still shows why.
+	var failure string
+	fail := func(format string, args ...any) {
+		t.Helper()
+		failure = fmt.Sprintf(format, args...)
+		t.Fatal(failure)
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			out, _ := e.kTry(t, "-n", failoverNS, "get", "all,ets,pdb,events", "-o", "wide")
-			logs, _ := e.kTry(t, "-n", failoverNS, "logs", "-l", "app.kubernetes.io/name=sametag-sentinel", "--tail=40")
-			sidecars, _ := e.kTry(t, "-n", failoverNS, "logs", "-l", "app=demo", "-c", "sametag-sidecar", "--tail=30", "--prefix")
+			logs, _ := e.kTry(t, "-n", failoverNS, "logs", "-l", "app.kubernetes.io/name=sametag-sentinel", "--tail=40", "--prefix")
+			sidecars, _ := e.kTry(t, "-n", failoverNS, "logs", "-l", "app=demo", "-c", "sametag-sidecar", "--tail=60", "--prefix")
 			t.Logf("namespace %s at failure:\n%s\nsentinel logs:\n%s\nsidecar logs:\n%s", failoverNS, out, logs, sidecars)
+			if failure != "" {
+				t.Logf("failed: %s", failure)
+			}
 		}
 		_, _ = e.kTry(t, "delete", "namespace", failoverNS, "--wait=true", "--timeout=180s")
 	})
@@ -392,7 +403,7 @@ spec:
 	t.Logf("kubectl get ets:\n%s", e.k(t, "-n", failoverNS, "get", "ets", "-o", "wide"))
 	endpoint := e.storeField(t, "{.status.endpoint}")
 	if !strings.HasPrefix(endpoint, "redis+sentinel://ha-sentinel-0.ha-sentinel."+failoverNS+".svc:26379,") {
-		t.Fatalf("endpoint %q is not the sentinels", endpoint)
+		fail("endpoint %q is not the sentinels", endpoint)
 	}
 	// The upstream timeout is also the trust guard (a validation counts
 	// from that long after the last write; 30 s by default): 3 s leaves the
@@ -405,13 +416,13 @@ spec:
 	url := e.k(t, "-n", failoverNS, "get", "pod", pods[0], "-o",
 		`jsonpath={.spec.initContainers[?(@.name=="sametag-sidecar")].env[?(@.name=="SAMETAG_REDIS_URL")].value}`)
 	if !strings.HasPrefix(url, "redis+sentinel://ha-sentinel-0.") {
-		t.Fatalf("injected SAMETAG_REDIS_URL %q is not the sentinel URL (without credentials)", url)
+		fail("injected SAMETAG_REDIS_URL %q is not the sentinel URL (without credentials)", url)
 	}
 	// The primary's credentials: the store's ACL user, the password from env.
 	user := e.k(t, "-n", failoverNS, "get", "pod", pods[0], "-o",
 		`jsonpath={.spec.initContainers[?(@.name=="sametag-sidecar")].env[?(@.name=="SAMETAG_REDIS_USERNAME")].value}`)
 	if user != "sametag" {
-		t.Fatalf("injected SAMETAG_REDIS_USERNAME %q, want the store's ACL user sametag", user)
+		fail("injected SAMETAG_REDIS_USERNAME %q, want the store's ACL user sametag", user)
 	}
 	c := client()
 	svcURL := "http://" + e.clusterIP(t, failoverNS, "demo")
@@ -475,7 +486,7 @@ spec:
 		t.Logf("FailedOver Event: %s", ev)
 	}
 	if len(problems) > 0 {
-		t.Fatal(strings.Join(problems, "\n"))
+		fail("%s", strings.Join(problems, "\n"))
 	}
 
 	// Drain-style eviction: the PodDisruptionBudget lets one Redis pod go
@@ -494,14 +505,14 @@ spec:
 		}
 	}
 	if err := e.evict(t, replicas[0]); err != nil {
-		t.Fatalf("first eviction refused: %v", err)
+		fail("first eviction refused: %v", err)
 	}
 	err := e.evict(t, replicas[1])
 	if err == nil {
-		t.Fatalf("second concurrent eviction (%s) allowed: the PDB did not hold", replicas[1])
+		fail("second concurrent eviction (%s) allowed: the PDB did not hold", replicas[1])
 	}
 	if !strings.Contains(err.Error(), "429") && !strings.Contains(err.Error(), "disruption budget") {
-		t.Fatalf("second eviction refused for another reason: %v", err)
+		fail("second eviction refused for another reason: %v", err)
 	}
 	t.Logf("eviction of %s allowed; %s refused: %v", replicas[0], replicas[1], err)
 	e.rollout(t, failoverNS, "statefulset", "ha-redis", 3*time.Minute)
@@ -535,7 +546,7 @@ spec:
 	vt = h.check(trustedDoc, initialTrusted, counterValue(t, c, trustedDoc))
 	t.Logf("crash: trusted document: %s", vt)
 	if p := trustedProblems(vt); len(p) > 0 {
-		t.Fatalf("after a crash of the primary, the trusted document: %v", p)
+		fail("after a crash of the primary, the trusted document: %v", p)
 	}
 	logWindow(t, "crash of the primary", v.window)
 	t.Logf("crash of %s: status showed the new primary %s after the crash; history: %s", crashed, statusSeen.Round(100*time.Millisecond), v)
@@ -543,6 +554,6 @@ spec:
 		t.Logf("503s from %s to %s after the crash", v.first503.Sub(killed).Round(100*time.Millisecond), v.last503.Sub(killed).Round(100*time.Millisecond))
 	}
 	if p := append(historyProblems(v), windowProblems(v, killed, "the crash")...); len(p) > 0 {
-		t.Fatalf("after a crash of the primary: %v; %s", p, v)
+		fail("after a crash of the primary: %v; %s", p, v)
 	}
 }

@@ -234,7 +234,10 @@ async fn connect_once(inner: &Arc<Inner>) -> Result<Connected, SetupError> {
     }
     measure_offset(inner, &mut c).await?;
     let replicas = note_primary(inner, &mut c, opened.primary).await?;
-    repeat_releases(inner, &mut c).await?;
+    // Releases noted up to the last replay on this connection (which
+    // replays every unsent one too).
+    let mut replayed = None;
+    inner.take_releases_unsent();
     loop {
         if inner.pending_bump.swap(false, Ordering::SeqCst)
             && let Err(e) = bump_epoch(inner, &mut c).await
@@ -242,8 +245,16 @@ async fn connect_once(inner: &Arc<Inner>) -> Result<Connected, SetupError> {
             inner.pending_bump.store(true, Ordering::SeqCst);
             return Err(e.into());
         }
+        let noted = inner.releases_noted();
+        if replayed != Some(noted) {
+            repeat_releases(inner, &mut c).await?;
+            replayed = Some(noted);
+        }
         let mut live = inner.live.write().unwrap_or_else(|e| e.into_inner());
-        if inner.pending_bump.load(Ordering::SeqCst) {
+        // Checked under the write lock, like the bump: a release noted
+        // after the replay found no connection to run on (this one is not
+        // installed yet), so it is replayed here before this one serves.
+        if inner.pending_bump.load(Ordering::SeqCst) || replayed != Some(inner.releases_noted()) {
             continue;
         }
         // Tracking is on for this connection: from now on every change is
@@ -278,6 +289,32 @@ async fn watch_primary(inner: &Inner) {
             () = inner.recheck.notified() => {}
         }
         check_primary(inner).await;
+        if inner.take_releases_unsent() {
+            replay_unsent_releases(inner).await;
+        }
+    }
+}
+
+/// Replay the recent releases on the live connection after one failed
+/// (see `Inner::release_unsent`): otherwise a lock whose release found no
+/// connection, or an error, would block its resource for the rest of its
+/// lease whenever no reconnect follows.
+async fn replay_unsent_releases(inner: &Inner) {
+    let mut c = {
+        let live = inner.live.read().unwrap_or_else(|e| e.into_inner());
+        match &*live {
+            Some(l) => l.conn.clone(),
+            None => return,
+        }
+    };
+    let replay = repeat_releases(inner, &mut c);
+    match tokio::time::timeout(inner.opts.op_timeout, replay).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "replaying lock releases failed; retried at the next check");
+            inner.release_unsent();
+        }
+        Err(_) => inner.release_unsent(),
     }
 }
 
