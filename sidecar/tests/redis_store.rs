@@ -636,6 +636,25 @@ impl ReplyEater {
     }
 }
 
+/// `store` takes the lock of `k` within `within` (polling), or `None`.
+async fn lock_within(
+    store: &RedisStore,
+    k: &sametag_sidecar::store::ResourceKey,
+    lease: Duration,
+    within: Duration,
+) -> Option<sametag_sidecar::store::WriteLock> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(l) = store.try_lock(k, lease).await.unwrap() {
+            return Some(l);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A lock call whose reply is lost (here swallowed; in production a
 /// failover or a cut connection) may have been granted all the same. Its
 /// holder does not know the token, yet must not leave the resource locked
@@ -668,18 +687,9 @@ async fn a_lock_granted_but_unanswered_is_released_on_reconnect(kind: StoreKind)
     relay.eat(false);
     assert!(a.wait_up(Duration::from_secs(5)).await, "A reconnects");
     // Released by A's next connection, long before the lease would end.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let taken = loop {
-        if let Some(l) = b.try_lock(&k, lease).await.unwrap() {
-            break l;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the lost grant still blocks writers: {:?}",
-            redis.keys()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let taken = lock_within(&b, &k, lease, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("the lost grant still blocks writers: {:?}", redis.keys()));
     // The replay is by holder: it never releases the next holder's lock.
     assert!(a.wait_up(Duration::from_secs(5)).await);
     a.unlock(&sametag_sidecar::store::WriteLock {
@@ -747,17 +757,9 @@ async fn a_refused_release_is_replayed_without_a_reconnect(kind: StoreKind) {
     assert!(b.try_lock(&k, lease).await.unwrap().is_none(), "still held");
     let before = connections();
     acl(&["+evalsha", "+eval"]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let taken = loop {
-        if let Some(l) = b.try_lock(&k, lease).await.unwrap() {
-            break l;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the refused release still blocks writers after 5 s (lease 60 s)"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let taken = lock_within(&b, &k, lease, Duration::from_secs(5))
+        .await
+        .expect("the refused release still blocks writers after 5 s (lease 60 s)");
     assert_eq!(connections(), before, "released without a reconnect");
     b.unlock(&taken).await.unwrap();
 }

@@ -85,6 +85,7 @@ type historyOp struct {
 	sent       int    // cond-get: the version of the tag sent; write: the base version
 	got        int    // get: the version of the body received; write: the version written
 	retryAfter string // 503s must carry one
+	lockBusy   bool   // a 503 because the resource stayed locked for the sidecar's lock wait
 	trusted    bool   // cond-get: a 304 the sidecar answered from the store (Cache-Status: hit)
 }
 
@@ -193,11 +194,12 @@ func runHistory(c *http.Client, url, trusted string, stop <-chan struct{}) *hist
 				}
 				n := read.got
 				start := time.Now()
-				wresp, _, err := do(doc, http.MethodPut, strconv.Itoa(n+1), "If-Match", resp.Header.Get("ETag"))
+				wresp, wbody, err := do(doc, http.MethodPut, strconv.Itoa(n+1), "If-Match", resp.Header.Get("ETag"))
 				op := historyOp{doc: doc, kind: "write", start: start, end: time.Now(), err: err, sent: n, got: n + 1}
 				if err == nil {
 					op.status = wresp.StatusCode
 					op.retryAfter = wresp.Header.Get("Retry-After")
+					op.lockBusy = strings.Contains(wbody, "another write to this resource is in progress")
 				}
 				h.add(op)
 				if err == nil && wresp.StatusCode == http.StatusServiceUnavailable {
@@ -227,7 +229,7 @@ func (h *history) finish(t *testing.T, stop chan struct{}) {
 type verdict struct {
 	gets, condGets, writes, acked, conflicts, unavailable int
 	failedGets, badWrites                                 []string
-	missingRetryAfter, staleOK, trusted                   int
+	missingRetryAfter, staleOK, trusted, lockBusy         int
 	lostUpdates                                           []string
 	window                                                time.Duration // first 503 sent to last 503 answered
 	first503, last503                                     time.Time
@@ -281,6 +283,9 @@ func (h *history) check(doc string, initial, final int) verdict {
 				v.conflicts++
 			case op.status == http.StatusServiceUnavailable:
 				v.unavailable++
+				if op.lockBusy {
+					v.lockBusy++
+				}
 				if op.retryAfter == "" {
 					v.missingRetryAfter++
 				}
@@ -329,8 +334,8 @@ func (h *history) check(doc string, initial, final int) verdict {
 }
 
 func (v verdict) String() string {
-	return fmt.Sprintf("GETs %d + revalidations %d (failed %d; %d answered 304 from the store); writes %d: %d acknowledged, %d 412, %d 503 (%d without Retry-After), %d other; stale 304s %d; lost updates %v; 503 window %s",
-		v.gets, v.condGets, len(v.failedGets), v.trusted, v.writes, v.acked, v.conflicts, v.unavailable, v.missingRetryAfter, len(v.badWrites), v.staleOK, v.lostUpdates, v.window.Round(100*time.Millisecond))
+	return fmt.Sprintf("GETs %d + revalidations %d (failed %d; %d answered 304 from the store); writes %d: %d acknowledged, %d 412, %d 503 (%d lock busy, %d without Retry-After), %d other; stale 304s %d; lost updates %v; 503 window %s",
+		v.gets, v.condGets, len(v.failedGets), v.trusted, v.writes, v.acked, v.conflicts, v.unavailable, v.lockBusy, v.missingRetryAfter, len(v.badWrites), v.staleOK, v.lostUpdates, v.window.Round(100*time.Millisecond))
 }
 
 // storeField reads one jsonpath of the failover ETagStore.
