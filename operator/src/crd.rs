@@ -42,6 +42,7 @@ pub const DEFAULT_MAX_BODY_BYTES: &str = "8Mi";
     printcolumn(name = "Primary", type_ = "string", json_path = ".status.redis.primary"),
     printcolumn(name = "Injected", type_ = "string", json_path = ".status.injected"),
     printcolumn(name = "Sidecars", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"SidecarsInjected\")].reason"),
+    printcolumn(name = "Replicas", type_ = "string", priority = 1, json_path = ".status.redis.replicas"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS label of at most 40 characters starting with a letter (it names the Redis StatefulSet and Services)")
@@ -636,6 +637,12 @@ pub struct RedisStatus {
     /// how many asked (e.g. `3/3`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentinels: Option<String>,
+    /// Replicas the sentinels have linked and see up, of the replicas the
+    /// store runs (e.g. `2/2`; the fewest any sentinel naming the primary
+    /// reported). A Redis pod back with a new IP counts only once the
+    /// sentinels link it again; a failover meanwhile reconfigures it late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<String>,
 }
 
 // === helpers ===

@@ -36,7 +36,7 @@ fn crd_names_scope_subresource_and_columns() {
         .flatten()
         .map(|c| (c.name.as_str(), c.json_path.as_str()))
         .collect();
-    // The sidecar column only with `-o wide`.
+    // The sidecar and sentinel-replica columns only with `-o wide`.
     let wide: Vec<(&str, Option<i32>)> = v
         .additional_printer_columns
         .iter()
@@ -44,7 +44,7 @@ fn crd_names_scope_subresource_and_columns() {
         .map(|c| (c.name.as_str(), c.priority))
         .filter(|(_, p)| p.unwrap_or(0) > 0)
         .collect();
-    assert_eq!(wide, [("Sidecars", Some(1))]);
+    assert_eq!(wide, [("Sidecars", Some(1)), ("Replicas", Some(1))]);
     assert_eq!(
         cols,
         [
@@ -57,6 +57,7 @@ fn crd_names_scope_subresource_and_columns() {
                 "Sidecars",
                 r#".status.conditions[?(@.type=="SidecarsInjected")].reason"#
             ),
+            ("Replicas", ".status.redis.replicas"),
             ("Age", ".metadata.creationTimestamp"),
         ]
     );

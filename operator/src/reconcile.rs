@@ -39,10 +39,14 @@ use crate::status::{
 use crate::webhook::inject::{INJECT, NAMESPACE_ENABLED};
 
 /// Asks the sentinels at these addresses which primary the master name
-/// (second argument) has; one answer (a host) per address, `None` for no
-/// answer. Swapped for a fake in tests.
+/// (second argument) has and how many replicas they see up; one answer per
+/// address, `None` for no answer. Swapped for a fake in tests.
 pub type PrimaryProbe = Arc<
-    dyn Fn(Vec<String>, String) -> futures::future::BoxFuture<'static, Vec<Option<String>>>
+    dyn Fn(
+            Vec<String>,
+            String,
+        )
+            -> futures::future::BoxFuture<'static, Vec<Option<crate::primary::SentinelAnswer>>>
         + Send
         + Sync,
 >;
@@ -214,7 +218,12 @@ pub async fn reconcile(store: Arc<ETagStore>, ctx: Arc<Context>) -> Result<Actio
     };
     let degraded = matches!(health, Health::Degraded { .. });
     let progressing = matches!(health, Health::Progressing { .. });
-    let failover = redis.as_ref().is_some_and(|r| r.observed.is_some());
+    let observed = redis.as_ref().and_then(|r| r.observed.as_ref());
+    let failover = observed.is_some();
+    // A replica the sentinels have not linked yet (a pod back with a new
+    // IP) links without any change the controller watches: look again soon.
+    let replicas_short =
+        observed.is_some_and(|o| o.replicas_up.is_some_and(|n| n < o.replicas_expected));
     write_status(&store, &ctx, &ns, &health, endpoint, redis).await?;
     ctx.record_success(&ObjectRef::from_obj(&*store));
     Ok(if degraded {
@@ -223,6 +232,8 @@ pub async fn reconcile(store: Arc<ETagStore>, ctx: Arc<Context>) -> Result<Actio
         Action::requeue(Duration::from_secs(30))
     } else if progressing {
         Action::requeue(Duration::from_secs(10))
+    } else if replicas_short {
+        Action::requeue(ctx.resync.min(Duration::from_secs(5)))
     } else if failover {
         // A failover changes no Kubernetes object the controller watches
         // when no pod restarts (a hung primary): ask the sentinels often.
@@ -424,6 +435,7 @@ async fn apply_managed(
             mode: Some(redis.effective_mode()),
             primary: Some(primary.unwrap_or_else(|| format!("{}-0", names::redis(&name)))),
             sentinels: None,
+            replicas: None,
         },
         observed,
     };
@@ -584,11 +596,28 @@ async fn ask_primary(store: &ETagStore, ctx: &Context, ns: &str) -> Result<Prima
         .collect();
     let asked = usize::try_from(children::sentinel::SENTINELS).unwrap_or(3);
     let answers = (ctx.primary_probe)(addrs, children::sentinel::master_name(store)).await;
-    let found = children::sentinel::primary_from_answers(&answers);
+    let hosts: Vec<Option<String>> = answers
+        .iter()
+        .map(|a| a.as_ref().map(|a| a.primary.clone()))
+        .collect();
+    let found = children::sentinel::primary_from_answers(&hosts);
+    // The weakest view among the sentinels that agree: any of them may
+    // lead the next failover.
+    let replicas_up = found.as_ref().and_then(|(primary, _)| {
+        answers
+            .iter()
+            .flatten()
+            .filter(|a| children::sentinel::pod_of(&a.primary) == primary)
+            .filter_map(|a| a.replicas_up)
+            .min()
+    });
+    let pods = store.managed().map_or(1, |m| m.replicas);
     Ok(PrimaryObservation {
         agreeing: found.as_ref().map_or(0, |(_, n)| *n),
         primary: found.map(|(p, _)| p),
         asked,
+        replicas_up,
+        replicas_expected: u32::try_from(pods.saturating_sub(1)).unwrap_or(0),
     })
 }
 

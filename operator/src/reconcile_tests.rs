@@ -900,9 +900,11 @@ fn backoff_is_exponential_and_bounded() {
     assert_eq!(backoff(50), Duration::from_secs(300));
 }
 
-/// A context whose sentinels answer what `answers` holds.
+/// A context whose sentinels answer what `answers` holds, each seeing `up`
+/// replicas linked and up.
 fn failover_context(
     answers: Arc<Mutex<Vec<Option<String>>>>,
+    up: Arc<Mutex<u32>>,
 ) -> (Arc<Context>, Arc<Mutex<Fake>>, tokio::task::JoinHandle<()>) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
@@ -910,7 +912,18 @@ fn failover_context(
     let server = spawn_fake(handle, fake.clone());
     let probe: PrimaryProbe = Arc::new(move |_addrs, master| {
         assert_eq!(master, "cache");
-        let a = answers.lock().unwrap().clone();
+        let up = *up.lock().unwrap();
+        let a = answers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|host| {
+                host.clone().map(|primary| crate::primary::SentinelAnswer {
+                    primary,
+                    replicas_up: Some(up),
+                })
+            })
+            .collect();
         async move { a }.boxed()
     });
     let ctx = Arc::new(
@@ -938,7 +951,8 @@ fn host(pod: &str) -> Option<String> {
 #[tokio::test]
 async fn failover_store_runs_sentinels_and_reports_a_failover() {
     let answers = Arc::new(Mutex::new(vec![host("cache-redis-0"); 3]));
-    let (ctx, fake, _server) = failover_context(answers.clone());
+    let up = Arc::new(Mutex::new(2));
+    let (ctx, fake, _server) = failover_context(answers.clone(), up.clone());
     fake.lock().unwrap().ready_replicas = 3;
     let action = reconcile(Arc::new(failover_store()), ctx.clone())
         .await
@@ -974,6 +988,7 @@ async fn failover_store_runs_sentinels_and_reports_a_failover() {
         assert_eq!(r.primary.as_deref(), Some("cache-redis-0"));
         assert_eq!(r.mode, Some(RedisMode::Failover));
         assert_eq!(r.sentinels.as_deref(), Some("3/3"));
+        assert_eq!(r.replicas.as_deref(), Some("2/2"));
         assert!(
             st.endpoint
                 .as_deref()
@@ -982,6 +997,21 @@ async fn failover_store_runs_sentinels_and_reports_a_failover() {
         );
         store.status = Some(st);
     }
+
+    // A Redis pod back with a new IP: the sentinels have not linked it
+    // yet. The status says so, and the operator looks again soon.
+    *up.lock().unwrap() = 1;
+    let action = reconcile(Arc::new(store.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    {
+        let f = fake.lock().unwrap();
+        let st = status_of(&f).unwrap();
+        assert_eq!(st.redis.as_ref().unwrap().replicas.as_deref(), Some("1/2"));
+        assert_eq!(cond(&st, "Ready").status, "True", "serving is unaffected");
+    }
+    *up.lock().unwrap() = 2;
 
     // The sentinels promote pod 1 (one still names the old primary).
     *answers.lock().unwrap() = vec![

@@ -94,6 +94,11 @@ pub struct PrimaryObservation {
     pub agreeing: usize,
     /// How many sentinels were asked.
     pub asked: usize,
+    /// The fewest replicas linked and up that a sentinel naming `primary`
+    /// reported; `None` when none said.
+    pub replicas_up: Option<u32>,
+    /// The replicas the store runs (its Redis pods but the primary).
+    pub replicas_expected: u32,
 }
 
 /// A failover the status records: the primary moved from `from` to `to`.
@@ -187,6 +192,9 @@ pub fn with_redis(
         }
     };
     redis.sentinels = Some(format!("{}/{}", obs.agreeing, obs.asked));
+    redis.replicas = obs
+        .replicas_up
+        .map(|n| format!("{n}/{}", obs.replicas_expected));
     new.conditions.push(cond);
     new.redis = Some(redis);
     failover
@@ -318,6 +326,8 @@ mod tests {
             primary: primary.map(str::to_owned),
             agreeing: usize::from(primary.is_some()) * 3,
             asked: 3,
+            replicas_up: primary.map(|_| 2),
+            replicas_expected: 2,
         }
     }
 

@@ -4,7 +4,8 @@
 //! Cluster. Each with the store's ACL user: the right password reaches it;
 //! a wrong one is `AuthenticationFailed` without the password in the
 //! message; a master name the sentinels do not know and a dead cluster are
-//! named failures within the bound, never a hang.
+//! named failures within the bound, never a hang. Also what the operator
+//! asks a failover store's sentinels: the primary and the replicas up.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -202,5 +203,52 @@ async fn a_cluster_store_is_reached_as_the_acl_user() {
     assert_fails(&url, WRONG, "AuthenticationFailed").await;
     drop(nodes);
     assert_down(&url).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `SENTINEL get-master-addr-by-name` and `SENTINEL REPLICAS` as the
+/// operator reads them for `status.redis`: a replica counts while the
+/// sentinel has it linked and up, and stops counting once it is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sentinels_answer_names_the_primary_and_counts_replicas_up() {
+    let dir = tempdir("replicas");
+    let master = redis_server(&dir, "", false);
+    let replica = redis_server(
+        &dir,
+        &format!("replicaof 127.0.0.1 {}\n", master.port),
+        false,
+    );
+    let sentinel = redis_server(
+        &dir,
+        &format!(
+            "sentinel monitor ha 127.0.0.1 {} 1\nsentinel down-after-milliseconds ha 1000\n",
+            master.port
+        ),
+        true,
+    );
+    let ask = || sametag_operator::primary::ask("127.0.0.1".into(), sentinel.port, "ha".into());
+    let until = |want: u32| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = ask().await;
+            if answer.as_ref().and_then(|a| a.replicas_up) == Some(want) {
+                return answer.expect("answered");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel never saw {want} replica(s) up: {answer:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let answer = until(1).await;
+    assert_eq!(answer.primary, "127.0.0.1");
+    drop(replica);
+    let answer = until(0).await;
+    assert_eq!(answer.primary, "127.0.0.1", "the primary is still named");
+    // A master name it does not monitor: no answer.
+    let unknown =
+        sametag_operator::primary::ask("127.0.0.1".into(), sentinel.port, "nope".into()).await;
+    assert_eq!(unknown, None);
     let _ = std::fs::remove_dir_all(dir);
 }
