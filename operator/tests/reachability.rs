@@ -75,6 +75,12 @@ fn redis_server(dir: &Path, extra: &str, sentinel: bool) -> Server {
     Server { child, port }
 }
 
+/// A sentinel monitoring `master` as `ha` (quorum 1), `extra` lines added.
+fn sentinel_of(dir: &Path, master: &Server, extra: &str) -> Server {
+    let monitor = format!("sentinel monitor ha 127.0.0.1 {} 1\n{extra}", master.port);
+    redis_server(dir, &monitor, true)
+}
+
 fn tempdir(what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "sametag-reach-{what}-{}-{}",
@@ -130,13 +136,10 @@ async fn assert_down(url: &str) {
 async fn a_sentinel_store_is_reached_through_its_sentinel_as_the_acl_user() {
     let dir = tempdir("sentinel");
     let master = redis_server(&dir, "", false);
-    let sentinel = redis_server(
+    let sentinel = sentinel_of(
         &dir,
-        &format!(
-            "sentinel monitor ha 127.0.0.1 {} 1\nsentinel auth-user ha {USER}\nsentinel auth-pass ha \"{PASSWORD}\"\n",
-            master.port
-        ),
-        true,
+        &master,
+        &format!("sentinel auth-user ha {USER}\nsentinel auth-pass ha \"{PASSWORD}\"\n"),
     );
     let url = format!("redis+sentinel://127.0.0.1:{}/ha", sentinel.port);
     assert_reached(&url).await;
@@ -218,14 +221,7 @@ async fn the_sentinels_answer_names_the_primary_and_counts_replicas_up() {
         &format!("replicaof 127.0.0.1 {}\n", master.port),
         false,
     );
-    let sentinel = redis_server(
-        &dir,
-        &format!(
-            "sentinel monitor ha 127.0.0.1 {} 1\nsentinel down-after-milliseconds ha 1000\n",
-            master.port
-        ),
-        true,
-    );
+    let sentinel = sentinel_of(&dir, &master, "sentinel down-after-milliseconds ha 1000\n");
     let ask = || sametag_operator::primary::ask("127.0.0.1".into(), sentinel.port, "ha".into());
     let until = |want: u32| async move {
         let deadline = Instant::now() + Duration::from_secs(20);
